@@ -1,0 +1,289 @@
+//! One `Config` for the whole server, merged from three layers:
+//! a TOML file < `MYRMEX_*` environment variables < command-line flags.
+//!
+//! Environment variables name a key by its path with `__` between levels:
+//! `MYRMEX_STORE=memory`, `MYRMEX_HTTP__BIND=127.0.0.1:8000`,
+//! `MYRMEX_SESSIONS__DEFAULT_IDLE_TTL_SECONDS=3600`. Unknown keys are errors,
+//! so a typo never silently does nothing.
+
+use std::path::{Path, PathBuf};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where myrmex keeps its files (the SQLite database, later projects).
+    /// Default: the platform data directory, e.g. `~/.local/share/myrmex`.
+    pub data_dir: Option<PathBuf>,
+    /// `memory`, `sqlite` (the file `myrmex.db` in the data directory),
+    /// `sqlite://PATH`, or a database URL.
+    pub store: String,
+    /// A tracing filter: `error`, `warn`, `info`, `debug`, `trace`, or a
+    /// directive list such as `myrmex=debug,sqlx=warn`.
+    pub log_level: String,
+    /// `text` or `json` (one JSON object per line). Logs always go to stderr.
+    pub log_format: LogFormat,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub sessions: SessionsConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address for `serve --http` when the flag has no value.
+    pub bind: String,
+    /// Host header values accepted (DNS-rebinding protection). Entries may
+    /// carry a port (`example.com:8443`).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted; a request carrying any other `Origin` gets
+    /// 403. Requests without `Origin` (non-browser clients) pass. `:*` matches
+    /// any port.
+    pub allowed_origins: Vec<String>,
+    /// Largest accepted request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Interval of SSE keep-alive comments, in seconds (0 disables them).
+    pub sse_keep_alive_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Bearer tokens accepted over HTTP, each mapped to a principal name.
+    /// When empty, HTTP callers are the local principal, and only a
+    /// loopback bind is allowed.
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The principal this token authenticates as.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the token (`myrmex hash-token` prints it).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// A file whose content (trimmed) is the token itself.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Idle time after which a session is closed, when it does not set its own.
+    pub default_idle_ttl_seconds: u64,
+    /// Largest `idle_ttl_seconds` a session may ask for.
+    pub max_idle_ttl_seconds: u64,
+    /// How often the sweeper looks for idle or timed-out sessions.
+    pub sweep_interval_seconds: u64,
+    /// Active sessions one principal may hold at once.
+    pub max_active_per_principal: u32,
+    /// Defaults of `create_session`.
+    pub default_max_parallel_tasks: u32,
+    pub default_max_parallel_workflows: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest name (sessions, later workflows and tasks), in characters.
+    pub max_name_chars: usize,
+    /// Longest description, in characters.
+    pub max_description_chars: usize,
+    /// Largest `metadata` object, serialized, in bytes.
+    pub max_metadata_bytes: usize,
+    /// Page size of list tools when `limit` is not given.
+    pub default_page_size: u32,
+    /// Largest page a list tool returns.
+    pub max_page_size: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            store: "sqlite".into(),
+            log_level: "info,rmcp=warn,sqlx=warn".into(),
+            log_format: LogFormat::Text,
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            sessions: SessionsConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:7341".into(),
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            allowed_origins: vec![
+                "http://localhost:*".into(),
+                "http://127.0.0.1:*".into(),
+                "http://[::1]:*".into(),
+            ],
+            max_body_bytes: 4 * 1024 * 1024,
+            sse_keep_alive_seconds: 15,
+        }
+    }
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            default_idle_ttl_seconds: 7 * 24 * 3600,
+            max_idle_ttl_seconds: 90 * 24 * 3600,
+            sweep_interval_seconds: 30,
+            max_active_per_principal: 100,
+            default_max_parallel_tasks: 4,
+            default_max_parallel_workflows: 2,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_name_chars: 128,
+            max_description_chars: 4096,
+            max_metadata_bytes: 16 * 1024,
+            default_page_size: 50,
+            max_page_size: 200,
+        }
+    }
+}
+
+/// Flags that override the file and the environment (unset flags override nothing).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// Where the store lives, parsed from `Config::store`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Memory,
+    Sqlite(PathBuf),
+}
+
+impl Config {
+    /// Merge file (if any) < environment < overrides, then validate.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                anyhow::bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment
+            .merge(
+                Env::prefixed("MYRMEX_")
+                    .split("__")
+                    .filter(|k| k.as_str() != "config"),
+            )
+            .merge(Serialized::defaults(overrides));
+        let config: Config = figment.extract().map_err(|e| {
+            anyhow::anyhow!("invalid configuration: {e}")
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.store_spec()?;
+        for t in &self.auth.tokens {
+            match (&t.token_sha256, &t.token_file) {
+                (Some(h), None) => {
+                    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        anyhow::bail!(
+                            "auth token '{}': token_sha256 must be 64 hex characters (see `myrmex hash-token`)",
+                            t.name
+                        );
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => anyhow::bail!(
+                    "auth token '{}': set exactly one of token_sha256 or token_file",
+                    t.name
+                ),
+            }
+            if t.name.trim().is_empty() {
+                anyhow::bail!("auth tokens need a non-empty name");
+            }
+        }
+        if self.limits.default_page_size == 0
+            || self.limits.default_page_size > self.limits.max_page_size
+        {
+            anyhow::bail!("limits.default_page_size must be between 1 and limits.max_page_size");
+        }
+        if self.sessions.sweep_interval_seconds == 0 {
+            anyhow::bail!("sessions.sweep_interval_seconds must be at least 1");
+        }
+        if self.sessions.default_idle_ttl_seconds == 0
+            || self.sessions.default_idle_ttl_seconds > self.sessions.max_idle_ttl_seconds
+        {
+            anyhow::bail!(
+                "sessions.default_idle_ttl_seconds must be between 1 and sessions.max_idle_ttl_seconds"
+            );
+        }
+        if self.http.max_body_bytes < 1024 {
+            anyhow::bail!("http.max_body_bytes must be at least 1024");
+        }
+        Ok(())
+    }
+
+    /// The data directory: configured, or the platform default.
+    pub fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        directories::ProjectDirs::from("", "", "myrmex")
+            .map(|p| p.data_dir().to_path_buf())
+            .ok_or_else(|| {
+                anyhow::anyhow!("no home directory found: set --data-dir or MYRMEX_DATA_DIR")
+            })
+    }
+
+    pub fn store_spec(&self) -> anyhow::Result<StoreSpec> {
+        let s = self.store.trim();
+        match s {
+            "memory" => Ok(StoreSpec::Memory),
+            "sqlite" => Ok(StoreSpec::Sqlite(self.data_dir()?.join("myrmex.db"))),
+            _ if s.starts_with("sqlite://") => {
+                let p = &s["sqlite://".len()..];
+                if p.is_empty() {
+                    anyhow::bail!("store '{s}': give a file path after sqlite://");
+                }
+                Ok(StoreSpec::Sqlite(PathBuf::from(p)))
+            }
+            _ if s.starts_with("postgres://") || s.starts_with("postgresql://") => anyhow::bail!(
+                "store '{s}': the PostgreSQL store is not available in this build yet; use `sqlite` or `memory`"
+            ),
+            _ => anyhow::bail!(
+                "store '{s}' is not understood: use `memory`, `sqlite`, or `sqlite://PATH`"
+            ),
+        }
+    }
+}

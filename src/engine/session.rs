@@ -1,0 +1,502 @@
+//! Sessions: one engine instance per session, bound to its principal.
+//!
+//! The registry is the only door to sessions. It checks ownership on every
+//! lookup (another principal's session is `NOT_FOUND`, never its data),
+//! validates input before anything is written, and writes every change through
+//! the store before answering. Later capabilities (runs, tasks, allocations)
+//! hang off a session id obtained from [`SessionRegistry::resolve`].
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{Principal, iso, new_id, now_ms};
+use crate::config::{Config, LimitsConfig, SessionsConfig};
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::{SessionQuery, SessionRecord, Store, StoreError};
+
+/// How a session schedules its work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+#[schemars(inline)]
+pub enum SessionMode {
+    /// One step or task at a time.
+    Sequential,
+    /// Up to the session's parallelism limits.
+    Parallel,
+    /// Higher-priority work first.
+    Priority,
+    /// Parallel, but only when resources can be allocated (the default).
+    #[default]
+    ResourceAware,
+}
+
+impl SessionMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionMode::Sequential => "sequential",
+            SessionMode::Parallel => "parallel",
+            SessionMode::Priority => "priority",
+            SessionMode::ResourceAware => "resource_aware",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        serde_json::from_value(Value::String(s.into()))
+            .map_err(|_| Error::internal(format!("stored session mode '{s}' is unknown")))
+    }
+}
+
+/// Lifecycle state of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(inline)]
+pub enum SessionStatus {
+    /// Open: accepts work.
+    Active,
+    /// Closed by `close_session`, the idle sweeper or its timeout. Final.
+    Closed,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Active => "active",
+            SessionStatus::Closed => "closed",
+        }
+    }
+}
+
+/// A session as callers see it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Session {
+    /// Opaque id (`ses_...`), valid only for the principal that created it.
+    pub session_id: String,
+    pub name: String,
+    pub description: String,
+    /// The principal that owns the session.
+    pub principal: String,
+    pub mode: SessionMode,
+    pub max_parallel_tasks: u32,
+    pub max_parallel_workflows: u32,
+    /// Maximum lifetime in seconds; null for none.
+    pub timeout_seconds: Option<u64>,
+    /// Idle time after which the session is closed automatically.
+    pub idle_ttl_seconds: u64,
+    pub metadata: Map<String, Value>,
+    pub status: SessionStatus,
+    /// True for the principal's default session (used when a tool gets no session_id).
+    pub is_default: bool,
+    /// RFC 3339 timestamps.
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_active_at: String,
+    /// When the sweeper will close the session if nothing uses it (null once closed).
+    pub expires_at: Option<String>,
+    pub closed_at: Option<String>,
+    /// `closed_by_caller`, `idle_timeout` or `timeout`.
+    pub close_reason: Option<String>,
+}
+
+/// Input of `create_session`.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewSession {
+    /// Human-readable name (at most `limits.max_name_chars`, default 128 characters).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What the session is for (at most `limits.max_description_chars`).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Scheduling mode; default `resource_aware`.
+    #[serde(default)]
+    pub mode: Option<SessionMode>,
+    /// Steps and tasks that may run at once in this session (1-1024, default 4).
+    #[serde(default)]
+    pub max_parallel_tasks: Option<u32>,
+    /// Workflow runs that may be active at once in this session (1-256, default 2).
+    #[serde(default)]
+    pub max_parallel_workflows: Option<u32>,
+    /// Maximum lifetime in seconds (1-31536000); the session is closed when it passes.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// Close the session after this many idle seconds (default from config, 7 days).
+    #[serde(default)]
+    pub idle_ttl_seconds: Option<u64>,
+    /// Free-form JSON object stored with the session (at most `limits.max_metadata_bytes`).
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// Filter of `list_sessions`.
+#[derive(Debug, Clone, Default)]
+pub struct ListSessions {
+    pub status: Option<SessionStatus>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// A page of sessions.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionPage {
+    pub sessions: Vec<Session>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+const MAX_TIMEOUT_SECONDS: u64 = 365 * 24 * 3600;
+const MAX_PARALLEL_TASKS: u32 = 1024;
+const MAX_PARALLEL_WORKFLOWS: u32 = 256;
+/// Activity is written at most this often per session.
+const TOUCH_EVERY_MS: i64 = 1000;
+/// Sessions closed by one sweep at most (the next sweep takes the rest).
+const SWEEP_BATCH: u32 = 500;
+
+#[derive(Clone)]
+pub struct SessionRegistry {
+    store: Arc<dyn Store>,
+    sessions: SessionsConfig,
+    limits: LimitsConfig,
+}
+
+impl SessionRegistry {
+    pub fn new(store: Arc<dyn Store>, config: &Config) -> Self {
+        Self {
+            store,
+            sessions: config.sessions.clone(),
+            limits: config.limits.clone(),
+        }
+    }
+
+    /// Create a session owned by `principal`.
+    pub async fn create(&self, principal: &Principal, req: NewSession) -> Result<Session> {
+        let rec = self.build(principal, req, false)?;
+        self.check_quota(principal).await?;
+        self.store.insert_session(&rec).await?;
+        tracing::info!(session = %rec.id, principal = %principal.name(), "session created");
+        to_session(rec)
+    }
+
+    /// A session of `principal` by id, in any status.
+    pub async fn get(&self, principal: &Principal, id: &str) -> Result<Session> {
+        to_session(self.visible(principal, id).await?)
+    }
+
+    /// The session a tool call works in: the given one (which must be active),
+    /// or the principal's default session, created on first use. Records activity.
+    pub async fn resolve(&self, principal: &Principal, id: Option<&str>) -> Result<Session> {
+        let rec = match id {
+            Some(id) => {
+                let rec = self.visible(principal, id).await?;
+                if rec.status != SessionStatus::Active.as_str() {
+                    return Err(closed_error(&rec));
+                }
+                rec
+            }
+            None => self.default_record(principal).await?,
+        };
+        let now = now_ms();
+        if now - rec.last_active_at >= TOUCH_EVERY_MS {
+            self.store.touch_session(&rec.id, now).await?;
+        }
+        to_session(rec)
+    }
+
+    /// A page of the principal's sessions, oldest first.
+    pub async fn list(&self, principal: &Principal, q: ListSessions) -> Result<SessionPage> {
+        let limit = match q.limit {
+            None => self.limits.default_page_size,
+            Some(0) => return Err(Error::invalid("limit must be at least 1", "Omit limit for the default page size.")),
+            Some(n) if n > self.limits.max_page_size => {
+                return Err(Error::new(
+                    ErrorCode::InvalidParameters,
+                    format!("limit {n} is above the maximum page size {}", self.limits.max_page_size),
+                    format!("Use a limit between 1 and {} and follow next_cursor.", self.limits.max_page_size),
+                ));
+            }
+            Some(n) => n,
+        };
+        let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+        let mut recs = self
+            .store
+            .list_sessions(&SessionQuery {
+                principal: principal.name(),
+                status: q.status.map(SessionStatus::as_str),
+                after,
+                limit: limit + 1,
+            })
+            .await?;
+        let next_cursor = if recs.len() > limit as usize {
+            recs.truncate(limit as usize);
+            recs.last().map(|r| encode_cursor(r.created_at, &r.id))
+        } else {
+            None
+        };
+        Ok(SessionPage {
+            sessions: recs.into_iter().map(to_session).collect::<Result<_>>()?,
+            next_cursor,
+        })
+    }
+
+    /// Close an active session. Closing a closed session is a `SESSION_CLOSED`
+    /// error and changes nothing.
+    pub async fn close(&self, principal: &Principal, id: &str) -> Result<Session> {
+        let rec = self.visible(principal, id).await?;
+        if rec.status != SessionStatus::Active.as_str()
+            || !self.store.close_session(id, now_ms(), "closed_by_caller").await?
+        {
+            let now = self.visible(principal, id).await?;
+            return Err(closed_error(&now));
+        }
+        tracing::info!(session = %id, principal = %principal.name(), "session closed");
+        self.get(principal, id).await
+    }
+
+    /// Close every session whose idle TTL or lifetime has passed. Returns how
+    /// many were closed.
+    pub async fn sweep(&self, now: i64) -> Result<usize> {
+        let mut closed = 0;
+        for rec in self.store.expired_sessions(now, SWEEP_BATCH).await? {
+            let (_, reason) = rec.expiry();
+            if self.store.close_session(&rec.id, now, reason).await? {
+                tracing::info!(session = %rec.id, reason, "session closed by sweeper");
+                closed += 1;
+            }
+        }
+        Ok(closed)
+    }
+
+    async fn visible(&self, principal: &Principal, id: &str) -> Result<SessionRecord> {
+        match self.store.get_session(id).await? {
+            Some(rec) if rec.principal == principal.name() => Ok(rec),
+            _ => Err(Error::not_found(
+                "session",
+                id,
+                "Check the session_id; list_sessions shows your sessions, or omit session_id to use your default session.",
+            )),
+        }
+    }
+
+    async fn default_record(&self, principal: &Principal) -> Result<SessionRecord> {
+        for _ in 0..3 {
+            if let Some(rec) = self.store.default_session(principal.name()).await? {
+                return Ok(rec);
+            }
+            let req = NewSession {
+                name: Some("default".into()),
+                description: Some(format!("Default session of {}", principal.name())),
+                ..Default::default()
+            };
+            let rec = self.build(principal, req, true)?;
+            self.check_quota(principal).await?;
+            match self.store.insert_session(&rec).await {
+                Ok(()) => {
+                    tracing::info!(session = %rec.id, principal = %principal.name(), "default session created");
+                    return Ok(rec);
+                }
+                // Another call created it at the same moment: read theirs.
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::new(
+            ErrorCode::Conflict,
+            "the default session could not be created or read",
+            "Retry the call, or pass an explicit session_id from create_session.",
+        ))
+    }
+
+    async fn check_quota(&self, principal: &Principal) -> Result<()> {
+        let active = self.store.count_active_sessions(principal.name()).await?;
+        let max = self.sessions.max_active_per_principal as u64;
+        if active >= max {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("principal '{}' already has {active} active sessions (limit {max})", principal.name()),
+                "Close sessions you no longer need with close_session, or raise sessions.max_active_per_principal.",
+            )
+            .with_details(serde_json::json!({ "active": active, "limit": max })));
+        }
+        Ok(())
+    }
+
+    /// Validate a request and build the row. Nothing is written here.
+    fn build(&self, principal: &Principal, req: NewSession, is_default: bool) -> Result<SessionRecord> {
+        let l = &self.limits;
+        let name = req.name.unwrap_or_default();
+        check_len("name", &name, l.max_name_chars)?;
+        if name.chars().any(char::is_control) {
+            return Err(Error::invalid("name contains control characters", "Use printable characters only."));
+        }
+        let description = req.description.unwrap_or_default();
+        check_len("description", &description, l.max_description_chars)?;
+        let max_parallel_tasks = req.max_parallel_tasks.unwrap_or(self.sessions.default_max_parallel_tasks);
+        check_range("max_parallel_tasks", max_parallel_tasks as u64, 1, MAX_PARALLEL_TASKS as u64)?;
+        let max_parallel_workflows =
+            req.max_parallel_workflows.unwrap_or(self.sessions.default_max_parallel_workflows);
+        check_range("max_parallel_workflows", max_parallel_workflows as u64, 1, MAX_PARALLEL_WORKFLOWS as u64)?;
+        if let Some(t) = req.timeout_seconds {
+            check_range("timeout_seconds", t, 1, MAX_TIMEOUT_SECONDS)?;
+        }
+        let idle_ttl_seconds = req.idle_ttl_seconds.unwrap_or(self.sessions.default_idle_ttl_seconds);
+        check_range("idle_ttl_seconds", idle_ttl_seconds, 1, self.sessions.max_idle_ttl_seconds)?;
+        let metadata = serde_json::to_string(&req.metadata.unwrap_or_default())
+            .map_err(|e| Error::internal(format!("metadata does not serialize: {e}")))?;
+        if metadata.len() > l.max_metadata_bytes {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("metadata is {} bytes serialized; the limit is {}", metadata.len(), l.max_metadata_bytes),
+                "Store large data elsewhere and keep a reference in metadata.",
+            ));
+        }
+        let now = now_ms();
+        Ok(SessionRecord {
+            id: new_id("ses"),
+            principal: principal.name().to_string(),
+            name,
+            description,
+            mode: req.mode.unwrap_or_default().as_str().to_string(),
+            max_parallel_tasks,
+            max_parallel_workflows,
+            timeout_seconds: req.timeout_seconds,
+            idle_ttl_seconds,
+            metadata,
+            status: SessionStatus::Active.as_str().to_string(),
+            is_default,
+            created_at: now,
+            updated_at: now,
+            last_active_at: now,
+            closed_at: None,
+            close_reason: None,
+        })
+    }
+}
+
+fn closed_error(rec: &SessionRecord) -> Error {
+    Error::new(
+        ErrorCode::SessionClosed,
+        format!(
+            "session '{}' is closed ({}, at {})",
+            rec.id,
+            rec.close_reason.as_deref().unwrap_or("closed"),
+            rec.closed_at.map(iso).unwrap_or_default()
+        ),
+        "Nothing was changed. Create a new session with create_session, or omit session_id to use your default session.",
+    )
+    .with_details(serde_json::json!({ "session_id": rec.id, "status": rec.status }))
+}
+
+fn check_len(field: &str, v: &str, max: usize) -> Result<()> {
+    let n = v.chars().count();
+    if n > max {
+        return Err(Error::new(
+            ErrorCode::InvalidParameters,
+            format!("{field} is {n} characters long; the limit is {max}"),
+            format!("Shorten {field} to at most {max} characters."),
+        ));
+    }
+    Ok(())
+}
+
+fn check_range(field: &str, v: u64, min: u64, max: u64) -> Result<()> {
+    if v < min || v > max {
+        return Err(Error::new(
+            ErrorCode::InvalidParameters,
+            format!("{field} is {v}; it must be between {min} and {max}"),
+            format!("Pass a {field} between {min} and {max}, or omit it for the default."),
+        ));
+    }
+    Ok(())
+}
+
+fn to_session(r: SessionRecord) -> Result<Session> {
+    let metadata: Map<String, Value> = serde_json::from_str(&r.metadata)
+        .map_err(|e| Error::internal(format!("session {} has corrupt metadata: {e}", r.id)))?;
+    let status = if r.status == "active" { SessionStatus::Active } else { SessionStatus::Closed };
+    let expires_at = (status == SessionStatus::Active).then(|| iso(r.expiry().0));
+    Ok(Session {
+        mode: SessionMode::parse(&r.mode)?,
+        status,
+        expires_at,
+        created_at: iso(r.created_at),
+        updated_at: iso(r.updated_at),
+        last_active_at: iso(r.last_active_at),
+        closed_at: r.closed_at.map(iso),
+        session_id: r.id,
+        name: r.name,
+        description: r.description,
+        principal: r.principal,
+        max_parallel_tasks: r.max_parallel_tasks,
+        max_parallel_workflows: r.max_parallel_workflows,
+        timeout_seconds: r.timeout_seconds,
+        idle_ttl_seconds: r.idle_ttl_seconds,
+        metadata,
+        is_default: r.is_default,
+        close_reason: r.close_reason,
+    })
+}
+
+const CURSOR_PREFIX: &str = "s1:";
+
+fn encode_cursor(created_at: i64, id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{created_at}:{id}"))
+}
+
+fn decode_cursor(c: &str) -> Result<(i64, String)> {
+    let bad = || {
+        Error::invalid(
+            format!("cursor '{c}' is not a cursor this tool returned"),
+            "Pass next_cursor from the previous page unchanged, or omit cursor to start at the first page.",
+        )
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
+    let s = String::from_utf8(raw).map_err(|_| bad())?;
+    let rest = s.strip_prefix(CURSOR_PREFIX).ok_or_else(bad)?;
+    let (ts, id) = rest.split_once(':').ok_or_else(bad)?;
+    Ok((ts.parse().map_err(|_| bad())?, id.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = encode_cursor(1234, "ses_abc");
+        assert_eq!(decode_cursor(&c).unwrap(), (1234, "ses_abc".to_string()));
+        assert_eq!(decode_cursor("nope").unwrap_err().code, ErrorCode::InvalidParameters);
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x1:1:a");
+        assert!(decode_cursor(&forged).is_err());
+    }
+
+    #[test]
+    fn expiry_prefers_the_earlier_of_idle_and_lifetime() {
+        let mut r = SessionRecord {
+            id: "ses_x".into(),
+            principal: "p".into(),
+            name: String::new(),
+            description: String::new(),
+            mode: "parallel".into(),
+            max_parallel_tasks: 1,
+            max_parallel_workflows: 1,
+            timeout_seconds: None,
+            idle_ttl_seconds: 10,
+            metadata: "{}".into(),
+            status: "active".into(),
+            is_default: false,
+            created_at: 0,
+            updated_at: 0,
+            last_active_at: 5_000,
+            closed_at: None,
+            close_reason: None,
+        };
+        assert_eq!(r.expiry(), (15_000, "idle_timeout"));
+        r.timeout_seconds = Some(12);
+        assert_eq!(r.expiry(), (12_000, "timeout"));
+        r.timeout_seconds = Some(60);
+        assert_eq!(r.expiry(), (15_000, "idle_timeout"));
+    }
+}

@@ -1,0 +1,220 @@
+//! Health and status of the whole server: what `get_health_status` and
+//! `get_system_status` report.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::session::{ListSessions, Session, SessionStatus};
+use super::{Engine, Principal, iso, metrics::OpStats, now_ms};
+use crate::error::Result;
+
+/// healthy < degraded < unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(inline)]
+pub enum HealthLevel {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+/// One component's check.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ComponentHealth {
+    pub status: HealthLevel,
+    /// What was checked and what was found.
+    pub message: String,
+    /// Measurements of the check (latency, ages, ...).
+    pub details: Value,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct HealthReport {
+    /// The worst status of any component.
+    pub overall_status: HealthLevel,
+    pub timestamp: String,
+    /// Per-component checks, by component name (`store`, `background.<task>`).
+    pub components: BTreeMap<String, ComponentHealth>,
+    /// One line per component that is not healthy.
+    pub issues: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StoreInfo {
+    /// `memory` or `sqlite`.
+    pub kind: String,
+    /// The database file, or `memory`.
+    pub location: String,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionCounts {
+    /// All sessions of all principals.
+    pub total: u64,
+    /// Sessions by status (`active`, `closed`).
+    pub by_status: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SystemStatus {
+    pub overall_status: HealthLevel,
+    pub timestamp: String,
+    /// myrmex version.
+    pub version: String,
+    pub started_at: String,
+    pub uptime_seconds: f64,
+    pub store: StoreInfo,
+    pub sessions: SessionCounts,
+    /// The caller's active sessions (with `include_active_sessions`; at most one page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_sessions: Option<Vec<Session>>,
+    /// Tool-call counters since start (with `include_detailed_metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<BTreeMap<String, OpStats>>,
+    /// The session named by `session_id`, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<Session>,
+    /// Problems found by the health checks.
+    pub issues: Vec<String>,
+    /// What an operator could do about them.
+    pub recommendations: Vec<String>,
+}
+
+/// What `system_status` should include beyond the basics.
+#[derive(Debug, Clone, Default)]
+pub struct StatusOptions {
+    pub include_active_sessions: bool,
+    pub include_detailed_metrics: bool,
+    pub session_id: Option<String>,
+}
+
+impl Engine {
+    /// Check every component. Never fails: a failing check is reported.
+    pub async fn health(&self) -> HealthReport {
+        let mut components = BTreeMap::new();
+        let started = Instant::now();
+        let probe = self.store().probe(now_ms()).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let store_details = json!({
+            "kind": self.store().kind(),
+            "location": self.store().location(),
+            "write_probe_ms": latency_ms,
+        });
+        components.insert(
+            "store".to_string(),
+            match probe {
+                Ok(()) => ComponentHealth {
+                    status: HealthLevel::Healthy,
+                    message: "reachable and writable".into(),
+                    details: store_details,
+                },
+                Err(e) => ComponentHealth {
+                    status: HealthLevel::Unhealthy,
+                    message: format!("write probe failed: {e}"),
+                    details: store_details,
+                },
+            },
+        );
+        for t in self.background().states() {
+            // A tick is late when more than three intervals (plus slack) passed.
+            let late_after = 3 * t.interval_ms + 5_000;
+            let (status, message) = if !t.running {
+                (HealthLevel::Degraded, "stopped".to_string())
+            } else if t.since_last_tick_ms.is_some_and(|ms| ms > late_after) {
+                (HealthLevel::Degraded, format!("no tick for {} ms", t.since_last_tick_ms.unwrap_or_default()))
+            } else if let Some(e) = &t.last_error {
+                (HealthLevel::Degraded, format!("last tick failed: {e}"))
+            } else {
+                (HealthLevel::Healthy, "running".to_string())
+            };
+            components.insert(
+                format!("background.{}", t.name),
+                ComponentHealth {
+                    status,
+                    message,
+                    details: json!({
+                        "running": t.running,
+                        "interval_ms": t.interval_ms,
+                        "since_last_tick_ms": t.since_last_tick_ms,
+                    }),
+                },
+            );
+        }
+        let overall_status = components
+            .values()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(HealthLevel::Healthy);
+        let issues = components
+            .iter()
+            .filter(|(_, c)| c.status != HealthLevel::Healthy)
+            .map(|(n, c)| format!("{n}: {}", c.message))
+            .collect();
+        HealthReport {
+            overall_status,
+            timestamp: iso(now_ms()),
+            components,
+            issues,
+        }
+    }
+
+    pub async fn system_status(&self, principal: &Principal, opts: StatusOptions) -> Result<SystemStatus> {
+        let session = match &opts.session_id {
+            Some(id) => Some(self.sessions().get(principal, id).await?),
+            None => None,
+        };
+        let health = self.health().await;
+        let by_status: BTreeMap<String, u64> = self.store().count_sessions_by_status().await?.into_iter().collect();
+        let active_sessions = if opts.include_active_sessions {
+            let page = self
+                .sessions()
+                .list(
+                    principal,
+                    ListSessions {
+                        status: Some(SessionStatus::Active),
+                        limit: Some(self.config().limits.max_page_size),
+                        cursor: None,
+                    },
+                )
+                .await?;
+            Some(page.sessions)
+        } else {
+            None
+        };
+        let mut recommendations = Vec::new();
+        if health.components.get("store").is_some_and(|c| c.status != HealthLevel::Healthy) {
+            recommendations.push(format!(
+                "Check that the {} store at {} is reachable and its disk is writable.",
+                self.store().kind(),
+                self.store().location()
+            ));
+        }
+        if health.components.iter().any(|(n, c)| n.starts_with("background.") && c.status != HealthLevel::Healthy) {
+            recommendations.push("A background task is not running as it should; see the server's log and restart it if this persists.".into());
+        }
+        Ok(SystemStatus {
+            overall_status: health.overall_status,
+            timestamp: health.timestamp,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: iso(self.inner.started_at),
+            uptime_seconds: self.inner.started.elapsed().as_secs_f64(),
+            store: StoreInfo {
+                kind: self.store().kind().to_string(),
+                location: self.store().location(),
+            },
+            sessions: SessionCounts {
+                total: by_status.values().sum(),
+                by_status,
+            },
+            active_sessions,
+            tool_calls: opts.include_detailed_metrics.then(|| self.metrics().snapshot()),
+            session,
+            issues: health.issues,
+            recommendations,
+        })
+    }
+}

@@ -1,0 +1,162 @@
+//! The `myrmex` command line: a thin shell around the library.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use myrmex::config::{Config, Overrides};
+use myrmex::engine::Engine;
+use myrmex::server;
+
+#[derive(Parser, Debug)]
+#[command(name = "myrmex", version, about = "An MCP server that gives AI agents a real project and workflow orchestration engine")]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "MYRMEX_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (default: the platform data directory, e.g. ~/.local/share/myrmex).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Store: `memory`, `sqlite` (myrmex.db in the data directory) or `sqlite://PATH`.
+    #[arg(long, global = true, value_name = "STORE")]
+    store: Option<String>,
+    /// Log filter (error, warn, info, debug, trace, or directives like `myrmex=debug`). Logs go to stderr.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve MCP: over stdio (the default), or over Streamable HTTP with --http.
+    Serve {
+        /// Serve Streamable HTTP at /mcp on this address instead of stdio
+        /// (without a value: `http.bind` from the configuration, default 127.0.0.1:7341).
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
+        http: Option<String>,
+    },
+    /// Write tool-schemas/<tool>.json and MCP_TOOL_SPECIFICATION.md, generated from the code.
+    Schemas {
+        /// Directory to write into.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+        /// Write nothing; exit 1 if the files in DIR differ from what the code generates.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Read a bearer token on stdin and print the SHA-256 to put in `[[auth.tokens]] token_sha256`.
+    HashToken,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("myrmex: {e:#}");
+            ExitCode::from(2)
+        }
+    };
+    code
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Some(Command::Schemas { out, check }) => {
+            if check {
+                let drift = server::catalog::drift(&out);
+                if drift.is_empty() {
+                    eprintln!("tool schemas and specification are up to date");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                for d in &drift {
+                    eprintln!("out of date: {d}");
+                }
+                eprintln!("run `myrmex schemas --out {}` and commit the result", out.display());
+                return Ok(ExitCode::FAILURE);
+            }
+            for path in server::catalog::write(&out)? {
+                eprintln!("wrote {}", out.join(path).display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::HashToken) => {
+            let mut token = String::new();
+            std::io::stdin().read_to_string(&mut token)?;
+            let token = token.trim();
+            if token.is_empty() {
+                anyhow::bail!("no token on stdin");
+            }
+            println!("{}", server::http::sha256_hex(token));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Serve { http }) => serve(cli.config, overrides(cli.data_dir, cli.store, cli.log_level), http),
+        None => serve(cli.config, overrides(cli.data_dir, cli.store, cli.log_level), None),
+    }
+}
+
+fn overrides(data_dir: Option<PathBuf>, store: Option<String>, log_level: Option<String>) -> Overrides {
+    Overrides { data_dir, store, log_level }
+}
+
+fn serve(config_file: Option<PathBuf>, overrides: Overrides, http: Option<String>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_file.as_deref(), &overrides)?;
+    myrmex::telemetry::init(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(async move {
+        let data_dir = config.data_dir()?;
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
+        let store = myrmex::store::open(&config.store_spec()?).await?;
+        tracing::info!(store = store.kind(), location = %store.location(), "store open");
+        let bind: Option<SocketAddr> = match http {
+            None => None,
+            Some(a) => {
+                let a = if a.is_empty() { config.http.bind.clone() } else { a };
+                Some(a.parse().map_err(|_| anyhow::anyhow!("--http '{a}' is not an address like 127.0.0.1:7341"))?)
+            }
+        };
+        let engine = Engine::new(config, store);
+        let shutdown = CancellationToken::new();
+        engine.start_background(shutdown.clone());
+        tokio::spawn(watch_signals(shutdown.clone()));
+        let served = match bind {
+            Some(addr) => server::http::serve(engine, addr, shutdown.clone()).await,
+            None => server::stdio::serve(engine, shutdown.clone()).await,
+        };
+        shutdown.cancel();
+        served
+    });
+    // Do not wait for the blocking stdin reader: end the process now.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::warn!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received, shutting down"),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+    shutdown.cancel();
+}

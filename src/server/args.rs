@@ -1,0 +1,68 @@
+//! Tool arguments that fail with our own error body.
+//!
+//! rmcp's `Parameters<T>` turns a deserialization failure into a bare text
+//! error. `Args<T>` takes the raw argument object instead (so rmcp never
+//! fails), keeps `T`'s JSON Schema for `tools/list`, and parses inside the
+//! tool, where a failure becomes `INVALID_PARAMETERS` naming the field.
+
+use std::marker::PhantomData;
+
+use rmcp::handler::server::tool::IntoCallToolResult;
+use rmcp::model::{CallToolResponse, CallToolResult, JsonObject};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use crate::error::Error;
+
+pub struct Args<T> {
+    raw: JsonObject,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<'de, T> Deserialize<'de> for Args<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Args {
+            raw: JsonObject::deserialize(d)?,
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Args<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(g)
+    }
+}
+
+impl<T: DeserializeOwned> Args<T> {
+    /// Parse into `T`; unknown fields, missing fields and wrong types become
+    /// `INVALID_PARAMETERS` with the offending field's path.
+    pub fn parse(self) -> Result<T, Error> {
+        let value = serde_json::Value::Object(self.raw);
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let message = if path == "." || path.is_empty() {
+                format!("invalid arguments: {inner}")
+            } else {
+                format!("invalid argument '{path}': {inner}")
+            };
+            Error::invalid(
+                message,
+                "Check the arguments against this tool's inputSchema (tools/list); unknown fields are refused.",
+            )
+            .with_details(serde_json::json!({ "field": path }))
+        })
+    }
+}
+
+impl IntoCallToolResult for Error {
+    fn into_call_tool_result(self) -> Result<CallToolResponse, rmcp::ErrorData> {
+        Ok(CallToolResult::structured_error(self.to_body()).into())
+    }
+}

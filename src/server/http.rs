@@ -1,0 +1,172 @@
+//! Streamable HTTP at `/mcp` (axum + rmcp's `StreamableHttpService`), serving
+//! both protocol eras rmcp supports: 2025-11-25 (initialize + `Mcp-Session-Id`)
+//! and 2026-07-28 (stateless, `server/discover`).
+//!
+//! Security, in request order: bearer-token authentication (401), then rmcp's
+//! Host allowlist (403, DNS-rebinding protection), Origin validation (403;
+//! enforced, which rmcp does not do by default) and the body size limit (413).
+//! A non-loopback bind without tokens is refused at start.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::{
+    StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::MyrmexServer;
+use crate::config::Config;
+use crate::engine::{Engine, Principal};
+
+/// Bearer tokens by their SHA-256 (hex), mapped to principals.
+#[derive(Clone, Default)]
+pub struct TokenTable {
+    by_hash: Arc<HashMap<String, Principal>>,
+}
+
+impl TokenTable {
+    pub fn load(config: &Config) -> anyhow::Result<Self> {
+        let mut by_hash = HashMap::new();
+        for t in &config.auth.tokens {
+            let hash = match (&t.token_sha256, &t.token_file) {
+                (Some(h), _) => h.to_ascii_lowercase(),
+                (None, Some(path)) => {
+                    let raw = std::fs::read_to_string(path).map_err(|e| {
+                        anyhow::anyhow!("auth token '{}': cannot read {}: {e}", t.name, path.display())
+                    })?;
+                    let token = raw.trim();
+                    if token.is_empty() {
+                        anyhow::bail!("auth token '{}': {} is empty", t.name, path.display());
+                    }
+                    sha256_hex(token)
+                }
+                (None, None) => anyhow::bail!("auth token '{}' has neither token_sha256 nor token_file", t.name),
+            };
+            if by_hash.insert(hash, Principal(t.name.clone())).is_some() {
+                anyhow::bail!("auth token '{}': the same token is configured twice", t.name);
+            }
+        }
+        Ok(Self { by_hash: Arc::new(by_hash) })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    fn principal(&self, token: &str) -> Option<Principal> {
+        self.by_hash.get(&sha256_hex(token)).cloned()
+    }
+}
+
+pub fn sha256_hex(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Authenticate the request and record its principal for the tools.
+async fn authenticate(State(tokens): State<TokenTable>, mut req: Request, next: Next) -> Response {
+    let principal = if tokens.is_empty() {
+        Some(Principal::local())
+    } else {
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|t| tokens.principal(t.trim()))
+    };
+    match principal {
+        Some(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(serde_json::json!({
+                "error": {
+                    "code": "UNAUTHENTICATED",
+                    "message": "missing or invalid bearer token",
+                    "hint": "Send `Authorization: Bearer <token>` with a token configured in [[auth.tokens]]."
+                }
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// Liveness and store health for load balancers: 200 when healthy or
+/// degraded, 503 when unhealthy. Carries no data beyond the levels.
+async fn healthz(State(engine): State<Engine>) -> Response {
+    let h = engine.health().await;
+    let code = if h.overall_status == crate::engine::system::HealthLevel::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, axum::Json(serde_json::json!({ "status": h.overall_status }))).into_response()
+}
+
+/// Build the axum application (exposed for tests and embedding).
+pub fn app(engine: Engine, tokens: TokenTable, bind: SocketAddr, ct: CancellationToken) -> axum::Router {
+    let cfg = &engine.config().http;
+    let mut hosts = cfg.allowed_hosts.clone();
+    let ip = bind.ip();
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        hosts.push(ip.to_string());
+    }
+    let keep_alive = (cfg.sse_keep_alive_seconds > 0).then(|| Duration::from_secs(cfg.sse_keep_alive_seconds));
+    let rmcp_config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_allowed_origins(cfg.allowed_origins.clone())
+        .enforce_origin_validation()
+        .with_max_request_body_bytes(cfg.max_body_bytes)
+        .with_sse_keep_alive(keep_alive)
+        .with_cancellation_token(ct);
+    let factory_engine = engine.clone();
+    let mcp = StreamableHttpService::new(
+        move || Ok(MyrmexServer::new(factory_engine.clone())),
+        LocalSessionManager::default().into(),
+        rmcp_config,
+    );
+    let mcp = axum::Router::new()
+        .route_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(tokens, authenticate));
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .with_state(engine)
+        .merge(mcp)
+}
+
+/// Serve until `shutdown` is cancelled; then stop accepting, let open
+/// requests finish (at most 5 s) and return.
+pub async fn serve(engine: Engine, bind: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tokens = TokenTable::load(engine.config())?;
+    if tokens.is_empty() && !bind.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve HTTP on {bind} without authentication: configure [[auth.tokens]] \
+             (see `myrmex hash-token`) or bind a loopback address such as 127.0.0.1"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, auth = !tokens.is_empty(), "serving MCP over Streamable HTTP at /mcp");
+    let app = app(engine, tokens, local, shutdown.child_token());
+    let graceful = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
+    let server = tokio::spawn(async move { server.await });
+    shutdown.cancelled().await;
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(joined) => joined??,
+        Err(_) => tracing::warn!("open HTTP connections did not finish within 5 s; exiting anyway"),
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! The MCP surface: translates MCP requests into engine calls and engine
+//! results into MCP results. No orchestration state lives here: rmcp may build
+//! a [`MyrmexServer`] per HTTP session or even per request, and each one only
+//! holds a clone of the shared [`Engine`] handle.
+
+pub mod args;
+pub mod catalog;
+pub mod http;
+pub mod stdio;
+pub mod tools;
+
+use std::time::Instant;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
+
+use crate::engine::{Engine, Principal};
+use crate::error::{Error, ErrorCode};
+
+const INSTRUCTIONS: &str = "myrmex is an orchestration engine. Work happens inside sessions: \
+create_session makes one (or omit session_id everywhere to use your default session). \
+Every tool returns structured JSON; errors carry error.code, error.message and error.hint - follow the hint. \
+get_health_status and get_system_status describe the server.";
+
+#[derive(Clone)]
+pub struct MyrmexServer {
+    engine: Engine,
+    tool_router: ToolRouter<Self>,
+}
+
+impl MyrmexServer {
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            tool_router: Self::router(),
+        }
+    }
+
+    /// Every tool myrmex serves.
+    pub fn router() -> ToolRouter<Self> {
+        Self::sessions_router() + Self::system_router()
+    }
+}
+
+/// The caller of this request. stdio requests carry no HTTP parts and are the
+/// local principal; HTTP requests carry the principal the auth layer set.
+pub(crate) fn principal(ctx: &RequestContext<RoleServer>) -> Result<Principal, Error> {
+    match ctx.extensions.get::<::http::request::Parts>() {
+        None => Ok(Principal::local()),
+        Some(parts) => parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+            Error::new(
+                ErrorCode::PermissionDenied,
+                "the request carries no authenticated principal",
+                "Send the request through myrmex's HTTP endpoint with a valid bearer token.",
+            )
+        }),
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for MyrmexServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(
+                Implementation::new("myrmex", env!("CARGO_PKG_VERSION"))
+                    .with_title("myrmex orchestration server"),
+            )
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.to_string();
+        let started = Instant::now();
+        let tcc = ToolCallContext::new(self, request, context);
+        let result = self.tool_router.call(tcc).await;
+        let ok = matches!(&result, Ok(CallToolResponse::Complete(r)) if r.is_error != Some(true));
+        if self.tool_router.has_route(&name) {
+            self.engine.metrics().record(&name, ok, started.elapsed());
+        }
+        tracing::debug!(tool = %name, ok, ms = started.elapsed().as_millis() as u64, "tool call");
+        result
+    }
+}

@@ -1,0 +1,5 @@
+//! One file per tool group. Each tool does the same three moves: parse the
+//! arguments, call one engine method, shape the result.
+
+pub mod sessions;
+pub mod system;

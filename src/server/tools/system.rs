@@ -1,0 +1,89 @@
+//! System tools: health checks and server status.
+
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, tool, tool_router};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::engine::system::{HealthReport, StatusOptions, SystemStatus};
+use crate::error::Error;
+use crate::server::{MyrmexServer, args::Args, principal};
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthArgs {
+    /// Optional; when given it must be one of your sessions.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemStatusArgs {
+    /// Include per-tool call counters (calls, errors, durations) since the server started.
+    #[serde(default)]
+    pub include_detailed_metrics: bool,
+    /// Include resource-pool health. Accepted for compatibility with the original
+    /// specification; the store and background checks are always included.
+    #[serde(default)]
+    pub include_resource_health: bool,
+    /// Include your active sessions (at most one page).
+    #[serde(default)]
+    pub include_active_sessions: bool,
+    /// Window for metrics, in hours (1-720). Counters cover the time since the server started.
+    #[serde(default)]
+    pub time_range_hours: Option<u32>,
+    /// Also report this session (must be one of yours).
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[tool_router(router = system_router, vis = "pub(crate)")]
+impl MyrmexServer {
+    #[tool(
+        name = "get_health_status",
+        description = "Check the server's health: overall healthy/degraded/unhealthy and per-component checks (store reachable and writable, background tasks alive).",
+        annotations(title = "Health status", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn get_health_status(
+        &self,
+        Parameters(args): Parameters<Args<HealthArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<HealthReport>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        if let Some(id) = &a.session_id {
+            self.engine.sessions().get(&p, id).await?;
+        }
+        Ok(Json(self.engine.health().await))
+    }
+
+    #[tool(
+        name = "get_system_status",
+        description = "Report server status: version, uptime, store, session counts by status, health issues; optionally your active sessions and per-tool metrics.",
+        annotations(title = "System status", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn get_system_status(
+        &self,
+        Parameters(args): Parameters<Args<SystemStatusArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<SystemStatus>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        if let Some(h) = a.time_range_hours
+            && !(1..=720).contains(&h)
+        {
+            return Err(Error::invalid(
+                format!("time_range_hours is {h}; it must be between 1 and 720"),
+                "Omit time_range_hours, or pass a value between 1 and 720.",
+            ));
+        }
+        let opts = StatusOptions {
+            include_active_sessions: a.include_active_sessions,
+            include_detailed_metrics: a.include_detailed_metrics,
+            session_id: a.session_id,
+        };
+        Ok(Json(self.engine.system_status(&p, opts).await?))
+    }
+}

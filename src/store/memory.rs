@@ -1,0 +1,152 @@
+//! The in-memory store: the same contract as SQLite, gone when the process ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{SessionQuery, SessionRecord, Store, StoreError, StoreResult};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<String, SessionRecord>,
+    meta: BTreeMap<String, String>,
+}
+
+impl MemoryStore {
+    fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn location(&self) -> String {
+        "memory".into()
+    }
+
+    async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        if g.sessions.contains_key(&s.id) {
+            return Err(StoreError::Conflict(format!("session {} exists", s.id)));
+        }
+        if s.is_default
+            && s.status == "active"
+            && g.sessions
+                .values()
+                .any(|o| o.principal == s.principal && o.is_default && o.status == "active")
+        {
+            return Err(StoreError::Conflict(format!(
+                "principal {} already has an active default session",
+                s.principal
+            )));
+        }
+        g.sessions.insert(s.id.clone(), s.clone());
+        Ok(())
+    }
+
+    async fn get_session(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
+        Ok(self.lock()?.sessions.get(id).cloned())
+    }
+
+    async fn default_session(&self, principal: &str) -> StoreResult<Option<SessionRecord>> {
+        Ok(self
+            .lock()?
+            .sessions
+            .values()
+            .find(|s| s.principal == principal && s.is_default && s.status == "active")
+            .cloned())
+    }
+
+    async fn list_sessions(&self, q: &SessionQuery<'_>) -> StoreResult<Vec<SessionRecord>> {
+        let g = self.lock()?;
+        let mut v: Vec<SessionRecord> = g
+            .sessions
+            .values()
+            .filter(|s| s.principal == q.principal)
+            .filter(|s| q.status.is_none_or(|st| s.status == st))
+            .filter(|s| {
+                q.after
+                    .as_ref()
+                    .is_none_or(|(c, id)| (s.created_at, &s.id) > (*c, id))
+            })
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        v.truncate(q.limit as usize);
+        Ok(v)
+    }
+
+    async fn close_session(&self, id: &str, now: i64, reason: &str) -> StoreResult<bool> {
+        let mut g = self.lock()?;
+        match g.sessions.get_mut(id) {
+            Some(s) if s.status == "active" => {
+                s.status = "closed".into();
+                s.closed_at = Some(now);
+                s.updated_at = now;
+                s.close_reason = Some(reason.into());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn touch_session(&self, id: &str, now: i64) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        if let Some(s) = g.sessions.get_mut(id).filter(|s| s.status == "active") {
+            s.last_active_at = s.last_active_at.max(now);
+        }
+        Ok(())
+    }
+
+    async fn expired_sessions(&self, now: i64, limit: u32) -> StoreResult<Vec<SessionRecord>> {
+        let g = self.lock()?;
+        let mut v: Vec<SessionRecord> = g
+            .sessions
+            .values()
+            .filter(|s| s.status == "active" && s.expiry().0 <= now)
+            .cloned()
+            .collect();
+        v.sort_by_key(|s| s.expiry().0);
+        v.truncate(limit as usize);
+        Ok(v)
+    }
+
+    async fn count_sessions_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
+        let g = self.lock()?;
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for s in g.sessions.values() {
+            *m.entry(s.status.clone()).or_default() += 1;
+        }
+        Ok(m.into_iter().collect())
+    }
+
+    async fn count_active_sessions(&self, principal: &str) -> StoreResult<u64> {
+        Ok(self
+            .lock()?
+            .sessions
+            .values()
+            .filter(|s| s.principal == principal && s.status == "active")
+            .count() as u64)
+    }
+
+    async fn probe(&self, now: i64) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        g.meta.insert("health_probe".into(), now.to_string());
+        match g.meta.get("health_probe") {
+            Some(v) if *v == now.to_string() => Ok(()),
+            _ => Err(StoreError::Unavailable("probe read-back mismatch".into())),
+        }
+    }
+}

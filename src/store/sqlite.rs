@@ -1,0 +1,268 @@
+//! The embedded default store: one SQLite file in WAL mode.
+//!
+//! `synchronous = FULL` makes every committed transaction durable before the
+//! engine answers the caller, so a `kill -9` right after a reply loses nothing.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, query};
+
+use super::{SessionQuery, SessionRecord, Store, StoreError, StoreResult};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
+
+const SESSION_COLUMNS: &str = "id, principal, name, description, mode, max_parallel_tasks, \
+    max_parallel_workflows, timeout_seconds, idle_ttl_seconds, metadata, status, is_default, \
+    created_at, updated_at, last_active_at, closed_at, close_reason";
+
+fn db_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(d.to_string()),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn session_from_row(r: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
+    Ok(SessionRecord {
+        id: r.try_get("id")?,
+        principal: r.try_get("principal")?,
+        name: r.try_get("name")?,
+        description: r.try_get("description")?,
+        mode: r.try_get("mode")?,
+        max_parallel_tasks: r.try_get::<i64, _>("max_parallel_tasks")? as u32,
+        max_parallel_workflows: r.try_get::<i64, _>("max_parallel_workflows")? as u32,
+        timeout_seconds: r.try_get::<Option<i64>, _>("timeout_seconds")?.map(|v| v as u64),
+        idle_ttl_seconds: r.try_get::<i64, _>("idle_ttl_seconds")? as u64,
+        metadata: r.try_get("metadata")?,
+        status: r.try_get("status")?,
+        is_default: r.try_get("is_default")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        last_active_at: r.try_get("last_active_at")?,
+        closed_at: r.try_get("closed_at")?,
+        close_reason: r.try_get("close_reason")?,
+    })
+}
+
+fn sessions_from_rows(rows: Vec<SqliteRow>) -> StoreResult<Vec<SessionRecord>> {
+    rows.iter()
+        .map(|r| session_from_row(r).map_err(db_err))
+        .collect()
+}
+
+impl SqliteStore {
+    /// Open or create the database file, then apply pending migrations.
+    pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("cannot create data directory {}: {e}", dir.display())
+            })?;
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open SQLite store {}: {e}", path.display()))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot migrate SQLite store {}: {e}", path.display()))?;
+        Ok(Self {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
+        query(AssertSqlSafe(format!(
+            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        )))
+        .bind(&s.id)
+        .bind(&s.principal)
+        .bind(&s.name)
+        .bind(&s.description)
+        .bind(&s.mode)
+        .bind(s.max_parallel_tasks as i64)
+        .bind(s.max_parallel_workflows as i64)
+        .bind(s.timeout_seconds.map(|v| v as i64))
+        .bind(s.idle_ttl_seconds as i64)
+        .bind(&s.metadata)
+        .bind(&s.status)
+        .bind(s.is_default)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .bind(s.last_active_at)
+        .bind(s.closed_at)
+        .bind(&s.close_reason)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn get_session(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
+        let row = query(AssertSqlSafe(format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| session_from_row(&r).map_err(db_err)).transpose()
+    }
+
+    async fn default_session(&self, principal: &str) -> StoreResult<Option<SessionRecord>> {
+        let row = query(AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions \
+             WHERE principal = ?1 AND is_default AND status = 'active'"
+        )))
+        .bind(principal)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| session_from_row(&r).map_err(db_err)).transpose()
+    }
+
+    async fn list_sessions(&self, q: &SessionQuery<'_>) -> StoreResult<Vec<SessionRecord>> {
+        let (after_c, after_id) = q.after.clone().unwrap_or((i64::MIN, String::new()));
+        let rows = query(AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions \
+             WHERE principal = ?1 AND (?2 IS NULL OR status = ?2) \
+               AND (created_at > ?3 OR (created_at = ?3 AND id > ?4)) \
+             ORDER BY created_at, id LIMIT ?5"
+        )))
+        .bind(q.principal)
+        .bind(q.status)
+        .bind(after_c)
+        .bind(after_id)
+        .bind(q.limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        sessions_from_rows(rows)
+    }
+
+    async fn close_session(&self, id: &str, now: i64, reason: &str) -> StoreResult<bool> {
+        let r = query(
+            "UPDATE sessions SET status = 'closed', closed_at = ?2, updated_at = ?2, \
+             close_reason = ?3 WHERE id = ?1 AND status = 'active'",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn touch_session(&self, id: &str, now: i64) -> StoreResult<()> {
+        query(
+            "UPDATE sessions SET last_active_at = ?2 \
+             WHERE id = ?1 AND status = 'active' AND last_active_at < ?2",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn expired_sessions(&self, now: i64, limit: u32) -> StoreResult<Vec<SessionRecord>> {
+        let rows = query(AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE status = 'active' AND \
+             (last_active_at + idle_ttl_seconds * 1000 <= ?1 OR \
+              (timeout_seconds IS NOT NULL AND created_at + timeout_seconds * 1000 <= ?1)) \
+             ORDER BY last_active_at LIMIT ?2"
+        )))
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        sessions_from_rows(rows)
+    }
+
+    async fn count_sessions_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
+        let rows = query("SELECT status, COUNT(*) AS n FROM sessions GROUP BY status ORDER BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("status").map_err(db_err)?,
+                    r.try_get::<i64, _>("n").map_err(db_err)? as u64,
+                ))
+            })
+            .collect()
+    }
+
+    async fn count_active_sessions(&self, principal: &str) -> StoreResult<u64> {
+        let n: i64 = query(
+            "SELECT COUNT(*) AS n FROM sessions WHERE principal = ?1 AND status = 'active'",
+        )
+        .bind(principal)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?
+        .try_get("n")
+        .map_err(db_err)?;
+        Ok(n as u64)
+    }
+
+    async fn probe(&self, now: i64) -> StoreResult<()> {
+        let v = now.to_string();
+        query(
+            "INSERT INTO meta (key, value) VALUES ('health_probe', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(&v)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let back: String = query("SELECT value FROM meta WHERE key = 'health_probe'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?
+            .try_get("value")
+            .map_err(db_err)?;
+        if back != v {
+            return Err(StoreError::Unavailable("probe read-back mismatch".into()));
+        }
+        Ok(())
+    }
+}
