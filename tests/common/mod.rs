@@ -1,0 +1,218 @@
+//! Shared helpers: start the real `myrmex` binary and talk to it with rmcp's
+//! client, over stdio (child process) or Streamable HTTP, in either protocol era.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, ProtocolVersion};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::RoleClient;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub type Client = RunningService<RoleClient, ()>;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_myrmex")
+}
+
+/// Which protocol era a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// 2025-11-25: initialize + Mcp-Session-Id.
+    Legacy,
+    /// 2026-07-28: server/discover, stateless.
+    Modern,
+}
+
+pub const ERAS: [Era; 2] = [Era::Legacy, Era::Modern];
+
+/// The client really negotiated the era it was asked for.
+fn check_era(c: &Client, era: Era) {
+    let info = c.peer_info().expect("server info");
+    let want = match era {
+        Era::Legacy => ProtocolVersion::V_2025_11_25,
+        Era::Modern => ProtocolVersion::V_2026_07_28,
+    };
+    assert_eq!(info.protocol_version, want);
+    assert_eq!(info.server_info.as_ref().map(|s| s.name.as_str()), Some("myrmex"));
+}
+
+fn lifecycle(era: Era) -> ClientLifecycleMode {
+    match era {
+        Era::Legacy => ClientLifecycleMode::Initialize,
+        Era::Modern => ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        },
+    }
+}
+
+/// A scratch data directory plus the command line that uses it.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write `myrmex.toml` in the data directory and return its path.
+    pub fn config(&self, toml: &str) -> PathBuf {
+        let p = self.dir.path().join("myrmex.toml");
+        std::fs::write(&p, toml).expect("write config");
+        p
+    }
+
+    /// `myrmex --data-dir DIR <args>` with a clean MYRMEX_* environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--data-dir").arg(self.dir.path());
+        c.args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MYRMEX_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("MYRMEX_LOG_LEVEL", "debug");
+        c.kill_on_drop(true);
+        c
+    }
+
+    /// A stdio client on `myrmex serve <extra>`.
+    pub async fn stdio(&self, era: Era, extra: &[&str]) -> Client {
+        let mut args = vec!["serve"];
+        args.extend_from_slice(extra);
+        let (proc, _stderr) = TokioChildProcess::builder(self.command(&args))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn myrmex");
+        ().serve_with_lifecycle(proc, lifecycle(era)).await.expect("stdio client connects")
+    }
+
+    /// Start `myrmex serve --http 127.0.0.1:0 <extra>` and wait until it listens.
+    pub async fn http(&self, extra: &[&str]) -> HttpServer {
+        let mut args = vec!["serve", "--http", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        HttpServer::start(self.command(&args)).await
+    }
+}
+
+pub struct HttpServer {
+    pub child: Child,
+    pub addr: String,
+    pub url: String,
+    /// stderr lines after the listen line keep draining in the background.
+    _drain: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    pub async fn start(mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn myrmex");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read stderr") {
+                if let Some(rest) = line.split("addr=").nth(1).filter(|_| line.contains("Streamable HTTP")) {
+                    return rest.split_whitespace().next().expect("addr").to_string();
+                }
+            }
+            panic!("myrmex exited before listening");
+        })
+        .await
+        .expect("myrmex listens within 60 s");
+        let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let url = format!("http://{addr}/mcp");
+        Self { child, addr, url, _drain: drain }
+    }
+
+    /// An rmcp client, optionally with a bearer token.
+    pub async fn client(&self, era: Era, token: Option<&str>) -> Client {
+        let mut cfg = StreamableHttpClientTransportConfig::with_uri(self.url.clone());
+        if let Some(t) = token {
+            cfg = cfg.auth_header(t.to_string());
+        }
+        let transport = StreamableHttpClientTransport::from_config(cfg);
+        let c = ().serve_with_lifecycle(transport, lifecycle(era)).await.expect("http client connects");
+        check_era(&c, era);
+        c
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("running") as i32
+    }
+}
+
+/// Send a signal to a process (Unix).
+pub fn signal(pid: i32, sig: &str) {
+    let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill");
+    assert!(ok.success(), "kill -{sig} {pid}");
+}
+
+/// The outcome of one tool call: `Ok(structuredContent)` or `Err(error body)`.
+pub type Outcome = Result<Value, Value>;
+
+/// Call a tool; the result must carry structured content either way.
+pub async fn call(client: &Client, tool: &str, args: Value) -> Outcome {
+    let args: Map<String, Value> = match args {
+        Value::Object(m) => m,
+        other => panic!("arguments must be an object, got {other}"),
+    };
+    let res = client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args))
+        .await
+        .unwrap_or_else(|e| panic!("{tool}: protocol error {e}"));
+    let structured = res.structured_content.clone().unwrap_or_else(|| panic!("{tool}: no structuredContent: {res:?}"));
+    // The text copy must be the same JSON.
+    let text = res.content.first().and_then(|c| c.as_text()).map(|t| t.text.clone()).expect("text content");
+    assert_eq!(serde_json::from_str::<Value>(&text).expect("text is JSON"), structured, "{tool}: text differs");
+    if res.is_error == Some(true) {
+        Err(structured["error"].clone())
+    } else {
+        Ok(structured)
+    }
+}
+
+/// Call a tool that must succeed.
+pub async fn ok(client: &Client, tool: &str, args: Value) -> Value {
+    call(client, tool, args).await.unwrap_or_else(|e| panic!("{tool} failed: {e}"))
+}
+
+/// Call a tool that must fail with `code`; returns the error body.
+pub async fn err(client: &Client, tool: &str, args: Value, code: &str) -> Value {
+    match call(client, tool, args).await {
+        Ok(v) => panic!("{tool} succeeded but {code} was expected: {v}"),
+        Err(e) => {
+            assert_eq!(e["code"], json!(code), "{tool}: {e}");
+            assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{tool}: no message: {e}");
+            assert!(e["hint"].as_str().is_some_and(|m| !m.is_empty()), "{tool}: no hint: {e}");
+            e
+        }
+    }
+}
+
+/// The tool names of this server, sorted.
+pub async fn tool_names(client: &Client) -> Vec<String> {
+    let mut names: Vec<String> =
+        client.list_all_tools().await.expect("tools/list").into_iter().map(|t| t.name.to_string()).collect();
+    names.sort();
+    names
+}
+
+pub const TOOLS: &[&str] = &[
+    "close_session",
+    "create_session",
+    "get_health_status",
+    "get_session",
+    "get_system_status",
+    "list_sessions",
+];
