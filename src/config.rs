@@ -199,14 +199,13 @@ impl Config {
         }
         figment = figment
             .merge(
-                Env::prefixed("MYRMEX_")
-                    .split("__")
-                    .filter(|k| k.as_str() != "config"),
+                // MYRMEX_CONFIG names the file itself (a CLI flag), not a key.
+                Env::prefixed("MYRMEX_").ignore(&["config"]).split("__"),
             )
             .merge(Serialized::defaults(overrides));
-        let config: Config = figment.extract().map_err(|e| {
-            anyhow::anyhow!("invalid configuration: {e}")
-        })?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.validate()?;
         Ok(config)
     }

@@ -93,7 +93,9 @@ impl ErrorCode {
                 "Arguments are missing, malformed, of the wrong type, unknown or out of range."
             }
             ErrorCode::ResourceUnavailable => "Requested resources cannot be granted.",
-            ErrorCode::ModuleNotFound => "The named module or action does not exist or is disabled.",
+            ErrorCode::ModuleNotFound => {
+                "The named module or action does not exist or is disabled."
+            }
             ErrorCode::WorkflowNotFound => "No workflow definition with that name.",
             ErrorCode::ProjectExists => "A project with that name already exists.",
             ErrorCode::PermissionDenied => "The caller may not perform this operation.",
@@ -148,8 +150,12 @@ impl Error {
     }
 
     pub fn not_found(what: &str, id: &str, hint: impl Into<String>) -> Self {
-        Self::new(ErrorCode::NotFound, format!("{what} '{id}' not found"), hint)
-            .with_details(serde_json::json!({ "kind": what, "id": id }))
+        Self::new(
+            ErrorCode::NotFound,
+            format!("{what} '{id}' not found"),
+            hint,
+        )
+        .with_details(serde_json::json!({ "kind": what, "id": id }))
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

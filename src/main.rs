@@ -13,7 +13,11 @@ use myrmex::engine::Engine;
 use myrmex::server;
 
 #[derive(Parser, Debug)]
-#[command(name = "myrmex", version, about = "An MCP server that gives AI agents a real project and workflow orchestration engine")]
+#[command(
+    name = "myrmex",
+    version,
+    about = "An MCP server that gives AI agents a real project and workflow orchestration engine"
+)]
 struct Cli {
     /// TOML configuration file.
     #[arg(long, global = true, env = "MYRMEX_CONFIG", value_name = "FILE")]
@@ -55,14 +59,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match run(cli) {
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("myrmex: {e:#}");
             ExitCode::from(2)
         }
-    };
-    code
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -77,7 +80,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for d in &drift {
                     eprintln!("out of date: {d}");
                 }
-                eprintln!("run `myrmex schemas --out {}` and commit the result", out.display());
+                eprintln!(
+                    "run `myrmex schemas --out {}` and commit the result",
+                    out.display()
+                );
                 return Ok(ExitCode::FAILURE);
             }
             for path in server::catalog::write(&out)? {
@@ -95,30 +101,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", server::http::sha256_hex(token));
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Serve { http }) => serve(cli.config, overrides(cli.data_dir, cli.store, cli.log_level), http),
-        None => serve(cli.config, overrides(cli.data_dir, cli.store, cli.log_level), None),
+        Some(Command::Serve { http }) => serve(
+            cli.config,
+            overrides(cli.data_dir, cli.store, cli.log_level),
+            http,
+        ),
+        None => serve(
+            cli.config,
+            overrides(cli.data_dir, cli.store, cli.log_level),
+            None,
+        ),
     }
 }
 
-fn overrides(data_dir: Option<PathBuf>, store: Option<String>, log_level: Option<String>) -> Overrides {
-    Overrides { data_dir, store, log_level }
+fn overrides(
+    data_dir: Option<PathBuf>,
+    store: Option<String>,
+    log_level: Option<String>,
+) -> Overrides {
+    Overrides {
+        data_dir,
+        store,
+        log_level,
+    }
 }
 
-fn serve(config_file: Option<PathBuf>, overrides: Overrides, http: Option<String>) -> anyhow::Result<ExitCode> {
+fn serve(
+    config_file: Option<PathBuf>,
+    overrides: Overrides,
+    http: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_file.as_deref(), &overrides)?;
     myrmex::telemetry::init(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(async move {
         let data_dir = config.data_dir()?;
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
+        std::fs::create_dir_all(&data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display())
+        })?;
         let store = myrmex::store::open(&config.store_spec()?).await?;
         tracing::info!(store = store.kind(), location = %store.location(), "store open");
         let bind: Option<SocketAddr> = match http {
             None => None,
             Some(a) => {
-                let a = if a.is_empty() { config.http.bind.clone() } else { a };
-                Some(a.parse().map_err(|_| anyhow::anyhow!("--http '{a}' is not an address like 127.0.0.1:7341"))?)
+                let a = if a.is_empty() {
+                    config.http.bind.clone()
+                } else {
+                    a
+                };
+                Some(a.parse().map_err(|_| {
+                    anyhow::anyhow!("--http '{a}' is not an address like 127.0.0.1:7341")
+                })?)
             }
         };
         let engine = Engine::new(config, store);
@@ -141,7 +176,10 @@ async fn watch_signals(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::warn!("cannot install signal handlers");
             return;
         };

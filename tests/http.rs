@@ -41,7 +41,10 @@ fn token_config(env: &Env) -> std::path::PathBuf {
 #[test]
 fn hash_token_matches_sha256() {
     // Known vector: sha256("abc").
-    assert_eq!(sha("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(
+        sha("abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
 }
 
 #[tokio::test]
@@ -58,11 +61,35 @@ async fn principals_only_see_their_own_sessions() {
         // Bob gets NOT_FOUND, never the data, for every tool that takes the id.
         let e = err(&bob, "get_session", json!({"session_id": id}), "NOT_FOUND").await;
         assert!(!e.to_string().contains("alice's"));
-        err(&bob, "close_session", json!({"session_id": id}), "NOT_FOUND").await;
-        err(&bob, "get_system_status", json!({"session_id": id}), "NOT_FOUND").await;
-        err(&bob, "list_sessions", json!({"session_id": id}), "NOT_FOUND").await;
+        err(
+            &bob,
+            "close_session",
+            json!({"session_id": id}),
+            "NOT_FOUND",
+        )
+        .await;
+        err(
+            &bob,
+            "get_system_status",
+            json!({"session_id": id}),
+            "NOT_FOUND",
+        )
+        .await;
+        err(
+            &bob,
+            "list_sessions",
+            json!({"session_id": id}),
+            "NOT_FOUND",
+        )
+        .await;
         let bobs = ok(&bob, "list_sessions", json!({})).await;
-        assert!(bobs["sessions"].as_array().unwrap().iter().all(|s| s["principal"] == "bob"));
+        assert!(
+            bobs["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["principal"] == "bob")
+        );
         // Default sessions are per principal.
         let da = ok(&alice, "get_session", json!({})).await;
         let db = ok(&bob, "get_session", json!({})).await;
@@ -103,32 +130,75 @@ async fn http_refuses_bad_tokens_origins_hosts_and_bodies() {
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "UNAUTHENTICATED");
-    assert_eq!(post(&server.url, &[("authorization", "Bearer wrong")], body.clone()).await.status(), 401);
-    assert_eq!(post(&server.url, &[("authorization", ALICE)], body.clone()).await.status(), 401);
+    assert_eq!(
+        post(
+            &server.url,
+            &[("authorization", "Bearer wrong")],
+            body.clone()
+        )
+        .await
+        .status(),
+        401
+    );
+    assert_eq!(
+        post(&server.url, &[("authorization", ALICE)], body.clone())
+            .await
+            .status(),
+        401
+    );
 
     // The valid token passes.
-    assert_eq!(post(&server.url, &[("authorization", &alice)], body.clone()).await.status(), 200);
-    // A local browser origin passes; a foreign one is refused.
-    let local_origin = format!("http://localhost:{}", server.addr.rsplit(':').next().unwrap());
     assert_eq!(
-        post(&server.url, &[("authorization", &alice), ("origin", &local_origin)], body.clone()).await.status(),
+        post(&server.url, &[("authorization", &alice)], body.clone())
+            .await
+            .status(),
+        200
+    );
+    // A local browser origin passes; a foreign one is refused.
+    let local_origin = format!(
+        "http://localhost:{}",
+        server.addr.rsplit(':').next().unwrap()
+    );
+    assert_eq!(
+        post(
+            &server.url,
+            &[("authorization", &alice), ("origin", &local_origin)],
+            body.clone()
+        )
+        .await
+        .status(),
         200
     );
     assert_eq!(
-        post(&server.url, &[("authorization", &alice), ("origin", "http://evil.example")], body.clone())
-            .await
-            .status(),
+        post(
+            &server.url,
+            &[("authorization", &alice), ("origin", "http://evil.example")],
+            body.clone()
+        )
+        .await
+        .status(),
         403
     );
     // A foreign Host (DNS rebinding) is refused.
     assert_eq!(
-        post(&server.url, &[("authorization", &alice), ("host", "evil.example")], body.clone()).await.status(),
+        post(
+            &server.url,
+            &[("authorization", &alice), ("host", "evil.example")],
+            body.clone()
+        )
+        .await
+        .status(),
         403
     );
     // An oversized body is refused (default limit 4 MiB).
     let mut big = init_body();
     big["params"]["clientInfo"]["name"] = json!("x".repeat(5 * 1024 * 1024));
-    assert_eq!(post(&server.url, &[("authorization", &alice)], big.to_string()).await.status(), 413);
+    assert_eq!(
+        post(&server.url, &[("authorization", &alice)], big.to_string())
+            .await
+            .status(),
+        413
+    );
 }
 
 #[tokio::test]
@@ -139,10 +209,38 @@ async fn body_limit_and_allowed_origins_are_configurable() {
     );
     let server = env.http(&["--config", cfg.to_str().unwrap()]).await;
     let body = init_body().to_string();
-    assert_eq!(post(&server.url, &[("origin", "https://app.example.com")], body.clone()).await.status(), 200);
-    assert_eq!(post(&server.url, &[("origin", "http://localhost:6274")], body.clone()).await.status(), 403);
-    assert_eq!(post(&server.url, &[("host", "mcp.example.com")], body.clone()).await.status(), 200);
-    assert_eq!(post(&server.url, &[("host", "localhost")], body.clone()).await.status(), 403);
+    assert_eq!(
+        post(
+            &server.url,
+            &[("origin", "https://app.example.com")],
+            body.clone()
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        post(
+            &server.url,
+            &[("origin", "http://localhost:6274")],
+            body.clone()
+        )
+        .await
+        .status(),
+        403
+    );
+    assert_eq!(
+        post(&server.url, &[("host", "mcp.example.com")], body.clone())
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(&server.url, &[("host", "localhost")], body.clone())
+            .await
+            .status(),
+        403
+    );
     let mut big = init_body();
     big["params"]["clientInfo"]["name"] = json!("x".repeat(4096));
     assert_eq!(post(&server.url, &[], big.to_string()).await.status(), 413);
@@ -151,7 +249,11 @@ async fn body_limit_and_allowed_origins_are_configurable() {
 #[tokio::test]
 async fn non_loopback_bind_without_tokens_is_refused() {
     let env = Env::new();
-    let out = env.command(&["serve", "--http", "0.0.0.0:0"]).output().await.unwrap();
+    let out = env
+        .command(&["serve", "--http", "0.0.0.0:0"])
+        .output()
+        .await
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("without authentication"), "{stderr}");
@@ -162,7 +264,14 @@ async fn non_loopback_bind_without_tokens_is_refused() {
 async fn non_loopback_bind_with_tokens_serves() {
     let env = Env::new();
     let cfg = token_config(&env);
-    let server = HttpServer::start(env.command(&["--config", cfg.to_str().unwrap(), "serve", "--http", "0.0.0.0:0"])).await;
+    let server = HttpServer::start(env.command(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "serve",
+        "--http",
+        "0.0.0.0:0",
+    ]))
+    .await;
     assert!(server.addr.starts_with("0.0.0.0:"), "{}", server.addr);
 }
 
@@ -170,7 +279,9 @@ async fn non_loopback_bind_with_tokens_serves() {
 async fn healthz_reports_health() {
     let env = Env::new();
     let server = env.http(&[]).await;
-    let r = reqwest::get(format!("http://{}/healthz", server.addr)).await.unwrap();
+    let r = reqwest::get(format!("http://{}/healthz", server.addr))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["status"], "healthy");

@@ -47,22 +47,88 @@ async fn session_scenario(c: &Client) {
     assert_eq!(got["name"], "build");
 
     // Bad input: a clear error, nothing created.
-    let before = ok(c, "list_sessions", json!({"limit": 200})).await["sessions"].as_array().unwrap().len();
-    let e = err(c, "create_session", json!({"name": "x", "colour": "red"}), "INVALID_PARAMETERS").await;
+    let before = ok(c, "list_sessions", json!({"limit": 200})).await["sessions"]
+        .as_array()
+        .unwrap()
+        .len();
+    let e = err(
+        c,
+        "create_session",
+        json!({"name": "x", "colour": "red"}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
     assert!(e["message"].as_str().unwrap().contains("colour"), "{e}");
-    let e = err(c, "create_session", json!({"max_parallel_tasks": "many"}), "INVALID_PARAMETERS").await;
-    assert!(e["message"].as_str().unwrap().contains("max_parallel_tasks"), "{e}");
-    err(c, "create_session", json!({"max_parallel_tasks": 0}), "INVALID_PARAMETERS").await;
-    err(c, "create_session", json!({"mode": "turbo"}), "INVALID_PARAMETERS").await;
-    err(c, "create_session", json!({"name": "n".repeat(129)}), "INVALID_PARAMETERS").await;
-    err(c, "create_session", json!({"metadata": {"blob": "x".repeat(20_000)}}), "LIMIT_EXCEEDED").await;
-    err(c, "create_session", json!({"idle_ttl_seconds": 0}), "INVALID_PARAMETERS").await;
-    let after = ok(c, "list_sessions", json!({"limit": 200})).await["sessions"].as_array().unwrap().len();
+    let e = err(
+        c,
+        "create_session",
+        json!({"max_parallel_tasks": "many"}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_parallel_tasks"),
+        "{e}"
+    );
+    err(
+        c,
+        "create_session",
+        json!({"max_parallel_tasks": 0}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    err(
+        c,
+        "create_session",
+        json!({"mode": "turbo"}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    err(
+        c,
+        "create_session",
+        json!({"name": "n".repeat(129)}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    err(
+        c,
+        "create_session",
+        json!({"metadata": {"blob": "x".repeat(20_000)}}),
+        "LIMIT_EXCEEDED",
+    )
+    .await;
+    err(
+        c,
+        "create_session",
+        json!({"idle_ttl_seconds": 0}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    let after = ok(c, "list_sessions", json!({"limit": 200})).await["sessions"]
+        .as_array()
+        .unwrap()
+        .len();
     assert_eq!(before, after, "a failed create changed something");
 
     // Unknown session.
-    err(c, "get_session", json!({"session_id": "ses_00000000000000000000000000000000"}), "NOT_FOUND").await;
-    err(c, "close_session", json!({"session_id": "nope"}), "NOT_FOUND").await;
+    err(
+        c,
+        "get_session",
+        json!({"session_id": "ses_00000000000000000000000000000000"}),
+        "NOT_FOUND",
+    )
+    .await;
+    err(
+        c,
+        "close_session",
+        json!({"session_id": "nope"}),
+        "NOT_FOUND",
+    )
+    .await;
     err(c, "close_session", json!({}), "INVALID_PARAMETERS").await;
 
     // Pagination: 5 more sessions, pages of 2, every session exactly once, in order.
@@ -79,34 +145,77 @@ async fn session_scenario(c: &Client) {
         let page = ok(c, "list_sessions", args).await;
         let items = page["sessions"].as_array().unwrap();
         assert!(items.len() <= 2);
-        seen.extend(items.iter().map(|s| s["session_id"].as_str().unwrap().to_string()));
+        seen.extend(
+            items
+                .iter()
+                .map(|s| s["session_id"].as_str().unwrap().to_string()),
+        );
         match page["next_cursor"].as_str() {
             Some(n) => cursor = Some(n.to_string()),
             None => break,
         }
     }
     let all = ok(c, "list_sessions", json!({"limit": 200})).await;
-    let all: Vec<String> =
-        all["sessions"].as_array().unwrap().iter().map(|s| s["session_id"].as_str().unwrap().to_string()).collect();
+    let all: Vec<String> = all["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(seen, all);
     assert_eq!(all.len(), 8); // default + build + plain + 5
-    err(c, "list_sessions", json!({"cursor": "garbage"}), "INVALID_PARAMETERS").await;
-    err(c, "list_sessions", json!({"limit": 201}), "INVALID_PARAMETERS").await;
-    err(c, "list_sessions", json!({"limit": 0}), "INVALID_PARAMETERS").await;
+    err(
+        c,
+        "list_sessions",
+        json!({"cursor": "garbage"}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    err(
+        c,
+        "list_sessions",
+        json!({"limit": 201}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    err(
+        c,
+        "list_sessions",
+        json!({"limit": 0}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
 
     // Close, then close again: SESSION_CLOSED and nothing changes.
     let closed = ok(c, "close_session", json!({"session_id": id})).await;
     assert_eq!(closed["status"], "closed");
     assert_eq!(closed["close_reason"], "closed_by_caller");
     assert!(closed["closed_at"].is_string());
-    err(c, "close_session", json!({"session_id": id}), "SESSION_CLOSED").await;
+    err(
+        c,
+        "close_session",
+        json!({"session_id": id}),
+        "SESSION_CLOSED",
+    )
+    .await;
     let again = ok(c, "get_session", json!({"session_id": id})).await;
     assert_eq!(again["closed_at"], closed["closed_at"]);
     assert_eq!(again["updated_at"], closed["updated_at"]);
 
     // Status filter.
-    let active = ok(c, "list_sessions", json!({"status": "active", "limit": 200})).await;
-    assert!(active["sessions"].as_array().unwrap().iter().all(|s| s["status"] == "active"));
+    let active = ok(
+        c,
+        "list_sessions",
+        json!({"status": "active", "limit": 200}),
+    )
+    .await;
+    assert!(
+        active["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "active")
+    );
     assert_eq!(active["sessions"].as_array().unwrap().len(), 7);
     let closed_list = ok(c, "list_sessions", json!({"status": "closed"})).await;
     assert_eq!(closed_list["sessions"].as_array().unwrap().len(), 1);
@@ -115,8 +224,17 @@ async fn session_scenario(c: &Client) {
     let h = ok(c, "get_health_status", json!({})).await;
     assert_eq!(h["overall_status"], "healthy", "{h}");
     assert_eq!(h["components"]["store"]["status"], "healthy");
-    assert_eq!(h["components"]["background.session_sweeper"]["status"], "healthy");
-    err(c, "get_health_status", json!({"session_id": "ses_nope"}), "NOT_FOUND").await;
+    assert_eq!(
+        h["components"]["background.session_sweeper"]["status"],
+        "healthy"
+    );
+    err(
+        c,
+        "get_health_status",
+        json!({"session_id": "ses_nope"}),
+        "NOT_FOUND",
+    )
+    .await;
     let st = ok(
         c,
         "get_system_status",
@@ -129,9 +247,24 @@ async fn session_scenario(c: &Client) {
     assert_eq!(st["sessions"]["by_status"]["active"], 7);
     assert_eq!(st["active_sessions"].as_array().unwrap().len(), 7);
     assert_eq!(st["session"]["session_id"], json!(id));
-    assert!(st["tool_calls"]["create_session"]["ok"].as_u64().unwrap() >= 7, "{st}");
-    assert!(st["tool_calls"]["create_session"]["errors"].as_u64().unwrap() >= 7, "{st}");
-    err(c, "get_system_status", json!({"time_range_hours": 0}), "INVALID_PARAMETERS").await;
+    assert!(
+        st["tool_calls"]["create_session"]["ok"].as_u64().unwrap() >= 7,
+        "{st}"
+    );
+    assert!(
+        st["tool_calls"]["create_session"]["errors"]
+            .as_u64()
+            .unwrap()
+            >= 7,
+        "{st}"
+    );
+    err(
+        c,
+        "get_system_status",
+        json!({"time_range_hours": 0}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
     let bare = ok(c, "get_system_status", json!({})).await;
     assert!(bare.get("active_sessions").is_none() && bare.get("tool_calls").is_none());
 }
@@ -182,7 +315,11 @@ async fn concurrent_first_calls_share_one_default_session() {
 async fn futures_join(server: &HttpServer) -> Vec<Client> {
     let mut v = Vec::new();
     for i in 0..6 {
-        v.push(server.client(if i % 2 == 0 { Era::Legacy } else { Era::Modern }, None).await);
+        v.push(
+            server
+                .client(if i % 2 == 0 { Era::Legacy } else { Era::Modern }, None)
+                .await,
+        );
     }
     v
 }

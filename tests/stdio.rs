@@ -22,13 +22,18 @@ fn requests() -> Vec<Value> {
         ("get_session", json!({})),
         ("list_sessions", json!({})),
         ("get_health_status", json!({})),
-        ("get_system_status", json!({"include_detailed_metrics": true})),
+        (
+            "get_system_status",
+            json!({"include_detailed_metrics": true}),
+        ),
         ("create_session", json!({"bogus": true})),
         ("close_session", json!({"session_id": "ses_x"})),
     ];
     for (i, (name, args)) in calls.into_iter().enumerate() {
-        v.push(json!({"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call",
-                      "params": {"name": name, "arguments": args}}));
+        v.push(
+            json!({"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call",
+                      "params": {"name": name, "arguments": args}}),
+        );
     }
     v.push(json!({"jsonrpc": "2.0", "id": 99, "method": "no/such/method"}));
     v
@@ -38,7 +43,9 @@ fn requests() -> Vec<Value> {
 async fn stdout_carries_only_json_rpc_and_stdin_eof_ends_the_server() {
     let env = Env::new();
     let mut cmd = env.command(&["--log-level", "trace", "serve"]);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let reqs = requests();
@@ -57,7 +64,8 @@ async fn stdout_carries_only_json_rpc_and_stdin_eof_ends_the_server() {
     let mut out = Vec::new();
     let answered = |out: &Vec<String>| {
         expected_ids.iter().all(|id| {
-            out.iter().any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v.get("id") == Some(id)))
+            out.iter()
+                .any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v.get("id") == Some(id)))
         })
     };
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -82,18 +90,29 @@ async fn stdout_carries_only_json_rpc_and_stdin_eof_ends_the_server() {
     .unwrap();
     assert!(status.success(), "{status:?}");
     let err = err_task.await.unwrap();
-    assert!(err.contains("TRACE") || err.contains("DEBUG"), "trace logging reached stderr");
+    assert!(
+        err.contains("TRACE") || err.contains("DEBUG"),
+        "trace logging reached stderr"
+    );
     let mut ids = Vec::new();
     for line in &out {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
         assert_eq!(v["jsonrpc"], "2.0", "{line}");
-        assert!(v.get("result").is_some() || v.get("error").is_some() || v.get("method").is_some(), "{line}");
+        assert!(
+            v.get("result").is_some() || v.get("error").is_some() || v.get("method").is_some(),
+            "{line}"
+        );
         if let Some(id) = v.get("id") {
             ids.push(id.clone());
         }
     }
     for id in expected_ids {
-        assert!(ids.contains(&id), "no answer to request {id}; stdout was:\n{}", out.join("\n"));
+        assert!(
+            ids.contains(&id),
+            "no answer to request {id}; stdout was:\n{}",
+            out.join("\n")
+        );
     }
 }
 
@@ -101,10 +120,15 @@ async fn stdout_carries_only_json_rpc_and_stdin_eof_ends_the_server() {
 async fn sigterm_ends_a_stdio_server_with_stdin_open() {
     let env = Env::new();
     let mut cmd = env.command(&["serve"]);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(format!("{}\n", requests()[0]).as_bytes()).await.unwrap();
+    stdin
+        .write_all(format!("{}\n", requests()[0]).as_bytes())
+        .await
+        .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut first = [0u8; 1];
     stdout.read_exact(&mut first).await.unwrap(); // it answered: it is serving

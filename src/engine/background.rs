@@ -2,9 +2,9 @@
 //! dead or stuck one.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;

@@ -94,7 +94,8 @@ impl Engine {
     /// when `shutdown` is cancelled.
     pub fn start_background(&self, shutdown: tokio_util::sync::CancellationToken) {
         let sessions = self.inner.sessions.clone();
-        let every = std::time::Duration::from_secs(self.inner.config.sessions.sweep_interval_seconds);
+        let every =
+            std::time::Duration::from_secs(self.inner.config.sessions.sweep_interval_seconds);
         self.inner
             .background
             .spawn_periodic("session_sweeper", every, shutdown, move || {

@@ -209,12 +209,23 @@ impl SessionRegistry {
     pub async fn list(&self, principal: &Principal, q: ListSessions) -> Result<SessionPage> {
         let limit = match q.limit {
             None => self.limits.default_page_size,
-            Some(0) => return Err(Error::invalid("limit must be at least 1", "Omit limit for the default page size.")),
+            Some(0) => {
+                return Err(Error::invalid(
+                    "limit must be at least 1",
+                    "Omit limit for the default page size.",
+                ));
+            }
             Some(n) if n > self.limits.max_page_size => {
                 return Err(Error::new(
                     ErrorCode::InvalidParameters,
-                    format!("limit {n} is above the maximum page size {}", self.limits.max_page_size),
-                    format!("Use a limit between 1 and {} and follow next_cursor.", self.limits.max_page_size),
+                    format!(
+                        "limit {n} is above the maximum page size {}",
+                        self.limits.max_page_size
+                    ),
+                    format!(
+                        "Use a limit between 1 and {} and follow next_cursor.",
+                        self.limits.max_page_size
+                    ),
                 ));
             }
             Some(n) => n,
@@ -246,7 +257,10 @@ impl SessionRegistry {
     pub async fn close(&self, principal: &Principal, id: &str) -> Result<Session> {
         let rec = self.visible(principal, id).await?;
         if rec.status != SessionStatus::Active.as_str()
-            || !self.store.close_session(id, now_ms(), "closed_by_caller").await?
+            || !self
+                .store
+                .close_session(id, now_ms(), "closed_by_caller")
+                .await?
         {
             let now = self.visible(principal, id).await?;
             return Err(closed_error(&now));
@@ -324,31 +338,63 @@ impl SessionRegistry {
     }
 
     /// Validate a request and build the row. Nothing is written here.
-    fn build(&self, principal: &Principal, req: NewSession, is_default: bool) -> Result<SessionRecord> {
+    fn build(
+        &self,
+        principal: &Principal,
+        req: NewSession,
+        is_default: bool,
+    ) -> Result<SessionRecord> {
         let l = &self.limits;
         let name = req.name.unwrap_or_default();
         check_len("name", &name, l.max_name_chars)?;
         if name.chars().any(char::is_control) {
-            return Err(Error::invalid("name contains control characters", "Use printable characters only."));
+            return Err(Error::invalid(
+                "name contains control characters",
+                "Use printable characters only.",
+            ));
         }
         let description = req.description.unwrap_or_default();
         check_len("description", &description, l.max_description_chars)?;
-        let max_parallel_tasks = req.max_parallel_tasks.unwrap_or(self.sessions.default_max_parallel_tasks);
-        check_range("max_parallel_tasks", max_parallel_tasks as u64, 1, MAX_PARALLEL_TASKS as u64)?;
-        let max_parallel_workflows =
-            req.max_parallel_workflows.unwrap_or(self.sessions.default_max_parallel_workflows);
-        check_range("max_parallel_workflows", max_parallel_workflows as u64, 1, MAX_PARALLEL_WORKFLOWS as u64)?;
+        let max_parallel_tasks = req
+            .max_parallel_tasks
+            .unwrap_or(self.sessions.default_max_parallel_tasks);
+        check_range(
+            "max_parallel_tasks",
+            max_parallel_tasks as u64,
+            1,
+            MAX_PARALLEL_TASKS as u64,
+        )?;
+        let max_parallel_workflows = req
+            .max_parallel_workflows
+            .unwrap_or(self.sessions.default_max_parallel_workflows);
+        check_range(
+            "max_parallel_workflows",
+            max_parallel_workflows as u64,
+            1,
+            MAX_PARALLEL_WORKFLOWS as u64,
+        )?;
         if let Some(t) = req.timeout_seconds {
             check_range("timeout_seconds", t, 1, MAX_TIMEOUT_SECONDS)?;
         }
-        let idle_ttl_seconds = req.idle_ttl_seconds.unwrap_or(self.sessions.default_idle_ttl_seconds);
-        check_range("idle_ttl_seconds", idle_ttl_seconds, 1, self.sessions.max_idle_ttl_seconds)?;
+        let idle_ttl_seconds = req
+            .idle_ttl_seconds
+            .unwrap_or(self.sessions.default_idle_ttl_seconds);
+        check_range(
+            "idle_ttl_seconds",
+            idle_ttl_seconds,
+            1,
+            self.sessions.max_idle_ttl_seconds,
+        )?;
         let metadata = serde_json::to_string(&req.metadata.unwrap_or_default())
             .map_err(|e| Error::internal(format!("metadata does not serialize: {e}")))?;
         if metadata.len() > l.max_metadata_bytes {
             return Err(Error::new(
                 ErrorCode::LimitExceeded,
-                format!("metadata is {} bytes serialized; the limit is {}", metadata.len(), l.max_metadata_bytes),
+                format!(
+                    "metadata is {} bytes serialized; the limit is {}",
+                    metadata.len(),
+                    l.max_metadata_bytes
+                ),
                 "Store large data elsewhere and keep a reference in metadata.",
             ));
         }
@@ -415,7 +461,11 @@ fn check_range(field: &str, v: u64, min: u64, max: u64) -> Result<()> {
 fn to_session(r: SessionRecord) -> Result<Session> {
     let metadata: Map<String, Value> = serde_json::from_str(&r.metadata)
         .map_err(|e| Error::internal(format!("session {} has corrupt metadata: {e}", r.id)))?;
-    let status = if r.status == "active" { SessionStatus::Active } else { SessionStatus::Closed };
+    let status = if r.status == "active" {
+        SessionStatus::Active
+    } else {
+        SessionStatus::Closed
+    };
     let expires_at = (status == SessionStatus::Active).then(|| iso(r.expiry().0));
     Ok(Session {
         mode: SessionMode::parse(&r.mode)?,
@@ -442,7 +492,8 @@ fn to_session(r: SessionRecord) -> Result<Session> {
 const CURSOR_PREFIX: &str = "s1:";
 
 fn encode_cursor(created_at: i64, id: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{created_at}:{id}"))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{CURSOR_PREFIX}{created_at}:{id}"))
 }
 
 fn decode_cursor(c: &str) -> Result<(i64, String)> {
@@ -452,7 +503,9 @@ fn decode_cursor(c: &str) -> Result<(i64, String)> {
             "Pass next_cursor from the previous page unchanged, or omit cursor to start at the first page.",
         )
     };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| bad())?;
     let s = String::from_utf8(raw).map_err(|_| bad())?;
     let rest = s.strip_prefix(CURSOR_PREFIX).ok_or_else(bad)?;
     let (ts, id) = rest.split_once(':').ok_or_else(bad)?;
@@ -467,7 +520,10 @@ mod tests {
     fn cursor_round_trips_and_rejects_garbage() {
         let c = encode_cursor(1234, "ses_abc");
         assert_eq!(decode_cursor(&c).unwrap(), (1234, "ses_abc".to_string()));
-        assert_eq!(decode_cursor("nope").unwrap_err().code, ErrorCode::InvalidParameters);
+        assert_eq!(
+            decode_cursor("nope").unwrap_err().code,
+            ErrorCode::InvalidParameters
+        );
         let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x1:1:a");
         assert!(decode_cursor(&forged).is_err());
     }

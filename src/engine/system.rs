@@ -125,7 +125,13 @@ impl Engine {
             let (status, message) = if !t.running {
                 (HealthLevel::Degraded, "stopped".to_string())
             } else if t.since_last_tick_ms.is_some_and(|ms| ms > late_after) {
-                (HealthLevel::Degraded, format!("no tick for {} ms", t.since_last_tick_ms.unwrap_or_default()))
+                (
+                    HealthLevel::Degraded,
+                    format!(
+                        "no tick for {} ms",
+                        t.since_last_tick_ms.unwrap_or_default()
+                    ),
+                )
             } else if let Some(e) = &t.last_error {
                 (HealthLevel::Degraded, format!("last tick failed: {e}"))
             } else {
@@ -162,13 +168,22 @@ impl Engine {
         }
     }
 
-    pub async fn system_status(&self, principal: &Principal, opts: StatusOptions) -> Result<SystemStatus> {
+    pub async fn system_status(
+        &self,
+        principal: &Principal,
+        opts: StatusOptions,
+    ) -> Result<SystemStatus> {
         let session = match &opts.session_id {
             Some(id) => Some(self.sessions().get(principal, id).await?),
             None => None,
         };
         let health = self.health().await;
-        let by_status: BTreeMap<String, u64> = self.store().count_sessions_by_status().await?.into_iter().collect();
+        let by_status: BTreeMap<String, u64> = self
+            .store()
+            .count_sessions_by_status()
+            .await?
+            .into_iter()
+            .collect();
         let active_sessions = if opts.include_active_sessions {
             let page = self
                 .sessions()
@@ -186,14 +201,22 @@ impl Engine {
             None
         };
         let mut recommendations = Vec::new();
-        if health.components.get("store").is_some_and(|c| c.status != HealthLevel::Healthy) {
+        if health
+            .components
+            .get("store")
+            .is_some_and(|c| c.status != HealthLevel::Healthy)
+        {
             recommendations.push(format!(
                 "Check that the {} store at {} is reachable and its disk is writable.",
                 self.store().kind(),
                 self.store().location()
             ));
         }
-        if health.components.iter().any(|(n, c)| n.starts_with("background.") && c.status != HealthLevel::Healthy) {
+        if health
+            .components
+            .iter()
+            .any(|(n, c)| n.starts_with("background.") && c.status != HealthLevel::Healthy)
+        {
             recommendations.push("A background task is not running as it should; see the server's log and restart it if this persists.".into());
         }
         Ok(SystemStatus {
@@ -211,7 +234,9 @@ impl Engine {
                 by_status,
             },
             active_sessions,
-            tool_calls: opts.include_detailed_metrics.then(|| self.metrics().snapshot()),
+            tool_calls: opts
+                .include_detailed_metrics
+                .then(|| self.metrics().snapshot()),
             session,
             issues: health.issues,
             recommendations,

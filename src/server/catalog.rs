@@ -94,7 +94,10 @@ pub fn write(dir: &Path) -> std::io::Result<Vec<String>> {
     let files = render();
     for entry in std::fs::read_dir(&schemas)? {
         let path = entry?.path();
-        let rel = format!("tool-schemas/{}", path.file_name().unwrap_or_default().to_string_lossy());
+        let rel = format!(
+            "tool-schemas/{}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
         if path.extension().is_some_and(|e| e == "json") && !files.iter().any(|(p, _)| *p == rel) {
             std::fs::remove_file(&path)?;
         }
@@ -110,7 +113,9 @@ pub fn drift(dir: &Path) -> Vec<String> {
     let files = render();
     let mut out: Vec<String> = files
         .iter()
-        .filter(|(rel, content)| std::fs::read_to_string(dir.join(rel)).ok().as_deref() != Some(content))
+        .filter(|(rel, content)| {
+            std::fs::read_to_string(dir.join(rel)).ok().as_deref() != Some(content)
+        })
         .map(|(rel, _)| rel.clone())
         .collect();
     if let Ok(entries) = std::fs::read_dir(dir.join("tool-schemas")) {
@@ -166,9 +171,18 @@ fn specification(tools: &[Tool]) -> String {
             None => s.push_str("(text only)\n"),
         }
         let _ = writeln!(s, "\n**Errors**: {}\n", {
-            let mut codes: Vec<&str> = d.errors.iter().chain(COMMON_ERRORS).map(|c| c.as_str()).collect();
+            let mut codes: Vec<&str> = d
+                .errors
+                .iter()
+                .chain(COMMON_ERRORS)
+                .map(|c| c.as_str())
+                .collect();
             codes.dedup();
-            codes.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+            codes
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         });
         if let Some(a) = &t.annotations {
             let _ = writeln!(
@@ -186,7 +200,11 @@ fn specification(tools: &[Tool]) -> String {
             "jsonrpc": "2.0", "id": 1, "method": "tools/call",
             "params": {"name": t.name, "arguments": args}
         });
-        let _ = writeln!(s, "**Example**\n\n```json\n{}\n```", serde_json::to_string_pretty(&call).expect("json"));
+        let _ = writeln!(
+            s,
+            "**Example**\n\n```json\n{}\n```",
+            serde_json::to_string_pretty(&call).expect("json")
+        );
     }
     s
 }
@@ -204,12 +222,21 @@ fn fields_table(schema: &Value) -> String {
         .unwrap_or_default();
     let mut s = String::from("| field | type | required | description |\n|---|---|---|---|\n");
     for (name, p) in props {
-        let desc = p.get("description").and_then(Value::as_str).unwrap_or("").replace('\n', " ").replace('|', "\\|");
+        let desc = p
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .replace('\n', " ")
+            .replace('|', "\\|");
         let _ = writeln!(
             s,
             "| `{name}` | {} | {} | {desc} |",
             type_of(p, schema),
-            if required.contains(&name.as_str()) { "yes" } else { "no" }
+            if required.contains(&name.as_str()) {
+                "yes"
+            } else {
+                "no"
+            }
         );
     }
     s
@@ -224,20 +251,41 @@ fn type_of(p: &Value, root: &Value) -> String {
         };
     }
     if let Some(e) = p.get("enum").and_then(Value::as_array) {
-        return e.iter().map(|v| format!("`{}`", v.as_str().unwrap_or("?"))).collect::<Vec<_>>().join(" \\| ");
+        return e
+            .iter()
+            .map(|v| format!("`{}`", v.as_str().unwrap_or("?")))
+            .collect::<Vec<_>>()
+            .join(" \\| ");
     }
-    if let Some(alts) = p.get("oneOf").or_else(|| p.get("anyOf")).and_then(Value::as_array) {
-        return alts.iter().map(|a| type_of(a, root)).collect::<Vec<_>>().join(" or ");
+    if let Some(alts) = p
+        .get("oneOf")
+        .or_else(|| p.get("anyOf"))
+        .and_then(Value::as_array)
+    {
+        return alts
+            .iter()
+            .map(|a| type_of(a, root))
+            .collect::<Vec<_>>()
+            .join(" or ");
     }
     if let Some(c) = p.get("const") {
         return format!("`{c}`");
     }
     match p.get("type") {
         Some(Value::String(t)) if t == "array" => {
-            format!("array of {}", p.get("items").map(|i| type_of(i, root)).unwrap_or_else(|| "any".into()))
+            format!(
+                "array of {}",
+                p.get("items")
+                    .map(|i| type_of(i, root))
+                    .unwrap_or_else(|| "any".into())
+            )
         }
         Some(Value::String(t)) => t.clone(),
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" or "),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" or "),
         _ => "any".into(),
     }
 }
@@ -253,7 +301,11 @@ mod tests {
             doc(n);
         }
         for d in DOCS {
-            assert!(names.iter().any(|n| n == d.name), "DOCS names unknown tool {}", d.name);
+            assert!(
+                names.iter().any(|n| n == d.name),
+                "DOCS names unknown tool {}",
+                d.name
+            );
             serde_json::from_str::<Value>(d.example).expect("example is JSON");
         }
     }
@@ -261,21 +313,49 @@ mod tests {
     #[test]
     fn every_tool_has_annotations_and_an_object_output_schema() {
         for t in tools() {
-            let a = t.annotations.as_ref().unwrap_or_else(|| panic!("{} has no annotations", t.name));
-            assert!(a.title.is_some() && a.read_only_hint.is_some() && a.destructive_hint.is_some());
+            let a = t
+                .annotations
+                .as_ref()
+                .unwrap_or_else(|| panic!("{} has no annotations", t.name));
+            assert!(
+                a.title.is_some() && a.read_only_hint.is_some() && a.destructive_hint.is_some()
+            );
             assert!(a.idempotent_hint.is_some() && a.open_world_hint.is_some());
-            let o = t.output_schema.as_ref().unwrap_or_else(|| panic!("{} has no output schema", t.name));
-            assert_eq!(o.get("type").and_then(Value::as_str), Some("object"), "{}", t.name);
-            assert_eq!(t.input_schema.get("additionalProperties"), Some(&Value::Bool(false)), "{}", t.name);
+            let o = t
+                .output_schema
+                .as_ref()
+                .unwrap_or_else(|| panic!("{} has no output schema", t.name));
+            assert_eq!(
+                o.get("type").and_then(Value::as_str),
+                Some("object"),
+                "{}",
+                t.name
+            );
+            assert_eq!(
+                t.input_schema.get("additionalProperties"),
+                Some(&Value::Bool(false)),
+                "{}",
+                t.name
+            );
         }
     }
 
     #[test]
     fn every_input_field_has_a_description() {
         for t in tools() {
-            let props = t.input_schema.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
+            let props = t
+                .input_schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
             for (name, p) in props {
-                assert!(p.get("description").is_some(), "{}.{} has no description", t.name, name);
+                assert!(
+                    p.get("description").is_some(),
+                    "{}.{} has no description",
+                    t.name,
+                    name
+                );
             }
         }
     }

@@ -40,7 +40,11 @@ impl TokenTable {
                 (Some(h), _) => h.to_ascii_lowercase(),
                 (None, Some(path)) => {
                     let raw = std::fs::read_to_string(path).map_err(|e| {
-                        anyhow::anyhow!("auth token '{}': cannot read {}: {e}", t.name, path.display())
+                        anyhow::anyhow!(
+                            "auth token '{}': cannot read {}: {e}",
+                            t.name,
+                            path.display()
+                        )
                     })?;
                     let token = raw.trim();
                     if token.is_empty() {
@@ -48,13 +52,21 @@ impl TokenTable {
                     }
                     sha256_hex(token)
                 }
-                (None, None) => anyhow::bail!("auth token '{}' has neither token_sha256 nor token_file", t.name),
+                (None, None) => anyhow::bail!(
+                    "auth token '{}' has neither token_sha256 nor token_file",
+                    t.name
+                ),
             };
             if by_hash.insert(hash, Principal(t.name.clone())).is_some() {
-                anyhow::bail!("auth token '{}': the same token is configured twice", t.name);
+                anyhow::bail!(
+                    "auth token '{}': the same token is configured twice",
+                    t.name
+                );
             }
         }
-        Ok(Self { by_hash: Arc::new(by_hash) })
+        Ok(Self {
+            by_hash: Arc::new(by_hash),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,7 +90,10 @@ async fn authenticate(State(tokens): State<TokenTable>, mut req: Request, next: 
         req.headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .and_then(|t| tokens.principal(t.trim()))
     };
     match principal {
@@ -110,18 +125,28 @@ async fn healthz(State(engine): State<Engine>) -> Response {
     } else {
         StatusCode::OK
     };
-    (code, axum::Json(serde_json::json!({ "status": h.overall_status }))).into_response()
+    (
+        code,
+        axum::Json(serde_json::json!({ "status": h.overall_status })),
+    )
+        .into_response()
 }
 
 /// Build the axum application (exposed for tests and embedding).
-pub fn app(engine: Engine, tokens: TokenTable, bind: SocketAddr, ct: CancellationToken) -> axum::Router {
+pub fn app(
+    engine: Engine,
+    tokens: TokenTable,
+    bind: SocketAddr,
+    ct: CancellationToken,
+) -> axum::Router {
     let cfg = &engine.config().http;
     let mut hosts = cfg.allowed_hosts.clone();
     let ip = bind.ip();
     if !ip.is_unspecified() && !ip.is_loopback() {
         hosts.push(ip.to_string());
     }
-    let keep_alive = (cfg.sse_keep_alive_seconds > 0).then(|| Duration::from_secs(cfg.sse_keep_alive_seconds));
+    let keep_alive =
+        (cfg.sse_keep_alive_seconds > 0).then(|| Duration::from_secs(cfg.sse_keep_alive_seconds));
     let rmcp_config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
         .with_allowed_origins(cfg.allowed_origins.clone())
@@ -146,7 +171,11 @@ pub fn app(engine: Engine, tokens: TokenTable, bind: SocketAddr, ct: Cancellatio
 
 /// Serve until `shutdown` is cancelled; then stop accepting, let open
 /// requests finish (at most 5 s) and return.
-pub async fn serve(engine: Engine, bind: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    engine: Engine,
+    bind: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let tokens = TokenTable::load(engine.config())?;
     if tokens.is_empty() && !bind.ip().is_loopback() {
         anyhow::bail!(
@@ -161,7 +190,8 @@ pub async fn serve(engine: Engine, bind: SocketAddr, shutdown: CancellationToken
     tracing::info!(addr = %local, auth = !tokens.is_empty(), "serving MCP over Streamable HTTP at /mcp");
     let app = app(engine, tokens, local, shutdown.child_token());
     let graceful = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { graceful.cancelled().await });
     let server = tokio::spawn(async move { server.await });
     shutdown.cancelled().await;
     match tokio::time::timeout(Duration::from_secs(5), server).await {

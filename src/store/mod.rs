@@ -146,3 +146,181 @@ pub async fn open(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
         StoreSpec::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
     })
 }
+
+/// One contract, checked against every implementation.
+#[cfg(test)]
+mod contract {
+    use super::*;
+
+    fn rec(id: &str, principal: &str, created_at: i64, is_default: bool) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            principal: principal.into(),
+            name: format!("n-{id}"),
+            description: String::new(),
+            mode: "parallel".into(),
+            max_parallel_tasks: 4,
+            max_parallel_workflows: 2,
+            timeout_seconds: None,
+            idle_ttl_seconds: 10,
+            metadata: "{}".into(),
+            status: "active".into(),
+            is_default,
+            created_at,
+            updated_at: created_at,
+            last_active_at: created_at,
+            closed_at: None,
+            close_reason: None,
+        }
+    }
+
+    async fn check(store: Arc<dyn Store>) {
+        // Insert and read back, field for field.
+        let mut a = rec("ses_a", "p", 1_000, false);
+        a.timeout_seconds = Some(5);
+        a.metadata = r#"{"x":1}"#.into();
+        store.insert_session(&a).await.unwrap();
+        assert_eq!(store.get_session("ses_a").await.unwrap(), Some(a.clone()));
+        assert_eq!(store.get_session("ses_missing").await.unwrap(), None);
+        assert!(matches!(
+            store.insert_session(&a).await,
+            Err(StoreError::Conflict(_))
+        ));
+
+        // At most one active default session per principal.
+        store
+            .insert_session(&rec("ses_d1", "p", 2_000, true))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.insert_session(&rec("ses_d2", "p", 2_001, true)).await,
+            Err(StoreError::Conflict(_))
+        ));
+        store
+            .insert_session(&rec("ses_q", "q", 2_000, true))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.default_session("p").await.unwrap().unwrap().id,
+            "ses_d1"
+        );
+        // Once closed, a new default may be created.
+        assert!(
+            store
+                .close_session("ses_d1", 3_000, "closed_by_caller")
+                .await
+                .unwrap()
+        );
+        assert!(!store.close_session("ses_d1", 3_500, "again").await.unwrap());
+        let d1 = store.get_session("ses_d1").await.unwrap().unwrap();
+        assert_eq!(
+            (d1.status.as_str(), d1.closed_at, d1.close_reason.as_deref()),
+            ("closed", Some(3_000), Some("closed_by_caller"))
+        );
+        assert_eq!(store.default_session("p").await.unwrap(), None);
+        store
+            .insert_session(&rec("ses_d3", "p", 4_000, true))
+            .await
+            .unwrap();
+
+        // Pages in (created_at, id) order, per principal, with status filter.
+        store
+            .insert_session(&rec("ses_b", "p", 1_000, false))
+            .await
+            .unwrap();
+        let page = |after, status, limit| {
+            let store = store.clone();
+            async move {
+                store
+                    .list_sessions(&SessionQuery {
+                        principal: "p",
+                        status,
+                        after,
+                        limit,
+                    })
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|s| s.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            page(None, None, 10).await,
+            ["ses_a", "ses_b", "ses_d1", "ses_d3"]
+        );
+        assert_eq!(page(None, None, 2).await, ["ses_a", "ses_b"]);
+        assert_eq!(
+            page(Some((1_000, "ses_b".into())), None, 10).await,
+            ["ses_d1", "ses_d3"]
+        );
+        assert_eq!(page(None, Some("closed"), 10).await, ["ses_d1"]);
+        assert_eq!(store.count_active_sessions("p").await.unwrap(), 3);
+        let counts = store.count_sessions_by_status().await.unwrap();
+        assert_eq!(
+            counts,
+            vec![("active".to_string(), 4), ("closed".to_string(), 1)]
+        );
+
+        // Touch only moves forward and only on active sessions.
+        store.touch_session("ses_b", 9_000).await.unwrap();
+        store.touch_session("ses_b", 8_000).await.unwrap();
+        assert_eq!(
+            store
+                .get_session("ses_b")
+                .await
+                .unwrap()
+                .unwrap()
+                .last_active_at,
+            9_000
+        );
+        store.touch_session("ses_d1", 9_000).await.unwrap();
+        assert_eq!(
+            store
+                .get_session("ses_d1")
+                .await
+                .unwrap()
+                .unwrap()
+                .last_active_at,
+            2_000
+        );
+
+        // Expiry: idle TTL 10 s; ses_a also has a 5 s lifetime.
+        let due = |now| {
+            let store = store.clone();
+            async move {
+                let mut v: Vec<String> = store
+                    .expired_sessions(now, 100)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|s| s.id)
+                    .collect();
+                v.sort();
+                v
+            }
+        };
+        assert_eq!(due(5_999).await, Vec::<String>::new());
+        assert_eq!(due(6_000).await, ["ses_a"]);
+        assert_eq!(due(12_000).await, ["ses_a", "ses_q"]);
+        assert_eq!(due(14_000).await, ["ses_a", "ses_d3", "ses_q"]);
+        assert_eq!(due(19_000).await, ["ses_a", "ses_b", "ses_d3", "ses_q"]);
+
+        store.probe(42).await.unwrap();
+        store.probe(43).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn memory_store_keeps_the_contract() {
+        check(Arc::new(memory::MemoryStore::default())).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_store_keeps_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite::SqliteStore::open(&dir.path().join("nested/dir/t.db"))
+            .await
+            .unwrap();
+        check(Arc::new(store)).await;
+    }
+}

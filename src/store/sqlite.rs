@@ -46,7 +46,9 @@ fn session_from_row(r: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
         mode: r.try_get("mode")?,
         max_parallel_tasks: r.try_get::<i64, _>("max_parallel_tasks")? as u32,
         max_parallel_workflows: r.try_get::<i64, _>("max_parallel_workflows")? as u32,
-        timeout_seconds: r.try_get::<Option<i64>, _>("timeout_seconds")?.map(|v| v as u64),
+        timeout_seconds: r
+            .try_get::<Option<i64>, _>("timeout_seconds")?
+            .map(|v| v as u64),
         idle_ttl_seconds: r.try_get::<i64, _>("idle_ttl_seconds")? as u64,
         metadata: r.try_get("metadata")?,
         status: r.try_get("status")?,
@@ -135,12 +137,15 @@ impl Store for SqliteStore {
     }
 
     async fn get_session(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
-        let row = query(AssertSqlSafe(format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-        row.map(|r| session_from_row(&r).map_err(db_err)).transpose()
+        let row = query(AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| session_from_row(&r).map_err(db_err))
+            .transpose()
     }
 
     async fn default_session(&self, principal: &str) -> StoreResult<Option<SessionRecord>> {
@@ -152,7 +157,8 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        row.map(|r| session_from_row(&r).map_err(db_err)).transpose()
+        row.map(|r| session_from_row(&r).map_err(db_err))
+            .transpose()
     }
 
     async fn list_sessions(&self, q: &SessionQuery<'_>) -> StoreResult<Vec<SessionRecord>> {
@@ -217,10 +223,11 @@ impl Store for SqliteStore {
     }
 
     async fn count_sessions_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
-        let rows = query("SELECT status, COUNT(*) AS n FROM sessions GROUP BY status ORDER BY status")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let rows =
+            query("SELECT status, COUNT(*) AS n FROM sessions GROUP BY status ORDER BY status")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -232,15 +239,14 @@ impl Store for SqliteStore {
     }
 
     async fn count_active_sessions(&self, principal: &str) -> StoreResult<u64> {
-        let n: i64 = query(
-            "SELECT COUNT(*) AS n FROM sessions WHERE principal = ?1 AND status = 'active'",
-        )
-        .bind(principal)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_err)?
-        .try_get("n")
-        .map_err(db_err)?;
+        let n: i64 =
+            query("SELECT COUNT(*) AS n FROM sessions WHERE principal = ?1 AND status = 'active'")
+                .bind(principal)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?
+                .try_get("n")
+                .map_err(db_err)?;
         Ok(n as u64)
     }
 

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use rmcp::RoleClient;
 use rmcp::model::{CallToolRequestParams, ProtocolVersion};
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::RoleClient;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -40,7 +40,10 @@ fn check_era(c: &Client, era: Era) {
         Era::Modern => ProtocolVersion::V_2026_07_28,
     };
     assert_eq!(info.protocol_version, want);
-    assert_eq!(info.server_info.as_ref().map(|s| s.name.as_str()), Some("myrmex"));
+    assert_eq!(
+        info.server_info.as_ref().map(|s| s.name.as_str()),
+        Some("myrmex")
+    );
 }
 
 fn lifecycle(era: Era) -> ClientLifecycleMode {
@@ -59,7 +62,9 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("tempdir") }
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -96,7 +101,9 @@ impl Env {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn myrmex");
-        ().serve_with_lifecycle(proc, lifecycle(era)).await.expect("stdio client connects")
+        ().serve_with_lifecycle(proc, lifecycle(era))
+            .await
+            .expect("stdio client connects")
     }
 
     /// Start `myrmex serve --http 127.0.0.1:0 <extra>` and wait until it listens.
@@ -121,18 +128,29 @@ impl HttpServer {
         let mut child = cmd.spawn().expect("spawn myrmex");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut seen = Vec::new();
             while let Some(line) = lines.next_line().await.expect("read stderr") {
-                if let Some(rest) = line.split("addr=").nth(1).filter(|_| line.contains("Streamable HTTP")) {
+                if let Some(rest) = line
+                    .split("addr=")
+                    .nth(1)
+                    .filter(|_| line.contains("Streamable HTTP"))
+                {
                     return rest.split_whitespace().next().expect("addr").to_string();
                 }
+                seen.push(line);
             }
-            panic!("myrmex exited before listening");
+            panic!("myrmex exited before listening:\n{}", seen.join("\n"));
         })
         .await
         .expect("myrmex listens within 60 s");
         let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let url = format!("http://{addr}/mcp");
-        Self { child, addr, url, _drain: drain }
+        Self {
+            child,
+            addr,
+            url,
+            _drain: drain,
+        }
     }
 
     /// An rmcp client, optionally with a bearer token.
@@ -142,7 +160,10 @@ impl HttpServer {
             cfg = cfg.auth_header(t.to_string());
         }
         let transport = StreamableHttpClientTransport::from_config(cfg);
-        let c = ().serve_with_lifecycle(transport, lifecycle(era)).await.expect("http client connects");
+        let c =
+            ().serve_with_lifecycle(transport, lifecycle(era))
+                .await
+                .expect("http client connects");
         check_era(&c, era);
         c
     }
@@ -154,7 +175,10 @@ impl HttpServer {
 
 /// Send a signal to a process (Unix).
 pub fn signal(pid: i32, sig: &str) {
-    let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill");
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill");
     assert!(ok.success(), "kill -{sig} {pid}");
 }
 
@@ -171,10 +195,22 @@ pub async fn call(client: &Client, tool: &str, args: Value) -> Outcome {
         .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args))
         .await
         .unwrap_or_else(|e| panic!("{tool}: protocol error {e}"));
-    let structured = res.structured_content.clone().unwrap_or_else(|| panic!("{tool}: no structuredContent: {res:?}"));
+    let structured = res
+        .structured_content
+        .clone()
+        .unwrap_or_else(|| panic!("{tool}: no structuredContent: {res:?}"));
     // The text copy must be the same JSON.
-    let text = res.content.first().and_then(|c| c.as_text()).map(|t| t.text.clone()).expect("text content");
-    assert_eq!(serde_json::from_str::<Value>(&text).expect("text is JSON"), structured, "{tool}: text differs");
+    let text = res
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .expect("text content");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).expect("text is JSON"),
+        structured,
+        "{tool}: text differs"
+    );
     if res.is_error == Some(true) {
         Err(structured["error"].clone())
     } else {
@@ -184,7 +220,9 @@ pub async fn call(client: &Client, tool: &str, args: Value) -> Outcome {
 
 /// Call a tool that must succeed.
 pub async fn ok(client: &Client, tool: &str, args: Value) -> Value {
-    call(client, tool, args).await.unwrap_or_else(|e| panic!("{tool} failed: {e}"))
+    call(client, tool, args)
+        .await
+        .unwrap_or_else(|e| panic!("{tool} failed: {e}"))
 }
 
 /// Call a tool that must fail with `code`; returns the error body.
@@ -193,8 +231,14 @@ pub async fn err(client: &Client, tool: &str, args: Value, code: &str) -> Value 
         Ok(v) => panic!("{tool} succeeded but {code} was expected: {v}"),
         Err(e) => {
             assert_eq!(e["code"], json!(code), "{tool}: {e}");
-            assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{tool}: no message: {e}");
-            assert!(e["hint"].as_str().is_some_and(|m| !m.is_empty()), "{tool}: no hint: {e}");
+            assert!(
+                e["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{tool}: no message: {e}"
+            );
+            assert!(
+                e["hint"].as_str().is_some_and(|m| !m.is_empty()),
+                "{tool}: no hint: {e}"
+            );
             e
         }
     }
@@ -202,8 +246,13 @@ pub async fn err(client: &Client, tool: &str, args: Value, code: &str) -> Value 
 
 /// The tool names of this server, sorted.
 pub async fn tool_names(client: &Client) -> Vec<String> {
-    let mut names: Vec<String> =
-        client.list_all_tools().await.expect("tools/list").into_iter().map(|t| t.name.to_string()).collect();
+    let mut names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
     names.sort();
     names
 }

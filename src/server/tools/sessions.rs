@@ -47,7 +47,13 @@ impl MyrmexServer {
     #[tool(
         name = "create_session",
         description = "Create an orchestration session: an isolated engine instance that owns its workflows, runs, tasks and allocations. Returns the session with its session_id.",
-        annotations(title = "Create session", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            title = "Create session",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
     async fn create_session(
         &self,
@@ -55,13 +61,21 @@ impl MyrmexServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<Session>, Error> {
         let p = principal(&ctx)?;
-        Ok(Json(self.engine.sessions().create(&p, args.parse()?).await?))
+        Ok(Json(
+            self.engine.sessions().create(&p, args.parse()?).await?,
+        ))
     }
 
     #[tool(
         name = "get_session",
         description = "Read one of your sessions by session_id, or your default session when session_id is omitted (it is created on first use).",
-        annotations(title = "Get session", read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Get session",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn get_session(
         &self,
@@ -80,7 +94,13 @@ impl MyrmexServer {
     #[tool(
         name = "list_sessions",
         description = "List your sessions, oldest first, optionally only active or closed ones. Paginated: pass next_cursor back as cursor.",
-        annotations(title = "List sessions", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "List sessions",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn list_sessions(
         &self,
@@ -103,7 +123,13 @@ impl MyrmexServer {
     #[tool(
         name = "close_session",
         description = "Close a session: it stops accepting work, its running work is cancelled and its allocations are released. Closing an already closed session is an error that changes nothing.",
-        annotations(title = "Close session", read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Close session",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn close_session(
         &self,

@@ -44,7 +44,13 @@ impl MyrmexServer {
     #[tool(
         name = "get_health_status",
         description = "Check the server's health: overall healthy/degraded/unhealthy and per-component checks (store reachable and writable, background tasks alive).",
-        annotations(title = "Health status", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Health status",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn get_health_status(
         &self,
@@ -62,7 +68,13 @@ impl MyrmexServer {
     #[tool(
         name = "get_system_status",
         description = "Report server status: version, uptime, store, session counts by status, health issues; optionally your active sessions and per-tool metrics.",
-        annotations(title = "System status", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "System status",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn get_system_status(
         &self,
