@@ -286,3 +286,92 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("myrmex.example.toml")
+    }
+
+    /// Every key path of the default configuration, e.g. `http.bind`.
+    fn key_paths(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(m) = v {
+            for (k, v) in m {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if v.is_object() {
+                    key_paths(v, &path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_file_documents_every_key_with_its_default() {
+        let loaded = Config::load(Some(&example_path()), &Overrides::default()).unwrap();
+        assert_eq!(
+            loaded,
+            Config::default(),
+            "myrmex.example.toml must show the defaults"
+        );
+        let text = std::fs::read_to_string(example_path()).unwrap();
+        let mut keys = Vec::new();
+        key_paths(
+            &serde_json::to_value(Config::default()).unwrap(),
+            "",
+            &mut keys,
+        );
+        for k in keys.iter().chain(
+            ["data_dir", "auth.tokens", "token_sha256", "token_file"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .iter(),
+        ) {
+            let leaf = k.rsplit('.').next().unwrap();
+            assert!(
+                text.contains(&format!("{leaf} =")) || text.contains(&format!("[[{k}]]")),
+                "key {k} is not in the example"
+            );
+        }
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        assert!(
+            readme.contains(text.trim()),
+            "README.md must include myrmex.example.toml verbatim"
+        );
+    }
+
+    #[test]
+    fn store_specs() {
+        let mut c = Config {
+            data_dir: Some("/d".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.store_spec().unwrap(),
+            StoreSpec::Sqlite("/d/myrmex.db".into())
+        );
+        c.store = "memory".into();
+        assert_eq!(c.store_spec().unwrap(), StoreSpec::Memory);
+        c.store = "sqlite:///x/y.db".into();
+        assert_eq!(c.store_spec().unwrap(), StoreSpec::Sqlite("/x/y.db".into()));
+        c.store = "sqlite://".into();
+        assert!(c.store_spec().is_err());
+        c.store = "postgres://localhost/db".into();
+        assert!(
+            c.store_spec()
+                .unwrap_err()
+                .to_string()
+                .contains("not available")
+        );
+    }
+}

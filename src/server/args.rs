@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 
 use rmcp::handler::server::tool::IntoCallToolResult;
-use rmcp::model::{CallToolResponse, CallToolResult, JsonObject};
+use rmcp::model::{CallToolResponse, CallToolResult, ContentBlock, JsonObject};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
@@ -61,8 +61,13 @@ impl<T: DeserializeOwned> Args<T> {
     }
 }
 
+/// A tool error: `isError: true` with the body `{"error": {...}}` as JSON text.
+///
+/// It is deliberately not `structuredContent`: clients such as the MCP
+/// Inspector (TypeScript SDK) validate any `structuredContent` against the
+/// tool's `outputSchema`, which describes the success shape only.
 impl IntoCallToolResult for Error {
     fn into_call_tool_result(self) -> Result<CallToolResponse, rmcp::ErrorData> {
-        Ok(CallToolResult::structured_error(self.to_body()).into())
+        Ok(CallToolResult::error(vec![ContentBlock::text(self.to_body().to_string())]).into())
     }
 }

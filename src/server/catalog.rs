@@ -145,7 +145,8 @@ fn specification(tools: &[Tool]) -> String {
          - Ids are opaque and bound to the principal that created them; another principal gets `NOT_FOUND`.\n\
          - Unknown argument fields are refused with `INVALID_PARAMETERS` naming the field.\n\
          - Lists are paginated: pass `next_cursor` back as `cursor`.\n\
-         - Errors are tool results with `isError: true` and the body below; nothing is changed by a call that fails.\n"
+         - Errors are tool results with `isError: true` whose one text block is the JSON body below \
+         (no `structuredContent`, which would have to match the success schema); nothing is changed by a call that fails.\n"
     );
     let _ = writeln!(
         s,

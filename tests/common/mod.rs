@@ -195,27 +195,32 @@ pub async fn call(client: &Client, tool: &str, args: Value) -> Outcome {
         .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args))
         .await
         .unwrap_or_else(|e| panic!("{tool}: protocol error {e}"));
-    let structured = res
-        .structured_content
-        .clone()
-        .unwrap_or_else(|| panic!("{tool}: no structuredContent: {res:?}"));
-    // The text copy must be the same JSON.
     let text = res
         .content
         .first()
         .and_then(|c| c.as_text())
         .map(|t| t.text.clone())
         .expect("text content");
-    assert_eq!(
-        serde_json::from_str::<Value>(&text).expect("text is JSON"),
-        structured,
-        "{tool}: text differs"
-    );
+    let text: Value = serde_json::from_str(&text).expect("text is JSON");
     if res.is_error == Some(true) {
-        Err(structured["error"].clone())
-    } else {
-        Ok(structured)
+        // Errors carry their body as JSON text only: structuredContent would
+        // have to match the success outputSchema.
+        assert!(
+            res.structured_content.is_none(),
+            "{tool}: error with structuredContent"
+        );
+        assert_eq!(text.as_object().map(|o| o.len()), Some(1), "{tool}: {text}");
+        return Err(text["error"].clone());
     }
+    let structured = res
+        .structured_content
+        .clone()
+        .unwrap_or_else(|| panic!("{tool}: no structuredContent: {res:?}"));
+    assert_eq!(
+        text, structured,
+        "{tool}: text differs from structuredContent"
+    );
+    Ok(structured)
 }
 
 /// Call a tool that must succeed.

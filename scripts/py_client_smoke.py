@@ -1,0 +1,64 @@
+"""Drive myrmex with the official Python MCP SDK (PyPI `mcp`, pinned in scripts/smoke.sh).
+
+Usage: py_client_smoke.py BINARY DATA_DIR [HTTP_URL]
+
+Over stdio in every connect mode the SDK has (auto, legacy, 2026-07-28) and,
+when a URL is given, over Streamable HTTP: list the tools, create a session,
+read it back, and check that bad arguments come back as a structured tool
+error. Exits non-zero on the first failure.
+"""
+
+import asyncio
+import json
+import sys
+
+from mcp import Client, StdioServerParameters
+
+EXPECTED_TOOLS = {
+    "close_session",
+    "create_session",
+    "get_health_status",
+    "get_session",
+    "get_system_status",
+    "list_sessions",
+}
+
+
+async def exercise(server, mode: str, label: str) -> None:
+    async with Client(server, mode=mode) as client:
+        tools = {t.name for t in (await client.list_tools()).tools}
+        assert EXPECTED_TOOLS <= tools, f"{label}: tools {sorted(tools)}"
+
+        res = await client.call_tool("create_session", {"name": f"py-{label}", "mode": "parallel"})
+        assert not res.is_error, f"{label}: create_session failed: {res}"
+        session = res.structured_content
+        assert session["session_id"].startswith("ses_"), session
+        assert session["mode"] == "parallel", session
+
+        res = await client.call_tool("get_session", {"session_id": session["session_id"]})
+        assert not res.is_error and res.structured_content["name"] == f"py-{label}", res
+
+        res = await client.call_tool("create_session", {"name": "x", "colour": "red"})
+        assert res.is_error, f"{label}: unknown field accepted"
+        error = json.loads(res.content[0].text)["error"]
+        assert error["code"] == "INVALID_PARAMETERS" and "colour" in error["message"], error
+
+        res = await client.call_tool("get_health_status", {})
+        assert not res.is_error and res.structured_content["overall_status"] == "healthy", res
+        print(f"py-client {label} (protocol {client.protocol_version}): ok")
+
+
+async def main() -> int:
+    binary, data_dir = sys.argv[1], sys.argv[2]
+    url = sys.argv[3] if len(sys.argv) > 3 else None
+    stdio = StdioServerParameters(command=binary, args=["--data-dir", data_dir, "serve"])
+    for mode in ("auto", "legacy", "2026-07-28"):
+        await exercise(stdio, mode, f"stdio-{mode}")
+    if url:
+        for mode in ("auto", "legacy", "2026-07-28"):
+            await exercise(url, mode, f"http-{mode}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

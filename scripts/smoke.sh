@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Drive the real myrmex binary with official MCP clients:
+#   - the MCP Inspector CLI (stdio and HTTP, legacy and modern protocol eras),
+#   - the generic scenarios of the MCP conformance suite over HTTP (both spec versions),
+#   - the official Python SDK client (scripts/py_client_smoke.py).
+# Installs what it needs (pinned) into the git-ignored .tools/ folder.
+# Usage: scripts/smoke.sh [path/to/myrmex]   (default: target/debug/myrmex)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BIN=${1:-$ROOT/target/debug/myrmex}
+TOOLS=$ROOT/.tools
+PY_MCP_VERSION=2.3.0
+
+passed=0
+failed=0
+failures=()
+pass() { passed=$((passed + 1)); echo "  ok   $1"; }
+fail() { failed=$((failed + 1)); failures+=("$1"); echo "  FAIL $1"; }
+
+[ -x "$BIN" ] || { echo "smoke: $BIN not found; run cargo build first" >&2; exit 2; }
+
+echo "== installing pinned clients into .tools/"
+mkdir -p "$TOOLS/npm"
+if ! cmp -s scripts/ci-tools/package.json "$TOOLS/npm/package.json.installed" 2>/dev/null \
+   || [ ! -x "$TOOLS/npm/node_modules/.bin/mcp-inspector" ]; then
+  cp scripts/ci-tools/package.json "$TOOLS/npm/package.json"
+  (cd "$TOOLS/npm" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+  cp scripts/ci-tools/package.json "$TOOLS/npm/package.json.installed"
+fi
+if [ ! -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$PY_MCP_VERSION')" 2>/dev/null; then
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "mcp==$PY_MCP_VERSION"
+fi
+export PATH="$TOOLS/npm/node_modules/.bin:$PATH"
+export MCP_INSPECTOR_SECRET_STORE=memory
+echo "node $(node --version), python $("$TOOLS/venv/bin/python" --version)"
+
+WORK=$(mktemp -d)
+SERVER_PID=
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# inspector ARGS... -> stdout JSON in $WORK/out.json, exit code returned
+inspector() { mcp-inspector --cli "$@" --format json >"$WORK/out.json" 2>"$WORK/err.txt"; }
+# expect_json LABEL PYTHON-EXPRESSION-over-`r`
+expect_json() {
+  if python3 -c "import json,sys; r=json.load(open('$WORK/out.json'))['result']; sys.exit(0 if ($2) else 1)" 2>/dev/null; then
+    pass "$1"
+  else
+    fail "$1"; head -c 2000 "$WORK/out.json" "$WORK/err.txt" || true
+  fi
+}
+
+echo "== MCP Inspector CLI over stdio"
+for era in legacy modern; do
+  SRV=("$BIN" --data-dir "$WORK/stdio-$era" serve)
+  if inspector "${SRV[@]}" --protocol-era "$era" --method tools/list; then
+    expect_json "inspector stdio $era tools/list" "len(r['tools']) >= 6 and all('outputSchema' in t and 'annotations' in t for t in r['tools'])"
+  else fail "inspector stdio $era tools/list"; cat "$WORK/err.txt"; fi
+  if inspector "${SRV[@]}" --protocol-era "$era" --method tools/call --tool-name create_session --tool-args-json '{"name":"inspector","mode":"parallel"}'; then
+    expect_json "inspector stdio $era create_session" "r['structuredContent']['session_id'].startswith('ses_') and r['structuredContent']['mode']=='parallel'"
+  else fail "inspector stdio $era create_session"; cat "$WORK/err.txt"; fi
+  # A tool error: exit code 5 (isError) and our structured error body.
+  set +e
+  inspector "${SRV[@]}" --protocol-era "$era" --method tools/call --tool-name close_session --tool-args-json '{"session_id":"ses_missing"}'
+  rc=$?
+  set -e
+  if [ "$rc" = 5 ] && grep -q NOT_FOUND "$WORK/out.json" "$WORK/err.txt"; then pass "inspector stdio $era tool error is isError (exit 5)"; else fail "inspector stdio $era tool error exit $rc"; cat "$WORK/err.txt"; fi
+done
+
+echo "== starting myrmex serve --http"
+"$BIN" --data-dir "$WORK/http" serve --http 127.0.0.1:0 2>"$WORK/http.log" &
+SERVER_PID=$!
+ADDR=
+for _ in $(seq 1 100); do
+  ADDR=$(grep -o 'addr=[0-9.:]*' "$WORK/http.log" | head -1 | cut -d= -f2 || true)
+  [ -n "$ADDR" ] && break
+  sleep 0.1
+done
+[ -n "$ADDR" ] || { echo "server did not start:"; cat "$WORK/http.log"; exit 1; }
+URL="http://$ADDR/mcp"
+echo "listening at $URL"
+
+echo "== MCP Inspector CLI over HTTP"
+for era in legacy modern; do
+  if inspector "$URL" --transport http --protocol-era "$era" --method tools/list; then
+    expect_json "inspector http $era tools/list" "len(r['tools']) >= 6"
+  else fail "inspector http $era tools/list"; cat "$WORK/err.txt"; fi
+  if inspector "$URL" --transport http --protocol-era "$era" --method tools/call --tool-name get_system_status --tool-args-json '{"include_detailed_metrics":true}'; then
+    expect_json "inspector http $era get_system_status" "r['structuredContent']['overall_status']=='healthy' and r['structuredContent']['store']['kind']=='sqlite'"
+  else fail "inspector http $era get_system_status"; cat "$WORK/err.txt"; fi
+done
+
+echo "== MCP conformance suite (generic server scenarios)"
+conf() {
+  if conformance server --url "$URL" --scenario "$1" --spec-version "$2" -o "$WORK/conformance" >"$WORK/conf.log" 2>&1; then
+    pass "conformance $2 $1"
+  else
+    fail "conformance $2 $1"; tail -40 "$WORK/conf.log"
+  fi
+}
+for s in server-initialize server-session-lifecycle tools-list dns-rebinding-protection; do conf "$s" 2025-11-25; done
+for s in tools-list dns-rebinding-protection http-header-validation caching; do conf "$s" 2026-07-28; done
+
+echo "== official Python SDK client (mcp $PY_MCP_VERSION)"
+if "$TOOLS/venv/bin/python" scripts/py_client_smoke.py "$BIN" "$WORK/py" "$URL" >"$WORK/py.log" 2>&1; then
+  grep '^py-client' "$WORK/py.log" || true
+  pass "python mcp client (stdio and http, all connect modes)"
+else
+  fail "python mcp client"; cat "$WORK/py.log"
+fi
+
+echo "== graceful shutdown"
+kill -TERM "$SERVER_PID"
+if wait "$SERVER_PID"; then pass "SIGTERM ends the HTTP server with status 0"; else fail "SIGTERM exit status"; fi
+SERVER_PID=
+if grep -q '^{' "$WORK/http.log"; then :; fi
+
+echo
+for f in "${failures[@]}"; do echo "failed: $f"; done
+echo "smoke: $passed passed, $failed failed"
+[ "$failed" = 0 ]
