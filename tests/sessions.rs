@@ -267,6 +267,13 @@ async fn session_scenario(c: &Client) {
     .await;
     let bare = ok(c, "get_system_status", json!({})).await;
     assert!(bare.get("active_sessions").is_none() && bare.get("tool_calls").is_none());
+
+    // A closed default session is replaced by a new one on next use.
+    ok(c, "close_session", json!({"session_id": d1["session_id"]})).await;
+    let d3 = ok(c, "get_session", json!({})).await;
+    assert_ne!(d3["session_id"], d1["session_id"]);
+    assert_eq!(d3["is_default"], true);
+    assert_eq!(d3["status"], "active");
 }
 
 #[tokio::test]

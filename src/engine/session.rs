@@ -75,27 +75,37 @@ impl SessionStatus {
 pub struct Session {
     /// Opaque id (`ses_...`), valid only for the principal that created it.
     pub session_id: String,
+    /// Human-readable name given at creation.
     pub name: String,
+    /// What the session is for.
     pub description: String,
     /// The principal that owns the session.
     pub principal: String,
+    /// Scheduling mode.
     pub mode: SessionMode,
+    /// Steps and tasks that may run at once in this session.
     pub max_parallel_tasks: u32,
+    /// Workflow runs that may be active at once in this session.
     pub max_parallel_workflows: u32,
     /// Maximum lifetime in seconds; null for none.
     pub timeout_seconds: Option<u64>,
     /// Idle time after which the session is closed automatically.
     pub idle_ttl_seconds: u64,
+    /// Free-form JSON object given at creation.
     pub metadata: Map<String, Value>,
+    /// `active` or `closed`.
     pub status: SessionStatus,
     /// True for the principal's default session (used when a tool gets no session_id).
     pub is_default: bool,
-    /// RFC 3339 timestamps.
+    /// When the session was created (RFC 3339, UTC).
     pub created_at: String,
+    /// When the session record last changed (RFC 3339, UTC).
     pub updated_at: String,
+    /// When a tool last worked in the session (RFC 3339, UTC; recorded at most once a second).
     pub last_active_at: String,
     /// When the sweeper will close the session if nothing uses it (null once closed).
     pub expires_at: Option<String>,
+    /// When the session was closed (null while active).
     pub closed_at: Option<String>,
     /// `closed_by_caller`, `idle_timeout` or `timeout`.
     pub close_reason: Option<String>,
@@ -105,10 +115,10 @@ pub struct Session {
 #[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NewSession {
-    /// Human-readable name (at most `limits.max_name_chars`, default 128 characters).
+    /// Human-readable name (at most `limits.max_name_chars` characters; 128 unless configured).
     #[serde(default)]
     pub name: Option<String>,
-    /// What the session is for (at most `limits.max_description_chars`).
+    /// What the session is for (at most `limits.max_description_chars` characters; 4096 unless configured).
     #[serde(default)]
     pub description: Option<String>,
     /// Scheduling mode; default `resource_aware`.
@@ -126,7 +136,7 @@ pub struct NewSession {
     /// Close the session after this many idle seconds (default from config, 7 days).
     #[serde(default)]
     pub idle_ttl_seconds: Option<u64>,
-    /// Free-form JSON object stored with the session (at most `limits.max_metadata_bytes`).
+    /// Free-form JSON object stored with the session (at most `limits.max_metadata_bytes` serialized; 16384 unless configured).
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
 }

@@ -25,6 +25,7 @@ pub enum HealthLevel {
 /// One component's check.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ComponentHealth {
+    /// This component's level.
     pub status: HealthLevel,
     /// What was checked and what was found.
     pub message: String,
@@ -36,6 +37,7 @@ pub struct ComponentHealth {
 pub struct HealthReport {
     /// The worst status of any component.
     pub overall_status: HealthLevel,
+    /// When the checks ran (RFC 3339, UTC).
     pub timestamp: String,
     /// Per-component checks, by component name (`store`, `background.<task>`).
     pub components: BTreeMap<String, ComponentHealth>,
@@ -61,13 +63,19 @@ pub struct SessionCounts {
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct SystemStatus {
+    /// The health checks' overall level (as get_health_status).
     pub overall_status: HealthLevel,
+    /// When the status was taken (RFC 3339, UTC).
     pub timestamp: String,
     /// myrmex version.
     pub version: String,
+    /// When this server process started (RFC 3339, UTC).
     pub started_at: String,
+    /// Seconds since this server process started.
     pub uptime_seconds: f64,
+    /// The durable store in use.
     pub store: StoreInfo,
+    /// Sessions of all principals, counted.
     pub sessions: SessionCounts,
     /// The caller's active sessions (with `include_active_sessions`; at most one page).
     #[serde(skip_serializing_if = "Option::is_none")]
