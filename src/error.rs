@@ -41,6 +41,10 @@ pub enum ErrorCode {
     CycleDetected,
     /// The store cannot be reached or written right now.
     StoreUnavailable,
+    /// A step's or task's action reported a failure.
+    ActionFailed,
+    /// The operation was cancelled.
+    Cancelled,
     /// A bug or an unexpected condition inside myrmex.
     InternalError,
 }
@@ -62,6 +66,8 @@ impl ErrorCode {
         ErrorCode::LimitExceeded,
         ErrorCode::CycleDetected,
         ErrorCode::StoreUnavailable,
+        ErrorCode::ActionFailed,
+        ErrorCode::Cancelled,
         ErrorCode::InternalError,
     ];
 
@@ -82,6 +88,8 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
             ErrorCode::CycleDetected => "CYCLE_DETECTED",
             ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
+            ErrorCode::ActionFailed => "ACTION_FAILED",
+            ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::InternalError => "INTERNAL_ERROR",
         }
     }
@@ -107,6 +115,8 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "A configured limit would be exceeded.",
             ErrorCode::CycleDetected => "A dependency would close a cycle.",
             ErrorCode::StoreUnavailable => "The durable store cannot be read or written right now.",
+            ErrorCode::ActionFailed => "A step's or task's action reported a failure.",
+            ErrorCode::Cancelled => "The operation was cancelled.",
             ErrorCode::InternalError => "An unexpected condition inside myrmex.",
         }
     }

@@ -4,6 +4,7 @@
 //! The crate is usable as a library; the `myrmex` binary is a thin CLI around
 //! it. Arrows point one way: `server -> engine -> store`.
 
+pub mod actions;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -7,9 +7,12 @@
 //! cheap to clone into every MCP handler rmcp creates.
 
 pub mod background;
+pub mod condition;
 pub mod metrics;
 pub mod session;
 pub mod system;
+pub mod template;
+pub mod workflow;
 
 use std::sync::Arc;
 use std::time::Instant;
