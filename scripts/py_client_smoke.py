@@ -21,6 +21,9 @@ EXPECTED_TOOLS = {
     "get_session",
     "get_system_status",
     "list_sessions",
+    "create_workflow",
+    "execute_workflow",
+    "get_workflow_run",
 }
 
 

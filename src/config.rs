@@ -29,10 +29,41 @@ pub struct Config {
     pub log_level: String,
     /// `text` or `json` (one JSON object per line). Logs always go to stderr.
     pub log_format: LogFormat,
+    /// Directories of workflow definition files (`*.json`, `*.yaml`, `*.yml`)
+    /// loaded at start as a read-only library shared by every session.
+    pub workflows_dirs: Vec<PathBuf>,
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub sessions: SessionsConfig,
+    pub workflows: WorkflowsConfig,
     pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkflowsConfig {
+    /// Most steps in one workflow.
+    pub max_steps: usize,
+    /// Largest definition, serialized, in bytes.
+    pub max_definition_bytes: usize,
+    /// Deepest nesting of step parameters.
+    pub max_nesting_depth: usize,
+    /// How long execute_workflow waits for the run when the call does not say.
+    pub default_wait_seconds: u64,
+    /// Longest wait a call may ask for (keep it under the ~60 s clients time out at).
+    pub max_wait_seconds: u64,
+}
+
+impl Default for WorkflowsConfig {
+    fn default() -> Self {
+        Self {
+            max_steps: 20_000,
+            max_definition_bytes: 8 * 1024 * 1024,
+            max_nesting_depth: 32,
+            default_wait_seconds: 5,
+            max_wait_seconds: 50,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -120,9 +151,11 @@ impl Default for Config {
             store: "sqlite".into(),
             log_level: "info,rmcp=warn,sqlx=warn".into(),
             log_format: LogFormat::Text,
+            workflows_dirs: Vec::new(),
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
             sessions: SessionsConfig::default(),
+            workflows: WorkflowsConfig::default(),
             limits: LimitsConfig::default(),
         }
     }
@@ -246,6 +279,9 @@ impl Config {
             anyhow::bail!(
                 "sessions.default_idle_ttl_seconds must be between 1 and sessions.max_idle_ttl_seconds"
             );
+        }
+        if self.workflows.default_wait_seconds > self.workflows.max_wait_seconds {
+            anyhow::bail!("workflows.default_wait_seconds must not exceed workflows.max_wait_seconds");
         }
         if self.http.max_body_bytes < 1024 {
             anyhow::bail!("http.max_body_bytes must be at least 1024");

@@ -157,14 +157,16 @@ fn serve(
             }
         };
         let engine = Engine::new(config, store);
+        let engine_stop = engine.clone();
         let shutdown = CancellationToken::new();
-        engine.start_background(shutdown.clone());
+        engine.start_background(shutdown.clone()).await?;
         tokio::spawn(watch_signals(shutdown.clone()));
         let served = match bind {
             Some(addr) => server::http::serve(engine, addr, shutdown.clone()).await,
             None => server::stdio::serve(engine, shutdown.clone()).await,
         };
         shutdown.cancel();
+        engine_stop.stop();
         served
     });
     // Do not wait for the blocking stdin reader: end the process now.

@@ -8,17 +8,21 @@
 
 pub mod background;
 pub mod condition;
+pub mod library;
 pub mod metrics;
+pub mod run;
 pub mod session;
 pub mod system;
 pub mod template;
 pub mod workflow;
+pub mod workflows;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::actions::Registry;
 use crate::config::Config;
 use crate::store::Store;
 
@@ -51,6 +55,11 @@ struct EngineInner {
     config: Config,
     store: Arc<dyn Store>,
     sessions: SessionRegistry,
+    registry: Arc<Registry>,
+    library: library::Library,
+    runs: Arc<run::RunManager>,
+    /// Cancelled when the engine stops: run drivers leave their state for the next start.
+    stopping: tokio_util::sync::CancellationToken,
     metrics: metrics::Metrics,
     background: background::Background,
     started: Instant,
@@ -60,11 +69,20 @@ struct EngineInner {
 impl Engine {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
         let sessions = SessionRegistry::new(store.clone(), &config);
+        let registry = Arc::new(Registry::builtin());
+        let limits = workflow_limits(&config);
+        let library = library::Library::load(&config.workflows_dirs, &registry, &limits);
+        let stopping = tokio_util::sync::CancellationToken::new();
+        let runs = Arc::new(run::RunManager::new(store.clone(), registry.clone(), stopping.clone()));
         Self {
             inner: Arc::new(EngineInner {
                 config,
                 store,
                 sessions,
+                registry,
+                library,
+                runs,
+                stopping,
                 metrics: metrics::Metrics::default(),
                 background: background::Background::default(),
                 started: Instant::now(),
@@ -85,6 +103,27 @@ impl Engine {
         &self.inner.sessions
     }
 
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    pub fn library(&self) -> &library::Library {
+        &self.inner.library
+    }
+
+    pub fn runs(&self) -> &Arc<run::RunManager> {
+        &self.inner.runs
+    }
+
+    pub fn workflow_limits(&self) -> workflow::Limits {
+        workflow_limits(&self.inner.config)
+    }
+
+    /// Stop driving runs; their state stays in the store for the next start.
+    pub fn stop(&self) {
+        self.inner.stopping.cancel();
+    }
+
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics
     }
@@ -93,9 +132,19 @@ impl Engine {
         &self.inner.background
     }
 
-    /// Start the engine's background work (the session sweeper). It stops
-    /// when `shutdown` is cancelled.
-    pub fn start_background(&self, shutdown: tokio_util::sync::CancellationToken) {
+    /// Start the engine's background work: resume unfinished runs, and the
+    /// session sweeper. It stops when `shutdown` is cancelled.
+    pub async fn start_background(&self, shutdown: tokio_util::sync::CancellationToken) -> crate::error::Result<()> {
+        let resumed = self.inner.runs.resume_all().await?;
+        if resumed > 0 {
+            tracing::info!(resumed, "unfinished runs resumed");
+        }
+        let stopping = self.inner.stopping.clone();
+        let on_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            on_shutdown.cancelled().await;
+            stopping.cancel();
+        });
         let sessions = self.inner.sessions.clone();
         let every =
             std::time::Duration::from_secs(self.inner.config.sessions.sweep_interval_seconds);
@@ -105,6 +154,15 @@ impl Engine {
                 let sessions = sessions.clone();
                 async move { sessions.sweep(now_ms()).await.map(|_| ()) }
             });
+        Ok(())
+    }
+}
+
+fn workflow_limits(config: &Config) -> workflow::Limits {
+    workflow::Limits {
+        max_steps: config.workflows.max_steps,
+        max_definition_bytes: config.workflows.max_definition_bytes,
+        max_nesting_depth: config.workflows.max_nesting_depth,
     }
 }
 

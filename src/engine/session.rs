@@ -501,12 +501,12 @@ fn to_session(r: SessionRecord) -> Result<Session> {
 
 const CURSOR_PREFIX: &str = "s1:";
 
-fn encode_cursor(created_at: i64, id: &str) -> String {
+pub(crate) fn encode_cursor(created_at: i64, id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(format!("{CURSOR_PREFIX}{created_at}:{id}"))
 }
 
-fn decode_cursor(c: &str) -> Result<(i64, String)> {
+pub(crate) fn decode_cursor(c: &str) -> Result<(i64, String)> {
     let bad = || {
         Error::invalid(
             format!("cursor '{c}' is not a cursor this tool returned"),

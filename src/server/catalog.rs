@@ -29,6 +29,61 @@ pub const COMMON_ERRORS: &[ErrorCode] = &[InvalidParameters, StoreUnavailable, I
 
 pub const DOCS: &[ToolDoc] = &[
     ToolDoc {
+        name: "cancel_workflow_run",
+        errors: &[NotFound, Conflict],
+        example: r#"{"run_id": "run_0123456789abcdef0123456789abcdef"}"#,
+    },
+    ToolDoc {
+        name: "create_complex_workflow",
+        errors: &[CycleDetected, ModuleNotFound, NotFound, SessionClosed],
+        example: r#"{"name": "analysis", "workflow_definition": {"steps": [{"name": "fetch", "module": "core", "action": "set", "parameters": {"value": {"rows": 3}}}, {"name": "report", "module": "core", "action": "echo", "parameters": {"rows": "{{steps.fetch.output.rows}}"}}], "dependencies": {"report": ["fetch"]}}}"#,
+    },
+    ToolDoc {
+        name: "create_workflow",
+        errors: &[CycleDetected, NotFound, SessionClosed, LimitExceeded],
+        example: r#"{"name": "greet", "parameters": {"who": {"type": "string", "required": true}}, "steps": [{"name": "hello", "module": "core", "action": "echo", "parameters": {"text": "hello {{params.who}}"}}, {"name": "wait", "module": "core", "action": "sleep", "parameters": {"ms": 100}, "dependencies": ["hello"], "max_retries": 2}]}"#,
+    },
+    ToolDoc {
+        name: "delete_workflow",
+        errors: &[WorkflowNotFound, PermissionDenied, NotFound, SessionClosed],
+        example: r#"{"name": "greet"}"#,
+    },
+    ToolDoc {
+        name: "execute_workflow",
+        errors: &[WorkflowNotFound, NotFound, SessionClosed],
+        example: r#"{"workflow_name": "greet", "parameters": {"who": "world"}, "wait_seconds": 10}"#,
+    },
+    ToolDoc {
+        name: "get_workflow",
+        errors: &[WorkflowNotFound, NotFound, SessionClosed],
+        example: r#"{"name": "greet"}"#,
+    },
+    ToolDoc {
+        name: "get_workflow_run",
+        errors: &[NotFound],
+        example: r#"{"run_id": "run_0123456789abcdef0123456789abcdef", "wait_seconds": 30}"#,
+    },
+    ToolDoc {
+        name: "list_workflow_runs",
+        errors: &[NotFound],
+        example: r#"{"status": "failed", "limit": 20}"#,
+    },
+    ToolDoc {
+        name: "list_workflows",
+        errors: &[NotFound, SessionClosed],
+        example: r#"{}"#,
+    },
+    ToolDoc {
+        name: "retry_workflow_run",
+        errors: &[NotFound, Conflict, SessionClosed],
+        example: r#"{"run_id": "run_0123456789abcdef0123456789abcdef", "wait_seconds": 10}"#,
+    },
+    ToolDoc {
+        name: "validate_workflow",
+        errors: &[],
+        example: r#"{"name": "check", "steps": [{"name": "a", "module": "core", "action": "echo", "dependencies": ["b"]}, {"name": "b", "module": "core", "action": "echo", "dependencies": ["a"]}]}"#,
+    },
+    ToolDoc {
         name: "close_session",
         errors: &[NotFound, SessionClosed],
         example: r#"{"session_id": "ses_0123456789abcdef0123456789abcdef"}"#,

@@ -5,7 +5,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{SessionQuery, SessionRecord, Store, StoreError, StoreResult};
+use super::{
+    RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult,
+    WorkflowRecord,
+};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -15,6 +18,10 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<String, SessionRecord>,
+    workflows: BTreeMap<(String, String, String), WorkflowRecord>,
+    runs: HashMap<String, RunRecord>,
+    /// Steps by run, in definition order.
+    steps: HashMap<String, Vec<StepRecord>>,
     meta: BTreeMap<String, String>,
 }
 
@@ -139,6 +146,105 @@ impl Store for MemoryStore {
             .values()
             .filter(|s| s.principal == principal && s.status == "active")
             .count() as u64)
+    }
+
+    async fn put_workflow(&self, w: &WorkflowRecord) -> StoreResult<WorkflowRecord> {
+        let mut g = self.lock()?;
+        let key = (w.scope.clone(), w.owner.clone(), w.name.clone());
+        let stored = match g.workflows.get(&key) {
+            Some(old) => WorkflowRecord {
+                version: old.version + 1,
+                created_at: old.created_at,
+                ..w.clone()
+            },
+            None => WorkflowRecord { version: 1, ..w.clone() },
+        };
+        g.workflows.insert(key, stored.clone());
+        Ok(stored)
+    }
+
+    async fn get_workflow(&self, scope: &str, owner: &str, name: &str) -> StoreResult<Option<WorkflowRecord>> {
+        Ok(self.lock()?.workflows.get(&(scope.into(), owner.into(), name.into())).cloned())
+    }
+
+    async fn list_workflows(&self, session_id: &str, principal: &str) -> StoreResult<Vec<WorkflowRecord>> {
+        Ok(self
+            .lock()?
+            .workflows
+            .values()
+            .filter(|w| (w.scope == "session" && w.owner == session_id) || (w.scope == "global" && w.owner == principal))
+            .cloned()
+            .collect())
+    }
+
+    async fn delete_workflow(&self, scope: &str, owner: &str, name: &str) -> StoreResult<bool> {
+        Ok(self.lock()?.workflows.remove(&(scope.into(), owner.into(), name.into())).is_some())
+    }
+
+    async fn insert_run(&self, run: &RunRecord, steps: &[StepRecord]) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        if g.runs.contains_key(&run.id) {
+            return Err(StoreError::Conflict(format!("run {} exists", run.id)));
+        }
+        g.runs.insert(run.id.clone(), run.clone());
+        g.steps.insert(run.id.clone(), steps.to_vec());
+        Ok(())
+    }
+
+    async fn update_run(&self, run: &RunRecord) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        match g.runs.get_mut(&run.id) {
+            Some(r) => {
+                *r = run.clone();
+                Ok(())
+            }
+            None => Err(StoreError::Corrupt(format!("run {} does not exist", run.id))),
+        }
+    }
+
+    async fn update_step(&self, step: &StepRecord) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        let slot = g
+            .steps
+            .get_mut(&step.run_id)
+            .and_then(|v| v.get_mut(step.position as usize))
+            .filter(|s| s.name == step.name)
+            .ok_or_else(|| StoreError::Corrupt(format!("step {}/{} does not exist", step.run_id, step.name)))?;
+        *slot = step.clone();
+        Ok(())
+    }
+
+    async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
+        Ok(self.lock()?.runs.get(id).cloned())
+    }
+
+    async fn run_steps(&self, run_id: &str) -> StoreResult<Vec<StepRecord>> {
+        Ok(self.lock()?.steps.get(run_id).cloned().unwrap_or_default())
+    }
+
+    async fn list_runs(&self, q: &RunQuery<'_>) -> StoreResult<Vec<RunRecord>> {
+        let g = self.lock()?;
+        let mut v: Vec<RunRecord> = g
+            .runs
+            .values()
+            .filter(|r| r.principal == q.principal)
+            .filter(|r| q.session_id.is_none_or(|s| r.session_id == s))
+            .filter(|r| q.status.is_none_or(|s| r.status == s))
+            .filter(|r| q.workflow_name.is_none_or(|w| r.workflow_name == w))
+            .filter(|r| q.after.as_ref().is_none_or(|(c, id)| (r.created_at, &r.id) > (*c, id)))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        v.truncate(q.limit as usize);
+        Ok(v)
+    }
+
+    async fn unfinished_runs(&self) -> StoreResult<Vec<RunRecord>> {
+        let g = self.lock()?;
+        let mut v: Vec<RunRecord> =
+            g.runs.values().filter(|r| r.status == "pending" || r.status == "running").cloned().collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
     }
 
     async fn probe(&self, now: i64) -> StoreResult<()> {

@@ -86,6 +86,87 @@ impl SessionRecord {
     }
 }
 
+/// A workflow definition created through tools.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowRecord {
+    /// `session` or `global`.
+    pub scope: String,
+    /// The session id (scope `session`) or the principal (scope `global`).
+    pub owner: String,
+    pub name: String,
+    pub principal: String,
+    pub version: u64,
+    /// The definition as JSON.
+    pub definition: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One workflow run (without its steps).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub id: String,
+    pub session_id: String,
+    pub principal: String,
+    pub workflow_name: String,
+    pub workflow_version: u64,
+    /// `library`, `session` or `global`.
+    pub workflow_source: String,
+    /// The pinned definition, JSON.
+    pub definition: String,
+    /// Bound parameters, JSON object.
+    pub parameters: String,
+    pub status: String,
+    pub priority: String,
+    pub max_parallel: u32,
+    pub mode: String,
+    pub timeout_seconds: Option<u64>,
+    /// Resource requirements of the whole run (JSON), as given.
+    pub resources: Option<String>,
+    /// `{code, message}` JSON when the run did not succeed.
+    pub error: Option<String>,
+    pub retry_of: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// The state of one step of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    pub run_id: String,
+    pub name: String,
+    /// Index of the step in the definition.
+    pub position: u32,
+    pub status: String,
+    pub attempts: u32,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// JSON.
+    pub output: Option<String>,
+    /// `{code, message}` JSON.
+    pub error: Option<String>,
+    /// Hash of the resolved inputs of the last attempt.
+    pub input_hash: Option<String>,
+    /// True when the output was reused from the run this one retries.
+    pub reused: bool,
+    /// Output and input hash of the same step in the run this one retries.
+    pub prior_output: Option<String>,
+    pub prior_hash: Option<String>,
+}
+
+/// What a page of runs asks for.
+#[derive(Debug, Clone)]
+pub struct RunQuery<'a> {
+    pub principal: &'a str,
+    pub session_id: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub workflow_name: Option<&'a str>,
+    pub after: Option<SessionCursor>,
+    pub limit: u32,
+}
+
 /// Position after which a page of sessions starts: `(created_at, id)`.
 pub type SessionCursor = (i64, String);
 
@@ -134,6 +215,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of active sessions of one principal.
     async fn count_active_sessions(&self, principal: &str) -> StoreResult<u64>;
+
+    /// Create or replace a definition; the version is 1 for a new name and
+    /// one more than the stored one otherwise. Returns the stored record.
+    async fn put_workflow(&self, w: &WorkflowRecord) -> StoreResult<WorkflowRecord>;
+
+    async fn get_workflow(&self, scope: &str, owner: &str, name: &str) -> StoreResult<Option<WorkflowRecord>>;
+
+    /// Definitions of one session plus the global ones of its principal.
+    async fn list_workflows(&self, session_id: &str, principal: &str) -> StoreResult<Vec<WorkflowRecord>>;
+
+    async fn delete_workflow(&self, scope: &str, owner: &str, name: &str) -> StoreResult<bool>;
+
+    /// Insert a run and all its steps in one transaction.
+    async fn insert_run(&self, run: &RunRecord, steps: &[StepRecord]) -> StoreResult<()>;
+
+    /// Replace the run row (not its steps).
+    async fn update_run(&self, run: &RunRecord) -> StoreResult<()>;
+
+    /// Replace one step row.
+    async fn update_step(&self, step: &StepRecord) -> StoreResult<()>;
+
+    async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>>;
+
+    /// Steps of a run in definition order.
+    async fn run_steps(&self, run_id: &str) -> StoreResult<Vec<StepRecord>>;
+
+    /// A page of runs in creation order.
+    async fn list_runs(&self, q: &RunQuery<'_>) -> StoreResult<Vec<RunRecord>>;
+
+    /// Runs that are `pending` or `running` (to resume after a restart).
+    async fn unfinished_runs(&self) -> StoreResult<Vec<RunRecord>>;
 
     /// Write and read back a probe row: proves the store is reachable and writable.
     async fn probe(&self, now: i64) -> StoreResult<()>;

@@ -14,7 +14,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row, query};
 
-use super::{SessionQuery, SessionRecord, Store, StoreError, StoreResult};
+use super::{
+    RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult,
+    WorkflowRecord,
+};
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -59,6 +62,121 @@ fn session_from_row(r: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
         closed_at: r.try_get("closed_at")?,
         close_reason: r.try_get("close_reason")?,
     })
+}
+
+const WORKFLOW_COLUMNS: &str =
+    "scope, owner, name, principal, version, definition, created_at, updated_at";
+
+const RUN_COLUMNS: &str = "id, session_id, principal, workflow_name, workflow_version, \
+    workflow_source, definition, parameters, status, priority, max_parallel, mode, timeout_seconds, \
+    resources, error, retry_of, created_at, started_at, finished_at, updated_at";
+
+const STEP_COLUMNS: &str = "run_id, name, position, status, attempts, started_at, finished_at, \
+    output, error, input_hash, reused, prior_output, prior_hash";
+
+fn workflow_from_row(r: &SqliteRow) -> Result<WorkflowRecord, sqlx::Error> {
+    Ok(WorkflowRecord {
+        scope: r.try_get("scope")?,
+        owner: r.try_get("owner")?,
+        name: r.try_get("name")?,
+        principal: r.try_get("principal")?,
+        version: r.try_get::<i64, _>("version")? as u64,
+        definition: r.try_get("definition")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn run_from_row(r: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
+    Ok(RunRecord {
+        id: r.try_get("id")?,
+        session_id: r.try_get("session_id")?,
+        principal: r.try_get("principal")?,
+        workflow_name: r.try_get("workflow_name")?,
+        workflow_version: r.try_get::<i64, _>("workflow_version")? as u64,
+        workflow_source: r.try_get("workflow_source")?,
+        definition: r.try_get("definition")?,
+        parameters: r.try_get("parameters")?,
+        status: r.try_get("status")?,
+        priority: r.try_get("priority")?,
+        max_parallel: r.try_get::<i64, _>("max_parallel")? as u32,
+        mode: r.try_get("mode")?,
+        timeout_seconds: r.try_get::<Option<i64>, _>("timeout_seconds")?.map(|v| v as u64),
+        resources: r.try_get("resources")?,
+        error: r.try_get("error")?,
+        retry_of: r.try_get("retry_of")?,
+        created_at: r.try_get("created_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn step_from_row(r: &SqliteRow) -> Result<StepRecord, sqlx::Error> {
+    Ok(StepRecord {
+        run_id: r.try_get("run_id")?,
+        name: r.try_get("name")?,
+        position: r.try_get::<i64, _>("position")? as u32,
+        status: r.try_get("status")?,
+        attempts: r.try_get::<i64, _>("attempts")? as u32,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        output: r.try_get("output")?,
+        error: r.try_get("error")?,
+        input_hash: r.try_get("input_hash")?,
+        reused: r.try_get("reused")?,
+        prior_output: r.try_get("prior_output")?,
+        prior_hash: r.try_get("prior_hash")?,
+    })
+}
+
+fn rows<T>(rows: Vec<SqliteRow>, f: fn(&SqliteRow) -> Result<T, sqlx::Error>) -> StoreResult<Vec<T>> {
+    rows.iter().map(|r| f(r).map_err(db_err)).collect()
+}
+
+fn bind_run<'q>(
+    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    r: &'q RunRecord,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    q.bind(&r.id)
+        .bind(&r.session_id)
+        .bind(&r.principal)
+        .bind(&r.workflow_name)
+        .bind(r.workflow_version as i64)
+        .bind(&r.workflow_source)
+        .bind(&r.definition)
+        .bind(&r.parameters)
+        .bind(&r.status)
+        .bind(&r.priority)
+        .bind(r.max_parallel as i64)
+        .bind(&r.mode)
+        .bind(r.timeout_seconds.map(|v| v as i64))
+        .bind(&r.resources)
+        .bind(&r.error)
+        .bind(&r.retry_of)
+        .bind(r.created_at)
+        .bind(r.started_at)
+        .bind(r.finished_at)
+        .bind(r.updated_at)
+}
+
+fn bind_step<'q>(
+    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    s: &'q StepRecord,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    q.bind(&s.run_id)
+        .bind(&s.name)
+        .bind(s.position as i64)
+        .bind(&s.status)
+        .bind(s.attempts as i64)
+        .bind(s.started_at)
+        .bind(s.finished_at)
+        .bind(&s.output)
+        .bind(&s.error)
+        .bind(&s.input_hash)
+        .bind(s.reused)
+        .bind(&s.prior_output)
+        .bind(&s.prior_hash)
 }
 
 fn sessions_from_rows(rows: Vec<SqliteRow>) -> StoreResult<Vec<SessionRecord>> {
@@ -248,6 +366,147 @@ impl Store for SqliteStore {
                 .try_get("n")
                 .map_err(db_err)?;
         Ok(n as u64)
+    }
+
+    async fn put_workflow(&self, w: &WorkflowRecord) -> StoreResult<WorkflowRecord> {
+        let row = query(AssertSqlSafe(format!(
+            "INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6) \
+             ON CONFLICT (scope, owner, name) DO UPDATE SET version = workflows.version + 1, \
+             definition = excluded.definition, principal = excluded.principal, updated_at = excluded.updated_at \
+             RETURNING {WORKFLOW_COLUMNS}"
+        )))
+        .bind(&w.scope)
+        .bind(&w.owner)
+        .bind(&w.name)
+        .bind(&w.principal)
+        .bind(&w.definition)
+        .bind(w.updated_at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        workflow_from_row(&row).map_err(db_err)
+    }
+
+    async fn get_workflow(&self, scope: &str, owner: &str, name: &str) -> StoreResult<Option<WorkflowRecord>> {
+        let row = query(AssertSqlSafe(format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE scope = ?1 AND owner = ?2 AND name = ?3"
+        )))
+        .bind(scope)
+        .bind(owner)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| workflow_from_row(&r).map_err(db_err)).transpose()
+    }
+
+    async fn list_workflows(&self, session_id: &str, principal: &str) -> StoreResult<Vec<WorkflowRecord>> {
+        let r = query(AssertSqlSafe(format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE (scope = 'session' AND owner = ?1) \
+             OR (scope = 'global' AND owner = ?2) ORDER BY name, scope"
+        )))
+        .bind(session_id)
+        .bind(principal)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows(r, workflow_from_row)
+    }
+
+    async fn delete_workflow(&self, scope: &str, owner: &str, name: &str) -> StoreResult<bool> {
+        let r = query("DELETE FROM workflows WHERE scope = ?1 AND owner = ?2 AND name = ?3")
+            .bind(scope)
+            .bind(owner)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn insert_run(&self, run: &RunRecord, steps: &[StepRecord]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let sql = format!(
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+        );
+        bind_run(query(AssertSqlSafe(sql)), run).execute(&mut *tx).await.map_err(db_err)?;
+        let sql = format!(
+            "INSERT INTO run_steps ({STEP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        );
+        for s in steps {
+            bind_step(query(AssertSqlSafe(sql.clone())), s).execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn update_run(&self, run: &RunRecord) -> StoreResult<()> {
+        let sql = format!(
+            "REPLACE INTO runs ({RUN_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+        );
+        bind_run(query(AssertSqlSafe(sql)), run).execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn update_step(&self, step: &StepRecord) -> StoreResult<()> {
+        let sql = format!(
+            "REPLACE INTO run_steps ({STEP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        );
+        bind_step(query(AssertSqlSafe(sql)), step).execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
+        let row = query(AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| run_from_row(&r).map_err(db_err)).transpose()
+    }
+
+    async fn run_steps(&self, run_id: &str) -> StoreResult<Vec<StepRecord>> {
+        let r = query(AssertSqlSafe(format!(
+            "SELECT {STEP_COLUMNS} FROM run_steps WHERE run_id = ?1 ORDER BY position"
+        )))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows(r, step_from_row)
+    }
+
+    async fn list_runs(&self, q: &RunQuery<'_>) -> StoreResult<Vec<RunRecord>> {
+        let (after_c, after_id) = q.after.clone().unwrap_or((i64::MIN, String::new()));
+        let r = query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE principal = ?1 \
+               AND (?2 IS NULL OR session_id = ?2) AND (?3 IS NULL OR status = ?3) \
+               AND (?4 IS NULL OR workflow_name = ?4) \
+               AND (created_at > ?5 OR (created_at = ?5 AND id > ?6)) \
+             ORDER BY created_at, id LIMIT ?7"
+        )))
+        .bind(q.principal)
+        .bind(q.session_id)
+        .bind(q.status)
+        .bind(q.workflow_name)
+        .bind(after_c)
+        .bind(after_id)
+        .bind(q.limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows(r, run_from_row)
+    }
+
+    async fn unfinished_runs(&self) -> StoreResult<Vec<RunRecord>> {
+        let r = query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('pending', 'running') ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows(r, run_from_row)
     }
 
     async fn probe(&self, now: i64) -> StoreResult<()> {

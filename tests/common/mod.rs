@@ -263,10 +263,21 @@ pub async fn tool_names(client: &Client) -> Vec<String> {
 }
 
 pub const TOOLS: &[&str] = &[
+    "cancel_workflow_run",
     "close_session",
+    "create_complex_workflow",
     "create_session",
+    "create_workflow",
+    "delete_workflow",
+    "execute_workflow",
     "get_health_status",
     "get_session",
     "get_system_status",
+    "get_workflow",
+    "get_workflow_run",
     "list_sessions",
+    "list_workflow_runs",
+    "list_workflows",
+    "retry_workflow_run",
+    "validate_workflow",
 ];

@@ -138,6 +138,6 @@ impl MyrmexServer {
     ) -> Result<Json<Session>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        Ok(Json(self.engine.sessions().close(&p, &a.session_id).await?))
+        Ok(Json(self.engine.close_session(&p, &a.session_id).await?))
     }
 }

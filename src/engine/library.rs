@@ -1,0 +1,92 @@
+//! The workflow library: definition files loaded at start from the configured
+//! directories, read-only and shared by every session. A broken file does not
+//! stop the server; it is kept with its reason for health and listings.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::workflow::{Limits, WorkflowSpec, validate};
+use crate::actions::Registry;
+
+#[derive(Debug, Clone)]
+pub struct LibraryEntry {
+    pub spec: WorkflowSpec,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokenFile {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Library {
+    pub workflows: BTreeMap<String, LibraryEntry>,
+    pub broken: Vec<BrokenFile>,
+}
+
+/// Parse a definition file by its extension (`.json`, `.yaml`, `.yml`).
+pub fn parse_file(path: &Path) -> Result<WorkflowSpec, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    parse_text(&text, path.extension().and_then(|e| e.to_str()).unwrap_or(""))
+}
+
+pub fn parse_text(text: &str, ext: &str) -> Result<WorkflowSpec, String> {
+    match ext {
+        "json" => serde_json::from_str(text).map_err(|e| format!("invalid JSON definition: {e}")),
+        "yaml" | "yml" => serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML definition: {e}")),
+        other => Err(format!("unknown extension '.{other}': use .json, .yaml or .yml")),
+    }
+}
+
+impl Library {
+    pub fn load(dirs: &[PathBuf], registry: &Registry, limits: &Limits) -> Library {
+        let mut lib = Library::default();
+        for dir in dirs {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    lib.broken.push(BrokenFile { path: dir.clone(), reason: format!("cannot read directory: {e}") });
+                    continue;
+                }
+            };
+            let mut paths: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("json" | "yaml" | "yml")))
+                .collect();
+            paths.sort();
+            for path in paths {
+                let spec = match parse_file(&path) {
+                    Ok(s) => s,
+                    Err(reason) => {
+                        tracing::warn!(path = %path.display(), %reason, "workflow file skipped");
+                        lib.broken.push(BrokenFile { path, reason });
+                        continue;
+                    }
+                };
+                if let Err(problems) = validate(&spec, registry, limits) {
+                    let reason = problems
+                        .iter()
+                        .map(|p| format!("{}{}: {}", p.code, p.step.as_ref().map(|s| format!(" (step {s})")).unwrap_or_default(), p.message))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    tracing::warn!(path = %path.display(), %reason, "workflow file invalid");
+                    lib.broken.push(BrokenFile { path, reason });
+                    continue;
+                }
+                if let Some(first) = lib.workflows.get(&spec.name) {
+                    lib.broken.push(BrokenFile {
+                        path: path.clone(),
+                        reason: format!("workflow '{}' is already defined by {}", spec.name, first.path.display()),
+                    });
+                    continue;
+                }
+                lib.workflows.insert(spec.name.clone(), LibraryEntry { spec, path });
+            }
+        }
+        tracing::info!(loaded = lib.workflows.len(), broken = lib.broken.len(), "workflow library loaded");
+        lib
+    }
+}

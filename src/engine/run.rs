@@ -1,0 +1,711 @@
+//! The run executor: one driver task per run computes the ready set, starts
+//! steps up to the run's parallelism (higher priority first), applies trigger
+//! rules, `when` conditions, retries with backoff, step and run timeouts and
+//! cancellation, and writes every state change through the store.
+//!
+//! After a restart, [`RunManager::resume_all`] picks unfinished runs up from
+//! the store: succeeded steps are kept, steps that were running are attempted
+//! again (the interrupted attempt stays counted).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::condition;
+use super::template::{Scope, render_value};
+use super::workflow::{OnFailure, Priority, StepSpec, TriggerRule, WorkflowSpec};
+use super::{new_id, now_ms};
+use crate::actions::{ActionCtx, Registry};
+use crate::error::{ErrorCode, Result};
+use crate::store::{RunRecord, StepRecord, Store};
+
+/// Step statuses.
+pub mod status {
+    pub const PENDING: &str = "pending";
+    pub const READY: &str = "ready";
+    pub const RUNNING: &str = "running";
+    pub const RETRYING: &str = "retrying";
+    pub const SUCCEEDED: &str = "succeeded";
+    pub const FAILED: &str = "failed";
+    pub const SKIPPED: &str = "skipped";
+    pub const CANCELLED: &str = "cancelled";
+    pub const TIMED_OUT: &str = "timed_out";
+
+    pub fn is_terminal(s: &str) -> bool {
+        matches!(s, SUCCEEDED | FAILED | SKIPPED | CANCELLED | TIMED_OUT)
+    }
+}
+use status::*;
+
+/// How long a cancelled action may take to stop before it is abandoned.
+const ABANDON_AFTER: Duration = Duration::from_secs(2);
+
+/// Why a run's token was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// `cancel_workflow_run` or the session was closed.
+    Cancelled,
+    /// The run's time limit passed.
+    TimedOut,
+    /// The server is shutting down: leave the state for the next start.
+    Shutdown,
+}
+
+struct Active {
+    session_id: String,
+    cancel: CancellationToken,
+    stop: OnceLock<Stop>,
+    changed: watch::Sender<u64>,
+}
+
+impl Active {
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+}
+
+/// Runs in progress in this process, and how to start and stop them.
+pub struct RunManager {
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    active: Mutex<HashMap<String, Arc<Active>>>,
+    session_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    shutdown: CancellationToken,
+}
+
+fn err_json(code: ErrorCode, message: impl Into<String>) -> Option<String> {
+    Some(json!({"code": code.as_str(), "message": message.into()}).to_string())
+}
+
+fn err_json_code(code: &str, message: impl Into<String>) -> Option<String> {
+    Some(json!({"code": code, "message": message.into()}).to_string())
+}
+
+impl RunManager {
+    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            registry,
+            active: Mutex::new(HashMap::new()),
+            session_slots: Mutex::new(HashMap::new()),
+            shutdown,
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Insert a new run with its steps and start driving it.
+    pub async fn start(self: &Arc<Self>, run: RunRecord, steps: Vec<StepRecord>, max_workflows: u32) -> Result<()> {
+        self.store.insert_run(&run, &steps).await?;
+        self.spawn(run.id, run.session_id, max_workflows);
+        Ok(())
+    }
+
+    /// Subscribe to changes of a run driven by this process (None when it is not active here).
+    pub fn watch(&self, run_id: &str) -> Option<watch::Receiver<u64>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).get(run_id).map(|a| a.changed.subscribe())
+    }
+
+    pub fn is_active(&self, run_id: &str) -> bool {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).contains_key(run_id)
+    }
+
+    /// Cancel a run driven by this process. Returns false when it is not active here.
+    pub fn cancel(&self, run_id: &str) -> bool {
+        let a = self.active.lock().unwrap_or_else(|p| p.into_inner()).get(run_id).cloned();
+        match a {
+            Some(a) => {
+                let _ = a.stop.set(Stop::Cancelled);
+                a.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancel every active run of a session (the session was closed). Returns how many.
+    pub fn cancel_session(&self, session_id: &str) -> usize {
+        let ids: Vec<String> = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, a)| a.session_id == session_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.iter().filter(|id| self.cancel(id)).count()
+    }
+
+    /// Runs driven by this process right now.
+    pub fn active_count(&self) -> usize {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Pick up every unfinished run after a restart.
+    pub async fn resume_all(self: &Arc<Self>) -> Result<usize> {
+        let runs = self.store.unfinished_runs().await?;
+        let n = runs.len();
+        for run in runs {
+            if self.is_active(&run.id) {
+                continue;
+            }
+            let max_workflows = match self.store.get_session(&run.session_id).await? {
+                Some(s) if s.status == "active" => s.max_parallel_workflows,
+                _ => {
+                    // The session is gone or closed: the run is cancelled.
+                    let mut run = run;
+                    let now = now_ms();
+                    for mut st in self.store.run_steps(&run.id).await? {
+                        if !is_terminal(&st.status) {
+                            st.status = CANCELLED.into();
+                            st.finished_at = Some(now);
+                            st.error = err_json(ErrorCode::SessionClosed, "the session was closed");
+                            self.store.update_step(&st).await?;
+                        }
+                    }
+                    run.status = CANCELLED.into();
+                    run.error = err_json(ErrorCode::SessionClosed, "the session was closed");
+                    run.finished_at = Some(now);
+                    run.updated_at = now;
+                    self.store.update_run(&run).await?;
+                    continue;
+                }
+            };
+            tracing::info!(run = %run.id, workflow = %run.workflow_name, "resuming run");
+            self.spawn(run.id, run.session_id, max_workflows);
+        }
+        Ok(n)
+    }
+
+    fn spawn(self: &Arc<Self>, run_id: String, session_id: String, max_workflows: u32) {
+        let (tx, _) = watch::channel(0u64);
+        let active = Arc::new(Active {
+            session_id: session_id.clone(),
+            cancel: self.shutdown.child_token(),
+            stop: OnceLock::new(),
+            changed: tx,
+        });
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.clone(), active.clone());
+        let slot = {
+            let mut slots = self.session_slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(session_id).or_insert_with(|| Arc::new(Semaphore::new(max_workflows.max(1) as usize))).clone()
+        };
+        let mgr = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = mgr.drive(&run_id, &active, slot).await {
+                tracing::error!(run = %run_id, error = %e, "run driver failed");
+            }
+            mgr.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&run_id);
+            active.bump();
+        });
+    }
+
+    async fn drive(self: &Arc<Self>, run_id: &str, active: &Arc<Active>, slot: Arc<Semaphore>) -> Result<()> {
+        let store = &self.store;
+        let mut run = store.get_run(run_id).await?.ok_or_else(|| crate::error::Error::internal("run vanished"))?;
+        let spec: WorkflowSpec = serde_json::from_str(&run.definition)
+            .map_err(|e| crate::error::Error::internal(format!("run {run_id} has a corrupt definition: {e}")))?;
+        let params: Map<String, Value> = serde_json::from_str(&run.parameters).unwrap_or_default();
+        let mut steps = store.run_steps(run_id).await?;
+
+        // Wait for a workflow slot of the session.
+        let _permit = tokio::select! {
+            p = slot.acquire_owned() => p.map_err(|_| crate::error::Error::internal("slot semaphore closed"))?,
+            _ = active.cancel.cancelled() => {
+                return self.finish_stopped(&mut run, &mut steps, active).await;
+            }
+        };
+        let now = now_ms();
+        if run.started_at.is_none() {
+            run.started_at = Some(now);
+        }
+        run.status = RUNNING.into();
+        run.updated_at = now;
+        store.update_run(&run).await?;
+        active.bump();
+
+        // Steps that were in flight when the last process stopped go again.
+        for st in steps.iter_mut() {
+            if matches!(st.status.as_str(), RUNNING | RETRYING | READY) {
+                st.status = PENDING.into();
+                store.update_step(st).await?;
+            }
+        }
+
+        let index: HashMap<&str, usize> = spec.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+        let deps: Vec<Vec<usize>> = spec
+            .steps
+            .iter()
+            .map(|s| s.dependencies.iter().filter_map(|d| index.get(d.as_str()).copied()).collect())
+            .collect();
+        let order = topo_order(&deps);
+        let position_in_plan: Vec<usize> = {
+            let mut v = vec![0; order.len()];
+            for (p, &i) in order.iter().enumerate() {
+                v[i] = p;
+            }
+            v
+        };
+        let limit = match run.mode.as_str() {
+            "sequential" => 1,
+            _ => run.max_parallel.max(1) as usize,
+        };
+        let by_priority = matches!(run.mode.as_str(), "priority" | "resource_aware");
+        let deadline = run
+            .timeout_seconds
+            .map(|t| tokio::time::Instant::now() + Duration::from_millis(((run.started_at.unwrap_or(now) + t as i64 * 1000) - now).max(0) as u64));
+
+        // What templates and conditions can see.
+        let shared = Arc::new(RwLock::new(StepTable::default()));
+        {
+            let mut t = shared.write().unwrap_or_else(|p| p.into_inner());
+            for st in &steps {
+                t.set(st);
+            }
+        }
+        let mut halted = steps.iter().any(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT)) && spec.on_failure == OnFailure::FailFast;
+        let mut running: JoinSet<(usize, StepRecord)> = JoinSet::new();
+        let mut in_flight = 0usize;
+        loop {
+            // Settle pending steps whose dependencies are all done.
+            let mut ready: Vec<usize> = Vec::new();
+            for &i in &order {
+                if steps[i].status != PENDING && steps[i].status != READY {
+                    continue;
+                }
+                if !deps[i].iter().all(|&d| is_terminal(&steps[d].status)) {
+                    continue;
+                }
+                let s = &spec.steps[i];
+                let bad_dep = deps[i].iter().find(|&&d| dep_failed(&steps[d]));
+                let decision = if halted && s.trigger_rule != TriggerRule::AllDone {
+                    Some((CANCELLED, err_json(ErrorCode::Cancelled, "not started: an earlier step failed and on_failure is fail_fast")))
+                } else if let (TriggerRule::AllSuccess, Some(&d)) = (s.trigger_rule, bad_dep) {
+                    Some((SKIPPED, err_json(ErrorCode::DependencyFailed, format!("dependency '{}' {}", spec.steps[d].name, steps[d].status))))
+                } else if let Some(w) = &s.when {
+                    let table = shared.read().unwrap_or_else(|p| p.into_inner());
+                    let scope = RunScope { params: &params, table: &table, run_id: &run.id, session_id: &run.session_id };
+                    match condition::parse(w).and_then(|e| e.eval(&scope)) {
+                        Ok(v) if condition::truthy(&v) => None,
+                        Ok(_) => Some((SKIPPED, err_json_code("CONDITION_FALSE", format!("when '{w}' is false")))),
+                        Err(e) => Some((FAILED, err_json(ErrorCode::InvalidParameters, format!("when '{w}': {e}")))),
+                    }
+                } else {
+                    None
+                };
+                match decision {
+                    Some((st, error)) => {
+                        let rec = &mut steps[i];
+                        rec.status = st.into();
+                        rec.error = error;
+                        rec.finished_at = Some(now_ms());
+                        store.update_step(rec).await?;
+                        shared.write().unwrap_or_else(|p| p.into_inner()).set(rec);
+                        if st == FAILED && spec.on_failure == OnFailure::FailFast {
+                            halted = true;
+                        }
+                        active.bump();
+                    }
+                    None => ready.push(i),
+                }
+            }
+            if by_priority {
+                ready.sort_by_key(|&i| (std::cmp::Reverse(spec.steps[i].priority), position_in_plan[i]));
+            }
+            for &i in &ready {
+                if in_flight >= limit {
+                    if steps[i].status != READY {
+                        steps[i].status = READY.into();
+                        store.update_step(&steps[i]).await?;
+                        active.bump();
+                    }
+                    continue;
+                }
+                steps[i].status = RUNNING.into();
+                in_flight += 1;
+                let task = StepTask {
+                    mgr: self.clone(),
+                    spec: spec.steps[i].clone(),
+                    rec: steps[i].clone(),
+                    params: params.clone(),
+                    table: shared.clone(),
+                    run_id: run.id.clone(),
+                    session_id: run.session_id.clone(),
+                    active: active.clone(),
+                };
+                running.spawn(async move { (i, task.run().await) });
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let stopped = tokio::select! {
+                joined = running.join_next() => {
+                    match joined {
+                        Some(Ok((i, rec))) => {
+                            in_flight -= 1;
+                            if matches!(rec.status.as_str(), FAILED | TIMED_OUT) && spec.on_failure == OnFailure::FailFast {
+                                halted = true;
+                            }
+                            shared.write().unwrap_or_else(|p| p.into_inner()).set(&rec);
+                            steps[i] = rec;
+                        }
+                        Some(Err(e)) => return Err(crate::error::Error::internal(format!("step task panicked: {e}"))),
+                        None => {}
+                    }
+                    false
+                }
+                _ = active.cancel.cancelled() => true,
+                _ = sleep_until(deadline) => {
+                    let _ = active.stop.set(Stop::TimedOut);
+                    active.cancel.cancel();
+                    true
+                }
+            };
+            if stopped {
+                // Let the running steps observe the cancellation and record it.
+                while let Some(joined) = running.join_next().await {
+                    if let Ok((i, rec)) = joined {
+                        steps[i] = rec;
+                    }
+                }
+                return self.finish_stopped(&mut run, &mut steps, active).await;
+            }
+        }
+
+        // Every step is final.
+        let failed = steps.iter().find(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT));
+        let now = now_ms();
+        run.status = if failed.is_some() { FAILED.into() } else { SUCCEEDED.into() };
+        run.error = failed.map(|s| {
+            let msg = s
+                .error
+                .as_deref()
+                .and_then(|e| serde_json::from_str::<Value>(e).ok())
+                .and_then(|e| e["message"].as_str().map(String::from))
+                .unwrap_or_default();
+            json!({"code": ErrorCode::DependencyFailed.as_str(), "message": format!("step '{}' {}: {msg}", s.name, s.status)}).to_string()
+        });
+        run.finished_at = Some(now);
+        run.updated_at = now;
+        store.update_run(&run).await?;
+        tracing::info!(run = %run.id, status = %run.status, "run finished");
+        Ok(())
+    }
+
+    /// The run's token was cancelled: record why, unless the server is stopping.
+    async fn finish_stopped(&self, run: &mut RunRecord, steps: &mut [StepRecord], active: &Active) -> Result<()> {
+        let stop = active.stop.get().copied().unwrap_or(Stop::Shutdown);
+        if stop == Stop::Shutdown {
+            tracing::info!(run = %run.id, "server stopping; the run resumes at the next start");
+            return Ok(());
+        }
+        let now = now_ms();
+        let (status, code, msg) = match stop {
+            Stop::TimedOut => (TIMED_OUT, ErrorCode::TimeoutExceeded, "the workflow's time limit passed"),
+            _ => (CANCELLED, ErrorCode::Cancelled, "the run was cancelled"),
+        };
+        for st in steps.iter_mut() {
+            if !is_terminal(&st.status) {
+                st.status = CANCELLED.into();
+                st.error = err_json(code, msg);
+                st.finished_at = Some(now);
+                self.store.update_step(st).await?;
+            }
+        }
+        run.status = status.into();
+        run.error = err_json(code, msg);
+        if run.started_at.is_none() {
+            run.started_at = Some(now);
+        }
+        run.finished_at = Some(now);
+        run.updated_at = now;
+        self.store.update_run(run).await?;
+        tracing::info!(run = %run.id, status, "run stopped");
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn is_terminal(s: &str) -> bool {
+    status::is_terminal(s)
+}
+
+/// Did this dependency end in a way that skips `all_success` dependents?
+fn dep_failed(s: &StepRecord) -> bool {
+    match s.status.as_str() {
+        FAILED | TIMED_OUT | CANCELLED => true,
+        // Skipped because of its own dependencies (not by its `when`).
+        SKIPPED => !s.error.as_deref().is_some_and(|e| e.contains("CONDITION_FALSE")),
+        _ => false,
+    }
+}
+
+/// Kahn's order; the definition was validated acyclic.
+fn topo_order(deps: &[Vec<usize>]) -> Vec<usize> {
+    let n = deps.len();
+    let mut indeg: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut out_edges: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            out_edges[d].push(i);
+        }
+    }
+    let mut queue: std::collections::VecDeque<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = queue.pop_front() {
+        order.push(i);
+        for &j in &out_edges[i] {
+            indeg[j] -= 1;
+            if indeg[j] == 0 {
+                queue.push_back(j);
+            }
+        }
+    }
+    order
+}
+
+/// Status and output of every step, for templates and conditions.
+#[derive(Default)]
+struct StepTable {
+    steps: HashMap<String, (String, Option<Value>)>,
+}
+
+impl StepTable {
+    fn set(&mut self, r: &StepRecord) {
+        let out = if r.status == SUCCEEDED { r.output.as_deref().and_then(|o| serde_json::from_str(o).ok()) } else { None };
+        self.steps.insert(r.name.clone(), (r.status.clone(), out));
+    }
+}
+
+struct RunScope<'a> {
+    params: &'a Map<String, Value>,
+    table: &'a StepTable,
+    run_id: &'a str,
+    session_id: &'a str,
+}
+
+impl Scope for RunScope<'_> {
+    fn param(&self, name: &str) -> Option<&Value> {
+        self.params.get(name)
+    }
+    fn step(&self, name: &str) -> Option<(String, Option<&Value>)> {
+        self.table.steps.get(name).map(|(s, o)| (s.clone(), o.as_ref()))
+    }
+    fn run_id(&self) -> &str {
+        self.run_id
+    }
+    fn session_id(&self) -> &str {
+        self.session_id
+    }
+}
+
+/// Hash of resolved inputs: equal inputs, equal hash.
+pub fn input_hash(module: &str, action: &str, params: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(module.as_bytes());
+    h.update(b".");
+    h.update(action.as_bytes());
+    h.update(b"\0");
+    h.update(params.to_string().as_bytes());
+    hex::encode(h.finalize())
+}
+
+struct StepTask {
+    mgr: Arc<RunManager>,
+    spec: StepSpec,
+    rec: StepRecord,
+    params: Map<String, Value>,
+    table: Arc<RwLock<StepTable>>,
+    run_id: String,
+    session_id: String,
+    active: Arc<Active>,
+}
+
+impl StepTask {
+    /// Run the step to a final state (or until the run is stopped) and return its record.
+    async fn run(mut self) -> StepRecord {
+        match self.attempts().await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(run = %self.run_id, step = %self.rec.name, error = %e, "step bookkeeping failed");
+            }
+        }
+        self.rec
+    }
+
+    async fn save(&self) -> Result<()> {
+        self.mgr.store.update_step(&self.rec).await?;
+        self.active.bump();
+        Ok(())
+    }
+
+    async fn attempts(&mut self) -> Result<()> {
+        let store_rec_attempts = self.rec.attempts;
+        let max_attempts = (self.spec.max_retries + 1).max(store_rec_attempts + 1);
+        let policy = self.spec.retry.clone().unwrap_or_default();
+        // Resolve inputs once all upstream steps are final.
+        let resolved = {
+            let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+            let scope = RunScope { params: &self.params, table: &table, run_id: &self.run_id, session_id: &self.session_id };
+            render_value(&Value::Object(self.spec.parameters.clone()), &scope)
+        };
+        let now = now_ms();
+        let params = match resolved {
+            Ok(p) => p,
+            Err(e) => {
+                self.rec.status = FAILED.into();
+                self.rec.error = err_json(ErrorCode::InvalidParameters, format!("cannot resolve parameters: {e}"));
+                self.rec.started_at.get_or_insert(now);
+                self.rec.finished_at = Some(now);
+                return self.save().await;
+            }
+        };
+        let hash = input_hash(&self.spec.module, &self.spec.action, &params);
+        if self.rec.prior_hash.as_deref() == Some(hash.as_str()) && self.rec.prior_output.is_some() {
+            self.rec.status = SUCCEEDED.into();
+            self.rec.output = self.rec.prior_output.clone();
+            self.rec.input_hash = Some(hash);
+            self.rec.reused = true;
+            self.rec.started_at = Some(now);
+            self.rec.finished_at = Some(now);
+            return self.save().await;
+        }
+        self.rec.input_hash = Some(hash);
+        let run_cancel = self.active.cancel.clone();
+        let mut attempt = store_rec_attempts;
+        loop {
+            attempt += 1;
+            self.rec.attempts = attempt;
+            self.rec.status = RUNNING.into();
+            self.rec.error = None;
+            self.rec.started_at.get_or_insert(now_ms());
+            self.save().await?;
+
+            let token = run_cancel.child_token();
+            let ctx = ActionCtx {
+                cancel: token.clone(),
+                attempt,
+                run_id: self.run_id.clone(),
+                step: self.spec.name.clone(),
+                session_id: self.session_id.clone(),
+            };
+            let registry = self.mgr.registry.clone();
+            let (module, action, p) = (self.spec.module.clone(), self.spec.action.clone(), params.clone());
+            let mut fut = Box::pin(async move { registry.call(&module, &action, p, ctx).await });
+            let limit = self.spec.timeout_seconds.map(Duration::from_secs);
+            let outcome = tokio::select! {
+                r = &mut fut => Outcome::Done(r),
+                _ = sleep_opt(limit) => Outcome::StepTimeout,
+                _ = run_cancel.cancelled() => Outcome::RunStopped,
+            };
+            let outcome = match outcome {
+                Outcome::Done(r) => Outcome::Done(r),
+                other => {
+                    // Ask the action to stop; abandon it if it does not.
+                    token.cancel();
+                    if tokio::time::timeout(ABANDON_AFTER, &mut fut).await.is_err() {
+                        tracing::warn!(run = %self.run_id, step = %self.spec.name, "action ignored cancellation; abandoned");
+                        self.rec.error = err_json(ErrorCode::TimeoutExceeded, "the action ignored cancellation and was abandoned");
+                    }
+                    other
+                }
+            };
+            let (code, message) = match outcome {
+                Outcome::Done(Ok(out)) => {
+                    self.rec.status = SUCCEEDED.into();
+                    self.rec.output = Some(out.to_string());
+                    self.rec.error = None;
+                    self.rec.finished_at = Some(now_ms());
+                    return self.save().await;
+                }
+                Outcome::RunStopped => {
+                    match self.active.stop.get().copied().unwrap_or(Stop::Shutdown) {
+                        // Leave the record as `running`: the next start attempts it again.
+                        Stop::Shutdown => return Ok(()),
+                        Stop::TimedOut => {
+                            self.rec.status = TIMED_OUT.into();
+                            self.rec.error = err_json(ErrorCode::TimeoutExceeded, "the workflow's time limit passed while the step ran");
+                        }
+                        Stop::Cancelled => {
+                            self.rec.status = CANCELLED.into();
+                            self.rec.error = err_json(ErrorCode::Cancelled, "the run was cancelled while the step ran");
+                        }
+                    }
+                    self.rec.finished_at = Some(now_ms());
+                    return self.save().await;
+                }
+                Outcome::StepTimeout => (
+                    ErrorCode::TimeoutExceeded,
+                    format!("attempt {attempt} exceeded the step's timeout of {} s", self.spec.timeout_seconds.unwrap_or_default()),
+                ),
+                Outcome::Done(Err(e)) => (e.code, e.message),
+            };
+            let timed_out = code == ErrorCode::TimeoutExceeded;
+            let retryable = !matches!(code, ErrorCode::InvalidParameters | ErrorCode::ModuleNotFound);
+            if attempt >= max_attempts || !retryable {
+                self.rec.status = if timed_out { TIMED_OUT.into() } else { FAILED.into() };
+                self.rec.error = err_json(code, message);
+                self.rec.finished_at = Some(now_ms());
+                return self.save().await;
+            }
+            self.rec.status = RETRYING.into();
+            self.rec.error = err_json(code, message);
+            self.save().await?;
+            let delay = Duration::from_millis(policy.delay_ms(attempt + 1));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = run_cancel.cancelled() => {
+                    match self.active.stop.get().copied().unwrap_or(Stop::Shutdown) {
+                        Stop::Shutdown => return Ok(()),
+                        Stop::TimedOut => self.rec.status = TIMED_OUT.into(),
+                        Stop::Cancelled => self.rec.status = CANCELLED.into(),
+                    }
+                    self.rec.finished_at = Some(now_ms());
+                    return self.save().await;
+                }
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Done(std::result::Result<Value, crate::actions::ActionError>),
+    StepTimeout,
+    RunStopped,
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A fresh run id.
+pub fn new_run_id() -> String {
+    new_id("run")
+}
+
+/// Priority as stored.
+pub fn priority_str(p: Priority) -> &'static str {
+    match p {
+        Priority::Low => "low",
+        Priority::Normal => "normal",
+        Priority::High => "high",
+        Priority::Critical => "critical",
+    }
+}

@@ -1,0 +1,770 @@
+//! The workflow API of the engine: definitions (library, session, global),
+//! validation, execution, runs, waiting for runs, cancel and retry.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::run::{new_run_id, priority_str, status};
+use super::session::Session;
+use super::workflow::{ParamSpec, Plan, Priority, Problem, WorkflowSpec, bind_params, mermaid, validate};
+use super::{Engine, Principal, iso, now_ms};
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::{RunQuery, RunRecord, StepRecord, WorkflowRecord};
+
+/// Where a definition lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+#[schemars(inline)]
+pub enum Scope {
+    /// Visible in one session only (the default).
+    #[default]
+    Session,
+    /// Visible in every session of the principal.
+    Global,
+}
+
+impl Scope {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scope::Session => "session",
+            Scope::Global => "global",
+        }
+    }
+}
+
+/// A definition as callers see it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct WorkflowView {
+    pub name: String,
+    pub description: String,
+    /// 1 for a new definition, incremented on every update. Library files are version 1.
+    pub version: u64,
+    /// `library`, `session` or `global`.
+    pub source: String,
+    /// The file of a library definition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub step_count: usize,
+    /// Modules its steps use.
+    pub modules: Vec<String>,
+    /// Declared parameters.
+    pub parameters: BTreeMap<String, ParamSpec>,
+    /// Levels of steps that can run in parallel, and the critical path.
+    pub plan: Plan,
+    /// The full definition.
+    pub definition: WorkflowSpec,
+    /// A Mermaid flowchart of the steps (get_workflow only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mermaid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+/// One line of `list_workflows`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct WorkflowSummary {
+    pub name: String,
+    pub description: String,
+    pub version: u64,
+    /// `library`, `session` or `global`.
+    pub source: String,
+    pub step_count: usize,
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct WorkflowPage {
+    pub workflows: Vec<WorkflowSummary>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+    /// Library files that could not be loaded, with the reason.
+    pub broken_library_files: Vec<BrokenFileView>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct BrokenFileView {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Result of `validate_workflow`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ValidationReport {
+    pub valid: bool,
+    /// Every problem found, each with code, step and field.
+    pub problems: Vec<Problem>,
+    /// The execution plan when the definition is valid.
+    pub plan: Option<Plan>,
+}
+
+/// One step of a run.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StepView {
+    pub name: String,
+    /// pending, ready, running, retrying, succeeded, failed, skipped, cancelled or timed_out.
+    pub status: String,
+    /// Attempts started so far.
+    pub attempts: u32,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    /// The action's output, once succeeded.
+    pub output: Option<Value>,
+    /// `{code, message}` when the step did not succeed (or why it was skipped).
+    pub error: Option<Value>,
+    /// True when the output was reused from the retried run (inputs unchanged).
+    pub reused: bool,
+}
+
+/// Counters of a run.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RunMetrics {
+    pub steps_by_status: BTreeMap<String, u64>,
+    /// Attempts started over all steps.
+    pub attempts: u64,
+    /// Attempts beyond the first one.
+    pub retries: u64,
+    pub reused_steps: u64,
+}
+
+/// A run as callers see it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RunView {
+    pub run_id: String,
+    pub session_id: String,
+    pub workflow_name: String,
+    /// The definition version the run is pinned to.
+    pub workflow_version: u64,
+    pub workflow_source: String,
+    /// pending, running, succeeded, failed, cancelled or timed_out.
+    pub status: String,
+    pub priority: String,
+    pub mode: String,
+    pub max_parallel: u32,
+    /// The parameters the run was started with (defaults applied).
+    pub parameters: Map<String, Value>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Seconds from start to finish (or to now while running).
+    pub execution_time: f64,
+    /// Steps in a final state.
+    pub steps_completed: usize,
+    pub steps_total: usize,
+    /// Why the run did not succeed.
+    pub error_message: Option<String>,
+    pub error: Option<Value>,
+    /// Outputs of succeeded steps, by step name.
+    pub workflow_results: Map<String, Value>,
+    /// Per-step state (the first `max_steps_shown`; see `steps_truncated`).
+    pub steps: Vec<StepView>,
+    pub steps_truncated: bool,
+    pub metrics: RunMetrics,
+    /// The run this one retries.
+    pub retry_of: Option<String>,
+}
+
+/// A page of runs.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RunPage {
+    pub runs: Vec<RunSummary>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub session_id: String,
+    pub workflow_name: String,
+    pub workflow_version: u64,
+    pub status: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// What `execute_workflow` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ExecuteRequest {
+    pub workflow_name: String,
+    pub parameters: Map<String, Value>,
+    pub session_id: Option<String>,
+    pub mode: Option<super::session::SessionMode>,
+    pub timeout_seconds: Option<u64>,
+    pub priority: Option<Priority>,
+    pub resource_requirements: Option<Value>,
+    pub max_parallel: Option<u32>,
+}
+
+/// Steps shown in a run view.
+const MAX_STEPS_SHOWN: usize = 500;
+
+fn summary(spec: &WorkflowSpec) -> (usize, Vec<String>) {
+    let mut modules: Vec<String> = spec.steps.iter().map(|s| s.module.clone()).collect();
+    modules.sort();
+    modules.dedup();
+    (spec.steps.len(), modules)
+}
+
+fn problems_error(problems: Vec<Problem>, what: &str) -> Error {
+    let first = problems.first().map(|p| p.message.clone()).unwrap_or_default();
+    let code = if problems.iter().any(|p| p.code == "CYCLE_DETECTED") && problems.len() == 1 {
+        ErrorCode::CycleDetected
+    } else {
+        ErrorCode::InvalidParameters
+    };
+    Error::new(
+        code,
+        format!("{what}: {} problem(s); first: {first}", problems.len()),
+        "Fix every problem listed in details.problems (each names its step and field) and call again; nothing was stored.",
+    )
+    .with_details(json!({ "problems": problems }))
+}
+
+/// A definition resolved by name.
+struct Resolved {
+    spec: WorkflowSpec,
+    version: u64,
+    source: &'static str,
+    path: Option<String>,
+    updated_at: Option<i64>,
+}
+
+impl Engine {
+    /// Validate without storing.
+    pub fn validate_workflow(&self, spec: &WorkflowSpec) -> ValidationReport {
+        match validate(spec, self.registry(), &self.workflow_limits()) {
+            Ok(plan) => ValidationReport { valid: true, problems: vec![], plan: Some(plan) },
+            Err(problems) => ValidationReport { valid: false, problems, plan: None },
+        }
+    }
+
+    /// Store a definition in a session (or globally for the principal).
+    pub async fn create_workflow(&self, p: &Principal, session_id: Option<&str>, spec: WorkflowSpec, scope: Scope) -> Result<WorkflowView> {
+        let plan = validate(&spec, self.registry(), &self.workflow_limits()).map_err(|e| problems_error(e, "the workflow is invalid"))?;
+        let session = self.sessions().resolve(p, session_id).await?;
+        let owner = match scope {
+            Scope::Session => session.session_id.clone(),
+            Scope::Global => p.name().to_string(),
+        };
+        let now = now_ms();
+        let rec = self
+            .store()
+            .put_workflow(&WorkflowRecord {
+                scope: scope.as_str().into(),
+                owner,
+                name: spec.name.clone(),
+                principal: p.name().into(),
+                version: 0,
+                definition: serde_json::to_string(&spec).map_err(|e| Error::internal(e.to_string()))?,
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
+        tracing::info!(workflow = %spec.name, version = rec.version, scope = scope.as_str(), "workflow stored");
+        Ok(view(spec, rec.version, scope.as_str(), None, Some(rec.updated_at), plan, false))
+    }
+
+    async fn resolve_workflow(&self, p: &Principal, session: &Session, name: &str) -> Result<Resolved> {
+        for scope in [Scope::Session, Scope::Global] {
+            let owner = if scope == Scope::Session { session.session_id.as_str() } else { p.name() };
+            if let Some(rec) = self.store().get_workflow(scope.as_str(), owner, name).await? {
+                let spec: WorkflowSpec = serde_json::from_str(&rec.definition)
+                    .map_err(|e| Error::internal(format!("stored workflow '{name}' is corrupt: {e}")))?;
+                return Ok(Resolved { spec, version: rec.version, source: scope.as_str(), path: None, updated_at: Some(rec.updated_at) });
+            }
+        }
+        if let Some(e) = self.library().workflows.get(name) {
+            return Ok(Resolved {
+                spec: e.spec.clone(),
+                version: 1,
+                source: "library",
+                path: Some(e.path.display().to_string()),
+                updated_at: None,
+            });
+        }
+        let mut names: Vec<String> = self.store().list_workflows(&session.session_id, p.name()).await?.into_iter().map(|w| w.name).collect();
+        names.extend(self.library().workflows.keys().cloned());
+        names.sort();
+        names.dedup();
+        Err(Error::new(
+            ErrorCode::WorkflowNotFound,
+            format!("no workflow named '{name}' in this session, your global definitions or the library"),
+            format!("Available workflows: [{}]. Create one with create_workflow.", names.join(", ")),
+        )
+        .with_details(json!({ "available": names })))
+    }
+
+    pub async fn get_workflow(&self, p: &Principal, session_id: Option<&str>, name: &str) -> Result<WorkflowView> {
+        let session = self.sessions().resolve(p, session_id).await?;
+        let r = self.resolve_workflow(p, &session, name).await?;
+        let plan = validate(&r.spec, self.registry(), &self.workflow_limits())
+            .map_err(|e| problems_error(e, "the stored workflow no longer validates"))?;
+        Ok(view(r.spec, r.version, r.source, r.path, r.updated_at, plan, true))
+    }
+
+    pub async fn list_workflows(&self, p: &Principal, session_id: Option<&str>, cursor: Option<&str>, limit: Option<u32>) -> Result<WorkflowPage> {
+        let session = self.sessions().resolve(p, session_id).await?;
+        let limit = self.page_limit(limit)?;
+        let mut all: Vec<WorkflowSummary> = Vec::new();
+        for rec in self.store().list_workflows(&session.session_id, p.name()).await? {
+            if let Ok(spec) = serde_json::from_str::<WorkflowSpec>(&rec.definition) {
+                let (step_count, modules) = summary(&spec);
+                all.push(WorkflowSummary { name: spec.name, description: spec.description, version: rec.version, source: rec.scope, step_count, modules });
+            }
+        }
+        for e in self.library().workflows.values() {
+            let (step_count, modules) = summary(&e.spec);
+            all.push(WorkflowSummary {
+                name: e.spec.name.clone(),
+                description: e.spec.description.clone(),
+                version: 1,
+                source: "library".into(),
+                step_count,
+                modules,
+            });
+        }
+        let rank = |s: &str| match s {
+            "session" => 0,
+            "global" => 1,
+            _ => 2,
+        };
+        all.sort_by(|a, b| (a.name.as_str(), rank(&a.source)).cmp(&(b.name.as_str(), rank(&b.source))));
+        let start = match cursor {
+            None => 0,
+            Some(c) => decode_offset(c)?,
+        };
+        let page: Vec<WorkflowSummary> = all.iter().skip(start).take(limit as usize).cloned().collect();
+        let next = start + page.len();
+        Ok(WorkflowPage {
+            workflows: page,
+            next_cursor: (next < all.len()).then(|| encode_offset(next)),
+            broken_library_files: self
+                .library()
+                .broken
+                .iter()
+                .map(|b| BrokenFileView { path: b.path.display().to_string(), reason: b.reason.clone() })
+                .collect(),
+        })
+    }
+
+    pub async fn delete_workflow(&self, p: &Principal, session_id: Option<&str>, name: &str, scope: Scope) -> Result<()> {
+        let session = self.sessions().resolve(p, session_id).await?;
+        let owner = match scope {
+            Scope::Session => session.session_id.as_str(),
+            Scope::Global => p.name(),
+        };
+        if self.store().delete_workflow(scope.as_str(), owner, name).await? {
+            return Ok(());
+        }
+        if self.library().workflows.contains_key(name) {
+            return Err(Error::new(
+                ErrorCode::PermissionDenied,
+                format!("'{name}' is a library workflow; library definitions are read-only"),
+                "Remove or edit the file in the library directory and restart the server.",
+            ));
+        }
+        Err(Error::new(
+            ErrorCode::WorkflowNotFound,
+            format!("no {} workflow named '{name}'", scope.as_str()),
+            "list_workflows shows the definitions and where they come from; pass scope: \"global\" for global ones.",
+        ))
+    }
+
+    /// Start a run and wait up to `wait` for it to finish.
+    pub async fn execute_workflow(&self, p: &Principal, req: ExecuteRequest, wait: Duration, progress: &mut (dyn FnMut(usize, usize, String) + Send)) -> Result<RunView> {
+        let session = self.sessions().resolve(p, req.session_id.as_deref()).await?;
+        let r = self.resolve_workflow(p, &session, &req.workflow_name).await?;
+        let id = self.start_run(p, &session, r.spec, r.version, r.source, req, None, Vec::new()).await?;
+        self.wait_run(&id, wait, progress).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_run(
+        &self,
+        p: &Principal,
+        session: &Session,
+        spec: WorkflowSpec,
+        version: u64,
+        source: &str,
+        req: ExecuteRequest,
+        retry_of: Option<String>,
+        prior: Vec<(String, Option<String>, Option<String>)>,
+    ) -> Result<String> {
+        let params = bind_params(&spec, &req.parameters).map_err(|e| problems_error(e, "the parameters do not fit the workflow"))?;
+        if let Some(t) = req.timeout_seconds
+            && t == 0
+        {
+            return Err(Error::invalid("timeout_seconds must be at least 1", "Omit timeout_seconds or pass a positive number of seconds."));
+        }
+        if let Some(r) = &req.resource_requirements
+            && !r.is_object()
+        {
+            return Err(Error::invalid("resource_requirements must be an object", "Pass e.g. {\"cpu\": 2, \"memory_mb\": 4096}."));
+        }
+        if req.max_parallel == Some(0) {
+            return Err(Error::invalid("max_parallel must be at least 1", "Omit max_parallel or pass a positive number."));
+        }
+        let now = now_ms();
+        let id = new_run_id();
+        let mode = req.mode.unwrap_or(session.mode);
+        let run = RunRecord {
+            id: id.clone(),
+            session_id: session.session_id.clone(),
+            principal: p.name().into(),
+            workflow_name: spec.name.clone(),
+            workflow_version: version,
+            workflow_source: source.into(),
+            definition: serde_json::to_string(&spec).map_err(|e| Error::internal(e.to_string()))?,
+            parameters: Value::Object(params).to_string(),
+            status: status::PENDING.into(),
+            priority: priority_str(req.priority.unwrap_or_default()).into(),
+            max_parallel: req.max_parallel.or(spec.max_parallel).unwrap_or(session.max_parallel_tasks),
+            mode: serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            timeout_seconds: req.timeout_seconds.or(spec.timeout_seconds),
+            resources: req.resource_requirements.map(|v| v.to_string()),
+            error: None,
+            retry_of,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+        };
+        let steps: Vec<StepRecord> = spec
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let prior = prior.iter().find(|(n, _, _)| *n == s.name);
+                StepRecord {
+                    run_id: id.clone(),
+                    name: s.name.clone(),
+                    position: i as u32,
+                    status: status::PENDING.into(),
+                    attempts: 0,
+                    started_at: None,
+                    finished_at: None,
+                    output: None,
+                    error: None,
+                    input_hash: None,
+                    reused: false,
+                    prior_output: prior.and_then(|(_, o, _)| o.clone()),
+                    prior_hash: prior.and_then(|(_, _, h)| h.clone()),
+                }
+            })
+            .collect();
+        self.runs().start(run, steps, session.max_parallel_workflows).await?;
+        tracing::info!(run = %id, workflow = %spec.name, session = %session.session_id, "run started");
+        Ok(id)
+    }
+
+    async fn visible_run(&self, p: &Principal, run_id: &str) -> Result<RunRecord> {
+        match self.store().get_run(run_id).await? {
+            Some(r) if r.principal == p.name() => Ok(r),
+            _ => Err(Error::not_found("run", run_id, "Check the run_id; list_workflow_runs shows your runs.")),
+        }
+    }
+
+    /// A run, after waiting up to `wait` for it to finish.
+    pub async fn get_workflow_run(&self, p: &Principal, run_id: &str, wait: Duration, progress: &mut (dyn FnMut(usize, usize, String) + Send)) -> Result<RunView> {
+        self.visible_run(p, run_id).await?;
+        self.wait_run(run_id, wait, progress).await
+    }
+
+    async fn wait_run(&self, run_id: &str, wait: Duration, progress: &mut (dyn FnMut(usize, usize, String) + Send)) -> Result<RunView> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut rx = self.runs().watch(run_id);
+        let mut last_done = usize::MAX;
+        loop {
+            let v = self.run_view(run_id).await?;
+            if v.steps_completed != last_done {
+                if last_done != usize::MAX || v.steps_completed > 0 {
+                    let latest = v
+                        .steps
+                        .iter()
+                        .filter(|s| s.finished_at.is_some())
+                        .max_by(|a, b| a.finished_at.cmp(&b.finished_at))
+                        .map(|s| format!("step '{}' {}", s.name, s.status))
+                        .unwrap_or_default();
+                    progress(v.steps_completed, v.steps_total, latest);
+                }
+                last_done = v.steps_completed;
+            }
+            let finished = !matches!(v.status.as_str(), status::PENDING | status::RUNNING);
+            if finished || tokio::time::Instant::now() >= deadline {
+                return Ok(v);
+            }
+            match rx.as_mut() {
+                Some(rx) => {
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() {
+                            // The driver ended: read the final state.
+                            return self.run_view(run_id).await;
+                        },
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+                None => {
+                    // Driven elsewhere (or not yet resumed): poll.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                    rx = self.runs().watch(run_id);
+                }
+            }
+        }
+    }
+
+    pub async fn run_view(&self, run_id: &str) -> Result<RunView> {
+        let run = self.store().get_run(run_id).await?.ok_or_else(|| Error::not_found("run", run_id, "The run no longer exists."))?;
+        let steps = self.store().run_steps(run_id).await?;
+        Ok(run_view(run, steps))
+    }
+
+    pub async fn list_workflow_runs(&self, p: &Principal, session_id: Option<&str>, status: Option<&str>, workflow: Option<&str>, cursor: Option<&str>, limit: Option<u32>) -> Result<RunPage> {
+        if let Some(s) = session_id {
+            self.sessions().get(p, s).await?;
+        }
+        let limit = self.page_limit(limit)?;
+        let after = cursor.map(super::session::decode_cursor).transpose()?;
+        let mut runs = self
+            .store()
+            .list_runs(&RunQuery { principal: p.name(), session_id, status, workflow_name: workflow, after, limit: limit + 1 })
+            .await?;
+        let next_cursor = if runs.len() > limit as usize {
+            runs.truncate(limit as usize);
+            runs.last().map(|r| super::session::encode_cursor(r.created_at, &r.id))
+        } else {
+            None
+        };
+        Ok(RunPage {
+            runs: runs
+                .into_iter()
+                .map(|r| RunSummary {
+                    error_message: error_message(r.error.as_deref()),
+                    run_id: r.id,
+                    session_id: r.session_id,
+                    workflow_name: r.workflow_name,
+                    workflow_version: r.workflow_version,
+                    status: r.status,
+                    created_at: iso(r.created_at),
+                    finished_at: r.finished_at.map(iso),
+                })
+                .collect(),
+            next_cursor,
+        })
+    }
+
+    /// Cancel a run: running steps are cancelled, the rest marked cancelled.
+    pub async fn cancel_workflow_run(&self, p: &Principal, run_id: &str) -> Result<RunView> {
+        let run = self.visible_run(p, run_id).await?;
+        if !matches!(run.status.as_str(), status::PENDING | status::RUNNING) {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!("run '{run_id}' already ended ({})", run.status),
+                "Nothing was changed. retry_workflow_run starts it again.",
+            ));
+        }
+        if self.runs().cancel(run_id) {
+            let mut none = |_: usize, _: usize, _: String| {};
+            return self.wait_run(run_id, Duration::from_secs(10), &mut none).await;
+        }
+        Err(Error::new(
+            ErrorCode::Conflict,
+            format!("run '{run_id}' is not being executed by this server right now"),
+            "Retry in a moment: unfinished runs are resumed shortly after a server starts.",
+        ))
+    }
+
+    /// Start a new run of the same definition version and parameters: steps that
+    /// succeeded are reused when their resolved inputs are unchanged.
+    pub async fn retry_workflow_run(&self, p: &Principal, run_id: &str, wait: Duration, progress: &mut (dyn FnMut(usize, usize, String) + Send)) -> Result<RunView> {
+        let old = self.visible_run(p, run_id).await?;
+        if matches!(old.status.as_str(), status::PENDING | status::RUNNING) {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!("run '{run_id}' is still {}", old.status),
+                "Wait for it to finish (get_workflow_run with wait_seconds) or cancel it first.",
+            ));
+        }
+        let session = self.sessions().resolve(p, Some(&old.session_id)).await?;
+        let spec: WorkflowSpec = serde_json::from_str(&old.definition).map_err(|e| Error::internal(e.to_string()))?;
+        let params: Map<String, Value> = serde_json::from_str(&old.parameters).unwrap_or_default();
+        let prior: Vec<(String, Option<String>, Option<String>)> = self
+            .store()
+            .run_steps(run_id)
+            .await?
+            .into_iter()
+            .filter(|s| s.status == status::SUCCEEDED)
+            .map(|s| (s.name, s.output, s.input_hash))
+            .collect();
+        let req = ExecuteRequest {
+            workflow_name: old.workflow_name.clone(),
+            parameters: params,
+            session_id: Some(old.session_id.clone()),
+            mode: serde_json::from_value(Value::String(old.mode.clone())).ok(),
+            timeout_seconds: old.timeout_seconds,
+            priority: serde_json::from_value(Value::String(old.priority.clone())).ok(),
+            resource_requirements: old.resources.as_deref().and_then(|r| serde_json::from_str(r).ok()),
+            max_parallel: Some(old.max_parallel),
+        };
+        let id = self.start_run(p, &session, spec, old.workflow_version, &old.workflow_source, req, Some(run_id.to_string()), prior).await?;
+        self.wait_run(&id, wait, progress).await
+    }
+
+    /// Define (in the session) and execute in one call: the original `create_complex_workflow`.
+    pub async fn create_complex_workflow(&self, p: &Principal, session_id: Option<&str>, spec: WorkflowSpec, parameters: Map<String, Value>, wait: Duration, progress: &mut (dyn FnMut(usize, usize, String) + Send)) -> Result<(WorkflowView, RunView)> {
+        let name = spec.name.clone();
+        let def = self.create_workflow(p, session_id, spec, Scope::Session).await?;
+        let req = ExecuteRequest { workflow_name: name, parameters, session_id: session_id.map(String::from), ..Default::default() };
+        let run = self.execute_workflow(p, req, wait, progress).await?;
+        Ok((def, run))
+    }
+
+    /// Close a session and cancel its runs.
+    pub async fn close_session(&self, p: &Principal, id: &str) -> Result<Session> {
+        let s = self.sessions().close(p, id).await?;
+        let n = self.runs().cancel_session(id);
+        if n > 0 {
+            tracing::info!(session = %id, runs = n, "runs of the closed session cancelled");
+        }
+        Ok(s)
+    }
+
+    /// How long a call may wait, from its `wait_seconds`.
+    pub fn wait_for(&self, wait_seconds: Option<u64>) -> Result<Duration> {
+        let cfg = &self.config().workflows;
+        match wait_seconds {
+            None => Ok(Duration::from_secs(cfg.default_wait_seconds)),
+            Some(w) if w > cfg.max_wait_seconds => Err(Error::invalid(
+                format!("wait_seconds is {w}; the most a call may wait is {} s", cfg.max_wait_seconds),
+                format!("Pass wait_seconds <= {}, then follow the run with get_workflow_run.", cfg.max_wait_seconds),
+            )),
+            Some(w) => Ok(Duration::from_secs(w)),
+        }
+    }
+
+    fn page_limit(&self, limit: Option<u32>) -> Result<u32> {
+        let l = &self.config().limits;
+        match limit {
+            None => Ok(l.default_page_size),
+            Some(n) if n == 0 || n > l.max_page_size => Err(Error::invalid(
+                format!("limit {n} is outside 1..={}", l.max_page_size),
+                format!("Use a limit between 1 and {} and follow next_cursor.", l.max_page_size),
+            )),
+            Some(n) => Ok(n),
+        }
+    }
+}
+
+fn view(spec: WorkflowSpec, version: u64, source: &str, path: Option<String>, updated_at: Option<i64>, plan: Plan, with_mermaid: bool) -> WorkflowView {
+    let (step_count, modules) = summary(&spec);
+    WorkflowView {
+        name: spec.name.clone(),
+        description: spec.description.clone(),
+        version,
+        source: source.into(),
+        path,
+        step_count,
+        modules,
+        parameters: spec.parameters.clone(),
+        plan,
+        mermaid: with_mermaid.then(|| mermaid(&spec)),
+        definition: spec,
+        updated_at: updated_at.map(iso),
+    }
+}
+
+fn error_message(e: Option<&str>) -> Option<String> {
+    e.and_then(|e| serde_json::from_str::<Value>(e).ok()).and_then(|v| v["message"].as_str().map(String::from))
+}
+
+fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
+    let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+    let mut attempts = 0u64;
+    let mut retries = 0u64;
+    let mut reused = 0u64;
+    let mut results = Map::new();
+    let mut completed = 0;
+    for s in &steps {
+        *by_status.entry(s.status.clone()).or_default() += 1;
+        attempts += s.attempts as u64;
+        retries += s.attempts.saturating_sub(1) as u64;
+        reused += s.reused as u64;
+        if status::is_terminal(&s.status) {
+            completed += 1;
+        }
+        if s.status == status::SUCCEEDED
+            && let Some(o) = s.output.as_deref().and_then(|o| serde_json::from_str(o).ok())
+        {
+            results.insert(s.name.clone(), o);
+        }
+    }
+    let now = now_ms();
+    let execution_time = run.started_at.map(|s| (run.finished_at.unwrap_or(now) - s) as f64 / 1000.0).unwrap_or(0.0);
+    let total = steps.len();
+    let truncated = total > MAX_STEPS_SHOWN;
+    RunView {
+        error_message: error_message(run.error.as_deref()),
+        error: run.error.as_deref().and_then(|e| serde_json::from_str(e).ok()),
+        run_id: run.id,
+        session_id: run.session_id,
+        workflow_name: run.workflow_name,
+        workflow_version: run.workflow_version,
+        workflow_source: run.workflow_source,
+        status: run.status,
+        priority: run.priority,
+        mode: run.mode,
+        max_parallel: run.max_parallel,
+        parameters: serde_json::from_str(&run.parameters).unwrap_or_default(),
+        created_at: iso(run.created_at),
+        started_at: run.started_at.map(iso),
+        finished_at: run.finished_at.map(iso),
+        execution_time,
+        steps_completed: completed,
+        steps_total: total,
+        workflow_results: results,
+        steps: steps
+            .into_iter()
+            .take(MAX_STEPS_SHOWN)
+            .map(|s| StepView {
+                duration_ms: match (s.started_at, s.finished_at) {
+                    (Some(a), Some(b)) => Some(b - a),
+                    _ => None,
+                },
+                started_at: s.started_at.map(iso),
+                finished_at: s.finished_at.map(iso),
+                output: if s.status == status::SUCCEEDED { s.output.as_deref().and_then(|o| serde_json::from_str(o).ok()) } else { None },
+                error: s.error.as_deref().and_then(|e| serde_json::from_str(e).ok()),
+                name: s.name,
+                status: s.status,
+                attempts: s.attempts,
+                reused: s.reused,
+            })
+            .collect(),
+        steps_truncated: truncated,
+        metrics: RunMetrics { steps_by_status: by_status, attempts, retries, reused_steps: reused },
+        retry_of: run.retry_of,
+    }
+}
+
+fn encode_offset(n: usize) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o1:{n}"))
+}
+
+fn decode_offset(c: &str) -> Result<usize> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix("o1:").and_then(|n| n.parse().ok()))
+        .ok_or_else(|| Error::invalid(format!("cursor '{c}' is not a cursor this tool returned"), "Pass next_cursor unchanged, or omit cursor."))
+}
+

@@ -1,0 +1,443 @@
+//! Workflow tools: define, inspect and validate workflows; execute them and
+//! follow, cancel and retry their runs.
+
+use std::collections::BTreeMap;
+
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::ProgressNotificationParam;
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, tool, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::engine::session::SessionMode;
+use crate::engine::workflow::{OnFailure, ParamSpec, Priority, StepSpec, WorkflowSpec};
+use crate::engine::workflows::{ExecuteRequest, RunPage, RunView, Scope, ValidationReport, WorkflowPage, WorkflowView};
+use crate::error::Error;
+use crate::server::{MyrmexServer, args::Args, principal};
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkflowArgs {
+    /// Unique name: letters, digits, `_`, `-` and `.` (at most 128). Creating an existing name replaces it and increments its version.
+    pub name: String,
+    /// What the workflow does.
+    #[serde(default)]
+    pub description: String,
+    /// Declared inputs: name -> {type, required, default, description}.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParamSpec>,
+    /// The steps: {name, module, action, parameters, dependencies, when, timeout_seconds, max_retries, retry, trigger_rule, priority, resources}.
+    pub steps: Vec<StepSpec>,
+    /// Time limit of a whole run, in seconds.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// Steps of one run that may run at once (default: the session's max_parallel_tasks).
+    #[serde(default)]
+    pub max_parallel: Option<u32>,
+    /// `fail_fast` (default): stop launching steps after a failure; `continue`: let independent branches finish.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// `session` (default): visible in this session only; `global`: in all your sessions.
+    #[serde(default)]
+    pub scope: Scope,
+    /// The session to store it in; omit for your default session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+impl CreateWorkflowArgs {
+    fn split(self) -> (WorkflowSpec, Scope, Option<String>) {
+        (
+            WorkflowSpec {
+                name: self.name,
+                description: self.description,
+                parameters: self.parameters,
+                steps: self.steps,
+                timeout_seconds: self.timeout_seconds,
+                max_parallel: self.max_parallel,
+                on_failure: self.on_failure,
+            },
+            self.scope,
+            self.session_id,
+        )
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NameArgs {
+    /// The workflow's name.
+    pub name: String,
+    /// The session whose definitions are searched first; omit for your default session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteWorkflowArgs {
+    /// The workflow's name.
+    pub name: String,
+    /// `session` (default) or `global`.
+    #[serde(default)]
+    pub scope: Scope,
+    /// The session holding it; omit for your default session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListWorkflowsArgs {
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size (default 50, at most 200).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// The session whose definitions are listed with the global and library ones; omit for your default session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteWorkflowArgs {
+    /// Name of the workflow (session, global or library definition).
+    pub workflow_name: String,
+    /// Values of the workflow's declared parameters.
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    /// The session to run in; omit for your default session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Scheduling mode of this run (default: the session's mode).
+    #[serde(default)]
+    pub mode: Option<SessionMode>,
+    /// Time limit of the run in seconds (default: the workflow's).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// Priority of the run.
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Resource requirements of the run, e.g. {"cpu": 2, "memory_mb": 4096}; stored with the run.
+    #[serde(default)]
+    pub resource_requirements: Option<Value>,
+    /// Steps that may run at once (default: the workflow's max_parallel, else the session's max_parallel_tasks).
+    #[serde(default)]
+    pub max_parallel: Option<u32>,
+    /// Seconds to wait for the run before answering (default 5, at most 50); a run still going answers status "running".
+    #[serde(default)]
+    pub wait_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunArgs {
+    /// The run.
+    pub run_id: String,
+    /// Seconds to wait for the run to finish before answering (default 0, at most 50).
+    #[serde(default)]
+    pub wait_seconds: Option<u64>,
+    /// Optional; when given, the run must belong to this session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRunArgs {
+    /// The run to cancel.
+    pub run_id: String,
+    /// Optional; when given, the run must belong to this session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListRunsArgs {
+    /// Only runs of this session (default: all your sessions).
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Only runs in this status: pending, running, succeeded, failed, cancelled, timed_out.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Only runs of this workflow.
+    #[serde(default)]
+    pub workflow_name: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size (default 50, at most 200).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComplexDefinition {
+    /// The steps ({name, module, action, parameters, ...}).
+    pub steps: Vec<StepSpec>,
+    /// Dependencies by step: {"step": ["upstream", ...]}; merged with each step's own `dependencies`.
+    #[serde(default)]
+    pub dependencies: BTreeMap<String, Vec<String>>,
+    /// Accepted for compatibility with the original specification; parallelism follows from the dependencies.
+    #[serde(default)]
+    pub parallel_groups: Option<Value>,
+    /// Declared inputs.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParamSpec>,
+    /// Time limit of the run, in seconds.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// Steps that may run at once.
+    #[serde(default)]
+    pub max_parallel: Option<u32>,
+    /// `fail_fast` (default) or `continue`.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComplexWorkflowArgs {
+    /// Name of the workflow (stored in the session).
+    pub name: String,
+    /// What it does.
+    #[serde(default)]
+    pub description: String,
+    /// The steps and a dependency map.
+    pub workflow_definition: ComplexDefinition,
+    /// Values of the declared parameters.
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    /// The session; omit for your default session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Seconds to wait for the run (default 5, at most 50).
+    #[serde(default)]
+    pub wait_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Deleted {
+    pub name: String,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ComplexResult {
+    /// The stored definition.
+    pub workflow: WorkflowView,
+    /// Its run.
+    pub run: RunView,
+}
+
+/// Sends `notifications/progress` when the caller asked for them.
+fn progress_sender(ctx: &RequestContext<RoleServer>) -> impl FnMut(usize, usize, String) + Send + use<> {
+    let token = ctx.meta.get_progress_token();
+    let peer = ctx.peer.clone();
+    move |done, total, message| {
+        if let Some(token) = token.clone() {
+            let peer = peer.clone();
+            let mut p = ProgressNotificationParam::new(token, done as f64);
+            p.total = Some(total as f64);
+            p.message = Some(message);
+            tokio::spawn(async move {
+                let _ = peer.notify_progress(p).await;
+            });
+        }
+    }
+}
+
+#[tool_router(router = workflows_router, vis = "pub(crate)")]
+impl MyrmexServer {
+    #[tool(
+        name = "create_workflow",
+        description = "Define (or replace) a workflow: a DAG of steps, each running module.action with templated parameters. Everything is validated first; returns the stored definition with its version and plan, or every problem found.",
+        annotations(title = "Create workflow", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn create_workflow(&self, Parameters(args): Parameters<Args<CreateWorkflowArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<WorkflowView>, Error> {
+        let p = principal(&ctx)?;
+        let (spec, scope, session_id) = args.parse()?.split();
+        Ok(Json(self.engine.create_workflow(&p, session_id.as_deref(), spec, scope).await?))
+    }
+
+    #[tool(
+        name = "get_workflow",
+        description = "Read a workflow definition by name (session, then global, then library): definition, version, plan levels, critical path and a Mermaid diagram.",
+        annotations(title = "Get workflow", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn get_workflow(&self, Parameters(args): Parameters<Args<NameArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<WorkflowView>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        Ok(Json(self.engine.get_workflow(&p, a.session_id.as_deref(), &a.name).await?))
+    }
+
+    #[tool(
+        name = "list_workflows",
+        description = "List the workflows you can run: this session's, your global ones and the library's, with step counts and modules used. Paginated.",
+        annotations(title = "List workflows", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn list_workflows(&self, Parameters(args): Parameters<Args<ListWorkflowsArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<WorkflowPage>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        Ok(Json(self.engine.list_workflows(&p, a.session_id.as_deref(), a.cursor.as_deref(), a.limit).await?))
+    }
+
+    #[tool(
+        name = "validate_workflow",
+        description = "Validate a workflow definition without storing it: every problem (cycles as paths, unknown dependencies, modules, parameters, templates) with code, step and field, plus the execution plan when valid.",
+        annotations(title = "Validate workflow", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn validate_workflow(&self, Parameters(args): Parameters<Args<WorkflowSpec>>) -> Result<Json<ValidationReport>, Error> {
+        Ok(Json(self.engine.validate_workflow(&args.parse()?)))
+    }
+
+    #[tool(
+        name = "delete_workflow",
+        description = "Delete a session or global workflow definition. Runs already started keep their pinned copy; library definitions are read-only.",
+        annotations(title = "Delete workflow", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn delete_workflow(&self, Parameters(args): Parameters<Args<DeleteWorkflowArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<Deleted>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        self.engine.delete_workflow(&p, a.session_id.as_deref(), &a.name, a.scope).await?;
+        Ok(Json(Deleted { name: a.name, deleted: true }))
+    }
+
+    #[tool(
+        name = "execute_workflow",
+        description = "Run a workflow. Waits up to wait_seconds, then answers with the run: status (running while it goes on), run_id, per-step results, steps_completed of steps_total. Follow a running run with get_workflow_run. Sends progress notifications when given a progress token.",
+        annotations(title = "Execute workflow", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn execute_workflow(&self, Parameters(args): Parameters<Args<ExecuteWorkflowArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<RunView>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        let wait = self.engine.wait_for(a.wait_seconds)?;
+        let req = ExecuteRequest {
+            workflow_name: a.workflow_name,
+            parameters: a.parameters,
+            session_id: a.session_id,
+            mode: a.mode,
+            timeout_seconds: a.timeout_seconds,
+            priority: a.priority,
+            resource_requirements: a.resource_requirements,
+            max_parallel: a.max_parallel,
+        };
+        let mut progress = progress_sender(&ctx);
+        Ok(Json(self.engine.execute_workflow(&p, req, wait, &mut progress).await?))
+    }
+
+    #[tool(
+        name = "get_workflow_run",
+        description = "Read a run: status, per-step states, outputs and errors. With wait_seconds, waits (long-poll) until the run finishes or the time passes; sends progress notifications when given a progress token.",
+        annotations(title = "Get workflow run", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn get_workflow_run(&self, Parameters(args): Parameters<Args<RunArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<RunView>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        let wait = self.engine.wait_for(Some(a.wait_seconds.unwrap_or(0)))?;
+        let mut progress = progress_sender(&ctx);
+        let v = self.engine.get_workflow_run(&p, &a.run_id, wait, &mut progress).await?;
+        check_session(&v, a.session_id.as_deref())?;
+        Ok(Json(v))
+    }
+
+    #[tool(
+        name = "list_workflow_runs",
+        description = "List your runs, oldest first, filtered by session, status or workflow. Paginated.",
+        annotations(title = "List workflow runs", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn list_workflow_runs(&self, Parameters(args): Parameters<Args<ListRunsArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<RunPage>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        Ok(Json(
+            self.engine
+                .list_workflow_runs(&p, a.session_id.as_deref(), a.status.as_deref(), a.workflow_name.as_deref(), a.cursor.as_deref(), a.limit)
+                .await?,
+        ))
+    }
+
+    #[tool(
+        name = "cancel_workflow_run",
+        description = "Cancel a running run: running steps are cancelled, the others marked cancelled. A run that already ended is an error that changes nothing.",
+        annotations(title = "Cancel workflow run", read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn cancel_workflow_run(&self, Parameters(args): Parameters<Args<CancelRunArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<RunView>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        if a.session_id.is_some() {
+            let mut none = |_: usize, _: usize, _: String| {};
+            let v = self.engine.get_workflow_run(&p, &a.run_id, std::time::Duration::ZERO, &mut none).await?;
+            check_session(&v, a.session_id.as_deref())?;
+        }
+        Ok(Json(self.engine.cancel_workflow_run(&p, &a.run_id).await?))
+    }
+
+    #[tool(
+        name = "retry_workflow_run",
+        description = "Start a new run of a finished run's workflow version and parameters: failed, cancelled and skipped steps run again; succeeded steps whose resolved inputs are unchanged are reused.",
+        annotations(title = "Retry workflow run", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn retry_workflow_run(&self, Parameters(args): Parameters<Args<RunArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<RunView>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        let wait = self.engine.wait_for(a.wait_seconds)?;
+        if a.session_id.is_some() {
+            let mut none = |_: usize, _: usize, _: String| {};
+            let v = self.engine.get_workflow_run(&p, &a.run_id, std::time::Duration::ZERO, &mut none).await?;
+            check_session(&v, a.session_id.as_deref())?;
+        }
+        let mut progress = progress_sender(&ctx);
+        Ok(Json(self.engine.retry_workflow_run(&p, &a.run_id, wait, &mut progress).await?))
+    }
+
+    #[tool(
+        name = "create_complex_workflow",
+        description = "Define a workflow from steps plus a dependency map ({step: [upstream...]}) and execute it in one call (the original create_complex_workflow). Returns the stored definition and the run.",
+        annotations(title = "Create and run complex workflow", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn create_complex_workflow(&self, Parameters(args): Parameters<Args<ComplexWorkflowArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<ComplexResult>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        let wait = self.engine.wait_for(a.wait_seconds)?;
+        let d = a.workflow_definition;
+        let mut steps = d.steps;
+        for (step, deps) in &d.dependencies {
+            let Some(s) = steps.iter_mut().find(|s| &s.name == step) else {
+                return Err(Error::invalid(
+                    format!("workflow_definition.dependencies names '{step}', which is not a step"),
+                    "Use step names from workflow_definition.steps as keys of dependencies.",
+                ));
+            };
+            for dep in deps {
+                if !s.dependencies.contains(dep) {
+                    s.dependencies.push(dep.clone());
+                }
+            }
+        }
+        let spec = WorkflowSpec {
+            name: a.name,
+            description: a.description,
+            parameters: d.parameters,
+            steps,
+            timeout_seconds: d.timeout_seconds,
+            max_parallel: d.max_parallel,
+            on_failure: d.on_failure,
+        };
+        let mut progress = progress_sender(&ctx);
+        let (workflow, run) = self.engine.create_complex_workflow(&p, a.session_id.as_deref(), spec, a.parameters, wait, &mut progress).await?;
+        Ok(Json(ComplexResult { workflow, run }))
+    }
+}
+
+fn check_session(v: &RunView, session_id: Option<&str>) -> Result<(), Error> {
+    match session_id {
+        Some(s) if s != v.session_id => Err(Error::not_found("run", &v.run_id, "The run does not belong to that session; omit session_id or pass the run's own.")),
+        _ => Ok(()),
+    }
+}
