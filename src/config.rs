@@ -281,7 +281,9 @@ impl Config {
             );
         }
         if self.workflows.default_wait_seconds > self.workflows.max_wait_seconds {
-            anyhow::bail!("workflows.default_wait_seconds must not exceed workflows.max_wait_seconds");
+            anyhow::bail!(
+                "workflows.default_wait_seconds must not exceed workflows.max_wait_seconds"
+            );
         }
         if self.http.max_body_bytes < 1024 {
             anyhow::bail!("http.max_body_bytes must be at least 1024");

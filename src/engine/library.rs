@@ -29,14 +29,21 @@ pub struct Library {
 /// Parse a definition file by its extension (`.json`, `.yaml`, `.yml`).
 pub fn parse_file(path: &Path) -> Result<WorkflowSpec, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-    parse_text(&text, path.extension().and_then(|e| e.to_str()).unwrap_or(""))
+    parse_text(
+        &text,
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+    )
 }
 
 pub fn parse_text(text: &str, ext: &str) -> Result<WorkflowSpec, String> {
     match ext {
         "json" => serde_json::from_str(text).map_err(|e| format!("invalid JSON definition: {e}")),
-        "yaml" | "yml" => serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML definition: {e}")),
-        other => Err(format!("unknown extension '.{other}': use .json, .yaml or .yml")),
+        "yaml" | "yml" => {
+            serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML definition: {e}"))
+        }
+        other => Err(format!(
+            "unknown extension '.{other}': use .json, .yaml or .yml"
+        )),
     }
 }
 
@@ -47,14 +54,23 @@ impl Library {
             let entries = match std::fs::read_dir(dir) {
                 Ok(e) => e,
                 Err(e) => {
-                    lib.broken.push(BrokenFile { path: dir.clone(), reason: format!("cannot read directory: {e}") });
+                    lib.broken.push(BrokenFile {
+                        path: dir.clone(),
+                        reason: format!("cannot read directory: {e}"),
+                    });
                     continue;
                 }
             };
             let mut paths: Vec<PathBuf> = entries
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("json" | "yaml" | "yml")))
+                .filter(|p| {
+                    p.is_file()
+                        && matches!(
+                            p.extension().and_then(|e| e.to_str()),
+                            Some("json" | "yaml" | "yml")
+                        )
+                })
                 .collect();
             paths.sort();
             for path in paths {
@@ -69,7 +85,17 @@ impl Library {
                 if let Err(problems) = validate(&spec, registry, limits) {
                     let reason = problems
                         .iter()
-                        .map(|p| format!("{}{}: {}", p.code, p.step.as_ref().map(|s| format!(" (step {s})")).unwrap_or_default(), p.message))
+                        .map(|p| {
+                            format!(
+                                "{}{}: {}",
+                                p.code,
+                                p.step
+                                    .as_ref()
+                                    .map(|s| format!(" (step {s})"))
+                                    .unwrap_or_default(),
+                                p.message
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join("; ");
                     tracing::warn!(path = %path.display(), %reason, "workflow file invalid");
@@ -79,14 +105,23 @@ impl Library {
                 if let Some(first) = lib.workflows.get(&spec.name) {
                     lib.broken.push(BrokenFile {
                         path: path.clone(),
-                        reason: format!("workflow '{}' is already defined by {}", spec.name, first.path.display()),
+                        reason: format!(
+                            "workflow '{}' is already defined by {}",
+                            spec.name,
+                            first.path.display()
+                        ),
                     });
                     continue;
                 }
-                lib.workflows.insert(spec.name.clone(), LibraryEntry { spec, path });
+                lib.workflows
+                    .insert(spec.name.clone(), LibraryEntry { spec, path });
             }
         }
-        tracing::info!(loaded = lib.workflows.len(), broken = lib.broken.len(), "workflow library loaded");
+        tracing::info!(
+            loaded = lib.workflows.len(),
+            broken = lib.broken.len(),
+            "workflow library loaded"
+        );
         lib
     }
 }

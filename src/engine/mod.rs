@@ -73,7 +73,11 @@ impl Engine {
         let limits = workflow_limits(&config);
         let library = library::Library::load(&config.workflows_dirs, &registry, &limits);
         let stopping = tokio_util::sync::CancellationToken::new();
-        let runs = Arc::new(run::RunManager::new(store.clone(), registry.clone(), stopping.clone()));
+        let runs = Arc::new(run::RunManager::new(
+            store.clone(),
+            registry.clone(),
+            stopping.clone(),
+        ));
         Self {
             inner: Arc::new(EngineInner {
                 config,
@@ -134,7 +138,10 @@ impl Engine {
 
     /// Start the engine's background work: resume unfinished runs, and the
     /// session sweeper. It stops when `shutdown` is cancelled.
-    pub async fn start_background(&self, shutdown: tokio_util::sync::CancellationToken) -> crate::error::Result<()> {
+    pub async fn start_background(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> crate::error::Result<()> {
         let resumed = self.inner.runs.resume_all().await?;
         if resumed > 0 {
             tracing::info!(resumed, "unfinished runs resumed");

@@ -88,7 +88,11 @@ fn err_json_code(code: &str, message: impl Into<String>) -> Option<String> {
 }
 
 impl RunManager {
-    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             store,
             registry,
@@ -103,7 +107,12 @@ impl RunManager {
     }
 
     /// Insert a new run with its steps and start driving it.
-    pub async fn start(self: &Arc<Self>, run: RunRecord, steps: Vec<StepRecord>, max_workflows: u32) -> Result<()> {
+    pub async fn start(
+        self: &Arc<Self>,
+        run: RunRecord,
+        steps: Vec<StepRecord>,
+        max_workflows: u32,
+    ) -> Result<()> {
         self.store.insert_run(&run, &steps).await?;
         self.spawn(run.id, run.session_id, max_workflows);
         Ok(())
@@ -111,16 +120,28 @@ impl RunManager {
 
     /// Subscribe to changes of a run driven by this process (None when it is not active here).
     pub fn watch(&self, run_id: &str) -> Option<watch::Receiver<u64>> {
-        self.active.lock().unwrap_or_else(|p| p.into_inner()).get(run_id).map(|a| a.changed.subscribe())
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .map(|a| a.changed.subscribe())
     }
 
     pub fn is_active(&self, run_id: &str) -> bool {
-        self.active.lock().unwrap_or_else(|p| p.into_inner()).contains_key(run_id)
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(run_id)
     }
 
     /// Cancel a run driven by this process. Returns false when it is not active here.
     pub fn cancel(&self, run_id: &str) -> bool {
-        let a = self.active.lock().unwrap_or_else(|p| p.into_inner()).get(run_id).cloned();
+        let a = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned();
         match a {
             Some(a) => {
                 let _ = a.stop.set(Stop::Cancelled);
@@ -193,26 +214,44 @@ impl RunManager {
             stop: OnceLock::new(),
             changed: tx,
         });
-        self.active.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.clone(), active.clone());
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id.clone(), active.clone());
         let slot = {
             let mut slots = self.session_slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.entry(session_id).or_insert_with(|| Arc::new(Semaphore::new(max_workflows.max(1) as usize))).clone()
+            slots
+                .entry(session_id)
+                .or_insert_with(|| Arc::new(Semaphore::new(max_workflows.max(1) as usize)))
+                .clone()
         };
         let mgr = self.clone();
         tokio::spawn(async move {
             if let Err(e) = mgr.drive(&run_id, &active, slot).await {
                 tracing::error!(run = %run_id, error = %e, "run driver failed");
             }
-            mgr.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&run_id);
+            mgr.active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&run_id);
             active.bump();
         });
     }
 
-    async fn drive(self: &Arc<Self>, run_id: &str, active: &Arc<Active>, slot: Arc<Semaphore>) -> Result<()> {
+    async fn drive(
+        self: &Arc<Self>,
+        run_id: &str,
+        active: &Arc<Active>,
+        slot: Arc<Semaphore>,
+    ) -> Result<()> {
         let store = &self.store;
-        let mut run = store.get_run(run_id).await?.ok_or_else(|| crate::error::Error::internal("run vanished"))?;
-        let spec: WorkflowSpec = serde_json::from_str(&run.definition)
-            .map_err(|e| crate::error::Error::internal(format!("run {run_id} has a corrupt definition: {e}")))?;
+        let mut run = store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| crate::error::Error::internal("run vanished"))?;
+        let spec: WorkflowSpec = serde_json::from_str(&run.definition).map_err(|e| {
+            crate::error::Error::internal(format!("run {run_id} has a corrupt definition: {e}"))
+        })?;
         let params: Map<String, Value> = serde_json::from_str(&run.parameters).unwrap_or_default();
         let mut steps = store.run_steps(run_id).await?;
 
@@ -240,11 +279,21 @@ impl RunManager {
             }
         }
 
-        let index: HashMap<&str, usize> = spec.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = spec
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
         let deps: Vec<Vec<usize>> = spec
             .steps
             .iter()
-            .map(|s| s.dependencies.iter().filter_map(|d| index.get(d.as_str()).copied()).collect())
+            .map(|s| {
+                s.dependencies
+                    .iter()
+                    .filter_map(|d| index.get(d.as_str()).copied())
+                    .collect()
+            })
             .collect();
         let order = topo_order(&deps);
         let position_in_plan: Vec<usize> = {
@@ -259,9 +308,12 @@ impl RunManager {
             _ => run.max_parallel.max(1) as usize,
         };
         let by_priority = matches!(run.mode.as_str(), "priority" | "resource_aware");
-        let deadline = run
-            .timeout_seconds
-            .map(|t| tokio::time::Instant::now() + Duration::from_millis(((run.started_at.unwrap_or(now) + t as i64 * 1000) - now).max(0) as u64));
+        let deadline = run.timeout_seconds.map(|t| {
+            tokio::time::Instant::now()
+                + Duration::from_millis(
+                    ((run.started_at.unwrap_or(now) + t as i64 * 1000) - now).max(0) as u64,
+                )
+        });
 
         // What templates and conditions can see.
         let shared = Arc::new(RwLock::new(StepTable::default()));
@@ -271,7 +323,10 @@ impl RunManager {
                 t.set(st);
             }
         }
-        let mut halted = steps.iter().any(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT)) && spec.on_failure == OnFailure::FailFast;
+        let mut halted = steps
+            .iter()
+            .any(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT))
+            && spec.on_failure == OnFailure::FailFast;
         let mut running: JoinSet<(usize, StepRecord)> = JoinSet::new();
         let mut in_flight = 0usize;
         loop {
@@ -286,21 +341,45 @@ impl RunManager {
                 }
                 let s = &spec.steps[i];
                 let bad_dep = deps[i].iter().find(|&&d| dep_failed(&steps[d]));
-                let decision = if halted && s.trigger_rule != TriggerRule::AllDone {
-                    Some((CANCELLED, err_json(ErrorCode::Cancelled, "not started: an earlier step failed and on_failure is fail_fast")))
-                } else if let (TriggerRule::AllSuccess, Some(&d)) = (s.trigger_rule, bad_dep) {
-                    Some((SKIPPED, err_json(ErrorCode::DependencyFailed, format!("dependency '{}' {}", spec.steps[d].name, steps[d].status))))
-                } else if let Some(w) = &s.when {
-                    let table = shared.read().unwrap_or_else(|p| p.into_inner());
-                    let scope = RunScope { params: &params, table: &table, run_id: &run.id, session_id: &run.session_id };
-                    match condition::parse(w).and_then(|e| e.eval(&scope)) {
-                        Ok(v) if condition::truthy(&v) => None,
-                        Ok(_) => Some((SKIPPED, err_json_code("CONDITION_FALSE", format!("when '{w}' is false")))),
-                        Err(e) => Some((FAILED, err_json(ErrorCode::InvalidParameters, format!("when '{w}': {e}")))),
-                    }
-                } else {
-                    None
-                };
+                let decision =
+                    if let (TriggerRule::AllSuccess, Some(&d)) = (s.trigger_rule, bad_dep) {
+                        Some((
+                            SKIPPED,
+                            err_json(
+                                ErrorCode::DependencyFailed,
+                                format!("dependency '{}' {}", spec.steps[d].name, steps[d].status),
+                            ),
+                        ))
+                    } else if halted && s.trigger_rule != TriggerRule::AllDone {
+                        Some((
+                            CANCELLED,
+                            err_json(
+                                ErrorCode::Cancelled,
+                                "not started: an earlier step failed and on_failure is fail_fast",
+                            ),
+                        ))
+                    } else if let Some(w) = &s.when {
+                        let table = shared.read().unwrap_or_else(|p| p.into_inner());
+                        let scope = RunScope {
+                            params: &params,
+                            table: &table,
+                            run_id: &run.id,
+                            session_id: &run.session_id,
+                        };
+                        match condition::parse(w).and_then(|e| e.eval(&scope)) {
+                            Ok(v) if condition::truthy(&v) => None,
+                            Ok(_) => Some((
+                                SKIPPED,
+                                err_json_code("CONDITION_FALSE", format!("when '{w}' is false")),
+                            )),
+                            Err(e) => Some((
+                                FAILED,
+                                err_json(ErrorCode::InvalidParameters, format!("when '{w}': {e}")),
+                            )),
+                        }
+                    } else {
+                        None
+                    };
                 match decision {
                     Some((st, error)) => {
                         let rec = &mut steps[i];
@@ -318,7 +397,12 @@ impl RunManager {
                 }
             }
             if by_priority {
-                ready.sort_by_key(|&i| (std::cmp::Reverse(spec.steps[i].priority), position_in_plan[i]));
+                ready.sort_by_key(|&i| {
+                    (
+                        std::cmp::Reverse(spec.steps[i].priority),
+                        position_in_plan[i],
+                    )
+                });
             }
             for &i in &ready {
                 if in_flight >= limit {
@@ -380,10 +464,19 @@ impl RunManager {
             }
         }
 
-        // Every step is final.
-        let failed = steps.iter().find(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT));
+        // Every step is final. A stop that raced with the last step still counts.
+        if active.cancel.is_cancelled() {
+            return self.finish_stopped(&mut run, &mut steps, active).await;
+        }
+        let failed = steps
+            .iter()
+            .find(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT));
         let now = now_ms();
-        run.status = if failed.is_some() { FAILED.into() } else { SUCCEEDED.into() };
+        run.status = if failed.is_some() {
+            FAILED.into()
+        } else {
+            SUCCEEDED.into()
+        };
         run.error = failed.map(|s| {
             let msg = s
                 .error
@@ -401,7 +494,12 @@ impl RunManager {
     }
 
     /// The run's token was cancelled: record why, unless the server is stopping.
-    async fn finish_stopped(&self, run: &mut RunRecord, steps: &mut [StepRecord], active: &Active) -> Result<()> {
+    async fn finish_stopped(
+        &self,
+        run: &mut RunRecord,
+        steps: &mut [StepRecord],
+        active: &Active,
+    ) -> Result<()> {
         let stop = active.stop.get().copied().unwrap_or(Stop::Shutdown);
         if stop == Stop::Shutdown {
             tracing::info!(run = %run.id, "server stopping; the run resumes at the next start");
@@ -409,7 +507,11 @@ impl RunManager {
         }
         let now = now_ms();
         let (status, code, msg) = match stop {
-            Stop::TimedOut => (TIMED_OUT, ErrorCode::TimeoutExceeded, "the workflow's time limit passed"),
+            Stop::TimedOut => (
+                TIMED_OUT,
+                ErrorCode::TimeoutExceeded,
+                "the workflow's time limit passed",
+            ),
             _ => (CANCELLED, ErrorCode::Cancelled, "the run was cancelled"),
         };
         for st in steps.iter_mut() {
@@ -449,7 +551,10 @@ fn dep_failed(s: &StepRecord) -> bool {
     match s.status.as_str() {
         FAILED | TIMED_OUT | CANCELLED => true,
         // Skipped because of its own dependencies (not by its `when`).
-        SKIPPED => !s.error.as_deref().is_some_and(|e| e.contains("CONDITION_FALSE")),
+        SKIPPED => !s
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("CONDITION_FALSE")),
         _ => false,
     }
 }
@@ -486,7 +591,13 @@ struct StepTable {
 
 impl StepTable {
     fn set(&mut self, r: &StepRecord) {
-        let out = if r.status == SUCCEEDED { r.output.as_deref().and_then(|o| serde_json::from_str(o).ok()) } else { None };
+        let out = if r.status == SUCCEEDED {
+            r.output
+                .as_deref()
+                .and_then(|o| serde_json::from_str(o).ok())
+        } else {
+            None
+        };
         self.steps.insert(r.name.clone(), (r.status.clone(), out));
     }
 }
@@ -503,7 +614,10 @@ impl Scope for RunScope<'_> {
         self.params.get(name)
     }
     fn step(&self, name: &str) -> Option<(String, Option<&Value>)> {
-        self.table.steps.get(name).map(|(s, o)| (s.clone(), o.as_ref()))
+        self.table
+            .steps
+            .get(name)
+            .map(|(s, o)| (s.clone(), o.as_ref()))
     }
     fn run_id(&self) -> &str {
         self.run_id
@@ -560,7 +674,12 @@ impl StepTask {
         // Resolve inputs once all upstream steps are final.
         let resolved = {
             let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-            let scope = RunScope { params: &self.params, table: &table, run_id: &self.run_id, session_id: &self.session_id };
+            let scope = RunScope {
+                params: &self.params,
+                table: &table,
+                run_id: &self.run_id,
+                session_id: &self.session_id,
+            };
             render_value(&Value::Object(self.spec.parameters.clone()), &scope)
         };
         let now = now_ms();
@@ -568,14 +687,18 @@ impl StepTask {
             Ok(p) => p,
             Err(e) => {
                 self.rec.status = FAILED.into();
-                self.rec.error = err_json(ErrorCode::InvalidParameters, format!("cannot resolve parameters: {e}"));
+                self.rec.error = err_json(
+                    ErrorCode::InvalidParameters,
+                    format!("cannot resolve parameters: {e}"),
+                );
                 self.rec.started_at.get_or_insert(now);
                 self.rec.finished_at = Some(now);
                 return self.save().await;
             }
         };
         let hash = input_hash(&self.spec.module, &self.spec.action, &params);
-        if self.rec.prior_hash.as_deref() == Some(hash.as_str()) && self.rec.prior_output.is_some() {
+        if self.rec.prior_hash.as_deref() == Some(hash.as_str()) && self.rec.prior_output.is_some()
+        {
             self.rec.status = SUCCEEDED.into();
             self.rec.output = self.rec.prior_output.clone();
             self.rec.input_hash = Some(hash);
@@ -604,7 +727,11 @@ impl StepTask {
                 session_id: self.session_id.clone(),
             };
             let registry = self.mgr.registry.clone();
-            let (module, action, p) = (self.spec.module.clone(), self.spec.action.clone(), params.clone());
+            let (module, action, p) = (
+                self.spec.module.clone(),
+                self.spec.action.clone(),
+                params.clone(),
+            );
             let mut fut = Box::pin(async move { registry.call(&module, &action, p, ctx).await });
             let limit = self.spec.timeout_seconds.map(Duration::from_secs);
             let outcome = tokio::select! {
@@ -613,13 +740,18 @@ impl StepTask {
                 _ = run_cancel.cancelled() => Outcome::RunStopped,
             };
             let outcome = match outcome {
+                // An action that stopped because the run was stopped.
+                Outcome::Done(Err(_)) if run_cancel.is_cancelled() => Outcome::RunStopped,
                 Outcome::Done(r) => Outcome::Done(r),
                 other => {
                     // Ask the action to stop; abandon it if it does not.
                     token.cancel();
                     if tokio::time::timeout(ABANDON_AFTER, &mut fut).await.is_err() {
                         tracing::warn!(run = %self.run_id, step = %self.spec.name, "action ignored cancellation; abandoned");
-                        self.rec.error = err_json(ErrorCode::TimeoutExceeded, "the action ignored cancellation and was abandoned");
+                        self.rec.error = err_json(
+                            ErrorCode::TimeoutExceeded,
+                            "the action ignored cancellation and was abandoned",
+                        );
                     }
                     other
                 }
@@ -638,11 +770,17 @@ impl StepTask {
                         Stop::Shutdown => return Ok(()),
                         Stop::TimedOut => {
                             self.rec.status = TIMED_OUT.into();
-                            self.rec.error = err_json(ErrorCode::TimeoutExceeded, "the workflow's time limit passed while the step ran");
+                            self.rec.error = err_json(
+                                ErrorCode::TimeoutExceeded,
+                                "the workflow's time limit passed while the step ran",
+                            );
                         }
                         Stop::Cancelled => {
                             self.rec.status = CANCELLED.into();
-                            self.rec.error = err_json(ErrorCode::Cancelled, "the run was cancelled while the step ran");
+                            self.rec.error = err_json(
+                                ErrorCode::Cancelled,
+                                "the run was cancelled while the step ran",
+                            );
                         }
                     }
                     self.rec.finished_at = Some(now_ms());
@@ -650,14 +788,24 @@ impl StepTask {
                 }
                 Outcome::StepTimeout => (
                     ErrorCode::TimeoutExceeded,
-                    format!("attempt {attempt} exceeded the step's timeout of {} s", self.spec.timeout_seconds.unwrap_or_default()),
+                    format!(
+                        "attempt {attempt} exceeded the step's timeout of {} s",
+                        self.spec.timeout_seconds.unwrap_or_default()
+                    ),
                 ),
                 Outcome::Done(Err(e)) => (e.code, e.message),
             };
             let timed_out = code == ErrorCode::TimeoutExceeded;
-            let retryable = !matches!(code, ErrorCode::InvalidParameters | ErrorCode::ModuleNotFound);
+            let retryable = !matches!(
+                code,
+                ErrorCode::InvalidParameters | ErrorCode::ModuleNotFound
+            );
             if attempt >= max_attempts || !retryable {
-                self.rec.status = if timed_out { TIMED_OUT.into() } else { FAILED.into() };
+                self.rec.status = if timed_out {
+                    TIMED_OUT.into()
+                } else {
+                    FAILED.into()
+                };
                 self.rec.error = err_json(code, message);
                 self.rec.finished_at = Some(now_ms());
                 return self.save().await;

@@ -77,6 +77,8 @@ pub struct SystemStatus {
     pub store: StoreInfo,
     /// Sessions of all principals, counted.
     pub sessions: SessionCounts,
+    /// Workflow runs this process is executing right now.
+    pub active_runs: usize,
     /// The caller's active sessions (with `include_active_sessions`; at most one page).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_sessions: Option<Vec<Session>>,
@@ -125,6 +127,22 @@ impl Engine {
                     message: format!("write probe failed: {e}"),
                     details: store_details,
                 },
+            },
+        );
+        let broken = &self.library().broken;
+        components.insert(
+            "workflow_library".to_string(),
+            ComponentHealth {
+                status: if broken.is_empty() { HealthLevel::Healthy } else { HealthLevel::Degraded },
+                message: if broken.is_empty() {
+                    format!("{} workflows loaded", self.library().workflows.len())
+                } else {
+                    format!("{} file(s) could not be loaded: {}", broken.len(), broken.iter().map(|b| format!("{}: {}", b.path.display(), b.reason)).collect::<Vec<_>>().join("; "))
+                },
+                details: json!({
+                    "loaded": self.library().workflows.len(),
+                    "broken": broken.iter().map(|b| json!({"path": b.path.display().to_string(), "reason": b.reason})).collect::<Vec<_>>(),
+                }),
             },
         );
         for t in self.background().states() {
@@ -241,6 +259,7 @@ impl Engine {
                 total: by_status.values().sum(),
                 by_status,
             },
+            active_runs: self.runs().active_count(),
             active_sessions,
             tool_calls: opts
                 .include_detailed_metrics

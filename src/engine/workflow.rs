@@ -418,13 +418,15 @@ pub fn validate(
                 ),
             ));
         }
-        if index.insert(s.name.as_str(), i).is_some() {
+        if index.contains_key(s.name.as_str()) {
             p.push(problem(
                 "DUPLICATE_STEP",
                 Some(&s.name),
                 Some("name"),
                 format!("step name '{}' is used twice", s.name),
             ));
+        } else {
+            index.insert(s.name.as_str(), i);
         }
     }
 
@@ -463,10 +465,8 @@ pub fn validate(
             }
         }
     }
-    let mut acyclic = true;
     for scc in tarjan_scc(&g) {
         if scc.len() > 1 {
-            acyclic = false;
             let path = cycle_path(&g, &scc, spec);
             p.push(problem(
                 "CYCLE_DETECTED",
@@ -554,7 +554,7 @@ pub fn validate(
                         format!("step '{up}' refers to its own output"),
                     )),
                     Some(&j) => {
-                        if acyclic && !has_path_connecting(&g, nodes[j], nodes[i], None) {
+                        if !has_path_connecting(&g, nodes[j], nodes[i], None) {
                             p.push(problem("NOT_UPSTREAM", step, Some(&field), format!(
                                 "step '{}' reads step '{up}', which is not upstream of it: add '{up}' to its dependencies", s.name)));
                         }

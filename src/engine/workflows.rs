@@ -10,7 +10,9 @@ use serde_json::{Map, Value, json};
 
 use super::run::{new_run_id, priority_str, status};
 use super::session::Session;
-use super::workflow::{ParamSpec, Plan, Priority, Problem, WorkflowSpec, bind_params, mermaid, validate};
+use super::workflow::{
+    ParamSpec, Plan, Priority, Problem, WorkflowSpec, bind_params, mermaid, validate,
+};
 use super::{Engine, Principal, iso, now_ms};
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{RunQuery, RunRecord, StepRecord, WorkflowRecord};
@@ -211,7 +213,10 @@ fn summary(spec: &WorkflowSpec) -> (usize, Vec<String>) {
 }
 
 fn problems_error(problems: Vec<Problem>, what: &str) -> Error {
-    let first = problems.first().map(|p| p.message.clone()).unwrap_or_default();
+    let first = problems
+        .first()
+        .map(|p| p.message.clone())
+        .unwrap_or_default();
     let code = if problems.iter().any(|p| p.code == "CYCLE_DETECTED") && problems.len() == 1 {
         ErrorCode::CycleDetected
     } else {
@@ -238,14 +243,29 @@ impl Engine {
     /// Validate without storing.
     pub fn validate_workflow(&self, spec: &WorkflowSpec) -> ValidationReport {
         match validate(spec, self.registry(), &self.workflow_limits()) {
-            Ok(plan) => ValidationReport { valid: true, problems: vec![], plan: Some(plan) },
-            Err(problems) => ValidationReport { valid: false, problems, plan: None },
+            Ok(plan) => ValidationReport {
+                valid: true,
+                problems: vec![],
+                plan: Some(plan),
+            },
+            Err(problems) => ValidationReport {
+                valid: false,
+                problems,
+                plan: None,
+            },
         }
     }
 
     /// Store a definition in a session (or globally for the principal).
-    pub async fn create_workflow(&self, p: &Principal, session_id: Option<&str>, spec: WorkflowSpec, scope: Scope) -> Result<WorkflowView> {
-        let plan = validate(&spec, self.registry(), &self.workflow_limits()).map_err(|e| problems_error(e, "the workflow is invalid"))?;
+    pub async fn create_workflow(
+        &self,
+        p: &Principal,
+        session_id: Option<&str>,
+        spec: WorkflowSpec,
+        scope: Scope,
+    ) -> Result<WorkflowView> {
+        let plan = validate(&spec, self.registry(), &self.workflow_limits())
+            .map_err(|e| problems_error(e, "the workflow is invalid"))?;
         let session = self.sessions().resolve(p, session_id).await?;
         let owner = match scope {
             Scope::Session => session.session_id.clone(),
@@ -260,22 +280,51 @@ impl Engine {
                 name: spec.name.clone(),
                 principal: p.name().into(),
                 version: 0,
-                definition: serde_json::to_string(&spec).map_err(|e| Error::internal(e.to_string()))?,
+                definition: serde_json::to_string(&spec)
+                    .map_err(|e| Error::internal(e.to_string()))?,
                 created_at: now,
                 updated_at: now,
             })
             .await?;
         tracing::info!(workflow = %spec.name, version = rec.version, scope = scope.as_str(), "workflow stored");
-        Ok(view(spec, rec.version, scope.as_str(), None, Some(rec.updated_at), plan, false))
+        Ok(view(
+            spec,
+            rec.version,
+            scope.as_str(),
+            None,
+            Some(rec.updated_at),
+            plan,
+            false,
+        ))
     }
 
-    async fn resolve_workflow(&self, p: &Principal, session: &Session, name: &str) -> Result<Resolved> {
+    async fn resolve_workflow(
+        &self,
+        p: &Principal,
+        session: &Session,
+        name: &str,
+    ) -> Result<Resolved> {
         for scope in [Scope::Session, Scope::Global] {
-            let owner = if scope == Scope::Session { session.session_id.as_str() } else { p.name() };
-            if let Some(rec) = self.store().get_workflow(scope.as_str(), owner, name).await? {
-                let spec: WorkflowSpec = serde_json::from_str(&rec.definition)
-                    .map_err(|e| Error::internal(format!("stored workflow '{name}' is corrupt: {e}")))?;
-                return Ok(Resolved { spec, version: rec.version, source: scope.as_str(), path: None, updated_at: Some(rec.updated_at) });
+            let owner = if scope == Scope::Session {
+                session.session_id.as_str()
+            } else {
+                p.name()
+            };
+            if let Some(rec) = self
+                .store()
+                .get_workflow(scope.as_str(), owner, name)
+                .await?
+            {
+                let spec: WorkflowSpec = serde_json::from_str(&rec.definition).map_err(|e| {
+                    Error::internal(format!("stored workflow '{name}' is corrupt: {e}"))
+                })?;
+                return Ok(Resolved {
+                    spec,
+                    version: rec.version,
+                    source: scope.as_str(),
+                    path: None,
+                    updated_at: Some(rec.updated_at),
+                });
             }
         }
         if let Some(e) = self.library().workflows.get(name) {
@@ -287,34 +336,75 @@ impl Engine {
                 updated_at: None,
             });
         }
-        let mut names: Vec<String> = self.store().list_workflows(&session.session_id, p.name()).await?.into_iter().map(|w| w.name).collect();
+        let mut names: Vec<String> = self
+            .store()
+            .list_workflows(&session.session_id, p.name())
+            .await?
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
         names.extend(self.library().workflows.keys().cloned());
         names.sort();
         names.dedup();
         Err(Error::new(
             ErrorCode::WorkflowNotFound,
-            format!("no workflow named '{name}' in this session, your global definitions or the library"),
-            format!("Available workflows: [{}]. Create one with create_workflow.", names.join(", ")),
+            format!(
+                "no workflow named '{name}' in this session, your global definitions or the library"
+            ),
+            format!(
+                "Available workflows: [{}]. Create one with create_workflow.",
+                names.join(", ")
+            ),
         )
         .with_details(json!({ "available": names })))
     }
 
-    pub async fn get_workflow(&self, p: &Principal, session_id: Option<&str>, name: &str) -> Result<WorkflowView> {
+    pub async fn get_workflow(
+        &self,
+        p: &Principal,
+        session_id: Option<&str>,
+        name: &str,
+    ) -> Result<WorkflowView> {
         let session = self.sessions().resolve(p, session_id).await?;
         let r = self.resolve_workflow(p, &session, name).await?;
         let plan = validate(&r.spec, self.registry(), &self.workflow_limits())
             .map_err(|e| problems_error(e, "the stored workflow no longer validates"))?;
-        Ok(view(r.spec, r.version, r.source, r.path, r.updated_at, plan, true))
+        Ok(view(
+            r.spec,
+            r.version,
+            r.source,
+            r.path,
+            r.updated_at,
+            plan,
+            true,
+        ))
     }
 
-    pub async fn list_workflows(&self, p: &Principal, session_id: Option<&str>, cursor: Option<&str>, limit: Option<u32>) -> Result<WorkflowPage> {
+    pub async fn list_workflows(
+        &self,
+        p: &Principal,
+        session_id: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<WorkflowPage> {
         let session = self.sessions().resolve(p, session_id).await?;
         let limit = self.page_limit(limit)?;
         let mut all: Vec<WorkflowSummary> = Vec::new();
-        for rec in self.store().list_workflows(&session.session_id, p.name()).await? {
+        for rec in self
+            .store()
+            .list_workflows(&session.session_id, p.name())
+            .await?
+        {
             if let Ok(spec) = serde_json::from_str::<WorkflowSpec>(&rec.definition) {
                 let (step_count, modules) = summary(&spec);
-                all.push(WorkflowSummary { name: spec.name, description: spec.description, version: rec.version, source: rec.scope, step_count, modules });
+                all.push(WorkflowSummary {
+                    name: spec.name,
+                    description: spec.description,
+                    version: rec.version,
+                    source: rec.scope,
+                    step_count,
+                    modules,
+                });
             }
         }
         for e in self.library().workflows.values() {
@@ -333,12 +423,19 @@ impl Engine {
             "global" => 1,
             _ => 2,
         };
-        all.sort_by(|a, b| (a.name.as_str(), rank(&a.source)).cmp(&(b.name.as_str(), rank(&b.source))));
+        all.sort_by(|a, b| {
+            (a.name.as_str(), rank(&a.source)).cmp(&(b.name.as_str(), rank(&b.source)))
+        });
         let start = match cursor {
             None => 0,
             Some(c) => decode_offset(c)?,
         };
-        let page: Vec<WorkflowSummary> = all.iter().skip(start).take(limit as usize).cloned().collect();
+        let page: Vec<WorkflowSummary> = all
+            .iter()
+            .skip(start)
+            .take(limit as usize)
+            .cloned()
+            .collect();
         let next = start + page.len();
         Ok(WorkflowPage {
             workflows: page,
@@ -347,18 +444,31 @@ impl Engine {
                 .library()
                 .broken
                 .iter()
-                .map(|b| BrokenFileView { path: b.path.display().to_string(), reason: b.reason.clone() })
+                .map(|b| BrokenFileView {
+                    path: b.path.display().to_string(),
+                    reason: b.reason.clone(),
+                })
                 .collect(),
         })
     }
 
-    pub async fn delete_workflow(&self, p: &Principal, session_id: Option<&str>, name: &str, scope: Scope) -> Result<()> {
+    pub async fn delete_workflow(
+        &self,
+        p: &Principal,
+        session_id: Option<&str>,
+        name: &str,
+        scope: Scope,
+    ) -> Result<()> {
         let session = self.sessions().resolve(p, session_id).await?;
         let owner = match scope {
             Scope::Session => session.session_id.as_str(),
             Scope::Global => p.name(),
         };
-        if self.store().delete_workflow(scope.as_str(), owner, name).await? {
+        if self
+            .store()
+            .delete_workflow(scope.as_str(), owner, name)
+            .await?
+        {
             return Ok(());
         }
         if self.library().workflows.contains_key(name) {
@@ -376,10 +486,32 @@ impl Engine {
     }
 
     /// Start a run and wait up to `wait` for it to finish.
-    pub async fn execute_workflow(&self, p: &Principal, req: ExecuteRequest, wait: Duration, progress: &mut (dyn FnMut(usize, usize, String) + Send)) -> Result<RunView> {
-        let session = self.sessions().resolve(p, req.session_id.as_deref()).await?;
-        let r = self.resolve_workflow(p, &session, &req.workflow_name).await?;
-        let id = self.start_run(p, &session, r.spec, r.version, r.source, req, None, Vec::new()).await?;
+    pub async fn execute_workflow(
+        &self,
+        p: &Principal,
+        req: ExecuteRequest,
+        wait: Duration,
+        progress: &mut (dyn FnMut(usize, usize, String) + Send),
+    ) -> Result<RunView> {
+        let session = self
+            .sessions()
+            .resolve(p, req.session_id.as_deref())
+            .await?;
+        let r = self
+            .resolve_workflow(p, &session, &req.workflow_name)
+            .await?;
+        let id = self
+            .start_run(
+                p,
+                &session,
+                r.spec,
+                r.version,
+                r.source,
+                req,
+                None,
+                Vec::new(),
+            )
+            .await?;
         self.wait_run(&id, wait, progress).await
     }
 
@@ -395,19 +527,29 @@ impl Engine {
         retry_of: Option<String>,
         prior: Vec<(String, Option<String>, Option<String>)>,
     ) -> Result<String> {
-        let params = bind_params(&spec, &req.parameters).map_err(|e| problems_error(e, "the parameters do not fit the workflow"))?;
+        let params = bind_params(&spec, &req.parameters)
+            .map_err(|e| problems_error(e, "the parameters do not fit the workflow"))?;
         if let Some(t) = req.timeout_seconds
             && t == 0
         {
-            return Err(Error::invalid("timeout_seconds must be at least 1", "Omit timeout_seconds or pass a positive number of seconds."));
+            return Err(Error::invalid(
+                "timeout_seconds must be at least 1",
+                "Omit timeout_seconds or pass a positive number of seconds.",
+            ));
         }
         if let Some(r) = &req.resource_requirements
             && !r.is_object()
         {
-            return Err(Error::invalid("resource_requirements must be an object", "Pass e.g. {\"cpu\": 2, \"memory_mb\": 4096}."));
+            return Err(Error::invalid(
+                "resource_requirements must be an object",
+                "Pass e.g. {\"cpu\": 2, \"memory_mb\": 4096}.",
+            ));
         }
         if req.max_parallel == Some(0) {
-            return Err(Error::invalid("max_parallel must be at least 1", "Omit max_parallel or pass a positive number."));
+            return Err(Error::invalid(
+                "max_parallel must be at least 1",
+                "Omit max_parallel or pass a positive number.",
+            ));
         }
         let now = now_ms();
         let id = new_run_id();
@@ -423,8 +565,14 @@ impl Engine {
             parameters: Value::Object(params).to_string(),
             status: status::PENDING.into(),
             priority: priority_str(req.priority.unwrap_or_default()).into(),
-            max_parallel: req.max_parallel.or(spec.max_parallel).unwrap_or(session.max_parallel_tasks),
-            mode: serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            max_parallel: req
+                .max_parallel
+                .or(spec.max_parallel)
+                .unwrap_or(session.max_parallel_tasks),
+            mode: serde_json::to_value(mode)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
             timeout_seconds: req.timeout_seconds.or(spec.timeout_seconds),
             resources: req.resource_requirements.map(|v| v.to_string()),
             error: None,
@@ -457,7 +605,9 @@ impl Engine {
                 }
             })
             .collect();
-        self.runs().start(run, steps, session.max_parallel_workflows).await?;
+        self.runs()
+            .start(run, steps, session.max_parallel_workflows)
+            .await?;
         tracing::info!(run = %id, workflow = %spec.name, session = %session.session_id, "run started");
         Ok(id)
     }
@@ -465,17 +615,32 @@ impl Engine {
     async fn visible_run(&self, p: &Principal, run_id: &str) -> Result<RunRecord> {
         match self.store().get_run(run_id).await? {
             Some(r) if r.principal == p.name() => Ok(r),
-            _ => Err(Error::not_found("run", run_id, "Check the run_id; list_workflow_runs shows your runs.")),
+            _ => Err(Error::not_found(
+                "run",
+                run_id,
+                "Check the run_id; list_workflow_runs shows your runs.",
+            )),
         }
     }
 
     /// A run, after waiting up to `wait` for it to finish.
-    pub async fn get_workflow_run(&self, p: &Principal, run_id: &str, wait: Duration, progress: &mut (dyn FnMut(usize, usize, String) + Send)) -> Result<RunView> {
+    pub async fn get_workflow_run(
+        &self,
+        p: &Principal,
+        run_id: &str,
+        wait: Duration,
+        progress: &mut (dyn FnMut(usize, usize, String) + Send),
+    ) -> Result<RunView> {
         self.visible_run(p, run_id).await?;
         self.wait_run(run_id, wait, progress).await
     }
 
-    async fn wait_run(&self, run_id: &str, wait: Duration, progress: &mut (dyn FnMut(usize, usize, String) + Send)) -> Result<RunView> {
+    async fn wait_run(
+        &self,
+        run_id: &str,
+        wait: Duration,
+        progress: &mut (dyn FnMut(usize, usize, String) + Send),
+    ) -> Result<RunView> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut rx = self.runs().watch(run_id);
         let mut last_done = usize::MAX;
@@ -521,12 +686,24 @@ impl Engine {
     }
 
     pub async fn run_view(&self, run_id: &str) -> Result<RunView> {
-        let run = self.store().get_run(run_id).await?.ok_or_else(|| Error::not_found("run", run_id, "The run no longer exists."))?;
+        let run = self
+            .store()
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| Error::not_found("run", run_id, "The run no longer exists."))?;
         let steps = self.store().run_steps(run_id).await?;
         Ok(run_view(run, steps))
     }
 
-    pub async fn list_workflow_runs(&self, p: &Principal, session_id: Option<&str>, status: Option<&str>, workflow: Option<&str>, cursor: Option<&str>, limit: Option<u32>) -> Result<RunPage> {
+    pub async fn list_workflow_runs(
+        &self,
+        p: &Principal,
+        session_id: Option<&str>,
+        status: Option<&str>,
+        workflow: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<RunPage> {
         if let Some(s) = session_id {
             self.sessions().get(p, s).await?;
         }
@@ -534,11 +711,19 @@ impl Engine {
         let after = cursor.map(super::session::decode_cursor).transpose()?;
         let mut runs = self
             .store()
-            .list_runs(&RunQuery { principal: p.name(), session_id, status, workflow_name: workflow, after, limit: limit + 1 })
+            .list_runs(&RunQuery {
+                principal: p.name(),
+                session_id,
+                status,
+                workflow_name: workflow,
+                after,
+                limit: limit + 1,
+            })
             .await?;
         let next_cursor = if runs.len() > limit as usize {
             runs.truncate(limit as usize);
-            runs.last().map(|r| super::session::encode_cursor(r.created_at, &r.id))
+            runs.last()
+                .map(|r| super::session::encode_cursor(r.created_at, &r.id))
         } else {
             None
         };
@@ -572,7 +757,9 @@ impl Engine {
         }
         if self.runs().cancel(run_id) {
             let mut none = |_: usize, _: usize, _: String| {};
-            return self.wait_run(run_id, Duration::from_secs(10), &mut none).await;
+            return self
+                .wait_run(run_id, Duration::from_secs(10), &mut none)
+                .await;
         }
         Err(Error::new(
             ErrorCode::Conflict,
@@ -583,7 +770,13 @@ impl Engine {
 
     /// Start a new run of the same definition version and parameters: steps that
     /// succeeded are reused when their resolved inputs are unchanged.
-    pub async fn retry_workflow_run(&self, p: &Principal, run_id: &str, wait: Duration, progress: &mut (dyn FnMut(usize, usize, String) + Send)) -> Result<RunView> {
+    pub async fn retry_workflow_run(
+        &self,
+        p: &Principal,
+        run_id: &str,
+        wait: Duration,
+        progress: &mut (dyn FnMut(usize, usize, String) + Send),
+    ) -> Result<RunView> {
         let old = self.visible_run(p, run_id).await?;
         if matches!(old.status.as_str(), status::PENDING | status::RUNNING) {
             return Err(Error::new(
@@ -593,7 +786,8 @@ impl Engine {
             ));
         }
         let session = self.sessions().resolve(p, Some(&old.session_id)).await?;
-        let spec: WorkflowSpec = serde_json::from_str(&old.definition).map_err(|e| Error::internal(e.to_string()))?;
+        let spec: WorkflowSpec =
+            serde_json::from_str(&old.definition).map_err(|e| Error::internal(e.to_string()))?;
         let params: Map<String, Value> = serde_json::from_str(&old.parameters).unwrap_or_default();
         let prior: Vec<(String, Option<String>, Option<String>)> = self
             .store()
@@ -610,18 +804,47 @@ impl Engine {
             mode: serde_json::from_value(Value::String(old.mode.clone())).ok(),
             timeout_seconds: old.timeout_seconds,
             priority: serde_json::from_value(Value::String(old.priority.clone())).ok(),
-            resource_requirements: old.resources.as_deref().and_then(|r| serde_json::from_str(r).ok()),
+            resource_requirements: old
+                .resources
+                .as_deref()
+                .and_then(|r| serde_json::from_str(r).ok()),
             max_parallel: Some(old.max_parallel),
         };
-        let id = self.start_run(p, &session, spec, old.workflow_version, &old.workflow_source, req, Some(run_id.to_string()), prior).await?;
+        let id = self
+            .start_run(
+                p,
+                &session,
+                spec,
+                old.workflow_version,
+                &old.workflow_source,
+                req,
+                Some(run_id.to_string()),
+                prior,
+            )
+            .await?;
         self.wait_run(&id, wait, progress).await
     }
 
     /// Define (in the session) and execute in one call: the original `create_complex_workflow`.
-    pub async fn create_complex_workflow(&self, p: &Principal, session_id: Option<&str>, spec: WorkflowSpec, parameters: Map<String, Value>, wait: Duration, progress: &mut (dyn FnMut(usize, usize, String) + Send)) -> Result<(WorkflowView, RunView)> {
+    pub async fn create_complex_workflow(
+        &self,
+        p: &Principal,
+        session_id: Option<&str>,
+        spec: WorkflowSpec,
+        parameters: Map<String, Value>,
+        wait: Duration,
+        progress: &mut (dyn FnMut(usize, usize, String) + Send),
+    ) -> Result<(WorkflowView, RunView)> {
         let name = spec.name.clone();
-        let def = self.create_workflow(p, session_id, spec, Scope::Session).await?;
-        let req = ExecuteRequest { workflow_name: name, parameters, session_id: session_id.map(String::from), ..Default::default() };
+        let def = self
+            .create_workflow(p, session_id, spec, Scope::Session)
+            .await?;
+        let req = ExecuteRequest {
+            workflow_name: name,
+            parameters,
+            session_id: session_id.map(String::from),
+            ..Default::default()
+        };
         let run = self.execute_workflow(p, req, wait, progress).await?;
         Ok((def, run))
     }
@@ -642,8 +865,14 @@ impl Engine {
         match wait_seconds {
             None => Ok(Duration::from_secs(cfg.default_wait_seconds)),
             Some(w) if w > cfg.max_wait_seconds => Err(Error::invalid(
-                format!("wait_seconds is {w}; the most a call may wait is {} s", cfg.max_wait_seconds),
-                format!("Pass wait_seconds <= {}, then follow the run with get_workflow_run.", cfg.max_wait_seconds),
+                format!(
+                    "wait_seconds is {w}; the most a call may wait is {} s",
+                    cfg.max_wait_seconds
+                ),
+                format!(
+                    "Pass wait_seconds <= {}, then follow the run with get_workflow_run.",
+                    cfg.max_wait_seconds
+                ),
             )),
             Some(w) => Ok(Duration::from_secs(w)),
         }
@@ -655,14 +884,25 @@ impl Engine {
             None => Ok(l.default_page_size),
             Some(n) if n == 0 || n > l.max_page_size => Err(Error::invalid(
                 format!("limit {n} is outside 1..={}", l.max_page_size),
-                format!("Use a limit between 1 and {} and follow next_cursor.", l.max_page_size),
+                format!(
+                    "Use a limit between 1 and {} and follow next_cursor.",
+                    l.max_page_size
+                ),
             )),
             Some(n) => Ok(n),
         }
     }
 }
 
-fn view(spec: WorkflowSpec, version: u64, source: &str, path: Option<String>, updated_at: Option<i64>, plan: Plan, with_mermaid: bool) -> WorkflowView {
+fn view(
+    spec: WorkflowSpec,
+    version: u64,
+    source: &str,
+    path: Option<String>,
+    updated_at: Option<i64>,
+    plan: Plan,
+    with_mermaid: bool,
+) -> WorkflowView {
     let (step_count, modules) = summary(&spec);
     WorkflowView {
         name: spec.name.clone(),
@@ -681,7 +921,8 @@ fn view(spec: WorkflowSpec, version: u64, source: &str, path: Option<String>, up
 }
 
 fn error_message(e: Option<&str>) -> Option<String> {
-    e.and_then(|e| serde_json::from_str::<Value>(e).ok()).and_then(|v| v["message"].as_str().map(String::from))
+    e.and_then(|e| serde_json::from_str::<Value>(e).ok())
+        .and_then(|v| v["message"].as_str().map(String::from))
 }
 
 fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
@@ -700,18 +941,27 @@ fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
             completed += 1;
         }
         if s.status == status::SUCCEEDED
-            && let Some(o) = s.output.as_deref().and_then(|o| serde_json::from_str(o).ok())
+            && let Some(o) = s
+                .output
+                .as_deref()
+                .and_then(|o| serde_json::from_str(o).ok())
         {
             results.insert(s.name.clone(), o);
         }
     }
     let now = now_ms();
-    let execution_time = run.started_at.map(|s| (run.finished_at.unwrap_or(now) - s) as f64 / 1000.0).unwrap_or(0.0);
+    let execution_time = run
+        .started_at
+        .map(|s| (run.finished_at.unwrap_or(now) - s) as f64 / 1000.0)
+        .unwrap_or(0.0);
     let total = steps.len();
     let truncated = total > MAX_STEPS_SHOWN;
     RunView {
         error_message: error_message(run.error.as_deref()),
-        error: run.error.as_deref().and_then(|e| serde_json::from_str(e).ok()),
+        error: run
+            .error
+            .as_deref()
+            .and_then(|e| serde_json::from_str(e).ok()),
         run_id: run.id,
         session_id: run.session_id,
         workflow_name: run.workflow_name,
@@ -739,8 +989,17 @@ fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
                 },
                 started_at: s.started_at.map(iso),
                 finished_at: s.finished_at.map(iso),
-                output: if s.status == status::SUCCEEDED { s.output.as_deref().and_then(|o| serde_json::from_str(o).ok()) } else { None },
-                error: s.error.as_deref().and_then(|e| serde_json::from_str(e).ok()),
+                output: if s.status == status::SUCCEEDED {
+                    s.output
+                        .as_deref()
+                        .and_then(|o| serde_json::from_str(o).ok())
+                } else {
+                    None
+                },
+                error: s
+                    .error
+                    .as_deref()
+                    .and_then(|e| serde_json::from_str(e).ok()),
                 name: s.name,
                 status: s.status,
                 attempts: s.attempts,
@@ -748,7 +1007,12 @@ fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
             })
             .collect(),
         steps_truncated: truncated,
-        metrics: RunMetrics { steps_by_status: by_status, attempts, retries, reused_steps: reused },
+        metrics: RunMetrics {
+            steps_by_status: by_status,
+            attempts,
+            retries,
+            reused_steps: reused,
+        },
         retry_of: run.retry_of,
     }
 }
@@ -765,6 +1029,10 @@ fn decode_offset(c: &str) -> Result<usize> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.strip_prefix("o1:").and_then(|n| n.parse().ok()))
-        .ok_or_else(|| Error::invalid(format!("cursor '{c}' is not a cursor this tool returned"), "Pass next_cursor unchanged, or omit cursor."))
+        .ok_or_else(|| {
+            Error::invalid(
+                format!("cursor '{c}' is not a cursor this tool returned"),
+                "Pass next_cursor unchanged, or omit cursor.",
+            )
+        })
 }
-

@@ -157,28 +157,51 @@ impl Store for MemoryStore {
                 created_at: old.created_at,
                 ..w.clone()
             },
-            None => WorkflowRecord { version: 1, ..w.clone() },
+            None => WorkflowRecord {
+                version: 1,
+                ..w.clone()
+            },
         };
         g.workflows.insert(key, stored.clone());
         Ok(stored)
     }
 
-    async fn get_workflow(&self, scope: &str, owner: &str, name: &str) -> StoreResult<Option<WorkflowRecord>> {
-        Ok(self.lock()?.workflows.get(&(scope.into(), owner.into(), name.into())).cloned())
+    async fn get_workflow(
+        &self,
+        scope: &str,
+        owner: &str,
+        name: &str,
+    ) -> StoreResult<Option<WorkflowRecord>> {
+        Ok(self
+            .lock()?
+            .workflows
+            .get(&(scope.into(), owner.into(), name.into()))
+            .cloned())
     }
 
-    async fn list_workflows(&self, session_id: &str, principal: &str) -> StoreResult<Vec<WorkflowRecord>> {
+    async fn list_workflows(
+        &self,
+        session_id: &str,
+        principal: &str,
+    ) -> StoreResult<Vec<WorkflowRecord>> {
         Ok(self
             .lock()?
             .workflows
             .values()
-            .filter(|w| (w.scope == "session" && w.owner == session_id) || (w.scope == "global" && w.owner == principal))
+            .filter(|w| {
+                (w.scope == "session" && w.owner == session_id)
+                    || (w.scope == "global" && w.owner == principal)
+            })
             .cloned()
             .collect())
     }
 
     async fn delete_workflow(&self, scope: &str, owner: &str, name: &str) -> StoreResult<bool> {
-        Ok(self.lock()?.workflows.remove(&(scope.into(), owner.into(), name.into())).is_some())
+        Ok(self
+            .lock()?
+            .workflows
+            .remove(&(scope.into(), owner.into(), name.into()))
+            .is_some())
     }
 
     async fn insert_run(&self, run: &RunRecord, steps: &[StepRecord]) -> StoreResult<()> {
@@ -198,7 +221,10 @@ impl Store for MemoryStore {
                 *r = run.clone();
                 Ok(())
             }
-            None => Err(StoreError::Corrupt(format!("run {} does not exist", run.id))),
+            None => Err(StoreError::Corrupt(format!(
+                "run {} does not exist",
+                run.id
+            ))),
         }
     }
 
@@ -209,7 +235,9 @@ impl Store for MemoryStore {
             .get_mut(&step.run_id)
             .and_then(|v| v.get_mut(step.position as usize))
             .filter(|s| s.name == step.name)
-            .ok_or_else(|| StoreError::Corrupt(format!("step {}/{} does not exist", step.run_id, step.name)))?;
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("step {}/{} does not exist", step.run_id, step.name))
+            })?;
         *slot = step.clone();
         Ok(())
     }
@@ -231,7 +259,11 @@ impl Store for MemoryStore {
             .filter(|r| q.session_id.is_none_or(|s| r.session_id == s))
             .filter(|r| q.status.is_none_or(|s| r.status == s))
             .filter(|r| q.workflow_name.is_none_or(|w| r.workflow_name == w))
-            .filter(|r| q.after.as_ref().is_none_or(|(c, id)| (r.created_at, &r.id) > (*c, id)))
+            .filter(|r| {
+                q.after
+                    .as_ref()
+                    .is_none_or(|(c, id)| (r.created_at, &r.id) > (*c, id))
+            })
             .cloned()
             .collect();
         v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -241,8 +273,12 @@ impl Store for MemoryStore {
 
     async fn unfinished_runs(&self) -> StoreResult<Vec<RunRecord>> {
         let g = self.lock()?;
-        let mut v: Vec<RunRecord> =
-            g.runs.values().filter(|r| r.status == "pending" || r.status == "running").cloned().collect();
+        let mut v: Vec<RunRecord> = g
+            .runs
+            .values()
+            .filter(|r| r.status == "pending" || r.status == "running")
+            .cloned()
+            .collect();
         v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(v)
     }

@@ -220,10 +220,19 @@ pub trait Store: Send + Sync + 'static {
     /// one more than the stored one otherwise. Returns the stored record.
     async fn put_workflow(&self, w: &WorkflowRecord) -> StoreResult<WorkflowRecord>;
 
-    async fn get_workflow(&self, scope: &str, owner: &str, name: &str) -> StoreResult<Option<WorkflowRecord>>;
+    async fn get_workflow(
+        &self,
+        scope: &str,
+        owner: &str,
+        name: &str,
+    ) -> StoreResult<Option<WorkflowRecord>>;
 
     /// Definitions of one session plus the global ones of its principal.
-    async fn list_workflows(&self, session_id: &str, principal: &str) -> StoreResult<Vec<WorkflowRecord>>;
+    async fn list_workflows(
+        &self,
+        session_id: &str,
+        principal: &str,
+    ) -> StoreResult<Vec<WorkflowRecord>>;
 
     async fn delete_workflow(&self, scope: &str, owner: &str, name: &str) -> StoreResult<bool>;
 

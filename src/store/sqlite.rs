@@ -101,7 +101,9 @@ fn run_from_row(r: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
         priority: r.try_get("priority")?,
         max_parallel: r.try_get::<i64, _>("max_parallel")? as u32,
         mode: r.try_get("mode")?,
-        timeout_seconds: r.try_get::<Option<i64>, _>("timeout_seconds")?.map(|v| v as u64),
+        timeout_seconds: r
+            .try_get::<Option<i64>, _>("timeout_seconds")?
+            .map(|v| v as u64),
         resources: r.try_get("resources")?,
         error: r.try_get("error")?,
         retry_of: r.try_get("retry_of")?,
@@ -130,7 +132,10 @@ fn step_from_row(r: &SqliteRow) -> Result<StepRecord, sqlx::Error> {
     })
 }
 
-fn rows<T>(rows: Vec<SqliteRow>, f: fn(&SqliteRow) -> Result<T, sqlx::Error>) -> StoreResult<Vec<T>> {
+fn rows<T>(
+    rows: Vec<SqliteRow>,
+    f: fn(&SqliteRow) -> Result<T, sqlx::Error>,
+) -> StoreResult<Vec<T>> {
     rows.iter().map(|r| f(r).map_err(db_err)).collect()
 }
 
@@ -387,7 +392,12 @@ impl Store for SqliteStore {
         workflow_from_row(&row).map_err(db_err)
     }
 
-    async fn get_workflow(&self, scope: &str, owner: &str, name: &str) -> StoreResult<Option<WorkflowRecord>> {
+    async fn get_workflow(
+        &self,
+        scope: &str,
+        owner: &str,
+        name: &str,
+    ) -> StoreResult<Option<WorkflowRecord>> {
         let row = query(AssertSqlSafe(format!(
             "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE scope = ?1 AND owner = ?2 AND name = ?3"
         )))
@@ -397,10 +407,15 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        row.map(|r| workflow_from_row(&r).map_err(db_err)).transpose()
+        row.map(|r| workflow_from_row(&r).map_err(db_err))
+            .transpose()
     }
 
-    async fn list_workflows(&self, session_id: &str, principal: &str) -> StoreResult<Vec<WorkflowRecord>> {
+    async fn list_workflows(
+        &self,
+        session_id: &str,
+        principal: &str,
+    ) -> StoreResult<Vec<WorkflowRecord>> {
         let r = query(AssertSqlSafe(format!(
             "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE (scope = 'session' AND owner = ?1) \
              OR (scope = 'global' AND owner = ?2) ORDER BY name, scope"
@@ -430,12 +445,18 @@ impl Store for SqliteStore {
             "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
         );
-        bind_run(query(AssertSqlSafe(sql)), run).execute(&mut *tx).await.map_err(db_err)?;
+        bind_run(query(AssertSqlSafe(sql)), run)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         let sql = format!(
             "INSERT INTO run_steps ({STEP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         );
         for s in steps {
-            bind_step(query(AssertSqlSafe(sql.clone())), s).execute(&mut *tx).await.map_err(db_err)?;
+            bind_step(query(AssertSqlSafe(sql.clone())), s)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)
     }
@@ -445,7 +466,10 @@ impl Store for SqliteStore {
             "REPLACE INTO runs ({RUN_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
         );
-        bind_run(query(AssertSqlSafe(sql)), run).execute(&self.pool).await.map_err(db_err)?;
+        bind_run(query(AssertSqlSafe(sql)), run)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
@@ -453,16 +477,21 @@ impl Store for SqliteStore {
         let sql = format!(
             "REPLACE INTO run_steps ({STEP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         );
-        bind_step(query(AssertSqlSafe(sql)), step).execute(&self.pool).await.map_err(db_err)?;
+        bind_step(query(AssertSqlSafe(sql)), step)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
     async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
-        let row = query(AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let row = query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
         row.map(|r| run_from_row(&r).map_err(db_err)).transpose()
     }
 

@@ -13,7 +13,9 @@ use serde_json::{Map, Value};
 
 use crate::engine::session::SessionMode;
 use crate::engine::workflow::{OnFailure, ParamSpec, Priority, StepSpec, WorkflowSpec};
-use crate::engine::workflows::{ExecuteRequest, RunPage, RunView, Scope, ValidationReport, WorkflowPage, WorkflowView};
+use crate::engine::workflows::{
+    ExecuteRequest, RunPage, RunView, Scope, ValidationReport, WorkflowPage, WorkflowView,
+};
 use crate::error::Error;
 use crate::server::{MyrmexServer, args::Args, principal};
 
@@ -237,7 +239,9 @@ pub struct ComplexResult {
 }
 
 /// Sends `notifications/progress` when the caller asked for them.
-fn progress_sender(ctx: &RequestContext<RoleServer>) -> impl FnMut(usize, usize, String) + Send + use<> {
+fn progress_sender(
+    ctx: &RequestContext<RoleServer>,
+) -> impl FnMut(usize, usize, String) + Send + use<> {
     let token = ctx.meta.get_progress_token();
     let peer = ctx.peer.clone();
     move |done, total, message| {
@@ -258,63 +262,139 @@ impl MyrmexServer {
     #[tool(
         name = "create_workflow",
         description = "Define (or replace) a workflow: a DAG of steps, each running module.action with templated parameters. Everything is validated first; returns the stored definition with its version and plan, or every problem found.",
-        annotations(title = "Create workflow", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            title = "Create workflow",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
-    async fn create_workflow(&self, Parameters(args): Parameters<Args<CreateWorkflowArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<WorkflowView>, Error> {
+    async fn create_workflow(
+        &self,
+        Parameters(args): Parameters<Args<CreateWorkflowArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<WorkflowView>, Error> {
         let p = principal(&ctx)?;
         let (spec, scope, session_id) = args.parse()?.split();
-        Ok(Json(self.engine.create_workflow(&p, session_id.as_deref(), spec, scope).await?))
+        Ok(Json(
+            self.engine
+                .create_workflow(&p, session_id.as_deref(), spec, scope)
+                .await?,
+        ))
     }
 
     #[tool(
         name = "get_workflow",
         description = "Read a workflow definition by name (session, then global, then library): definition, version, plan levels, critical path and a Mermaid diagram.",
-        annotations(title = "Get workflow", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Get workflow",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn get_workflow(&self, Parameters(args): Parameters<Args<NameArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<WorkflowView>, Error> {
+    async fn get_workflow(
+        &self,
+        Parameters(args): Parameters<Args<NameArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<WorkflowView>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        Ok(Json(self.engine.get_workflow(&p, a.session_id.as_deref(), &a.name).await?))
+        Ok(Json(
+            self.engine
+                .get_workflow(&p, a.session_id.as_deref(), &a.name)
+                .await?,
+        ))
     }
 
     #[tool(
         name = "list_workflows",
         description = "List the workflows you can run: this session's, your global ones and the library's, with step counts and modules used. Paginated.",
-        annotations(title = "List workflows", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "List workflows",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn list_workflows(&self, Parameters(args): Parameters<Args<ListWorkflowsArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<WorkflowPage>, Error> {
+    async fn list_workflows(
+        &self,
+        Parameters(args): Parameters<Args<ListWorkflowsArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<WorkflowPage>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        Ok(Json(self.engine.list_workflows(&p, a.session_id.as_deref(), a.cursor.as_deref(), a.limit).await?))
+        Ok(Json(
+            self.engine
+                .list_workflows(&p, a.session_id.as_deref(), a.cursor.as_deref(), a.limit)
+                .await?,
+        ))
     }
 
     #[tool(
         name = "validate_workflow",
         description = "Validate a workflow definition without storing it: every problem (cycles as paths, unknown dependencies, modules, parameters, templates) with code, step and field, plus the execution plan when valid.",
-        annotations(title = "Validate workflow", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Validate workflow",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn validate_workflow(&self, Parameters(args): Parameters<Args<WorkflowSpec>>) -> Result<Json<ValidationReport>, Error> {
+    async fn validate_workflow(
+        &self,
+        Parameters(args): Parameters<Args<WorkflowSpec>>,
+    ) -> Result<Json<ValidationReport>, Error> {
         Ok(Json(self.engine.validate_workflow(&args.parse()?)))
     }
 
     #[tool(
         name = "delete_workflow",
         description = "Delete a session or global workflow definition. Runs already started keep their pinned copy; library definitions are read-only.",
-        annotations(title = "Delete workflow", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            title = "Delete workflow",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
-    async fn delete_workflow(&self, Parameters(args): Parameters<Args<DeleteWorkflowArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<Deleted>, Error> {
+    async fn delete_workflow(
+        &self,
+        Parameters(args): Parameters<Args<DeleteWorkflowArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<Deleted>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        self.engine.delete_workflow(&p, a.session_id.as_deref(), &a.name, a.scope).await?;
-        Ok(Json(Deleted { name: a.name, deleted: true }))
+        self.engine
+            .delete_workflow(&p, a.session_id.as_deref(), &a.name, a.scope)
+            .await?;
+        Ok(Json(Deleted {
+            name: a.name,
+            deleted: true,
+        }))
     }
 
     #[tool(
         name = "execute_workflow",
         description = "Run a workflow. Waits up to wait_seconds, then answers with the run: status (running while it goes on), run_id, per-step results, steps_completed of steps_total. Follow a running run with get_workflow_run. Sends progress notifications when given a progress token.",
-        annotations(title = "Execute workflow", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            title = "Execute workflow",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
-    async fn execute_workflow(&self, Parameters(args): Parameters<Args<ExecuteWorkflowArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<RunView>, Error> {
+    async fn execute_workflow(
+        &self,
+        Parameters(args): Parameters<Args<ExecuteWorkflowArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<RunView>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let wait = self.engine.wait_for(a.wait_seconds)?;
@@ -329,20 +409,37 @@ impl MyrmexServer {
             max_parallel: a.max_parallel,
         };
         let mut progress = progress_sender(&ctx);
-        Ok(Json(self.engine.execute_workflow(&p, req, wait, &mut progress).await?))
+        Ok(Json(
+            self.engine
+                .execute_workflow(&p, req, wait, &mut progress)
+                .await?,
+        ))
     }
 
     #[tool(
         name = "get_workflow_run",
         description = "Read a run: status, per-step states, outputs and errors. With wait_seconds, waits (long-poll) until the run finishes or the time passes; sends progress notifications when given a progress token.",
-        annotations(title = "Get workflow run", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Get workflow run",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn get_workflow_run(&self, Parameters(args): Parameters<Args<RunArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<RunView>, Error> {
+    async fn get_workflow_run(
+        &self,
+        Parameters(args): Parameters<Args<RunArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<RunView>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let wait = self.engine.wait_for(Some(a.wait_seconds.unwrap_or(0)))?;
         let mut progress = progress_sender(&ctx);
-        let v = self.engine.get_workflow_run(&p, &a.run_id, wait, &mut progress).await?;
+        let v = self
+            .engine
+            .get_workflow_run(&p, &a.run_id, wait, &mut progress)
+            .await?;
         check_session(&v, a.session_id.as_deref())?;
         Ok(Json(v))
     }
@@ -350,14 +447,31 @@ impl MyrmexServer {
     #[tool(
         name = "list_workflow_runs",
         description = "List your runs, oldest first, filtered by session, status or workflow. Paginated.",
-        annotations(title = "List workflow runs", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "List workflow runs",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn list_workflow_runs(&self, Parameters(args): Parameters<Args<ListRunsArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<RunPage>, Error> {
+    async fn list_workflow_runs(
+        &self,
+        Parameters(args): Parameters<Args<ListRunsArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<RunPage>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         Ok(Json(
             self.engine
-                .list_workflow_runs(&p, a.session_id.as_deref(), a.status.as_deref(), a.workflow_name.as_deref(), a.cursor.as_deref(), a.limit)
+                .list_workflow_runs(
+                    &p,
+                    a.session_id.as_deref(),
+                    a.status.as_deref(),
+                    a.workflow_name.as_deref(),
+                    a.cursor.as_deref(),
+                    a.limit,
+                )
                 .await?,
         ))
     }
@@ -365,14 +479,27 @@ impl MyrmexServer {
     #[tool(
         name = "cancel_workflow_run",
         description = "Cancel a running run: running steps are cancelled, the others marked cancelled. A run that already ended is an error that changes nothing.",
-        annotations(title = "Cancel workflow run", read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Cancel workflow run",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn cancel_workflow_run(&self, Parameters(args): Parameters<Args<CancelRunArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<RunView>, Error> {
+    async fn cancel_workflow_run(
+        &self,
+        Parameters(args): Parameters<Args<CancelRunArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<RunView>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         if a.session_id.is_some() {
             let mut none = |_: usize, _: usize, _: String| {};
-            let v = self.engine.get_workflow_run(&p, &a.run_id, std::time::Duration::ZERO, &mut none).await?;
+            let v = self
+                .engine
+                .get_workflow_run(&p, &a.run_id, std::time::Duration::ZERO, &mut none)
+                .await?;
             check_session(&v, a.session_id.as_deref())?;
         }
         Ok(Json(self.engine.cancel_workflow_run(&p, &a.run_id).await?))
@@ -381,27 +508,54 @@ impl MyrmexServer {
     #[tool(
         name = "retry_workflow_run",
         description = "Start a new run of a finished run's workflow version and parameters: failed, cancelled and skipped steps run again; succeeded steps whose resolved inputs are unchanged are reused.",
-        annotations(title = "Retry workflow run", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            title = "Retry workflow run",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
-    async fn retry_workflow_run(&self, Parameters(args): Parameters<Args<RunArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<RunView>, Error> {
+    async fn retry_workflow_run(
+        &self,
+        Parameters(args): Parameters<Args<RunArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<RunView>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let wait = self.engine.wait_for(a.wait_seconds)?;
         if a.session_id.is_some() {
             let mut none = |_: usize, _: usize, _: String| {};
-            let v = self.engine.get_workflow_run(&p, &a.run_id, std::time::Duration::ZERO, &mut none).await?;
+            let v = self
+                .engine
+                .get_workflow_run(&p, &a.run_id, std::time::Duration::ZERO, &mut none)
+                .await?;
             check_session(&v, a.session_id.as_deref())?;
         }
         let mut progress = progress_sender(&ctx);
-        Ok(Json(self.engine.retry_workflow_run(&p, &a.run_id, wait, &mut progress).await?))
+        Ok(Json(
+            self.engine
+                .retry_workflow_run(&p, &a.run_id, wait, &mut progress)
+                .await?,
+        ))
     }
 
     #[tool(
         name = "create_complex_workflow",
         description = "Define a workflow from steps plus a dependency map ({step: [upstream...]}) and execute it in one call (the original create_complex_workflow). Returns the stored definition and the run.",
-        annotations(title = "Create and run complex workflow", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            title = "Create and run complex workflow",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
-    async fn create_complex_workflow(&self, Parameters(args): Parameters<Args<ComplexWorkflowArgs>>, ctx: RequestContext<RoleServer>) -> Result<Json<ComplexResult>, Error> {
+    async fn create_complex_workflow(
+        &self,
+        Parameters(args): Parameters<Args<ComplexWorkflowArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ComplexResult>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let wait = self.engine.wait_for(a.wait_seconds)?;
@@ -430,14 +584,28 @@ impl MyrmexServer {
             on_failure: d.on_failure,
         };
         let mut progress = progress_sender(&ctx);
-        let (workflow, run) = self.engine.create_complex_workflow(&p, a.session_id.as_deref(), spec, a.parameters, wait, &mut progress).await?;
+        let (workflow, run) = self
+            .engine
+            .create_complex_workflow(
+                &p,
+                a.session_id.as_deref(),
+                spec,
+                a.parameters,
+                wait,
+                &mut progress,
+            )
+            .await?;
         Ok(Json(ComplexResult { workflow, run }))
     }
 }
 
 fn check_session(v: &RunView, session_id: Option<&str>) -> Result<(), Error> {
     match session_id {
-        Some(s) if s != v.session_id => Err(Error::not_found("run", &v.run_id, "The run does not belong to that session; omit session_id or pass the run's own.")),
+        Some(s) if s != v.session_id => Err(Error::not_found(
+            "run",
+            &v.run_id,
+            "The run does not belong to that session; omit session_id or pass the run's own.",
+        )),
         _ => Ok(()),
     }
 }
