@@ -323,63 +323,45 @@ impl RunManager {
                 t.set(st);
             }
         }
-        let mut halted = steps
-            .iter()
-            .any(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT))
+        let mut halted = steps.iter().any(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT))
             && spec.on_failure == OnFailure::FailFast;
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+        for (i, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                dependents[d].push(i);
+            }
+        }
+        // Dependencies of each step not yet final; a step is settled when it reaches 0.
+        let mut waiting_on: Vec<usize> =
+            deps.iter().map(|ds| ds.iter().filter(|&&d| !is_terminal(&steps[d].status)).count()).collect();
+        // Steps to settle (all dependencies final), and steps ready to start by urgency.
+        let mut settle: std::collections::VecDeque<usize> =
+            order.iter().copied().filter(|&i| !is_terminal(&steps[i].status) && waiting_on[i] == 0).collect();
+        let mut ready: std::collections::BinaryHeap<(Priority, std::cmp::Reverse<usize>, usize)> =
+            std::collections::BinaryHeap::new();
+        let urgency = |i: usize| if by_priority { spec.steps[i].priority } else { Priority::Normal };
         let mut running: JoinSet<(usize, StepRecord)> = JoinSet::new();
         let mut in_flight = 0usize;
         loop {
-            // Settle pending steps whose dependencies are all done.
-            let mut ready: Vec<usize> = Vec::new();
-            for &i in &order {
-                if steps[i].status != PENDING && steps[i].status != READY {
-                    continue;
-                }
-                if !deps[i].iter().all(|&d| is_terminal(&steps[d].status)) {
-                    continue;
-                }
+            // Settle steps whose dependencies are all final: skip, cancel, fail or make ready.
+            while let Some(i) = settle.pop_front() {
                 let s = &spec.steps[i];
                 let bad_dep = deps[i].iter().find(|&&d| dep_failed(&steps[d]));
-                let decision =
-                    if let (TriggerRule::AllSuccess, Some(&d)) = (s.trigger_rule, bad_dep) {
-                        Some((
-                            SKIPPED,
-                            err_json(
-                                ErrorCode::DependencyFailed,
-                                format!("dependency '{}' {}", spec.steps[d].name, steps[d].status),
-                            ),
-                        ))
-                    } else if halted && s.trigger_rule != TriggerRule::AllDone {
-                        Some((
-                            CANCELLED,
-                            err_json(
-                                ErrorCode::Cancelled,
-                                "not started: an earlier step failed and on_failure is fail_fast",
-                            ),
-                        ))
-                    } else if let Some(w) = &s.when {
-                        let table = shared.read().unwrap_or_else(|p| p.into_inner());
-                        let scope = RunScope {
-                            params: &params,
-                            table: &table,
-                            run_id: &run.id,
-                            session_id: &run.session_id,
-                        };
-                        match condition::parse(w).and_then(|e| e.eval(&scope)) {
-                            Ok(v) if condition::truthy(&v) => None,
-                            Ok(_) => Some((
-                                SKIPPED,
-                                err_json_code("CONDITION_FALSE", format!("when '{w}' is false")),
-                            )),
-                            Err(e) => Some((
-                                FAILED,
-                                err_json(ErrorCode::InvalidParameters, format!("when '{w}': {e}")),
-                            )),
-                        }
-                    } else {
-                        None
-                    };
+                let decision = if let (TriggerRule::AllSuccess, Some(&d)) = (s.trigger_rule, bad_dep) {
+                    Some((SKIPPED, err_json(ErrorCode::DependencyFailed, format!("dependency '{}' {}", spec.steps[d].name, steps[d].status))))
+                } else if halted && s.trigger_rule != TriggerRule::AllDone {
+                    Some((CANCELLED, err_json(ErrorCode::Cancelled, "not started: an earlier step failed and on_failure is fail_fast")))
+                } else if let Some(w) = &s.when {
+                    let table = shared.read().unwrap_or_else(|p| p.into_inner());
+                    let scope = RunScope { params: &params, table: &table, run_id: &run.id, session_id: &run.session_id };
+                    match condition::parse(w).and_then(|e| e.eval(&scope)) {
+                        Ok(v) if condition::truthy(&v) => None,
+                        Ok(_) => Some((SKIPPED, err_json_code("CONDITION_FALSE", format!("when '{w}' is false")))),
+                        Err(e) => Some((FAILED, err_json(ErrorCode::InvalidParameters, format!("when '{w}': {e}")))),
+                    }
+                } else {
+                    None
+                };
                 match decision {
                     Some((st, error)) => {
                         let rec = &mut steps[i];
@@ -392,25 +374,22 @@ impl RunManager {
                             halted = true;
                         }
                         active.bump();
+                        for &j in &dependents[i] {
+                            waiting_on[j] -= 1;
+                            if waiting_on[j] == 0 {
+                                settle.push_back(j);
+                            }
+                        }
                     }
-                    None => ready.push(i),
+                    None => ready.push((urgency(i), std::cmp::Reverse(position_in_plan[i]), i)),
                 }
             }
-            if by_priority {
-                ready.sort_by_key(|&i| {
-                    (
-                        std::cmp::Reverse(spec.steps[i].priority),
-                        position_in_plan[i],
-                    )
-                });
-            }
-            for &i in &ready {
-                if in_flight >= limit {
-                    if steps[i].status != READY {
-                        steps[i].status = READY.into();
-                        store.update_step(&steps[i]).await?;
-                        active.bump();
-                    }
+            // Start ready steps, most urgent first, up to the limit.
+            while in_flight < limit {
+                let Some((_, _, i)) = ready.pop() else { break };
+                if halted && spec.steps[i].trigger_rule != TriggerRule::AllDone {
+                    // Became ready before the failure: do not start it now.
+                    settle.push_back(i);
                     continue;
                 }
                 steps[i].status = RUNNING.into();
@@ -427,6 +406,17 @@ impl RunManager {
                 };
                 running.spawn(async move { (i, task.run().await) });
             }
+            if !settle.is_empty() {
+                continue;
+            }
+            // Steps that wait for a slot are `ready`.
+            for &(_, _, i) in ready.iter() {
+                if steps[i].status != READY {
+                    steps[i].status = READY.into();
+                    store.update_step(&steps[i]).await?;
+                    active.bump();
+                }
+            }
             if in_flight == 0 {
                 break;
             }
@@ -438,8 +428,30 @@ impl RunManager {
                             if matches!(rec.status.as_str(), FAILED | TIMED_OUT) && spec.on_failure == OnFailure::FailFast {
                                 halted = true;
                             }
+                            let mut rec = rec;
+                            if !is_terminal(&rec.status) && !active.cancel.is_cancelled() {
+                                // The step's own bookkeeping failed (the store is in trouble).
+                                rec.status = FAILED.into();
+                                rec.error = err_json(ErrorCode::StoreUnavailable, "the step's state could not be saved");
+                                rec.finished_at = Some(now_ms());
+                                if let Err(e) = store.update_step(&rec).await {
+                                    tracing::error!(run = %run.id, step = %rec.name, error = %e, "cannot record step failure");
+                                }
+                                if spec.on_failure == OnFailure::FailFast {
+                                    halted = true;
+                                }
+                            }
                             shared.write().unwrap_or_else(|p| p.into_inner()).set(&rec);
+                            let done = is_terminal(&rec.status);
                             steps[i] = rec;
+                            if done {
+                                for &j in &dependents[i] {
+                                    waiting_on[j] -= 1;
+                                    if waiting_on[j] == 0 {
+                                        settle.push_back(j);
+                                    }
+                                }
+                            }
                         }
                         Some(Err(e)) => return Err(crate::error::Error::internal(format!("step task panicked: {e}"))),
                         None => {}
