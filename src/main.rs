@@ -55,6 +55,20 @@ enum Command {
     },
     /// Read a bearer token on stdin and print the SHA-256 to put in `[[auth.tokens]] token_sha256`.
     HashToken,
+    /// Validate a workflow file (JSON or YAML): print every problem, or the execution plan.
+    Validate {
+        /// The workflow file.
+        file: PathBuf,
+    },
+    /// Run a workflow file on the embedded store with a live progress display; print the run as JSON.
+    /// Ctrl-C cancels the run.
+    Run {
+        /// The workflow file.
+        file: PathBuf,
+        /// A parameter value: KEY=VALUE (VALUE is parsed as JSON when it can be). Repeatable.
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +114,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("{}", server::http::sha256_hex(token));
             Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Validate { file }) => {
+            let config = Config::load(
+                cli.config.as_deref(),
+                &overrides(cli.data_dir, cli.store, cli.log_level),
+            )?;
+            Ok(if myrmex::cli::validate(&config, &file)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Some(Command::Run { file, params }) => {
+            let mut config = Config::load(
+                cli.config.as_deref(),
+                &overrides(cli.data_dir, cli.store, cli.log_level),
+            )?;
+            if config.log_level == Config::default().log_level {
+                // The progress display is the output; only problems are logged.
+                config.log_level = "warn".into();
+            }
+            let params = myrmex::cli::parse_params(&params)?;
+            myrmex::telemetry::init(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let ok = runtime.block_on(async move {
+                let data_dir = config.data_dir()?;
+                std::fs::create_dir_all(&data_dir).map_err(|e| {
+                    anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display())
+                })?;
+                let store = myrmex::store::open(&config.store_spec()?).await?;
+                let engine = Engine::new(config, store);
+                let ok = myrmex::cli::run(&engine, &file, params).await;
+                engine.stop();
+                ok
+            })?;
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Some(Command::Serve { http }) => serve(
             cli.config,

@@ -323,7 +323,9 @@ impl RunManager {
                 t.set(st);
             }
         }
-        let mut halted = steps.iter().any(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT))
+        let mut halted = steps
+            .iter()
+            .any(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT))
             && spec.on_failure == OnFailure::FailFast;
         let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
         for (i, ds) in deps.iter().enumerate() {
@@ -332,14 +334,29 @@ impl RunManager {
             }
         }
         // Dependencies of each step not yet final; a step is settled when it reaches 0.
-        let mut waiting_on: Vec<usize> =
-            deps.iter().map(|ds| ds.iter().filter(|&&d| !is_terminal(&steps[d].status)).count()).collect();
+        let mut waiting_on: Vec<usize> = deps
+            .iter()
+            .map(|ds| {
+                ds.iter()
+                    .filter(|&&d| !is_terminal(&steps[d].status))
+                    .count()
+            })
+            .collect();
         // Steps to settle (all dependencies final), and steps ready to start by urgency.
-        let mut settle: std::collections::VecDeque<usize> =
-            order.iter().copied().filter(|&i| !is_terminal(&steps[i].status) && waiting_on[i] == 0).collect();
+        let mut settle: std::collections::VecDeque<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| !is_terminal(&steps[i].status) && waiting_on[i] == 0)
+            .collect();
         let mut ready: std::collections::BinaryHeap<(Priority, std::cmp::Reverse<usize>, usize)> =
             std::collections::BinaryHeap::new();
-        let urgency = |i: usize| if by_priority { spec.steps[i].priority } else { Priority::Normal };
+        let urgency = |i: usize| {
+            if by_priority {
+                spec.steps[i].priority
+            } else {
+                Priority::Normal
+            }
+        };
         let mut running: JoinSet<(usize, StepRecord)> = JoinSet::new();
         let mut in_flight = 0usize;
         loop {
@@ -347,21 +364,45 @@ impl RunManager {
             while let Some(i) = settle.pop_front() {
                 let s = &spec.steps[i];
                 let bad_dep = deps[i].iter().find(|&&d| dep_failed(&steps[d]));
-                let decision = if let (TriggerRule::AllSuccess, Some(&d)) = (s.trigger_rule, bad_dep) {
-                    Some((SKIPPED, err_json(ErrorCode::DependencyFailed, format!("dependency '{}' {}", spec.steps[d].name, steps[d].status))))
-                } else if halted && s.trigger_rule != TriggerRule::AllDone {
-                    Some((CANCELLED, err_json(ErrorCode::Cancelled, "not started: an earlier step failed and on_failure is fail_fast")))
-                } else if let Some(w) = &s.when {
-                    let table = shared.read().unwrap_or_else(|p| p.into_inner());
-                    let scope = RunScope { params: &params, table: &table, run_id: &run.id, session_id: &run.session_id };
-                    match condition::parse(w).and_then(|e| e.eval(&scope)) {
-                        Ok(v) if condition::truthy(&v) => None,
-                        Ok(_) => Some((SKIPPED, err_json_code("CONDITION_FALSE", format!("when '{w}' is false")))),
-                        Err(e) => Some((FAILED, err_json(ErrorCode::InvalidParameters, format!("when '{w}': {e}")))),
-                    }
-                } else {
-                    None
-                };
+                let decision =
+                    if let (TriggerRule::AllSuccess, Some(&d)) = (s.trigger_rule, bad_dep) {
+                        Some((
+                            SKIPPED,
+                            err_json(
+                                ErrorCode::DependencyFailed,
+                                format!("dependency '{}' {}", spec.steps[d].name, steps[d].status),
+                            ),
+                        ))
+                    } else if halted && s.trigger_rule != TriggerRule::AllDone {
+                        Some((
+                            CANCELLED,
+                            err_json(
+                                ErrorCode::Cancelled,
+                                "not started: an earlier step failed and on_failure is fail_fast",
+                            ),
+                        ))
+                    } else if let Some(w) = &s.when {
+                        let table = shared.read().unwrap_or_else(|p| p.into_inner());
+                        let scope = RunScope {
+                            params: &params,
+                            table: &table,
+                            run_id: &run.id,
+                            session_id: &run.session_id,
+                        };
+                        match condition::parse(w).and_then(|e| e.eval(&scope)) {
+                            Ok(v) if condition::truthy(&v) => None,
+                            Ok(_) => Some((
+                                SKIPPED,
+                                err_json_code("CONDITION_FALSE", format!("when '{w}' is false")),
+                            )),
+                            Err(e) => Some((
+                                FAILED,
+                                err_json(ErrorCode::InvalidParameters, format!("when '{w}': {e}")),
+                            )),
+                        }
+                    } else {
+                        None
+                    };
                 match decision {
                     Some((st, error)) => {
                         let rec = &mut steps[i];

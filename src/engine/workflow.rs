@@ -470,7 +470,7 @@ pub fn validate(
             let path = cycle_path(&g, &scc, spec);
             p.push(problem(
                 "CYCLE_DETECTED",
-                Some(&spec.steps[g[scc[0]]].name),
+                Some(&path[0]),
                 Some("dependencies"),
                 format!("dependency cycle: {}", path.join(" -> ")),
             ));

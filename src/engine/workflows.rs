@@ -515,6 +515,22 @@ impl Engine {
         self.wait_run(&id, wait, progress).await
     }
 
+    /// Start a run of a definition that is not stored (a workflow file run from
+    /// the command line). Returns the run id without waiting.
+    pub async fn start_definition(
+        &self,
+        p: &Principal,
+        session_id: Option<&str>,
+        spec: WorkflowSpec,
+        req: ExecuteRequest,
+    ) -> Result<String> {
+        validate(&spec, self.registry(), &self.workflow_limits())
+            .map_err(|e| problems_error(e, "the workflow is invalid"))?;
+        let session = self.sessions().resolve(p, session_id).await?;
+        self.start_run(p, &session, spec, 1, "file", req, None, Vec::new())
+            .await
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn start_run(
         &self,
