@@ -70,7 +70,7 @@ async fn main() {
         "{:<8} {:<8} {:>12} {:>12} {:>14} {:>12}",
         "store", "shape", "validate_ms", "run_s", "steps_per_s", "us_per_step"
     );
-    for store_kind in ["memory", "sqlite"] {
+    for store_kind in ["memory", "sqlite", "sqlite-normal"] {
         for kind in ["chain", "fanout", "random"] {
             let store: Arc<dyn Store> = match store_kind {
                 "memory" => Arc::new(myrmex::store::memory::MemoryStore::default()),
@@ -113,7 +113,7 @@ async fn main() {
             let secs = t.elapsed().as_secs_f64();
             assert_eq!(run.status, "succeeded");
             println!(
-                "{store_kind:<8} {kind:<8} {validate_ms:>12.1} {secs:>12.2} {:>14.0} {:>12.1}",
+                "{store_kind:<14} {kind:<8} {validate_ms:>12.1} {secs:>12.2} {:>14.0} {:>12.1}",
                 n as f64 / secs,
                 secs * 1e6 / n as f64
             );

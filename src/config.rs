@@ -24,6 +24,11 @@ pub struct Config {
     /// `memory`, `sqlite` (the file `myrmex.db` in the data directory),
     /// `sqlite://PATH`, or a database URL.
     pub store: String,
+    /// SQLite durability: `full` (default; every commit is on disk before the
+    /// caller is answered, also across power loss) or `normal` (WAL without an
+    /// fsync per commit: survives a crash of myrmex, may lose the last commits
+    /// on power loss; several times faster for step-heavy workloads).
+    pub sqlite_synchronous: SqliteSync,
     /// A tracing filter: `error`, `warn`, `info`, `debug`, `trace`, or a
     /// directive list such as `myrmex=debug,sqlx=warn`.
     pub log_level: String,
@@ -64,6 +69,14 @@ impl Default for WorkflowsConfig {
             max_wait_seconds: 50,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    #[default]
+    Full,
+    Normal,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -149,6 +162,7 @@ impl Default for Config {
         Self {
             data_dir: None,
             store: "sqlite".into(),
+            sqlite_synchronous: SqliteSync::Full,
             log_level: "info,rmcp=warn,sqlx=warn".into(),
             log_format: LogFormat::Text,
             workflows_dirs: Vec::new(),
@@ -217,7 +231,7 @@ pub struct Overrides {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSpec {
     Memory,
-    Sqlite(PathBuf),
+    Sqlite(PathBuf, SqliteSync),
 }
 
 impl Config {
@@ -307,13 +321,16 @@ impl Config {
         let s = self.store.trim();
         match s {
             "memory" => Ok(StoreSpec::Memory),
-            "sqlite" => Ok(StoreSpec::Sqlite(self.data_dir()?.join("myrmex.db"))),
+            "sqlite" => Ok(StoreSpec::Sqlite(
+                self.data_dir()?.join("myrmex.db"),
+                self.sqlite_synchronous,
+            )),
             _ if s.starts_with("sqlite://") => {
                 let p = &s["sqlite://".len()..];
                 if p.is_empty() {
                     anyhow::bail!("store '{s}': give a file path after sqlite://");
                 }
-                Ok(StoreSpec::Sqlite(PathBuf::from(p)))
+                Ok(StoreSpec::Sqlite(PathBuf::from(p), self.sqlite_synchronous))
             }
             _ if s.starts_with("postgres://") || s.starts_with("postgresql://") => anyhow::bail!(
                 "store '{s}': the PostgreSQL store is not available in this build yet; use `sqlite` or `memory`"
@@ -396,12 +413,15 @@ mod tests {
         };
         assert_eq!(
             c.store_spec().unwrap(),
-            StoreSpec::Sqlite("/d/myrmex.db".into())
+            StoreSpec::Sqlite("/d/myrmex.db".into(), SqliteSync::Full)
         );
         c.store = "memory".into();
         assert_eq!(c.store_spec().unwrap(), StoreSpec::Memory);
         c.store = "sqlite:///x/y.db".into();
-        assert_eq!(c.store_spec().unwrap(), StoreSpec::Sqlite("/x/y.db".into()));
+        assert_eq!(
+            c.store_spec().unwrap(),
+            StoreSpec::Sqlite("/x/y.db".into(), SqliteSync::Full)
+        );
         c.store = "sqlite://".into();
         assert!(c.store_spec().is_err());
         c.store = "postgres://localhost/db".into();

@@ -62,11 +62,28 @@ struct Active {
     cancel: CancellationToken,
     stop: OnceLock<Stop>,
     changed: watch::Sender<u64>,
+    progress: Mutex<Progress>,
+}
+
+/// How far a run is, kept in memory so waiting callers need not read every step.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Steps in a final state.
+    pub done: usize,
+    pub total: usize,
+    /// The step that reached a final state last, and how.
+    pub last: String,
 }
 
 impl Active {
     fn bump(&self) {
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn step_done(&self, rec: &StepRecord) {
+        let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        p.done += 1;
+        p.last = format!("step '{}' {}", rec.name, rec.status);
     }
 }
 
@@ -116,6 +133,15 @@ impl RunManager {
         self.store.insert_run(&run, &steps).await?;
         self.spawn(run.id, run.session_id, max_workflows);
         Ok(())
+    }
+
+    /// Progress of a run driven by this process (None when it is not active here).
+    pub fn progress(&self, run_id: &str) -> Option<Progress> {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .map(|a| a.progress.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Subscribe to changes of a run driven by this process (None when it is not active here).
@@ -213,6 +239,7 @@ impl RunManager {
             cancel: self.shutdown.child_token(),
             stop: OnceLock::new(),
             changed: tx,
+            progress: Mutex::new(Progress::default()),
         });
         self.active
             .lock()
@@ -254,6 +281,11 @@ impl RunManager {
         })?;
         let params: Map<String, Value> = serde_json::from_str(&run.parameters).unwrap_or_default();
         let mut steps = store.run_steps(run_id).await?;
+        {
+            let mut p = active.progress.lock().unwrap_or_else(|p| p.into_inner());
+            p.total = steps.len();
+            p.done = steps.iter().filter(|s| is_terminal(&s.status)).count();
+        }
 
         // Wait for a workflow slot of the session.
         let _permit = tokio::select! {
@@ -411,6 +443,7 @@ impl RunManager {
                         rec.finished_at = Some(now_ms());
                         store.update_step(rec).await?;
                         shared.write().unwrap_or_else(|p| p.into_inner()).set(rec);
+                        active.step_done(rec);
                         if st == FAILED && spec.on_failure == OnFailure::FailFast {
                             halted = true;
                         }
@@ -450,13 +483,19 @@ impl RunManager {
             if !settle.is_empty() {
                 continue;
             }
-            // Steps that wait for a slot are `ready`.
-            for &(_, _, i) in ready.iter() {
-                if steps[i].status != READY {
+            // Steps that wait for a slot are `ready` (written together: one group commit).
+            let newly_ready: Vec<usize> = ready
+                .iter()
+                .map(|&(_, _, i)| i)
+                .filter(|&i| steps[i].status != READY)
+                .collect();
+            if !newly_ready.is_empty() {
+                for &i in &newly_ready {
                     steps[i].status = READY.into();
-                    store.update_step(&steps[i]).await?;
-                    active.bump();
                 }
+                let writes = newly_ready.iter().map(|&i| store.update_step(&steps[i]));
+                futures::future::try_join_all(writes).await?;
+                active.bump();
             }
             if in_flight == 0 {
                 break;
@@ -484,6 +523,9 @@ impl RunManager {
                             }
                             shared.write().unwrap_or_else(|p| p.into_inner()).set(&rec);
                             let done = is_terminal(&rec.status);
+                            if done {
+                                active.step_done(&rec);
+                            }
                             steps[i] = rec;
                             if done {
                                 for &j in &dependents[i] {

@@ -658,44 +658,53 @@ impl Engine {
         progress: &mut (dyn FnMut(usize, usize, String) + Send),
     ) -> Result<RunView> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut rx = self.runs().watch(run_id);
-        let mut last_done = usize::MAX;
+        let mut last_done: Option<usize> = None;
         loop {
-            let v = self.run_view(run_id).await?;
-            if v.steps_completed != last_done {
-                if last_done != usize::MAX || v.steps_completed > 0 {
-                    let latest = v
-                        .steps
-                        .iter()
-                        .filter(|s| s.finished_at.is_some())
-                        .max_by(|a, b| a.finished_at.cmp(&b.finished_at))
-                        .map(|s| format!("step '{}' {}", s.name, s.status))
-                        .unwrap_or_default();
-                    progress(v.steps_completed, v.steps_total, latest);
+            let mut rx = self.runs().watch(run_id);
+            match self.runs().progress(run_id) {
+                // Driven here: report progress from memory, read the steps once at the end.
+                Some(p) => {
+                    if last_done != Some(p.done) && (last_done.is_some() || p.done > 0) {
+                        progress(p.done, p.total, p.last.clone());
+                    }
+                    last_done = Some(p.done);
                 }
-                last_done = v.steps_completed;
+                // Not driven here (finished, or driven by another process): read the run.
+                None => {
+                    let v = self.run_view(run_id).await?;
+                    if last_done.is_some_and(|d| d != v.steps_completed) {
+                        let last = v
+                            .steps
+                            .iter()
+                            .filter(|s| s.finished_at.is_some())
+                            .max_by(|a, b| a.finished_at.cmp(&b.finished_at))
+                            .map(|s| format!("step '{}' {}", s.name, s.status))
+                            .unwrap_or_default();
+                        progress(v.steps_completed, v.steps_total, last);
+                    }
+                    if !matches!(v.status.as_str(), status::PENDING | status::RUNNING)
+                        || tokio::time::Instant::now() >= deadline
+                    {
+                        return Ok(v);
+                    }
+                    last_done = Some(v.steps_completed);
+                }
             }
-            let finished = !matches!(v.status.as_str(), status::PENDING | status::RUNNING);
-            if finished || tokio::time::Instant::now() >= deadline {
-                return Ok(v);
+            if tokio::time::Instant::now() >= deadline {
+                return self.run_view(run_id).await;
             }
             match rx.as_mut() {
                 Some(rx) => {
                     tokio::select! {
-                        r = rx.changed() => if r.is_err() {
-                            // The driver ended: read the final state.
-                            return self.run_view(run_id).await;
-                        },
+                        _ = rx.changed() => {}
                         _ = tokio::time::sleep_until(deadline) => {}
                     }
                 }
                 None => {
-                    // Driven elsewhere (or not yet resumed): poll.
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         _ = tokio::time::sleep_until(deadline) => {}
                     }
-                    rx = self.runs().watch(run_id);
                 }
             }
         }

@@ -264,7 +264,9 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match spec {
         StoreSpec::Memory => Arc::new(memory::MemoryStore::default()),
-        StoreSpec::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
+        StoreSpec::Sqlite(path, sync) => {
+            Arc::new(sqlite::SqliteStore::open_with(path, *sync).await?)
+        }
     })
 }
 

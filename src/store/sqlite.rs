@@ -22,6 +22,71 @@ use super::{
 pub struct SqliteStore {
     pool: SqlitePool,
     path: PathBuf,
+    /// Run and step updates go through one writer that commits whatever is
+    /// queued in a single transaction (group commit): one fsync for many updates.
+    writes: tokio::sync::mpsc::Sender<Write>,
+}
+
+enum WriteOp {
+    Run(RunRecord),
+    Step(StepRecord),
+}
+
+struct Write {
+    op: WriteOp,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Most updates committed in one transaction.
+const GROUP_COMMIT_MAX: usize = 512;
+
+fn replace_run_sql() -> String {
+    format!(
+        "REPLACE INTO runs ({RUN_COLUMNS}) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+    )
+}
+
+fn replace_step_sql() -> String {
+    format!(
+        "REPLACE INTO run_steps ({STEP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    )
+}
+
+async fn commit_batch(pool: &SqlitePool, batch: &[Write]) -> Result<(), sqlx::Error> {
+    let (run_sql, step_sql) = (replace_run_sql(), replace_step_sql());
+    let mut tx = pool.begin().await?;
+    for w in batch {
+        match &w.op {
+            WriteOp::Run(r) => {
+                bind_run(query(AssertSqlSafe(run_sql.clone())), r)
+                    .execute(&mut *tx)
+                    .await?
+            }
+            WriteOp::Step(s) => {
+                bind_step(query(AssertSqlSafe(step_sql.clone())), s)
+                    .execute(&mut *tx)
+                    .await?
+            }
+        };
+    }
+    tx.commit().await
+}
+
+async fn writer(pool: SqlitePool, mut rx: tokio::sync::mpsc::Receiver<Write>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let result = commit_batch(&pool, &batch).await.map_err(|e| e.to_string());
+        for w in batch {
+            let _ = w.done.send(result.clone());
+        }
+    }
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
@@ -193,6 +258,11 @@ fn sessions_from_rows(rows: Vec<SqliteRow>) -> StoreResult<Vec<SessionRecord>> {
 impl SqliteStore {
     /// Open or create the database file, then apply pending migrations.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        Self::open_with(path, crate::config::SqliteSync::Full).await
+    }
+
+    /// Open with a chosen durability level.
+    pub async fn open_with(path: &Path, sync: crate::config::SqliteSync) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 anyhow::anyhow!("cannot create data directory {}: {e}", dir.display())
@@ -202,7 +272,10 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(match sync {
+                crate::config::SqliteSync::Full => SqliteSynchronous::Full,
+                crate::config::SqliteSync::Normal => SqliteSynchronous::Normal,
+            })
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
@@ -214,10 +287,27 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("cannot migrate SQLite store {}: {e}", path.display()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * GROUP_COMMIT_MAX);
+        tokio::spawn(writer(pool.clone(), rx));
         Ok(Self {
             pool,
             path: path.to_path_buf(),
+            writes: tx,
         })
+    }
+}
+
+impl SqliteStore {
+    /// Queue an update for the group-commit writer and wait until it is durable.
+    async fn write(&self, op: WriteOp) -> StoreResult<()> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.writes
+            .send(Write { op, done })
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
+        wait.await
+            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?
+            .map_err(StoreError::Unavailable)
     }
 }
 
@@ -462,26 +552,11 @@ impl Store for SqliteStore {
     }
 
     async fn update_run(&self, run: &RunRecord) -> StoreResult<()> {
-        let sql = format!(
-            "REPLACE INTO runs ({RUN_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-        );
-        bind_run(query(AssertSqlSafe(sql)), run)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+        self.write(WriteOp::Run(run.clone())).await
     }
 
     async fn update_step(&self, step: &StepRecord) -> StoreResult<()> {
-        let sql = format!(
-            "REPLACE INTO run_steps ({STEP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-        );
-        bind_step(query(AssertSqlSafe(sql)), step)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+        self.write(WriteOp::Step(step.clone())).await
     }
 
     async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
