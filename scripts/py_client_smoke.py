@@ -46,6 +46,19 @@ async def exercise(server, mode: str, label: str) -> None:
         error = json.loads(res.content[0].text)["error"]
         assert error["code"] == "INVALID_PARAMETERS" and "colour" in error["message"], error
 
+        res = await client.call_tool("create_workflow", {
+            "name": "py-flow",
+            "parameters": {"who": {"type": "string", "required": True}},
+            "steps": [
+                {"name": "greet", "module": "core", "action": "echo", "parameters": {"text": "hi {{params.who}}"}},
+                {"name": "wait", "module": "core", "action": "sleep", "parameters": {"ms": 50}, "dependencies": ["greet"]},
+            ],
+        })
+        assert not res.is_error, f"{label}: create_workflow failed: {res}"
+        res = await client.call_tool("execute_workflow", {"workflow_name": "py-flow", "parameters": {"who": "python"}, "wait_seconds": 20})
+        assert not res.is_error and res.structured_content["status"] == "succeeded", res
+        assert res.structured_content["workflow_results"]["greet"] == {"text": "hi python"}, res
+
         res = await client.call_tool("get_health_status", {})
         assert not res.is_error and res.structured_content["overall_status"] == "healthy", res
         print(f"py-client {label} (protocol {client.protocol_version}): ok")

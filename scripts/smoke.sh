@@ -64,6 +64,10 @@ for era in legacy modern; do
   if inspector "${SRV[@]}" --protocol-era "$era" --method tools/call --tool-name create_session --tool-args-json '{"name":"inspector","mode":"parallel"}'; then
     expect_json "inspector stdio $era create_session" "r['structuredContent']['session_id'].startswith('ses_') and r['structuredContent']['mode']=='parallel'"
   else fail "inspector stdio $era create_session"; cat "$WORK/err.txt"; fi
+  WF='{"name":"smoke","workflow_definition":{"steps":[{"name":"a","module":"core","action":"set","parameters":{"value":{"n":2}}},{"name":"b","module":"core","action":"echo","parameters":{"n":"{{steps.a.output.n}}"}}],"dependencies":{"b":["a"]}},"wait_seconds":20}'
+  if inspector "${SRV[@]}" --protocol-era "$era" --method tools/call --tool-name create_complex_workflow --tool-args-json "$WF"; then
+    expect_json "inspector stdio $era create_complex_workflow runs" "r['structuredContent']['run']['status']=='succeeded' and r['structuredContent']['run']['workflow_results']['b']=={'n':2}"
+  else fail "inspector stdio $era create_complex_workflow"; cat "$WORK/err.txt"; fi
   # A tool error: exit code 5 (isError) and our structured error body.
   set +e
   inspector "${SRV[@]}" --protocol-era "$era" --method tools/call --tool-name close_session --tool-args-json '{"session_id":"ses_missing"}'

@@ -159,6 +159,7 @@ pub struct RunView {
     pub steps_total: usize,
     /// Why the run did not succeed.
     pub error_message: Option<String>,
+    /// `{code, message}` when the run did not succeed.
     pub error: Option<Value>,
     /// Outputs of succeeded steps, by step name.
     pub workflow_results: Map<String, Value>,

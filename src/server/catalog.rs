@@ -396,6 +396,32 @@ mod tests {
         }
     }
 
+    /// Older spec schemas (2025-11-25) require every property schema to be an
+    /// object: a bare `true` (what schemars emits for an undocumented JSON
+    /// value) fails the conformance suite's wire check.
+    #[test]
+    fn no_property_schema_is_a_bare_boolean() {
+        fn walk(v: &Value, at: &str) {
+            match v {
+                Value::Object(o) => {
+                    if let Some(Value::Object(props)) = o.get("properties") {
+                        for (k, p) in props {
+                            assert!(p.is_object(), "{at}.properties.{k} is {p}");
+                        }
+                    }
+                    for (k, x) in o {
+                        walk(x, &format!("{at}.{k}"));
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, at)),
+                _ => {}
+            }
+        }
+        for t in tools() {
+            walk(&serde_json::to_value(&t).unwrap(), &t.name);
+        }
+    }
+
     #[test]
     fn every_input_field_has_a_description() {
         for t in tools() {
