@@ -201,6 +201,23 @@ async fn step_and_workflow_timeouts() {
     let st = steps_by_name(&r);
     assert_eq!(st["a"]["status"], "timed_out");
     assert_eq!(st["b"]["status"], "cancelled");
+    // An action that ignores cancellation is abandoned and reported.
+    let r = run(
+        &c,
+        json!({"name": "stubborn", "steps": [{"name": "s", "module": "core", "action": "sleep",
+        "parameters": {"ms": 20000, "ignore_cancel": true}, "timeout_seconds": 1}]}),
+        json!({}),
+    )
+    .await;
+    let st = steps_by_name(&r);
+    assert_eq!(st["s"]["status"], "timed_out");
+    assert!(
+        st["s"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("abandoned"),
+        "{r}"
+    );
     // The call's own timeout overrides the definition's.
     let r = ok(
         &c,

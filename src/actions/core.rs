@@ -2,7 +2,7 @@
 //! own (passing values around, waiting) and as the test bed of the engine.
 //!
 //! - `core.echo` returns its parameters.
-//! - `core.sleep` waits `ms` milliseconds; cancellable.
+//! - `core.sleep` waits `ms` milliseconds; cancellable (unless `ignore_cancel`).
 //! - `core.fail` fails with `message`; with `times: n` only the first n attempts fail.
 //! - `core.set` returns `value` (any JSON) as its output.
 
@@ -38,8 +38,10 @@ impl Module for Core {
                 description: "Wait `ms` milliseconds (cancellable); output {slept_ms}.",
                 params_schema: json!({
                     "type": "object",
-                    "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": MAX_SLEEP_MS,
-                                          "description": "Milliseconds to wait."}},
+                    "properties": {
+                        "ms": {"type": "integer", "minimum": 0, "maximum": MAX_SLEEP_MS, "description": "Milliseconds to wait."},
+                        "ignore_cancel": {"type": "boolean", "description": "Keep sleeping when asked to stop, like an uncooperative action (to exercise timeouts)."}
+                    },
                     "required": ["ms"],
                     "additionalProperties": false
                 }),
@@ -85,6 +87,10 @@ impl Module for Core {
             "set" => Ok(params.get("value").cloned().unwrap_or(Value::Null)),
             "sleep" => {
                 let ms = params.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                if params.get("ignore_cancel").and_then(Value::as_bool) == Some(true) {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    return Ok(json!({"slept_ms": ms}));
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_millis(ms)) => Ok(json!({"slept_ms": ms})),
                     _ = ctx.cancel.cancelled() => Err(ActionError::cancelled()),

@@ -811,7 +811,10 @@ impl StepTask {
             self.rec.status = RUNNING.into();
             self.rec.error = None;
             self.rec.started_at.get_or_insert(now_ms());
-            self.save().await?;
+            // Not awaited to durability: a lost `running` mark only means the
+            // attempt is not counted; the step is attempted again either way.
+            self.mgr.store.queue_step(&self.rec).await?;
+            self.active.bump();
 
             let token = run_cancel.child_token();
             let ctx = ActionCtx {
@@ -834,6 +837,7 @@ impl StepTask {
                 _ = sleep_opt(limit) => Outcome::StepTimeout,
                 _ = run_cancel.cancelled() => Outcome::RunStopped,
             };
+            let mut abandoned = false;
             let outcome = match outcome {
                 // An action that stopped because the run was stopped.
                 Outcome::Done(Err(_)) if run_cancel.is_cancelled() => Outcome::RunStopped,
@@ -843,10 +847,7 @@ impl StepTask {
                     token.cancel();
                     if tokio::time::timeout(ABANDON_AFTER, &mut fut).await.is_err() {
                         tracing::warn!(run = %self.run_id, step = %self.spec.name, "action ignored cancellation; abandoned");
-                        self.rec.error = err_json(
-                            ErrorCode::TimeoutExceeded,
-                            "the action ignored cancellation and was abandoned",
-                        );
+                        abandoned = true;
                     }
                     other
                 }
@@ -867,14 +868,17 @@ impl StepTask {
                             self.rec.status = TIMED_OUT.into();
                             self.rec.error = err_json(
                                 ErrorCode::TimeoutExceeded,
-                                "the workflow's time limit passed while the step ran",
+                                abandon_note(
+                                    "the workflow's time limit passed while the step ran",
+                                    abandoned,
+                                ),
                             );
                         }
                         Stop::Cancelled => {
                             self.rec.status = CANCELLED.into();
                             self.rec.error = err_json(
                                 ErrorCode::Cancelled,
-                                "the run was cancelled while the step ran",
+                                abandon_note("the run was cancelled while the step ran", abandoned),
                             );
                         }
                     }
@@ -883,9 +887,12 @@ impl StepTask {
                 }
                 Outcome::StepTimeout => (
                     ErrorCode::TimeoutExceeded,
-                    format!(
-                        "attempt {attempt} exceeded the step's timeout of {} s",
-                        self.spec.timeout_seconds.unwrap_or_default()
+                    abandon_note(
+                        &format!(
+                            "attempt {attempt} exceeded the step's timeout of {} s",
+                            self.spec.timeout_seconds.unwrap_or_default()
+                        ),
+                        abandoned,
                     ),
                 ),
                 Outcome::Done(Err(e)) => (e.code, e.message),
@@ -922,6 +929,18 @@ impl StepTask {
                 }
             }
         }
+    }
+}
+
+/// Say so when the action had to be abandoned.
+fn abandon_note(message: &str, abandoned: bool) -> String {
+    if abandoned {
+        format!(
+            "{message}; the action ignored cancellation for {} s and was abandoned",
+            ABANDON_AFTER.as_secs()
+        )
+    } else {
+        message.to_string()
     }
 }
 

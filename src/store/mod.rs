@@ -245,6 +245,14 @@ pub trait Store: Send + Sync + 'static {
     /// Replace one step row.
     async fn update_step(&self, step: &StepRecord) -> StoreResult<()>;
 
+    /// Replace one step row without waiting for it to be durable. Later
+    /// writes of the same step are applied after it. Used for the `running`
+    /// mark of an attempt: if it is lost in a crash, the attempt is simply
+    /// not counted and the step runs again, as it would anyway.
+    async fn queue_step(&self, step: &StepRecord) -> StoreResult<()> {
+        self.update_step(step).await
+    }
+
     async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>>;
 
     /// Steps of a run in definition order.

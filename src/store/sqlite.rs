@@ -559,6 +559,17 @@ impl Store for SqliteStore {
         self.write(WriteOp::Step(step.clone())).await
     }
 
+    async fn queue_step(&self, step: &StepRecord) -> StoreResult<()> {
+        let (done, _) = tokio::sync::oneshot::channel();
+        self.writes
+            .send(Write {
+                op: WriteOp::Step(step.clone()),
+                done,
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))
+    }
+
     async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
         let row = query(AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"
