@@ -106,7 +106,7 @@ async fn main() {
                 .unwrap();
             while run.status == "running" || run.status == "pending" {
                 run = engine
-                    .get_workflow_run(&p, &run.run_id, Duration::from_secs(3600), &mut none)
+                    .get_workflow_run(&p, &run.run_id, None, Duration::from_secs(3600), &mut none)
                     .await
                     .unwrap();
             }

@@ -103,7 +103,7 @@ pub async fn run(engine: &Engine, file: &Path, params: Map<String, Value>) -> an
     let mut none = |_: usize, _: usize, _: String| {};
     let view = loop {
         let v = engine
-            .get_workflow_run(&p, &run_id, Duration::from_millis(200), &mut none)
+            .get_workflow_run(&p, &run_id, None, Duration::from_millis(200), &mut none)
             .await?;
         bar.set_position(v.steps_completed as u64);
         let running: Vec<&str> = v

@@ -65,7 +65,7 @@ proptest! {
             // Wait for the end (the first wait may return while running).
             for _ in 0..100 {
                 if run.status != "running" && run.status != "pending" { break; }
-                run = engine.get_workflow_run(&p, &run.run_id, Duration::from_secs(5), &mut none).await.unwrap();
+                run = engine.get_workflow_run(&p, &run.run_id, None, Duration::from_secs(5), &mut none).await.unwrap();
             }
             prop_assert!(run.status == "succeeded" || run.status == "failed", "run ended {}", run.status);
             prop_assert_eq!(run.steps_completed, deps.len());

@@ -38,6 +38,18 @@ fn steps_by_name(run: &Value) -> HashMap<String, Value> {
         .collect()
 }
 
+/// Poll a run until one of its steps reaches a status (bounded; no timing assertion).
+async fn wait_for_step(c: &Client, run_id: &Value, step: &str, status: &str) {
+    for _ in 0..250 {
+        let v = ok(c, "get_workflow_run", json!({"run_id": run_id})).await;
+        if steps_by_name(&v)[step]["status"] == status {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("step {step} of {run_id} never became {status}");
+}
+
 fn ts(v: &Value) -> chrono::DateTime<chrono::FixedOffset> {
     chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
         .unwrap()
@@ -708,13 +720,7 @@ async fn retry_reuses_succeeded_steps_with_unchanged_inputs() {
         json!({"workflow_name": "r", "wait_seconds": 0}),
     )
     .await;
-    for _ in 0..100 {
-        let v = ok(&c, "get_workflow_run", json!({"run_id": r["run_id"]})).await;
-        if steps_by_name(&v)["b"]["status"] == "running" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_step(&c, &r["run_id"], "b", "running").await;
     let r = ok(&c, "cancel_workflow_run", json!({"run_id": r["run_id"]})).await;
     assert_eq!(r["status"], "cancelled");
     err(
@@ -867,13 +873,7 @@ async fn unfinished_runs_resume_after_kill_9_without_rerunning_succeeded_steps()
     .await;
     let id = r["run_id"].clone();
     // Wait until s3 is running, then kill the server.
-    for _ in 0..100 {
-        let v = ok(&c, "get_workflow_run", json!({"run_id": id})).await;
-        if steps_by_name(&v)["s3"]["status"] == "running" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_step(&c, &id, "s3", "running").await;
     signal(server.pid(), "KILL");
     server.child.wait().await.unwrap();
     drop(c);

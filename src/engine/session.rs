@@ -217,29 +217,7 @@ impl SessionRegistry {
 
     /// A page of the principal's sessions, oldest first.
     pub async fn list(&self, principal: &Principal, q: ListSessions) -> Result<SessionPage> {
-        let limit = match q.limit {
-            None => self.limits.default_page_size,
-            Some(0) => {
-                return Err(Error::invalid(
-                    "limit must be at least 1",
-                    "Omit limit for the default page size.",
-                ));
-            }
-            Some(n) if n > self.limits.max_page_size => {
-                return Err(Error::new(
-                    ErrorCode::InvalidParameters,
-                    format!(
-                        "limit {n} is above the maximum page size {}",
-                        self.limits.max_page_size
-                    ),
-                    format!(
-                        "Use a limit between 1 and {} and follow next_cursor.",
-                        self.limits.max_page_size
-                    ),
-                ));
-            }
-            Some(n) => n,
-        };
+        let limit = page_limit(&self.limits, q.limit)?;
         let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
         let mut recs = self
             .store
@@ -443,6 +421,21 @@ fn closed_error(rec: &SessionRecord) -> Error {
         "Nothing was changed. Create a new session with create_session, or omit session_id to use your default session.",
     )
     .with_details(serde_json::json!({ "session_id": rec.id, "status": rec.status }))
+}
+
+/// The page size of a list call: the default, or the caller's within 1..=max.
+pub(crate) fn page_limit(l: &LimitsConfig, limit: Option<u32>) -> Result<u32> {
+    match limit {
+        None => Ok(l.default_page_size),
+        Some(n) if n == 0 || n > l.max_page_size => Err(Error::invalid(
+            format!("limit {n} is outside 1..={}", l.max_page_size),
+            format!(
+                "Use a limit between 1 and {} and follow next_cursor.",
+                l.max_page_size
+            ),
+        )),
+        Some(n) => Ok(n),
+    }
 }
 
 fn check_len(field: &str, v: &str, max: usize) -> Result<()> {

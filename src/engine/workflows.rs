@@ -629,13 +629,21 @@ impl Engine {
         Ok(id)
     }
 
-    async fn visible_run(&self, p: &Principal, run_id: &str) -> Result<RunRecord> {
+    /// A run of the principal (and of the session, when one is named).
+    async fn visible_run(
+        &self,
+        p: &Principal,
+        run_id: &str,
+        session_id: Option<&str>,
+    ) -> Result<RunRecord> {
         match self.store().get_run(run_id).await? {
-            Some(r) if r.principal == p.name() => Ok(r),
+            Some(r) if r.principal == p.name() && session_id.is_none_or(|s| s == r.session_id) => {
+                Ok(r)
+            }
             _ => Err(Error::not_found(
                 "run",
                 run_id,
-                "Check the run_id; list_workflow_runs shows your runs.",
+                "Check the run_id (and session_id, if given); list_workflow_runs shows your runs.",
             )),
         }
     }
@@ -645,10 +653,11 @@ impl Engine {
         &self,
         p: &Principal,
         run_id: &str,
+        session_id: Option<&str>,
         wait: Duration,
         progress: &mut (dyn FnMut(usize, usize, String) + Send),
     ) -> Result<RunView> {
-        self.visible_run(p, run_id).await?;
+        self.visible_run(p, run_id, session_id).await?;
         self.wait_run(run_id, wait, progress).await
     }
 
@@ -772,8 +781,13 @@ impl Engine {
     }
 
     /// Cancel a run: running steps are cancelled, the rest marked cancelled.
-    pub async fn cancel_workflow_run(&self, p: &Principal, run_id: &str) -> Result<RunView> {
-        let run = self.visible_run(p, run_id).await?;
+    pub async fn cancel_workflow_run(
+        &self,
+        p: &Principal,
+        run_id: &str,
+        session_id: Option<&str>,
+    ) -> Result<RunView> {
+        let run = self.visible_run(p, run_id, session_id).await?;
         if !matches!(run.status.as_str(), status::PENDING | status::RUNNING) {
             return Err(Error::new(
                 ErrorCode::Conflict,
@@ -800,10 +814,11 @@ impl Engine {
         &self,
         p: &Principal,
         run_id: &str,
+        session_id: Option<&str>,
         wait: Duration,
         progress: &mut (dyn FnMut(usize, usize, String) + Send),
     ) -> Result<RunView> {
-        let old = self.visible_run(p, run_id).await?;
+        let old = self.visible_run(p, run_id, session_id).await?;
         if matches!(old.status.as_str(), status::PENDING | status::RUNNING) {
             return Err(Error::new(
                 ErrorCode::Conflict,
@@ -905,18 +920,7 @@ impl Engine {
     }
 
     fn page_limit(&self, limit: Option<u32>) -> Result<u32> {
-        let l = &self.config().limits;
-        match limit {
-            None => Ok(l.default_page_size),
-            Some(n) if n == 0 || n > l.max_page_size => Err(Error::invalid(
-                format!("limit {n} is outside 1..={}", l.max_page_size),
-                format!(
-                    "Use a limit between 1 and {} and follow next_cursor.",
-                    l.max_page_size
-                ),
-            )),
-            Some(n) => Ok(n),
-        }
+        super::session::page_limit(&self.config().limits, limit)
     }
 }
 

@@ -438,9 +438,8 @@ impl MyrmexServer {
         let mut progress = progress_sender(&ctx);
         let v = self
             .engine
-            .get_workflow_run(&p, &a.run_id, wait, &mut progress)
+            .get_workflow_run(&p, &a.run_id, a.session_id.as_deref(), wait, &mut progress)
             .await?;
-        check_session(&v, a.session_id.as_deref())?;
         Ok(Json(v))
     }
 
@@ -494,15 +493,11 @@ impl MyrmexServer {
     ) -> Result<Json<RunView>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        if a.session_id.is_some() {
-            let mut none = |_: usize, _: usize, _: String| {};
-            let v = self
-                .engine
-                .get_workflow_run(&p, &a.run_id, std::time::Duration::ZERO, &mut none)
-                .await?;
-            check_session(&v, a.session_id.as_deref())?;
-        }
-        Ok(Json(self.engine.cancel_workflow_run(&p, &a.run_id).await?))
+        Ok(Json(
+            self.engine
+                .cancel_workflow_run(&p, &a.run_id, a.session_id.as_deref())
+                .await?,
+        ))
     }
 
     #[tool(
@@ -524,18 +519,10 @@ impl MyrmexServer {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let wait = self.engine.wait_for(a.wait_seconds)?;
-        if a.session_id.is_some() {
-            let mut none = |_: usize, _: usize, _: String| {};
-            let v = self
-                .engine
-                .get_workflow_run(&p, &a.run_id, std::time::Duration::ZERO, &mut none)
-                .await?;
-            check_session(&v, a.session_id.as_deref())?;
-        }
         let mut progress = progress_sender(&ctx);
         Ok(Json(
             self.engine
-                .retry_workflow_run(&p, &a.run_id, wait, &mut progress)
+                .retry_workflow_run(&p, &a.run_id, a.session_id.as_deref(), wait, &mut progress)
                 .await?,
         ))
     }
@@ -596,16 +583,5 @@ impl MyrmexServer {
             )
             .await?;
         Ok(Json(ComplexResult { workflow, run }))
-    }
-}
-
-fn check_session(v: &RunView, session_id: Option<&str>) -> Result<(), Error> {
-    match session_id {
-        Some(s) if s != v.session_id => Err(Error::not_found(
-            "run",
-            &v.run_id,
-            "The run does not belong to that session; omit session_id or pass the run's own.",
-        )),
-        _ => Ok(()),
     }
 }
