@@ -389,6 +389,8 @@ impl RunManager {
                 Priority::Normal
             }
         };
+        // Steps pushed on the heap since the last `ready` marks were written.
+        let mut just_ready: Vec<usize> = Vec::new();
         let mut running: JoinSet<(usize, StepRecord)> = JoinSet::new();
         let mut in_flight = 0usize;
         loop {
@@ -455,7 +457,10 @@ impl RunManager {
                             }
                         }
                     }
-                    None => ready.push((urgency(i), std::cmp::Reverse(position_in_plan[i]), i)),
+                    None => {
+                        ready.push((urgency(i), std::cmp::Reverse(position_in_plan[i]), i));
+                        just_ready.push(i);
+                    }
                 }
             }
             // Start ready steps, most urgent first, up to the limit.
@@ -484,10 +489,9 @@ impl RunManager {
                 continue;
             }
             // Steps that wait for a slot are `ready` (written together: one group commit).
-            let newly_ready: Vec<usize> = ready
-                .iter()
-                .map(|&(_, _, i)| i)
-                .filter(|&i| steps[i].status != READY)
+            let newly_ready: Vec<usize> = just_ready
+                .drain(..)
+                .filter(|&i| steps[i].status == PENDING)
                 .collect();
             if !newly_ready.is_empty() {
                 for &i in &newly_ready {
