@@ -53,9 +53,13 @@ fn replace_step_sql() -> String {
     )
 }
 
-async fn commit_batch(pool: &SqlitePool, batch: &[Write]) -> Result<(), sqlx::Error> {
+async fn commit_batch(
+    conn: &mut sqlx::SqliteConnection,
+    batch: &[Write],
+) -> Result<(), sqlx::Error> {
+    use sqlx::Connection as _;
     let (run_sql, step_sql) = (replace_run_sql(), replace_step_sql());
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     for w in batch {
         match &w.op {
             WriteOp::Run(r) => {
@@ -73,7 +77,11 @@ async fn commit_batch(pool: &SqlitePool, batch: &[Write]) -> Result<(), sqlx::Er
     tx.commit().await
 }
 
-async fn writer(pool: SqlitePool, mut rx: tokio::sync::mpsc::Receiver<Write>) {
+/// The writer owns one connection for its lifetime: no pool round trips per batch.
+async fn writer(
+    mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    mut rx: tokio::sync::mpsc::Receiver<Write>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_MAX {
@@ -82,7 +90,9 @@ async fn writer(pool: SqlitePool, mut rx: tokio::sync::mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        let result = commit_batch(&pool, &batch).await.map_err(|e| e.to_string());
+        let result = commit_batch(&mut conn, &batch)
+            .await
+            .map_err(|e| e.to_string());
         for w in batch {
             let _ = w.done.send(result.clone());
         }
@@ -288,7 +298,11 @@ impl SqliteStore {
             .await
             .map_err(|e| anyhow::anyhow!("cannot migrate SQLite store {}: {e}", path.display()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4 * GROUP_COMMIT_MAX);
-        tokio::spawn(writer(pool.clone(), rx));
+        let conn = pool
+            .acquire()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open SQLite store {}: {e}", path.display()))?;
+        tokio::spawn(writer(conn, rx));
         Ok(Self {
             pool,
             path: path.to_path_buf(),
