@@ -95,6 +95,45 @@ async fn principals_only_see_their_own_sessions() {
         let db = ok(&bob, "get_session", json!({})).await;
         assert_ne!(da["session_id"], db["session_id"]);
         assert_eq!(db["principal"], "bob");
+        // Runs and workflow definitions are the principal's too.
+        ok(&alice, "create_workflow", json!({"name": "private", "session_id": id,
+            "steps": [{"name": "a", "module": "core", "action": "set", "parameters": {"value": 1}}]})).await;
+        let run = ok(
+            &alice,
+            "execute_workflow",
+            json!({"workflow_name": "private", "session_id": id, "wait_seconds": 10}),
+        )
+        .await;
+        err(
+            &bob,
+            "get_workflow_run",
+            json!({"run_id": run["run_id"]}),
+            "NOT_FOUND",
+        )
+        .await;
+        err(
+            &bob,
+            "cancel_workflow_run",
+            json!({"run_id": run["run_id"]}),
+            "NOT_FOUND",
+        )
+        .await;
+        err(
+            &bob,
+            "retry_workflow_run",
+            json!({"run_id": run["run_id"]}),
+            "NOT_FOUND",
+        )
+        .await;
+        err(
+            &bob,
+            "execute_workflow",
+            json!({"workflow_name": "private", "session_id": id}),
+            "NOT_FOUND",
+        )
+        .await;
+        let bob_runs = ok(&bob, "list_workflow_runs", json!({})).await;
+        assert_eq!(bob_runs["runs"], json!([]));
         // Alice's session is untouched by Bob's attempts.
         let still = ok(&alice, "get_session", json!({"session_id": id})).await;
         assert_eq!(still["status"], "active");

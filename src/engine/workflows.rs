@@ -396,17 +396,19 @@ impl Engine {
             .list_workflows(&session.session_id, p.name())
             .await?
         {
-            if let Ok(spec) = serde_json::from_str::<WorkflowSpec>(&rec.definition) {
-                let (step_count, modules) = summary(&spec);
-                all.push(WorkflowSummary {
-                    name: spec.name,
-                    description: spec.description,
-                    version: rec.version,
-                    source: rec.scope,
-                    step_count,
-                    modules,
-                });
-            }
+            let Ok(spec) = serde_json::from_str::<WorkflowSpec>(&rec.definition) else {
+                tracing::warn!(workflow = %rec.name, scope = %rec.scope, "stored workflow definition is corrupt; not listed");
+                continue;
+            };
+            let (step_count, modules) = summary(&spec);
+            all.push(WorkflowSummary {
+                name: spec.name,
+                description: spec.description,
+                version: rec.version,
+                source: rec.scope,
+                step_count,
+                modules,
+            });
         }
         for e in self.library().workflows.values() {
             let (step_count, modules) = summary(&e.spec);
