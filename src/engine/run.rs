@@ -443,7 +443,7 @@ impl RunManager {
                         rec.status = st.into();
                         rec.error = error;
                         rec.finished_at = Some(now_ms());
-                        store.update_step(rec).await?;
+                        store.queue_step(rec).await?;
                         shared.write().unwrap_or_else(|p| p.into_inner()).set(rec);
                         active.step_done(rec);
                         if st == FAILED && spec.on_failure == OnFailure::FailFast {
@@ -497,8 +497,9 @@ impl RunManager {
                 for &i in &newly_ready {
                     steps[i].status = READY.into();
                 }
-                let writes = newly_ready.iter().map(|&i| store.update_step(&steps[i]));
-                futures::future::try_join_all(writes).await?;
+                for &i in &newly_ready {
+                    store.queue_step(&steps[i]).await?;
+                }
                 active.bump();
             }
             if in_flight == 0 {
@@ -618,7 +619,7 @@ impl RunManager {
                 st.status = CANCELLED.into();
                 st.error = err_json(code, msg);
                 st.finished_at = Some(now);
-                self.store.update_step(st).await?;
+                self.store.queue_step(st).await?;
             }
         }
         run.status = status.into();
@@ -761,7 +762,10 @@ impl StepTask {
     }
 
     async fn save(&self) -> Result<()> {
-        self.mgr.store.update_step(&self.rec).await?;
+        // Queued, in order: the run's final (awaited) update makes every step
+        // state before it durable, and the store never shows a step's
+        // dependents ahead of the step itself.
+        self.mgr.store.queue_step(&self.rec).await?;
         self.active.bump();
         Ok(())
     }

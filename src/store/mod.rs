@@ -245,10 +245,11 @@ pub trait Store: Send + Sync + 'static {
     /// Replace one step row.
     async fn update_step(&self, step: &StepRecord) -> StoreResult<()>;
 
-    /// Replace one step row without waiting for it to be durable. Later
-    /// writes of the same step are applied after it. Used for the `running`
-    /// mark of an attempt: if it is lost in a crash, the attempt is simply
-    /// not counted and the step runs again, as it would anyway.
+    /// Replace one step row without waiting for it to be durable. Queued and
+    /// awaited writes are applied in the order they were made, so the store
+    /// always holds a prefix of the history (a crash loses only the newest
+    /// step changes, as if it had happened a moment earlier), and an awaited
+    /// write (such as the run's final update) makes every earlier one durable.
     async fn queue_step(&self, step: &StepRecord) -> StoreResult<()> {
         self.update_step(step).await
     }
