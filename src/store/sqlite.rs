@@ -59,8 +59,19 @@ async fn commit_batch(
 ) -> Result<(), sqlx::Error> {
     use sqlx::Connection as _;
     let (run_sql, step_sql) = (replace_run_sql(), replace_step_sql());
+    // Rows are replaced whole, and the batch commits atomically: only the last
+    // write of each row in it needs to be applied.
+    let mut seen = std::collections::HashSet::new();
+    let last: Vec<&Write> = batch
+        .iter()
+        .rev()
+        .filter(|w| match &w.op {
+            WriteOp::Run(r) => seen.insert((r.id.as_str(), "")),
+            WriteOp::Step(s) => seen.insert((s.run_id.as_str(), s.name.as_str())),
+        })
+        .collect();
     let mut tx = conn.begin().await?;
-    for w in batch {
+    for w in last.into_iter().rev() {
         match &w.op {
             WriteOp::Run(r) => {
                 bind_run(query(AssertSqlSafe(run_sql.clone())), r)
