@@ -83,10 +83,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    match &cli.command {
         Some(Command::Schemas { out, check }) => {
-            if check {
-                let drift = server::catalog::drift(&out);
+            if *check {
+                let drift = server::catalog::drift(out);
                 if drift.is_empty() {
                     eprintln!("tool schemas and specification are up to date");
                     return Ok(ExitCode::SUCCESS);
@@ -100,7 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::FAILURE);
             }
-            for path in server::catalog::write(&out)? {
+            for path in server::catalog::write(out)? {
                 eprintln!("wrote {}", out.join(path).display());
             }
             Ok(ExitCode::SUCCESS)
@@ -116,38 +116,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Validate { file }) => {
-            let config = Config::load(
-                cli.config.as_deref(),
-                &overrides(cli.data_dir, cli.store, cli.log_level),
-            )?;
-            Ok(if myrmex::cli::validate(&config, &file)? {
+            let config = load_config(&cli)?;
+            Ok(if myrmex::cli::validate(&config, file)? {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
         }
         Some(Command::Run { file, params }) => {
-            let mut config = Config::load(
-                cli.config.as_deref(),
-                &overrides(cli.data_dir, cli.store, cli.log_level),
-            )?;
+            let mut config = load_config(&cli)?;
             if config.log_level == Config::default().log_level {
                 // The progress display is the output; only problems are logged.
                 config.log_level = "warn".into();
             }
-            let params = myrmex::cli::parse_params(&params)?;
+            let params = myrmex::cli::parse_params(params)?;
             myrmex::telemetry::init(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             let ok = runtime.block_on(async move {
-                let data_dir = config.data_dir()?;
-                std::fs::create_dir_all(&data_dir).map_err(|e| {
-                    anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display())
-                })?;
-                let store = myrmex::store::open(&config.store_spec()?).await?;
-                let engine = Engine::new(config, store);
-                let ok = myrmex::cli::run(&engine, &file, params).await;
+                let engine = open_engine(config).await?;
+                let ok = myrmex::cli::run(&engine, file, params).await;
                 engine.stop();
                 ok
             })?;
@@ -158,48 +147,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Some(Command::Serve { http }) => serve(
-            cli.config,
-            overrides(cli.data_dir, cli.store, cli.log_level),
-            http,
-        ),
-        None => serve(
-            cli.config,
-            overrides(cli.data_dir, cli.store, cli.log_level),
-            None,
-        ),
+        Some(Command::Serve { http }) => serve(load_config(&cli)?, http.clone()),
+        None => serve(load_config(&cli)?, None),
     }
 }
 
-fn overrides(
-    data_dir: Option<PathBuf>,
-    store: Option<String>,
-    log_level: Option<String>,
-) -> Overrides {
-    Overrides {
-        data_dir,
-        store,
-        log_level,
-    }
+/// The configuration: the file < MYRMEX_* < the global flags.
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        store: cli.store.clone(),
+        log_level: cli.log_level.clone(),
+    };
+    Config::load(cli.config.as_deref(), &overrides)
 }
 
-fn serve(
-    config_file: Option<PathBuf>,
-    overrides: Overrides,
-    http: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_file.as_deref(), &overrides)?;
+/// Create the data directory, open the store and build the engine.
+async fn open_engine(config: Config) -> anyhow::Result<Engine> {
+    let data_dir = config.data_dir()?;
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
+    let store = myrmex::store::open(&config.store_spec()?).await?;
+    tracing::info!(store = store.kind(), location = %store.location(), "store open");
+    Ok(Engine::new(config, store))
+}
+
+fn serve(config: Config, http: Option<String>) -> anyhow::Result<ExitCode> {
     myrmex::telemetry::init(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let result = runtime.block_on(async move {
-        let data_dir = config.data_dir()?;
-        std::fs::create_dir_all(&data_dir).map_err(|e| {
-            anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display())
-        })?;
-        let store = myrmex::store::open(&config.store_spec()?).await?;
-        tracing::info!(store = store.kind(), location = %store.location(), "store open");
         let bind: Option<SocketAddr> = match http {
             None => None,
             Some(a) => {
@@ -213,7 +191,7 @@ fn serve(
                 })?)
             }
         };
-        let engine = Engine::new(config, store);
+        let engine = open_engine(config).await?;
         let engine_stop = engine.clone();
         let shutdown = CancellationToken::new();
         engine.start_background(shutdown.clone()).await?;

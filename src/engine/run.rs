@@ -97,7 +97,7 @@ pub struct RunManager {
 }
 
 fn err_json(code: ErrorCode, message: impl Into<String>) -> Option<String> {
-    Some(json!({"code": code.as_str(), "message": message.into()}).to_string())
+    err_json_code(code.as_str(), message)
 }
 
 fn err_json_code(code: &str, message: impl Into<String>) -> Option<String> {
@@ -209,20 +209,15 @@ impl RunManager {
                 _ => {
                     // The session is gone or closed: the run is cancelled.
                     let mut run = run;
-                    let now = now_ms();
-                    for mut st in self.store.run_steps(&run.id).await? {
-                        if !is_terminal(&st.status) {
-                            st.status = CANCELLED.into();
-                            st.finished_at = Some(now);
-                            st.error = err_json(ErrorCode::SessionClosed, "the session was closed");
-                            self.store.update_step(&st).await?;
-                        }
-                    }
-                    run.status = CANCELLED.into();
-                    run.error = err_json(ErrorCode::SessionClosed, "the session was closed");
-                    run.finished_at = Some(now);
-                    run.updated_at = now;
-                    self.store.update_run(&run).await?;
+                    let mut steps = self.store.run_steps(&run.id).await?;
+                    self.end_run(
+                        &mut run,
+                        &mut steps,
+                        CANCELLED,
+                        ErrorCode::SessionClosed,
+                        "the session was closed",
+                    )
+                    .await?;
                     continue;
                 }
             };
@@ -327,7 +322,13 @@ impl RunManager {
                     .collect()
             })
             .collect();
-        let order = topo_order(&deps);
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); deps.len()];
+        for (i, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                dependents[d].push(i);
+            }
+        }
+        let order = topo_order(&deps, &dependents);
         let position_in_plan: Vec<usize> = {
             let mut v = vec![0; order.len()];
             for (p, &i) in order.iter().enumerate() {
@@ -359,12 +360,6 @@ impl RunManager {
             .iter()
             .any(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT))
             && spec.on_failure == OnFailure::FailFast;
-        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
-        for (i, ds) in deps.iter().enumerate() {
-            for &d in ds {
-                dependents[d].push(i);
-            }
-        }
         // Dependencies of each step not yet final; a step is settled when it reaches 0.
         let mut waiting_on: Vec<usize> = deps
             .iter()
@@ -450,12 +445,7 @@ impl RunManager {
                             halted = true;
                         }
                         active.bump();
-                        for &j in &dependents[i] {
-                            waiting_on[j] -= 1;
-                            if waiting_on[j] == 0 {
-                                settle.push_back(j);
-                            }
-                        }
+                        release(&dependents[i], &mut waiting_on, &mut settle);
                     }
                     None => {
                         ready.push((urgency(i), std::cmp::Reverse(position_in_plan[i]), i));
@@ -496,8 +486,6 @@ impl RunManager {
             if !newly_ready.is_empty() {
                 for &i in &newly_ready {
                     steps[i].status = READY.into();
-                }
-                for &i in &newly_ready {
                     store.queue_step(&steps[i]).await?;
                 }
                 active.bump();
@@ -533,12 +521,7 @@ impl RunManager {
                             }
                             steps[i] = rec;
                             if done {
-                                for &j in &dependents[i] {
-                                    waiting_on[j] -= 1;
-                                    if waiting_on[j] == 0 {
-                                        settle.push_back(j);
-                                    }
-                                }
+                                release(&dependents[i], &mut waiting_on, &mut settle);
                             }
                         }
                         Some(Err(e)) => return Err(crate::error::Error::internal(format!("step task panicked: {e}"))),
@@ -577,14 +560,12 @@ impl RunManager {
         } else {
             SUCCEEDED.into()
         };
-        run.error = failed.map(|s| {
-            let msg = s
-                .error
-                .as_deref()
-                .and_then(|e| serde_json::from_str::<Value>(e).ok())
-                .and_then(|e| e["message"].as_str().map(String::from))
-                .unwrap_or_default();
-            json!({"code": ErrorCode::DependencyFailed.as_str(), "message": format!("step '{}' {}: {msg}", s.name, s.status)}).to_string()
+        run.error = failed.and_then(|s| {
+            let msg = error_message(s.error.as_deref()).unwrap_or_default();
+            err_json(
+                ErrorCode::DependencyFailed,
+                format!("step '{}' {}: {msg}", s.name, s.status),
+            )
         });
         run.finished_at = Some(now);
         run.updated_at = now;
@@ -605,7 +586,6 @@ impl RunManager {
             tracing::info!(run = %run.id, "server stopping; the run resumes at the next start");
             return Ok(());
         }
-        let now = now_ms();
         let (status, code, msg) = match stop {
             Stop::TimedOut => (
                 TIMED_OUT,
@@ -614,6 +594,20 @@ impl RunManager {
             ),
             _ => (CANCELLED, ErrorCode::Cancelled, "the run was cancelled"),
         };
+        self.end_run(run, steps, status, code, msg).await
+    }
+
+    /// End a run that did not complete: steps not yet final are cancelled with
+    /// `code`/`msg`, the run gets `status`.
+    async fn end_run(
+        &self,
+        run: &mut RunRecord,
+        steps: &mut [StepRecord],
+        status: &'static str,
+        code: ErrorCode,
+        msg: &str,
+    ) -> Result<()> {
+        let now = now_ms();
         for st in steps.iter_mut() {
             if !is_terminal(&st.status) {
                 st.status = CANCELLED.into();
@@ -635,6 +629,7 @@ impl RunManager {
     }
 }
 
+/// Sleep until the deadline; forever without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -659,21 +654,30 @@ fn dep_failed(s: &StepRecord) -> bool {
     }
 }
 
-/// Kahn's order; the definition was validated acyclic.
-fn topo_order(deps: &[Vec<usize>]) -> Vec<usize> {
-    let n = deps.len();
-    let mut indeg: Vec<usize> = deps.iter().map(Vec::len).collect();
-    let mut out_edges: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, ds) in deps.iter().enumerate() {
-        for &d in ds {
-            out_edges[d].push(i);
+/// A step became final: its dependents wait on one step less; those that
+/// wait on none are settled next.
+fn release(
+    dependents: &[usize],
+    waiting_on: &mut [usize],
+    settle: &mut std::collections::VecDeque<usize>,
+) {
+    for &j in dependents {
+        waiting_on[j] -= 1;
+        if waiting_on[j] == 0 {
+            settle.push_back(j);
         }
     }
+}
+
+/// Kahn's order; the definition was validated acyclic.
+fn topo_order(deps: &[Vec<usize>], dependents: &[Vec<usize>]) -> Vec<usize> {
+    let n = deps.len();
+    let mut indeg: Vec<usize> = deps.iter().map(Vec::len).collect();
     let mut queue: std::collections::VecDeque<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
     let mut order = Vec::with_capacity(n);
     while let Some(i) = queue.pop_front() {
         order.push(i);
-        for &j in &out_edges[i] {
+        for &j in &dependents[i] {
             indeg[j] -= 1;
             if indeg[j] == 0 {
                 queue.push_back(j);
@@ -770,6 +774,24 @@ impl StepTask {
         Ok(())
     }
 
+    /// The run was stopped during this step: record how, unless the server is
+    /// stopping (then the record stays `running` and the next start attempts it again).
+    async fn stopped(&mut self, when: &str, abandoned: bool) -> Result<()> {
+        let (status, code, why) = match self.active.stop.get().copied().unwrap_or(Stop::Shutdown) {
+            Stop::Shutdown => return Ok(()),
+            Stop::TimedOut => (
+                TIMED_OUT,
+                ErrorCode::TimeoutExceeded,
+                "the workflow's time limit passed",
+            ),
+            Stop::Cancelled => (CANCELLED, ErrorCode::Cancelled, "the run was cancelled"),
+        };
+        self.rec.status = status.into();
+        self.rec.error = err_json(code, abandon_note(&format!("{why} {when}"), abandoned));
+        self.rec.finished_at = Some(now_ms());
+        self.save().await
+    }
+
     async fn attempts(&mut self) -> Result<()> {
         let store_rec_attempts = self.rec.attempts;
         let max_attempts = (self.spec.max_retries + 1).max(store_rec_attempts + 1);
@@ -839,10 +861,13 @@ impl StepTask {
                 params.clone(),
             );
             let mut fut = Box::pin(async move { registry.call(&module, &action, p, ctx).await });
-            let limit = self.spec.timeout_seconds.map(Duration::from_secs);
+            let deadline = self
+                .spec
+                .timeout_seconds
+                .map(|t| tokio::time::Instant::now() + Duration::from_secs(t));
             let outcome = tokio::select! {
                 r = &mut fut => Outcome::Done(r),
-                _ = sleep_opt(limit) => Outcome::StepTimeout,
+                _ = sleep_until(deadline) => Outcome::StepTimeout,
                 _ = run_cancel.cancelled() => Outcome::RunStopped,
             };
             let mut abandoned = false;
@@ -868,31 +893,7 @@ impl StepTask {
                     self.rec.finished_at = Some(now_ms());
                     return self.save().await;
                 }
-                Outcome::RunStopped => {
-                    match self.active.stop.get().copied().unwrap_or(Stop::Shutdown) {
-                        // Leave the record as `running`: the next start attempts it again.
-                        Stop::Shutdown => return Ok(()),
-                        Stop::TimedOut => {
-                            self.rec.status = TIMED_OUT.into();
-                            self.rec.error = err_json(
-                                ErrorCode::TimeoutExceeded,
-                                abandon_note(
-                                    "the workflow's time limit passed while the step ran",
-                                    abandoned,
-                                ),
-                            );
-                        }
-                        Stop::Cancelled => {
-                            self.rec.status = CANCELLED.into();
-                            self.rec.error = err_json(
-                                ErrorCode::Cancelled,
-                                abandon_note("the run was cancelled while the step ran", abandoned),
-                            );
-                        }
-                    }
-                    self.rec.finished_at = Some(now_ms());
-                    return self.save().await;
-                }
+                Outcome::RunStopped => return self.stopped("while the step ran", abandoned).await,
                 Outcome::StepTimeout => (
                     ErrorCode::TimeoutExceeded,
                     abandon_note(
@@ -926,15 +927,7 @@ impl StepTask {
             let delay = Duration::from_millis(policy.delay_ms(attempt + 1));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = run_cancel.cancelled() => {
-                    match self.active.stop.get().copied().unwrap_or(Stop::Shutdown) {
-                        Stop::Shutdown => return Ok(()),
-                        Stop::TimedOut => self.rec.status = TIMED_OUT.into(),
-                        Stop::Cancelled => self.rec.status = CANCELLED.into(),
-                    }
-                    self.rec.finished_at = Some(now_ms());
-                    return self.save().await;
-                }
+                _ = run_cancel.cancelled() => return self.stopped("while the step waited to retry", false).await,
             }
         }
     }
@@ -958,11 +951,10 @@ enum Outcome {
     RunStopped,
 }
 
-async fn sleep_opt(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
+/// The message of a stored `{code, message}` error.
+pub fn error_message(e: Option<&str>) -> Option<String> {
+    e.and_then(|e| serde_json::from_str::<Value>(e).ok())
+        .and_then(|v| v["message"].as_str().map(String::from))
 }
 
 /// A fresh run id.

@@ -35,7 +35,7 @@ pub enum SessionMode {
 }
 
 impl SessionMode {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             SessionMode::Sequential => "sequential",
             SessionMode::Parallel => "parallel",
@@ -44,7 +44,7 @@ impl SessionMode {
         }
     }
 
-    fn parse(s: &str) -> Result<Self> {
+    pub fn parse(s: &str) -> Result<Self> {
         serde_json::from_value(Value::String(s.into()))
             .map_err(|_| Error::internal(format!("stored session mode '{s}' is unknown")))
     }
@@ -228,12 +228,7 @@ impl SessionRegistry {
                 limit: limit + 1,
             })
             .await?;
-        let next_cursor = if recs.len() > limit as usize {
-            recs.truncate(limit as usize);
-            recs.last().map(|r| encode_cursor(r.created_at, &r.id))
-        } else {
-            None
-        };
+        let next_cursor = next_cursor(&mut recs, limit, |r| (r.created_at, &r.id));
         Ok(SessionPage {
             sessions: recs.into_iter().map(to_session).collect::<Result<_>>()?,
             next_cursor,
@@ -423,6 +418,23 @@ fn closed_error(rec: &SessionRecord) -> Error {
     .with_details(serde_json::json!({ "session_id": rec.id, "status": rec.status }))
 }
 
+/// Trim a page fetched with `limit + 1` rows to `limit`; the cursor of its last
+/// row when there was more.
+pub(crate) fn next_cursor<T>(
+    rows: &mut Vec<T>,
+    limit: u32,
+    key: impl Fn(&T) -> (i64, &str),
+) -> Option<String> {
+    if rows.len() <= limit as usize {
+        return None;
+    }
+    rows.truncate(limit as usize);
+    rows.last().map(|r| {
+        let (created_at, id) = key(r);
+        encode_cursor(created_at, id)
+    })
+}
+
 /// The page size of a list call: the default, or the caller's within 1..=max.
 pub(crate) fn page_limit(l: &LimitsConfig, limit: Option<u32>) -> Result<u32> {
     match limit {
@@ -494,7 +506,7 @@ fn to_session(r: SessionRecord) -> Result<Session> {
 
 const CURSOR_PREFIX: &str = "s1:";
 
-pub(crate) fn encode_cursor(created_at: i64, id: &str) -> String {
+fn encode_cursor(created_at: i64, id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(format!("{CURSOR_PREFIX}{created_at}:{id}"))
 }

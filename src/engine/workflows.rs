@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::run::{new_run_id, priority_str, status};
+use super::run::{error_message, new_run_id, priority_str, status};
 use super::session::Session;
 use super::workflow::{
     ParamSpec, Plan, Priority, Problem, WorkflowSpec, bind_params, mermaid, validate,
@@ -588,10 +588,7 @@ impl Engine {
                 .max_parallel
                 .or(spec.max_parallel)
                 .unwrap_or(session.max_parallel_tasks),
-            mode: serde_json::to_value(mode)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
+            mode: mode.as_str().into(),
             timeout_seconds: req.timeout_seconds.or(spec.timeout_seconds),
             resources: req.resource_requirements.map(|v| v.to_string()),
             error: None,
@@ -757,13 +754,7 @@ impl Engine {
                 limit: limit + 1,
             })
             .await?;
-        let next_cursor = if runs.len() > limit as usize {
-            runs.truncate(limit as usize);
-            runs.last()
-                .map(|r| super::session::encode_cursor(r.created_at, &r.id))
-        } else {
-            None
-        };
+        let next_cursor = super::session::next_cursor(&mut runs, limit, |r| (r.created_at, &r.id));
         Ok(RunPage {
             runs: runs
                 .into_iter()
@@ -844,7 +835,7 @@ impl Engine {
             workflow_name: old.workflow_name.clone(),
             parameters: params,
             session_id: Some(old.session_id.clone()),
-            mode: serde_json::from_value(Value::String(old.mode.clone())).ok(),
+            mode: super::session::SessionMode::parse(&old.mode).ok(),
             timeout_seconds: old.timeout_seconds,
             priority: serde_json::from_value(Value::String(old.priority.clone())).ok(),
             resource_requirements: old
@@ -950,11 +941,6 @@ fn view(
         definition: spec,
         updated_at: updated_at.map(iso),
     }
-}
-
-fn error_message(e: Option<&str>) -> Option<String> {
-    e.and_then(|e| serde_json::from_str::<Value>(e).ok())
-        .and_then(|v| v["message"].as_str().map(String::from))
 }
 
 fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
