@@ -442,9 +442,78 @@ mod contract {
         store.probe(43).await.unwrap();
     }
 
+    /// Runs and steps: bulk insert, queued updates in order (last write wins,
+    /// also across the multi-row statements of one batch), and reads.
+    async fn check_runs(store: Arc<dyn Store>) {
+        let run = RunRecord {
+            id: "run_1".into(),
+            session_id: "ses_a".into(),
+            principal: "p".into(),
+            workflow_name: "w".into(),
+            workflow_version: 1,
+            workflow_source: "session".into(),
+            definition: "{}".into(),
+            parameters: "{}".into(),
+            status: "running".into(),
+            priority: "normal".into(),
+            max_parallel: 4,
+            mode: "parallel".into(),
+            timeout_seconds: None,
+            resources: None,
+            error: None,
+            retry_of: None,
+            created_at: 1,
+            started_at: Some(1),
+            finished_at: None,
+            updated_at: 1,
+        };
+        let step = |i: u32, status: &str| StepRecord {
+            run_id: "run_1".into(),
+            name: format!("s{i}"),
+            position: i,
+            status: status.into(),
+            attempts: u32::from(status != "pending"),
+            started_at: None,
+            finished_at: None,
+            output: (status == "succeeded").then(|| format!("{{\"i\":{i}}}")),
+            error: None,
+            input_hash: None,
+            reused: false,
+            prior_output: None,
+            prior_hash: None,
+        };
+        let n = 700;
+        let steps: Vec<StepRecord> = (0..n).map(|i| step(i, "pending")).collect();
+        store.insert_run(&run, &steps).await.unwrap();
+        assert_eq!(store.run_steps("run_1").await.unwrap(), steps);
+        assert_eq!(store.unfinished_runs().await.unwrap(), vec![run.clone()]);
+        for i in 0..n {
+            store.queue_step(&step(i, "running")).await.unwrap();
+        }
+        for i in 0..n {
+            store.queue_step(&step(i, "succeeded")).await.unwrap();
+        }
+        let done = RunRecord {
+            status: "succeeded".into(),
+            finished_at: Some(2),
+            updated_at: 2,
+            ..run
+        };
+        // The awaited run update makes every step update queued before it durable.
+        store.update_run(&done).await.unwrap();
+        let stored = store.run_steps("run_1").await.unwrap();
+        assert_eq!(
+            stored,
+            (0..n).map(|i| step(i, "succeeded")).collect::<Vec<_>>()
+        );
+        assert_eq!(store.get_run("run_1").await.unwrap(), Some(done));
+        assert!(store.unfinished_runs().await.unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn memory_store_keeps_the_contract() {
         check(Arc::new(memory::MemoryStore::default())).await;
+        check_runs(Arc::new(memory::MemoryStore::default())).await;
     }
 
     #[tokio::test]
@@ -454,5 +523,9 @@ mod contract {
             .await
             .unwrap();
         check(Arc::new(store)).await;
+        let store = sqlite::SqliteStore::open(&dir.path().join("runs.db"))
+            .await
+            .unwrap();
+        check_runs(Arc::new(store)).await;
     }
 }

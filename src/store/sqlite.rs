@@ -47,10 +47,39 @@ fn replace_run_sql() -> String {
     )
 }
 
-fn replace_step_sql() -> String {
-    format!(
-        "REPLACE INTO run_steps ({STEP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-    )
+/// Rows per multi-row statement: 13 columns each stays far below SQLite's
+/// 32,766 bound variables.
+const STEP_ROWS_PER_STATEMENT: usize = 256;
+
+/// Write step rows with as few statements as possible: per-statement cost, not
+/// fsync, is what bounds SQLite throughput here.
+async fn write_steps(
+    conn: &mut sqlx::SqliteConnection,
+    verb: &str,
+    steps: &[&StepRecord],
+) -> Result<(), sqlx::Error> {
+    for chunk in steps.chunks(STEP_ROWS_PER_STATEMENT) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+            "{verb} INTO run_steps ({STEP_COLUMNS}) "
+        ));
+        qb.push_values(chunk.iter(), |mut b, s| {
+            b.push_bind(s.run_id.clone())
+                .push_bind(s.name.clone())
+                .push_bind(s.position as i64)
+                .push_bind(s.status.clone())
+                .push_bind(s.attempts as i64)
+                .push_bind(s.started_at)
+                .push_bind(s.finished_at)
+                .push_bind(s.output.clone())
+                .push_bind(s.error.clone())
+                .push_bind(s.input_hash.clone())
+                .push_bind(s.reused)
+                .push_bind(s.prior_output.clone())
+                .push_bind(s.prior_hash.clone());
+        });
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 async fn commit_batch(
@@ -58,33 +87,26 @@ async fn commit_batch(
     batch: &[Write],
 ) -> Result<(), sqlx::Error> {
     use sqlx::Connection as _;
-    let (run_sql, step_sql) = (replace_run_sql(), replace_step_sql());
+    let run_sql = replace_run_sql();
     // Rows are replaced whole, and the batch commits atomically: only the last
-    // write of each row in it needs to be applied.
+    // write of each row in it needs to be applied, and the order between rows
+    // does not matter.
     let mut seen = std::collections::HashSet::new();
-    let last: Vec<&Write> = batch
-        .iter()
-        .rev()
-        .filter(|w| match &w.op {
-            WriteOp::Run(r) => seen.insert((r.id.as_str(), "")),
-            WriteOp::Step(s) => seen.insert((s.run_id.as_str(), s.name.as_str())),
-        })
-        .collect();
-    let mut tx = conn.begin().await?;
-    for w in last.into_iter().rev() {
+    let (mut runs, mut steps) = (Vec::new(), Vec::new());
+    for w in batch.iter().rev() {
         match &w.op {
-            WriteOp::Run(r) => {
-                bind_run(query(AssertSqlSafe(run_sql.clone())), r)
-                    .execute(&mut *tx)
-                    .await?
-            }
-            WriteOp::Step(s) => {
-                bind_step(query(AssertSqlSafe(step_sql.clone())), s)
-                    .execute(&mut *tx)
-                    .await?
-            }
-        };
+            WriteOp::Run(r) if seen.insert((r.id.as_str(), "")) => runs.push(r),
+            WriteOp::Step(s) if seen.insert((s.run_id.as_str(), s.name.as_str())) => steps.push(s),
+            _ => {}
+        }
     }
+    let mut tx = conn.begin().await?;
+    for r in runs {
+        bind_run(query(AssertSqlSafe(run_sql.clone())), r)
+            .execute(&mut *tx)
+            .await?;
+    }
+    write_steps(&mut tx, "REPLACE", &steps).await?;
     tx.commit().await
 }
 
@@ -249,25 +271,6 @@ fn bind_run<'q>(
         .bind(r.started_at)
         .bind(r.finished_at)
         .bind(r.updated_at)
-}
-
-fn bind_step<'q>(
-    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    s: &'q StepRecord,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    q.bind(&s.run_id)
-        .bind(&s.name)
-        .bind(s.position as i64)
-        .bind(&s.status)
-        .bind(s.attempts as i64)
-        .bind(s.started_at)
-        .bind(s.finished_at)
-        .bind(&s.output)
-        .bind(&s.error)
-        .bind(&s.input_hash)
-        .bind(s.reused)
-        .bind(&s.prior_output)
-        .bind(&s.prior_hash)
 }
 
 fn sessions_from_rows(rows: Vec<SqliteRow>) -> StoreResult<Vec<SessionRecord>> {
@@ -564,15 +567,10 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        let sql = format!(
-            "INSERT INTO run_steps ({STEP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-        );
-        for s in steps {
-            bind_step(query(AssertSqlSafe(sql.clone())), s)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        }
+        let steps: Vec<&StepRecord> = steps.iter().collect();
+        write_steps(&mut tx, "INSERT", &steps)
+            .await
+            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)
     }
 
