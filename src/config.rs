@@ -41,7 +41,40 @@ pub struct Config {
     pub auth: AuthConfig,
     pub sessions: SessionsConfig,
     pub workflows: WorkflowsConfig,
+    pub tasks: TasksConfig,
     pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// Most tasks in one session's graph (finished ones included).
+    pub max_tasks_per_session: usize,
+    /// Most tasks in one create_tasks batch.
+    pub max_batch: usize,
+    /// Largest parameters, result or metadata of a task, serialized, in bytes.
+    pub max_payload_bytes: usize,
+    /// Lease of a claimed agent task when next_task does not say, and the longest allowed.
+    pub default_lease_seconds: u64,
+    pub max_lease_seconds: u64,
+    /// How often expired leases are looked for.
+    pub lease_sweep_interval_ms: u64,
+    /// Most nodes get_task_graph returns.
+    pub max_graph_nodes: usize,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            max_tasks_per_session: 10_000,
+            max_batch: 500,
+            max_payload_bytes: 256 * 1024,
+            default_lease_seconds: 300,
+            max_lease_seconds: 3600,
+            lease_sweep_interval_ms: 1000,
+            max_graph_nodes: 500,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -170,6 +203,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             sessions: SessionsConfig::default(),
             workflows: WorkflowsConfig::default(),
+            tasks: TasksConfig::default(),
             limits: LimitsConfig::default(),
         }
     }

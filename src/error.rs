@@ -45,6 +45,8 @@ pub enum ErrorCode {
     ActionFailed,
     /// The operation was cancelled.
     Cancelled,
+    /// The caller does not hold the task's lease (expired, taken over, or another agent's).
+    LeaseNotHeld,
     /// A bug or an unexpected condition inside myrmex.
     InternalError,
 }
@@ -68,6 +70,7 @@ impl ErrorCode {
         ErrorCode::StoreUnavailable,
         ErrorCode::ActionFailed,
         ErrorCode::Cancelled,
+        ErrorCode::LeaseNotHeld,
         ErrorCode::InternalError,
     ];
 
@@ -90,6 +93,7 @@ impl ErrorCode {
             ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
             ErrorCode::ActionFailed => "ACTION_FAILED",
             ErrorCode::Cancelled => "CANCELLED",
+            ErrorCode::LeaseNotHeld => "LEASE_NOT_HELD",
             ErrorCode::InternalError => "INTERNAL_ERROR",
         }
     }
@@ -117,6 +121,9 @@ impl ErrorCode {
             ErrorCode::StoreUnavailable => "The durable store cannot be read or written right now.",
             ErrorCode::ActionFailed => "A step's or task's action reported a failure.",
             ErrorCode::Cancelled => "The operation was cancelled.",
+            ErrorCode::LeaseNotHeld => {
+                "The caller does not hold the task's lease: it expired, was never granted, or is another agent's."
+            }
             ErrorCode::InternalError => "An unexpected condition inside myrmex.",
         }
     }

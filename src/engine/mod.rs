@@ -6,6 +6,7 @@
 //! store, the session registry, the metrics and the background tasks, and is
 //! cheap to clone into every MCP handler rmcp creates.
 
+pub mod attempts;
 pub mod background;
 pub mod condition;
 pub mod library;

@@ -17,11 +17,12 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::attempts::{self, abandon_note, sleep_until};
 use super::condition;
 use super::template::{Scope, render_value};
 use super::workflow::{OnFailure, Priority, StepSpec, TriggerRule, WorkflowSpec};
 use super::{new_id, now_ms};
-use crate::actions::{ActionCtx, Registry};
+use crate::actions::Registry;
 use crate::error::{ErrorCode, Result};
 use crate::store::{RunRecord, StepRecord, Store};
 
@@ -42,9 +43,6 @@ pub mod status {
     }
 }
 use status::*;
-
-/// How long a cancelled action may take to stop before it is abandoned.
-const ABANDON_AFTER: Duration = Duration::from_secs(2);
 
 /// Why a run's token was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -629,14 +627,6 @@ impl RunManager {
     }
 }
 
-/// Sleep until the deadline; forever without one.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn is_terminal(s: &str) -> bool {
     status::is_terminal(s)
 }
@@ -793,9 +783,6 @@ impl StepTask {
     }
 
     async fn attempts(&mut self) -> Result<()> {
-        let store_rec_attempts = self.rec.attempts;
-        let max_attempts = (self.spec.max_retries + 1).max(store_rec_attempts + 1);
-        let policy = self.spec.retry.clone().unwrap_or_default();
         // Resolve inputs once all upstream steps are final.
         let resolved = {
             let table = self.table.read().unwrap_or_else(|p| p.into_inner());
@@ -833,122 +820,73 @@ impl StepTask {
             return self.save().await;
         }
         self.rec.input_hash = Some(hash);
-        let run_cancel = self.active.cancel.clone();
-        let mut attempt = store_rec_attempts;
-        loop {
-            attempt += 1;
-            self.rec.attempts = attempt;
-            self.rec.status = RUNNING.into();
-            self.rec.error = None;
-            self.rec.started_at.get_or_insert(now_ms());
-            // Not awaited to durability: a lost `running` mark only means the
-            // attempt is not counted; the step is attempted again either way.
-            self.mgr.store.queue_step(&self.rec).await?;
-            self.active.bump();
-
-            let token = run_cancel.child_token();
-            let ctx = ActionCtx {
-                cancel: token.clone(),
-                attempt,
-                run_id: self.run_id.clone(),
-                step: self.spec.name.clone(),
-                session_id: self.session_id.clone(),
-            };
-            let registry = self.mgr.registry.clone();
-            let (module, action, p) = (
-                self.spec.module.clone(),
-                self.spec.action.clone(),
-                params.clone(),
-            );
-            let mut fut = Box::pin(async move { registry.call(&module, &action, p, ctx).await });
-            let deadline = self
-                .spec
-                .timeout_seconds
-                .map(|t| tokio::time::Instant::now() + Duration::from_secs(t));
-            let outcome = tokio::select! {
-                r = &mut fut => Outcome::Done(r),
-                _ = sleep_until(deadline) => Outcome::StepTimeout,
-                _ = run_cancel.cancelled() => Outcome::RunStopped,
-            };
-            let mut abandoned = false;
-            let outcome = match outcome {
-                // An action that stopped because the run was stopped.
-                Outcome::Done(Err(_)) if run_cancel.is_cancelled() => Outcome::RunStopped,
-                Outcome::Done(r) => Outcome::Done(r),
-                other => {
-                    // Ask the action to stop; abandon it if it does not.
-                    token.cancel();
-                    if tokio::time::timeout(ABANDON_AFTER, &mut fut).await.is_err() {
-                        tracing::warn!(run = %self.run_id, step = %self.spec.name, "action ignored cancellation; abandoned");
-                        abandoned = true;
-                    }
-                    other
-                }
-            };
-            let (code, message) = match outcome {
-                Outcome::Done(Ok(out)) => {
-                    self.rec.status = SUCCEEDED.into();
-                    self.rec.output = Some(out.to_string());
-                    self.rec.error = None;
-                    self.rec.finished_at = Some(now_ms());
-                    return self.save().await;
-                }
-                Outcome::RunStopped => return self.stopped("while the step ran", abandoned).await,
-                Outcome::StepTimeout => (
-                    ErrorCode::TimeoutExceeded,
-                    abandon_note(
-                        &format!(
-                            "attempt {attempt} exceeded the step's timeout of {} s",
-                            self.spec.timeout_seconds.unwrap_or_default()
-                        ),
-                        abandoned,
-                    ),
-                ),
-                Outcome::Done(Err(e)) => (e.code, e.message),
-            };
-            let timed_out = code == ErrorCode::TimeoutExceeded;
-            let retryable = !matches!(
+        let plan = attempts::Plan {
+            module: self.spec.module.clone(),
+            action: self.spec.action.clone(),
+            params,
+            timeout_seconds: self.spec.timeout_seconds,
+            max_retries: self.spec.max_retries,
+            retry: self.spec.retry.clone().unwrap_or_default(),
+            prior_attempts: self.rec.attempts,
+            run_id: self.run_id.clone(),
+            step: self.spec.name.clone(),
+            session_id: self.session_id.clone(),
+        };
+        let registry = self.mgr.registry.clone();
+        let stop = self.active.cancel.clone();
+        let (attempt, ending) = attempts::run(&registry, plan, &stop, self).await?;
+        self.rec.attempts = attempt;
+        match ending {
+            attempts::Ending::Succeeded(out) => {
+                self.rec.status = SUCCEEDED.into();
+                self.rec.output = Some(out.to_string());
+                self.rec.error = None;
+                self.rec.finished_at = Some(now_ms());
+                self.save().await
+            }
+            attempts::Ending::Failed {
                 code,
-                ErrorCode::InvalidParameters | ErrorCode::ModuleNotFound
-            );
-            if attempt >= max_attempts || !retryable {
-                self.rec.status = if timed_out {
-                    TIMED_OUT.into()
-                } else {
-                    FAILED.into()
-                };
+                message,
+                timed_out,
+            } => {
+                self.rec.status = if timed_out { TIMED_OUT } else { FAILED }.into();
                 self.rec.error = err_json(code, message);
                 self.rec.finished_at = Some(now_ms());
-                return self.save().await;
+                self.save().await
             }
-            self.rec.status = RETRYING.into();
-            self.rec.error = err_json(code, message);
-            self.save().await?;
-            let delay = Duration::from_millis(policy.delay_ms(attempt + 1));
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = run_cancel.cancelled() => return self.stopped("while the step waited to retry", false).await,
+            attempts::Ending::Stopped {
+                during_retry_wait,
+                abandoned,
+            } => {
+                let when = if during_retry_wait {
+                    "while the step waited to retry"
+                } else {
+                    "while the step ran"
+                };
+                self.stopped(when, abandoned).await
             }
         }
     }
 }
 
-/// Say so when the action had to be abandoned.
-fn abandon_note(message: &str, abandoned: bool) -> String {
-    if abandoned {
-        format!(
-            "{message}; the action ignored cancellation for {} s and was abandoned",
-            ABANDON_AFTER.as_secs()
-        )
-    } else {
-        message.to_string()
+impl attempts::Sink for StepTask {
+    async fn started(&mut self, attempt: u32) -> Result<()> {
+        self.rec.attempts = attempt;
+        self.rec.status = RUNNING.into();
+        self.rec.error = None;
+        self.rec.started_at.get_or_insert(now_ms());
+        // Not awaited to durability: a lost `running` mark only means the
+        // attempt is not counted; the step is attempted again either way.
+        self.mgr.store.queue_step(&self.rec).await?;
+        self.active.bump();
+        Ok(())
     }
-}
 
-enum Outcome {
-    Done(std::result::Result<Value, crate::actions::ActionError>),
-    StepTimeout,
-    RunStopped,
+    async fn retrying(&mut self, _attempt: u32, code: ErrorCode, message: &str) -> Result<()> {
+        self.rec.status = RETRYING.into();
+        self.rec.error = err_json(code, message);
+        self.save().await
+    }
 }
 
 /// The message of a stored `{code, message}` error.

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult,
-    WorkflowRecord,
+    FINAL_TASK_STATUSES, RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store,
+    StoreError, StoreResult, TaskRecord, TaskStats, WorkflowRecord,
 };
 
 #[derive(Default)]
@@ -23,6 +23,7 @@ struct Inner {
     /// Steps by run, in definition order.
     steps: HashMap<String, Vec<StepRecord>>,
     meta: BTreeMap<String, String>,
+    tasks: HashMap<String, TaskRecord>,
 }
 
 impl MemoryStore {
@@ -290,5 +291,93 @@ impl Store for MemoryStore {
             Some(v) if *v == now.to_string() => Ok(()),
             _ => Err(StoreError::Unavailable("probe read-back mismatch".into())),
         }
+    }
+
+    async fn insert_tasks(&self, tasks: &[TaskRecord]) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        for (i, t) in tasks.iter().enumerate() {
+            let clash = g.tasks.contains_key(&t.id)
+                || g.tasks
+                    .values()
+                    .any(|o| o.session_id == t.session_id && o.name == t.name)
+                || tasks[..i]
+                    .iter()
+                    .any(|o| o.id == t.id || (o.session_id == t.session_id && o.name == t.name));
+            if clash {
+                return Err(StoreError::Conflict(format!(
+                    "task {} ('{}') exists",
+                    t.id, t.name
+                )));
+            }
+        }
+        for t in tasks {
+            g.tasks.insert(t.id.clone(), t.clone());
+        }
+        Ok(())
+    }
+
+    async fn update_tasks(&self, tasks: &[TaskRecord]) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        for t in tasks {
+            match g.tasks.get(&t.id) {
+                Some(old) if old.version == t.version - 1 => {}
+                _ => {
+                    return Err(StoreError::Conflict(format!(
+                        "task {} was changed by another call",
+                        t.id
+                    )));
+                }
+            }
+        }
+        for t in tasks {
+            g.tasks.insert(t.id.clone(), t.clone());
+        }
+        Ok(())
+    }
+
+    async fn get_task(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
+        Ok(self.lock()?.tasks.get(id).cloned())
+    }
+
+    async fn session_tasks(&self, session_id: &str) -> StoreResult<Vec<TaskRecord>> {
+        let mut v: Vec<TaskRecord> = self
+            .lock()?
+            .tasks
+            .values()
+            .filter(|t| t.session_id == session_id)
+            .cloned()
+            .collect();
+        v.sort_by_key(|t| t.seq);
+        Ok(v)
+    }
+
+    async fn sessions_with_open_tasks(&self) -> StoreResult<Vec<String>> {
+        let mut v: Vec<String> = self
+            .lock()?
+            .tasks
+            .values()
+            .filter(|t| !FINAL_TASK_STATUSES.contains(&t.status.as_str()))
+            .map(|t| t.session_id.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+
+    async fn task_stats(&self) -> StoreResult<TaskStats> {
+        let g = self.lock()?;
+        let mut by: BTreeMap<String, u64> = BTreeMap::new();
+        let (mut sum, mut n) = (0i64, 0i64);
+        for t in g.tasks.values() {
+            *by.entry(t.status.clone()).or_default() += 1;
+            if let (Some(a), Some(b)) = (t.started_at, t.finished_at) {
+                sum += b - a;
+                n += 1;
+            }
+        }
+        Ok(TaskStats {
+            by_status: by.into_iter().collect(),
+            average_execution_ms: (n > 0).then(|| sum as f64 / n as f64),
+        })
     }
 }

@@ -156,6 +156,60 @@ pub struct StepRecord {
     pub prior_hash: Option<String>,
 }
 
+/// One task of a session's task graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    pub id: String,
+    pub session_id: String,
+    pub principal: String,
+    /// Creation order within the session.
+    pub seq: i64,
+    pub name: String,
+    pub description: Option<String>,
+    /// Both set for a task myrmex runs; both None for an agent task.
+    pub module: Option<String>,
+    pub action: Option<String>,
+    /// JSON object.
+    pub parameters: String,
+    /// JSON array of task ids.
+    pub dependencies: String,
+    pub priority: String,
+    pub timeout_seconds: Option<u64>,
+    pub max_retries: u32,
+    /// JSON retry policy.
+    pub retry: Option<String>,
+    /// JSON requirements, as given.
+    pub resources: Option<String>,
+    /// JSON array of strings.
+    pub tags: String,
+    /// JSON object.
+    pub metadata: String,
+    pub status: String,
+    /// JSON.
+    pub result: Option<String>,
+    pub summary: Option<String>,
+    /// `{code, message}` JSON.
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub claimed_by: Option<String>,
+    pub lease_id: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// 1 when inserted, one more with every update.
+    pub version: i64,
+}
+
+/// Task counts for system status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskStats {
+    pub by_status: Vec<(String, u64)>,
+    /// Mean of finished_at - started_at over tasks that ran and finished.
+    pub average_execution_ms: Option<f64>,
+}
+
 /// What a page of runs asks for.
 #[derive(Debug, Clone)]
 pub struct RunQuery<'a> {
@@ -267,7 +321,29 @@ pub trait Store: Send + Sync + 'static {
 
     /// Write and read back a probe row: proves the store is reachable and writable.
     async fn probe(&self, now: i64) -> StoreResult<()>;
+
+    /// Insert tasks, all or none (Conflict when an id or a session's name exists).
+    async fn insert_tasks(&self, tasks: &[TaskRecord]) -> StoreResult<()>;
+
+    /// Replace tasks, all or none. Each record carries its new `version`; the
+    /// stored one must be `version - 1`, otherwise nothing changes and the
+    /// answer is Conflict (someone else changed the task meanwhile).
+    async fn update_tasks(&self, tasks: &[TaskRecord]) -> StoreResult<()>;
+
+    async fn get_task(&self, id: &str) -> StoreResult<Option<TaskRecord>>;
+
+    /// Every task of a session, in creation order.
+    async fn session_tasks(&self, session_id: &str) -> StoreResult<Vec<TaskRecord>>;
+
+    /// Sessions with tasks that are not final.
+    async fn sessions_with_open_tasks(&self) -> StoreResult<Vec<String>>;
+
+    async fn task_stats(&self) -> StoreResult<TaskStats>;
 }
+
+/// Task statuses that are final.
+pub const FINAL_TASK_STATUSES: &[&str] =
+    &["succeeded", "failed", "skipped", "cancelled", "timed_out"];
 
 /// Open (and migrate) the store a spec names.
 pub async fn open(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {

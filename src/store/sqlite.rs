@@ -16,7 +16,7 @@ use sqlx::{AssertSqlSafe, Row, query};
 
 use super::{
     RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult,
-    WorkflowRecord,
+    TaskRecord, TaskStats, WorkflowRecord,
 };
 
 pub struct SqliteStore {
@@ -271,6 +271,91 @@ fn bind_run<'q>(
         .bind(r.started_at)
         .bind(r.finished_at)
         .bind(r.updated_at)
+}
+
+const TASK_COLUMNS: &str = "id, session_id, principal, seq, name, description, module, action, \
+    parameters, dependencies, priority, timeout_seconds, max_retries, retry, resources, tags, \
+    metadata, status, result, summary, error, attempts, claimed_by, lease_id, lease_expires_at, \
+    created_at, updated_at, started_at, finished_at, version";
+
+fn task_placeholders() -> String {
+    (1..=30)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn bind_task<'q>(
+    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    t: &'q TaskRecord,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    q.bind(&t.id)
+        .bind(&t.session_id)
+        .bind(&t.principal)
+        .bind(t.seq)
+        .bind(&t.name)
+        .bind(&t.description)
+        .bind(&t.module)
+        .bind(&t.action)
+        .bind(&t.parameters)
+        .bind(&t.dependencies)
+        .bind(&t.priority)
+        .bind(t.timeout_seconds.map(|v| v as i64))
+        .bind(t.max_retries as i64)
+        .bind(&t.retry)
+        .bind(&t.resources)
+        .bind(&t.tags)
+        .bind(&t.metadata)
+        .bind(&t.status)
+        .bind(&t.result)
+        .bind(&t.summary)
+        .bind(&t.error)
+        .bind(t.attempts as i64)
+        .bind(&t.claimed_by)
+        .bind(&t.lease_id)
+        .bind(t.lease_expires_at)
+        .bind(t.created_at)
+        .bind(t.updated_at)
+        .bind(t.started_at)
+        .bind(t.finished_at)
+        .bind(t.version)
+}
+
+fn task_from_row(r: &SqliteRow) -> Result<TaskRecord, sqlx::Error> {
+    Ok(TaskRecord {
+        id: r.try_get("id")?,
+        session_id: r.try_get("session_id")?,
+        principal: r.try_get("principal")?,
+        seq: r.try_get("seq")?,
+        name: r.try_get("name")?,
+        description: r.try_get("description")?,
+        module: r.try_get("module")?,
+        action: r.try_get("action")?,
+        parameters: r.try_get("parameters")?,
+        dependencies: r.try_get("dependencies")?,
+        priority: r.try_get("priority")?,
+        timeout_seconds: r
+            .try_get::<Option<i64>, _>("timeout_seconds")?
+            .map(|v| v as u64),
+        max_retries: r.try_get::<i64, _>("max_retries")? as u32,
+        retry: r.try_get("retry")?,
+        resources: r.try_get("resources")?,
+        tags: r.try_get("tags")?,
+        metadata: r.try_get("metadata")?,
+        status: r.try_get("status")?,
+        result: r.try_get("result")?,
+        summary: r.try_get("summary")?,
+        error: r.try_get("error")?,
+        attempts: r.try_get::<i64, _>("attempts")? as u32,
+        claimed_by: r.try_get("claimed_by")?,
+        lease_id: r.try_get("lease_id")?,
+        lease_expires_at: r.try_get("lease_expires_at")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        version: r.try_get("version")?,
+    })
 }
 
 fn sessions_from_rows(rows: Vec<SqliteRow>) -> StoreResult<Vec<SessionRecord>> {
@@ -667,5 +752,108 @@ impl Store for SqliteStore {
             return Err(StoreError::Unavailable("probe read-back mismatch".into()));
         }
         Ok(())
+    }
+
+    async fn insert_tasks(&self, tasks: &[TaskRecord]) -> StoreResult<()> {
+        let sql = format!(
+            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({})",
+            task_placeholders()
+        );
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for t in tasks {
+            bind_task(query(AssertSqlSafe(sql.clone())), t)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn update_tasks(&self, tasks: &[TaskRecord]) -> StoreResult<()> {
+        let sql = format!(
+            "UPDATE tasks SET ({TASK_COLUMNS}) = ({}) WHERE id = ?31 AND version = ?32",
+            task_placeholders()
+        );
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for t in tasks {
+            let r = bind_task(query(AssertSqlSafe(sql.clone())), t)
+                .bind(&t.id)
+                .bind(t.version - 1)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if r.rows_affected() != 1 {
+                // Dropping the transaction rolls every row of the batch back.
+                return Err(StoreError::Conflict(format!(
+                    "task {} was changed by another call",
+                    t.id
+                )));
+            }
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn get_task(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
+        let row = query(AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(task_from_row).transpose().map_err(db_err)
+    }
+
+    async fn session_tasks(&self, session_id: &str) -> StoreResult<Vec<TaskRecord>> {
+        let r = query(AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = ?1 ORDER BY seq"
+        )))
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows(r, task_from_row)
+    }
+
+    async fn sessions_with_open_tasks(&self) -> StoreResult<Vec<String>> {
+        let r = query(
+            "SELECT DISTINCT session_id FROM tasks WHERE status NOT IN \
+             ('succeeded', 'failed', 'skipped', 'cancelled', 'timed_out') ORDER BY session_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        r.iter()
+            .map(|row| row.try_get("session_id").map_err(db_err))
+            .collect()
+    }
+
+    async fn task_stats(&self) -> StoreResult<TaskStats> {
+        let r = query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status ORDER BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let by_status = r
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<String, _>("status")?,
+                    row.try_get::<i64, _>("n")? as u64,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(db_err)?;
+        let avg: Option<f64> = query(
+            "SELECT AVG(CAST(finished_at - started_at AS REAL)) AS a FROM tasks \
+             WHERE started_at IS NOT NULL AND finished_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .and_then(|row| row.try_get("a"))
+        .map_err(db_err)?;
+        Ok(TaskStats {
+            by_status,
+            average_execution_ms: avg,
+        })
     }
 }
