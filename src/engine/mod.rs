@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod run;
 pub mod session;
 pub mod system;
+pub mod tasks;
 pub mod template;
 pub mod workflow;
 pub mod workflows;
@@ -59,6 +60,7 @@ struct EngineInner {
     registry: Arc<Registry>,
     library: library::Library,
     runs: Arc<run::RunManager>,
+    tasks: Arc<tasks::TaskManager>,
     /// Cancelled when the engine stops: run drivers leave their state for the next start.
     stopping: tokio_util::sync::CancellationToken,
     metrics: metrics::Metrics,
@@ -79,8 +81,15 @@ impl Engine {
             registry.clone(),
             stopping.clone(),
         ));
+        let tasks = Arc::new(tasks::TaskManager::new(
+            store.clone(),
+            registry.clone(),
+            &config,
+            stopping.clone(),
+        ));
         Self {
             inner: Arc::new(EngineInner {
+                tasks,
                 config,
                 store,
                 sessions,
@@ -120,6 +129,10 @@ impl Engine {
         &self.inner.runs
     }
 
+    pub fn tasks(&self) -> &Arc<tasks::TaskManager> {
+        &self.inner.tasks
+    }
+
     pub fn workflow_limits(&self) -> workflow::Limits {
         workflow_limits(&self.inner.config)
     }
@@ -147,12 +160,32 @@ impl Engine {
         if resumed > 0 {
             tracing::info!(resumed, "unfinished runs resumed");
         }
+        let graphs = self.inner.tasks.resume_all(self).await?;
+        if graphs > 0 {
+            tracing::info!(
+                sessions = graphs,
+                "task graphs with unfinished tasks loaded"
+            );
+        }
         let stopping = self.inner.stopping.clone();
         let on_shutdown = shutdown.clone();
         tokio::spawn(async move {
             on_shutdown.cancelled().await;
             stopping.cancel();
         });
+        let tasks = self.inner.tasks.clone();
+        let every = std::time::Duration::from_millis(
+            self.inner.config.tasks.lease_sweep_interval_ms.max(10),
+        );
+        self.inner.background.spawn_periodic(
+            "task_lease_sweeper",
+            every,
+            shutdown.clone(),
+            move || {
+                let tasks = tasks.clone();
+                async move { tasks.sweep_leases().await }
+            },
+        );
         let sessions = self.inner.sessions.clone();
         let every =
             std::time::Duration::from_secs(self.inner.config.sessions.sweep_interval_seconds);

@@ -79,6 +79,8 @@ pub struct SystemStatus {
     pub sessions: SessionCounts,
     /// Workflow runs this process is executing right now.
     pub active_runs: usize,
+    /// Tasks of all task graphs, counted.
+    pub tasks: TaskStatsView,
     /// The caller's active sessions (with `include_active_sessions`; at most one page).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_sessions: Option<Vec<Session>>,
@@ -92,6 +94,18 @@ pub struct SystemStatus {
     pub issues: Vec<String>,
     /// What an operator could do about them.
     pub recommendations: Vec<String>,
+}
+
+/// Task statistics.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TaskStatsView {
+    pub total: u64,
+    /// Tasks by status.
+    pub by_status: BTreeMap<String, u64>,
+    /// Mean time from start to end of tasks that ran and finished, in milliseconds.
+    pub average_execution_ms: Option<f64>,
+    /// Succeeded / (succeeded + failed + timed_out); null before any of these.
+    pub success_rate: Option<f64>,
 }
 
 /// What `system_status` should include beyond the basics.
@@ -210,6 +224,16 @@ impl Engine {
             .await?
             .into_iter()
             .collect();
+        let stats = self.store().task_stats().await?;
+        let task_counts: BTreeMap<String, u64> = stats.by_status.into_iter().collect();
+        let count = |s: &str| task_counts.get(s).copied().unwrap_or(0);
+        let ended = count("succeeded") + count("failed") + count("timed_out");
+        let tasks = TaskStatsView {
+            total: task_counts.values().sum(),
+            average_execution_ms: stats.average_execution_ms,
+            success_rate: (ended > 0).then(|| count("succeeded") as f64 / ended as f64),
+            by_status: task_counts,
+        };
         let active_sessions = if opts.include_active_sessions {
             let page = self
                 .sessions()
@@ -260,6 +284,7 @@ impl Engine {
                 by_status,
             },
             active_runs: self.runs().active_count(),
+            tasks,
             active_sessions,
             tool_calls: opts
                 .include_detailed_metrics

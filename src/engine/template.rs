@@ -1,7 +1,7 @@
 //! `{{ ... }}` references in step parameters and `when` conditions.
 //!
 //! Forms: `{{params.x}}`, `{{steps.<name>.output}}`, `{{steps.<name>.output.field.sub[0]}}`,
-//! `{{steps.<name>.status}}`, `{{run.id}}`, `{{session.id}}`, and the original
+//! `{{steps.<name>.status}}`, `{{tasks.<name or id>.result}}` (task graphs), `{{run.id}}`, `{{session.id}}`, and the original
 //! specification's `{{<step>.output}}` and `${<step>.result}`. A string that is
 //! exactly one reference takes the referenced value with its JSON type; a
 //! reference inside longer text is rendered as text. `\{{` is a literal `{{`.
@@ -139,7 +139,7 @@ pub fn parse_ref(expr: &str, dollar: bool) -> Result<Ref, String> {
     };
     let bad = || {
         format!(
-            "'{expr}' is not a reference: use params.<name>, steps.<step>.output[.path], steps.<step>.status, run.id or session.id"
+            "'{expr}' is not a reference: use params.<name>, steps.<step>.output[.path], steps.<step>.status, tasks.<task>.result[.path], run.id or session.id"
         )
     };
     match key(0) {
@@ -152,7 +152,8 @@ pub fn parse_ref(expr: &str, dollar: bool) -> Result<Ref, String> {
         },
         Some("run") if segs.len() == 2 && key(1) == Some("id") => Ok(Ref::RunId),
         Some("session") if segs.len() == 2 && key(1) == Some("id") => Ok(Ref::SessionId),
-        Some("steps") => match (key(1), key(2)) {
+        // `tasks.<name or id>` is the task graph's spelling of the same thing.
+        Some("steps" | "tasks") => match (key(1), key(2)) {
             (Some(step), Some("output" | "result")) => Ok(Ref::StepOutput {
                 step: step.into(),
                 path: segs[3..].to_vec(),

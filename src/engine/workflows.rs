@@ -890,6 +890,10 @@ impl Engine {
         if n > 0 {
             tracing::info!(session = %id, runs = n, "runs of the closed session cancelled");
         }
+        let n = self.tasks().close_session(id).await?;
+        if n > 0 {
+            tracing::info!(session = %id, tasks = n, "tasks of the closed session cancelled");
+        }
         Ok(s)
     }
 
@@ -1035,12 +1039,12 @@ fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
     }
 }
 
-fn encode_offset(n: usize) -> String {
+pub(crate) fn encode_offset(n: usize) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o1:{n}"))
 }
 
-fn decode_offset(c: &str) -> Result<usize> {
+pub(crate) fn decode_offset(c: &str) -> Result<usize> {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(c)

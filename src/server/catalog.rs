@@ -29,6 +29,92 @@ pub const COMMON_ERRORS: &[ErrorCode] = &[InvalidParameters, StoreUnavailable, I
 
 pub const DOCS: &[ToolDoc] = &[
     ToolDoc {
+        name: "create_task",
+        errors: &[
+            NotFound,
+            Conflict,
+            CycleDetected,
+            ModuleNotFound,
+            LimitExceeded,
+            SessionClosed,
+        ],
+        example: r#"{"task": {"name": "summarise", "module": "core", "action": "echo", "parameters": {"text": "{{tasks.fetch.result.body}}"}, "priority": "high"}}"#,
+    },
+    ToolDoc {
+        name: "create_tasks",
+        errors: &[
+            NotFound,
+            Conflict,
+            CycleDetected,
+            ModuleNotFound,
+            LimitExceeded,
+            SessionClosed,
+        ],
+        example: r#"{"tasks": [{"name": "design", "description": "Write the API design"}, {"name": "review", "dependencies": ["design"], "tags": ["review"]}]}"#,
+    },
+    ToolDoc {
+        name: "execute_task",
+        errors: &[
+            NotFound,
+            Conflict,
+            CycleDetected,
+            ModuleNotFound,
+            LimitExceeded,
+            SessionClosed,
+        ],
+        example: r#"{"task_name": "wait-a-bit", "module": "core", "action": "sleep", "parameters": {"ms": 200}, "retry_count": 2, "wait_seconds": 10}"#,
+    },
+    ToolDoc {
+        name: "get_task",
+        errors: &[NotFound],
+        example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef", "wait_seconds": 20}"#,
+    },
+    ToolDoc {
+        name: "list_tasks",
+        errors: &[NotFound, SessionClosed],
+        example: r#"{"status": "ready", "limit": 50}"#,
+    },
+    ToolDoc {
+        name: "update_task",
+        errors: &[NotFound, Conflict, CycleDetected, LimitExceeded],
+        example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef", "changes": {"priority": "critical", "tags": ["urgent"]}}"#,
+    },
+    ToolDoc {
+        name: "cancel_task",
+        errors: &[NotFound, Conflict],
+        example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef"}"#,
+    },
+    ToolDoc {
+        name: "retry_task",
+        errors: &[NotFound, Conflict, DependencyFailed],
+        example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef"}"#,
+    },
+    ToolDoc {
+        name: "get_task_graph",
+        errors: &[NotFound, SessionClosed],
+        example: r#"{}"#,
+    },
+    ToolDoc {
+        name: "next_task",
+        errors: &[NotFound, SessionClosed],
+        example: r#"{"agent": "worker-1", "tags": ["backend"], "lease_seconds": 600}"#,
+    },
+    ToolDoc {
+        name: "complete_task",
+        errors: &[NotFound, LeaseNotHeld, LimitExceeded],
+        example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef", "lease_id": "lse_0123456789abcdef0123456789abcdef", "result": {"files": ["api.md"]}, "summary": "Wrote the API design"}"#,
+    },
+    ToolDoc {
+        name: "fail_task",
+        errors: &[NotFound, LeaseNotHeld],
+        example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef", "lease_id": "lse_0123456789abcdef0123456789abcdef", "error": "the build server is down", "retryable": true}"#,
+    },
+    ToolDoc {
+        name: "renew_task_lease",
+        errors: &[NotFound, LeaseNotHeld],
+        example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef", "lease_id": "lse_0123456789abcdef0123456789abcdef", "lease_seconds": 600}"#,
+    },
+    ToolDoc {
         name: "cancel_workflow_run",
         errors: &[NotFound, Conflict],
         example: r#"{"run_id": "run_0123456789abcdef0123456789abcdef"}"#,

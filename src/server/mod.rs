@@ -43,7 +43,10 @@ impl MyrmexServer {
 
     /// Every tool myrmex serves.
     pub fn router() -> ToolRouter<Self> {
-        Self::sessions_router() + Self::system_router() + Self::workflows_router()
+        Self::sessions_router()
+            + Self::system_router()
+            + Self::workflows_router()
+            + Self::tasks_router()
     }
 }
 

@@ -3,4 +3,5 @@
 
 pub mod sessions;
 pub mod system;
+pub mod tasks;
 pub mod workflows;

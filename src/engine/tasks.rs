@@ -1,0 +1,2134 @@
+//! A session's task graph: tasks with dependencies and priorities that myrmex
+//! runs itself (tasks with a `module.action`, through the same attempt loop as
+//! workflow steps) or that agents claim with a lease, work on and complete.
+//!
+//! Each session's graph lives in memory behind one async lock and is written
+//! through to the store before any call is answered: every change (a claim, a
+//! completion and the dependents it releases) is one atomic `update_tasks`
+//! whose rows carry the version they were read at, so a concurrent writer in
+//! another process is detected instead of overwritten.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::attempts;
+use super::session::Session;
+use super::template::{Ref, Scope, render_value, templates_in};
+use super::workflow::{Priority, RetryPolicy};
+use super::{Engine, Principal, iso, new_id, now_ms};
+use crate::actions::Registry;
+use crate::config::TasksConfig;
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::{Store, StoreError, TaskRecord};
+
+/// Task statuses.
+pub mod status {
+    pub const PENDING: &str = "pending";
+    pub const READY: &str = "ready";
+    pub const RUNNING: &str = "running";
+    pub const CLAIMED: &str = "claimed";
+    pub const SUCCEEDED: &str = "succeeded";
+    pub const FAILED: &str = "failed";
+    pub const SKIPPED: &str = "skipped";
+    pub const CANCELLED: &str = "cancelled";
+    pub const TIMED_OUT: &str = "timed_out";
+
+    pub fn is_final(s: &str) -> bool {
+        matches!(s, SUCCEEDED | FAILED | SKIPPED | CANCELLED | TIMED_OUT)
+    }
+
+    /// Ends that make `all_success` dependents skipped.
+    pub fn is_bad_end(s: &str) -> bool {
+        matches!(s, FAILED | SKIPPED | CANCELLED | TIMED_OUT)
+    }
+}
+use status::*;
+
+/// Most retries a task may ask for.
+const MAX_RETRIES: u32 = 100;
+/// Longest task timeout: one week.
+const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+const MAX_TAGS: usize = 32;
+const MAX_TAG_CHARS: usize = 64;
+const MAX_NAME_CHARS: usize = 64;
+
+/// A task to create (input of `create_task`, and of each item of `create_tasks`).
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    /// Unique within the session: letters, digits, `_` and `-` (at most 64). Other tasks refer to it by this name.
+    pub name: String,
+    /// What the task is.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Module of the action myrmex runs for this task (with `action`). Omit both for an agent task, done by whoever claims it with next_task.
+    #[serde(default)]
+    pub module: Option<String>,
+    /// Action within the module.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// Parameters of the action, or instructions for the agent. Strings may reference other tasks: `{{tasks.<name or id>.result.path}}` or `${<name>.result}`; a reference adds a dependency.
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    /// Tasks that must succeed first: ids (`tsk_...`) or names (of existing tasks, or of tasks in the same batch).
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    /// `low`, `normal` (default), `high` or `critical`. Higher runs and is handed out first; FIFO within a priority.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Time limit of one attempt of the action, in seconds (tasks with an action).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// Further attempts after a failure (default 0). Agent tasks: how often fail_task with retryable=true puts the task back.
+    #[serde(default)]
+    pub max_retries: u32,
+    /// Backoff between attempts: {initial_delay_ms, multiplier, max_delay_ms, jitter}.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// Resource requirements (stored; enforced once resource management lands).
+    #[serde(default)]
+    pub resources: Option<Value>,
+    /// Labels to filter by (next_task, list_tasks).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Free-form JSON object.
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+}
+
+/// Fields of a task that may change while it is pending or ready.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TaskChanges {
+    /// New description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// New priority: low, normal, high or critical.
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Replaces the parameters (references add dependencies).
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+    /// Replaces the explicit dependencies (ids or names); an edge that would close a cycle is refused.
+    #[serde(default)]
+    pub dependencies: Option<Vec<String>>,
+    /// New time limit of one attempt, in seconds.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// New number of further attempts after a failure.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// New backoff between attempts.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// Replaces the tags.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// Replaces the metadata.
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// An error as stored and shown: `{code, message}`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TaskError {
+    pub code: String,
+    pub message: String,
+}
+
+/// A task, in full.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TaskView {
+    /// `tsk_...`
+    pub task_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// `auto` (myrmex runs module.action) or `agent` (claimed with next_task).
+    pub kind: String,
+    pub module: Option<String>,
+    pub action: Option<String>,
+    pub parameters: Map<String, Value>,
+    /// Ids of the tasks this one waits for (explicit and from references).
+    pub dependencies: Vec<String>,
+    pub priority: String,
+    pub timeout_seconds: Option<u64>,
+    pub max_retries: u32,
+    pub tags: Vec<String>,
+    pub metadata: Map<String, Value>,
+    /// Resource requirements, as given.
+    pub resources: Option<Value>,
+    /// pending, ready, running, claimed, succeeded, failed, skipped, cancelled or timed_out.
+    pub status: String,
+    /// What the action returned, or what the agent reported with complete_task.
+    pub result: Option<Value>,
+    pub summary: Option<String>,
+    pub error: Option<TaskError>,
+    /// Attempts made (runs of the action, or claims).
+    pub attempts: u32,
+    /// Who holds (or last held) the claim.
+    pub claimed_by: Option<String>,
+    /// When the current lease ends (claimed tasks).
+    pub lease_expires_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// finished_at - started_at, in milliseconds.
+    pub execution_time_ms: Option<i64>,
+    pub session_id: String,
+}
+
+/// A task in a few fields (list_tasks without `detail`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TaskBrief {
+    pub task_id: String,
+    pub name: String,
+    pub status: String,
+    pub priority: String,
+    /// `auto` or `agent`.
+    pub kind: String,
+    /// How many tasks this one waits for.
+    pub dependency_count: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+}
+
+/// A page of tasks.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TaskPage {
+    /// Compact entries (or full ones with `detail: true`).
+    pub tasks: Vec<Value>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+    /// Tasks matching the filters.
+    pub total: usize,
+}
+
+/// Counts of a session's tasks that next_task reports when nothing is ready.
+#[derive(Debug, Clone, Serialize, JsonSchema, Default)]
+pub struct QueueCounts {
+    /// Ready agent tasks that match the filter (0 when nothing was handed out).
+    pub ready: usize,
+    /// Ready agent tasks that do not match the tag filter.
+    pub ready_other_tags: usize,
+    /// Waiting for dependencies.
+    pub blocked: usize,
+    /// Tasks with an action that myrmex is running or is about to run.
+    pub running: usize,
+    /// Claimed by you (this principal and agent name).
+    pub claimed_by_you: usize,
+    /// Claimed by other agents.
+    pub claimed_by_others: usize,
+    /// In a final state.
+    pub finished: usize,
+}
+
+/// Answer of next_task.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Claim {
+    /// The claimed task, or null when nothing is ready for you.
+    pub task: Option<TaskView>,
+    /// Pass to complete_task, fail_task and renew_task_lease.
+    pub lease_id: Option<String>,
+    pub lease_expires_at: Option<String>,
+    /// Why this task was chosen, or why nothing was.
+    pub reason: String,
+    pub counts: QueueCounts,
+}
+
+/// A graph edge: `from` must succeed before `to` starts.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Edge {
+    pub from: String,
+    pub to: String,
+}
+
+/// Answer of get_task_graph.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TaskGraphView {
+    pub nodes: Vec<TaskBrief>,
+    pub edges: Vec<Edge>,
+    pub mermaid: String,
+    /// True when the graph has more nodes than were returned.
+    pub truncated: bool,
+    pub total_tasks: usize,
+    pub counts: BTreeMap<String, usize>,
+}
+
+/// Why a running task's token was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Cancelled,
+    Shutdown,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    stop: Arc<OnceLock<Stop>>,
+}
+
+/// One session's graph in memory.
+#[derive(Default)]
+struct Graph {
+    loaded: bool,
+    closed: bool,
+    max_parallel: usize,
+    tasks: HashMap<String, TaskRecord>,
+    /// Ids in creation order.
+    order: Vec<String>,
+    by_name: HashMap<String, String>,
+    dependents: HashMap<String, Vec<String>>,
+    running: HashMap<String, Running>,
+    next_seq: i64,
+}
+
+struct SessionGraph {
+    session_id: String,
+    graph: tokio::sync::Mutex<Graph>,
+    changed: watch::Sender<u64>,
+}
+
+impl SessionGraph {
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+}
+
+/// Every task graph this process has loaded.
+pub struct TaskManager {
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    config: TasksConfig,
+    limits: crate::config::LimitsConfig,
+    shutdown: CancellationToken,
+    graphs: Mutex<HashMap<String, Arc<SessionGraph>>>,
+}
+
+fn deps_of(t: &TaskRecord) -> Vec<String> {
+    serde_json::from_str(&t.dependencies).unwrap_or_default()
+}
+
+fn err_json(code: &str, message: impl Into<String>) -> Option<String> {
+    Some(json!({"code": code, "message": message.into()}).to_string())
+}
+
+fn priority_rank(p: &str) -> u8 {
+    match p {
+        "critical" => 3,
+        "high" => 2,
+        "normal" => 1,
+        _ => 0,
+    }
+}
+
+fn priority_str(p: Priority) -> &'static str {
+    super::run::priority_str(p)
+}
+
+fn is_agent(t: &TaskRecord) -> bool {
+    t.action.is_none()
+}
+
+/// Changes of one call, applied to the graph only after the store took them.
+struct Txn<'g> {
+    g: &'g Graph,
+    changed: BTreeMap<String, TaskRecord>,
+    now: i64,
+}
+
+impl<'g> Txn<'g> {
+    fn new(g: &'g Graph) -> Self {
+        Self {
+            g,
+            changed: BTreeMap::new(),
+            now: now_ms(),
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&TaskRecord> {
+        self.changed.get(id).or_else(|| self.g.tasks.get(id))
+    }
+
+    /// A copy of the task to change; its version is bumped once per call.
+    fn edit(&mut self, id: &str) -> &mut TaskRecord {
+        if !self.changed.contains_key(id) {
+            let mut t = self.g.tasks[id].clone();
+            t.version += 1;
+            self.changed.insert(id.to_string(), t);
+        }
+        let now = self.now;
+        let t = self.changed.get_mut(id).expect("just inserted");
+        t.updated_at = now;
+        t
+    }
+
+    /// The task reached a final state: settle its dependents (ready, or
+    /// skipped when a dependency ended badly), transitively.
+    fn settle_dependents(&mut self, id: &str) {
+        let mut queue = vec![id.to_string()];
+        while let Some(done) = queue.pop() {
+            for d in self.g.dependents.get(&done).cloned().unwrap_or_default() {
+                if self.get(&d).is_none_or(|t| t.status != PENDING) {
+                    continue;
+                }
+                match self.evaluate(&d) {
+                    Some((SKIPPED, error)) => {
+                        let now = self.now;
+                        let t = self.edit(&d);
+                        t.status = SKIPPED.into();
+                        t.error = error;
+                        t.finished_at = Some(now);
+                        queue.push(d);
+                    }
+                    Some((READY, _)) => self.edit(&d).status = READY.into(),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// What a pending task's dependencies make it: ready, skipped (with the
+    /// reason) or still pending (None).
+    fn evaluate(&self, id: &str) -> Option<(&'static str, Option<String>)> {
+        evaluate_deps(&deps_of(self.get(id)?), |d| self.get(d))
+    }
+
+    /// Write the call's changes, then apply them to the graph.
+    async fn commit(self, store: &dyn Store) -> Result<Vec<TaskRecord>> {
+        let changed: Vec<TaskRecord> = self.changed.into_values().collect();
+        if !changed.is_empty() {
+            store.update_tasks(&changed).await.map_err(conflict_hint)?;
+        }
+        Ok(changed)
+    }
+}
+
+fn evaluate_deps<'a>(
+    deps: &[String],
+    get: impl Fn(&str) -> Option<&'a TaskRecord>,
+) -> Option<(&'static str, Option<String>)> {
+    let mut all_done = true;
+    for d in deps {
+        match get(d) {
+            Some(t) if is_bad_end(&t.status) => {
+                return Some((
+                    SKIPPED,
+                    err_json(
+                        ErrorCode::DependencyFailed.as_str(),
+                        format!("dependency '{}' ({}) {}", t.name, t.id, t.status),
+                    ),
+                ));
+            }
+            Some(t) if t.status == SUCCEEDED => {}
+            _ => all_done = false,
+        }
+    }
+    all_done.then_some((READY, None))
+}
+
+fn conflict_hint(e: StoreError) -> Error {
+    match e {
+        StoreError::Conflict(m) => Error::new(
+            ErrorCode::Conflict,
+            m,
+            "Another process changed the task at the same moment; read it again and retry.",
+        ),
+        e => e.into(),
+    }
+}
+
+/// References to other tasks in parameters: (location, task name or id).
+fn task_refs(params: &Map<String, Value>) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    templates_in(&Value::Object(params.clone()), "", &mut found);
+    let mut out = Vec::new();
+    for (at, t) in found {
+        let t = t.map_err(|e| {
+            Error::invalid(
+                format!("parameters.{at}: {e}"),
+                "Write references as {{tasks.<name or id>.result.path}} or ${<name>.result}; escape a literal '{{' as '\\{{'.",
+            )
+        })?;
+        for r in t.refs() {
+            match r {
+                Ref::StepOutput { step, .. } | Ref::StepStatus { step } => out.push(step.clone()),
+                Ref::Param { name, .. } => {
+                    return Err(Error::invalid(
+                        format!(
+                            "parameters.{at}: tasks have no parameters to reference ('params.{name}')"
+                        ),
+                        "Put the value itself in the task's parameters, or reference another task's result with {{tasks.<name>.result}}.",
+                    ));
+                }
+                Ref::RunId | Ref::SessionId => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Lookups for task parameter templates.
+struct TaskScope<'a> {
+    g: &'a Graph,
+    task_id: &'a str,
+    session_id: &'a str,
+    results: HashMap<String, Option<Value>>,
+}
+
+impl<'a> TaskScope<'a> {
+    fn new(g: &'a Graph, task_id: &'a str, session_id: &'a str) -> Self {
+        Self {
+            g,
+            task_id,
+            session_id,
+            results: HashMap::new(),
+        }
+    }
+
+    fn find(&self, key: &str) -> Option<&TaskRecord> {
+        self.g
+            .tasks
+            .get(key)
+            .or_else(|| self.g.by_name.get(key).and_then(|id| self.g.tasks.get(id)))
+    }
+}
+
+impl Scope for TaskScope<'_> {
+    fn param(&self, _name: &str) -> Option<&Value> {
+        None
+    }
+    fn step(&self, name: &str) -> Option<(String, Option<&Value>)> {
+        let t = self.find(name)?;
+        Some((
+            t.status.clone(),
+            self.results.get(&t.id).and_then(Option::as_ref),
+        ))
+    }
+    fn run_id(&self) -> &str {
+        self.task_id
+    }
+    fn session_id(&self) -> &str {
+        self.session_id
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned + Default>(s: Option<&str>) -> T {
+    s.and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default()
+}
+
+pub fn view(t: &TaskRecord) -> TaskView {
+    TaskView {
+        task_id: t.id.clone(),
+        name: t.name.clone(),
+        description: t.description.clone(),
+        kind: kind(t).into(),
+        module: t.module.clone(),
+        action: t.action.clone(),
+        parameters: parse_json(Some(&t.parameters)),
+        dependencies: deps_of(t),
+        priority: t.priority.clone(),
+        timeout_seconds: t.timeout_seconds,
+        max_retries: t.max_retries,
+        tags: parse_json(Some(&t.tags)),
+        metadata: parse_json(Some(&t.metadata)),
+        resources: t
+            .resources
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok()),
+        status: t.status.clone(),
+        result: t
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok()),
+        summary: t.summary.clone(),
+        error: t
+            .error
+            .as_deref()
+            .and_then(|e| serde_json::from_str::<Value>(e).ok())
+            .map(|e| TaskError {
+                code: e["code"].as_str().unwrap_or_default().into(),
+                message: e["message"].as_str().unwrap_or_default().into(),
+            }),
+        attempts: t.attempts,
+        claimed_by: t.claimed_by.clone(),
+        lease_expires_at: t.lease_expires_at.map(iso),
+        created_at: iso(t.created_at),
+        updated_at: iso(t.updated_at),
+        started_at: t.started_at.map(iso),
+        finished_at: t.finished_at.map(iso),
+        execution_time_ms: match (t.started_at, t.finished_at) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        },
+        session_id: t.session_id.clone(),
+    }
+}
+
+fn kind(t: &TaskRecord) -> &'static str {
+    if is_agent(t) { "agent" } else { "auto" }
+}
+
+pub fn brief(t: &TaskRecord) -> TaskBrief {
+    TaskBrief {
+        task_id: t.id.clone(),
+        name: t.name.clone(),
+        status: t.status.clone(),
+        priority: t.priority.clone(),
+        kind: kind(t).into(),
+        dependency_count: deps_of(t).len(),
+        claimed_by: t.claimed_by.clone().filter(|_| t.status == CLAIMED),
+    }
+}
+
+fn not_found(id: &str) -> Error {
+    Error::not_found(
+        "task",
+        id,
+        "Check the task_id (and session_id, if given); list_tasks shows the session's tasks.",
+    )
+}
+
+/// Filters of list_tasks.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub status: Option<String>,
+    pub tag: Option<String>,
+    pub priority: Option<Priority>,
+}
+
+/// Answer of execute_task, in the original specification's shape.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ExecuteTaskResult {
+    /// The task's status: succeeded, failed, ... or running/pending/ready when the wait ended first.
+    pub status: String,
+    pub task_id: String,
+    /// What the action returned.
+    pub result: Option<Value>,
+    /// Seconds the task ran (null until it finished).
+    pub execution_time: Option<f64>,
+    /// Attempts after the first.
+    pub retry_attempts: u32,
+    /// True when every dependency succeeded.
+    pub dependencies_satisfied: bool,
+    /// The resources requested (not yet enforced: resource management comes later).
+    pub resource_allocation: Option<Value>,
+    pub error_message: Option<String>,
+    /// name, priority, attempts, created_at, session_id and the task's own metadata.
+    pub metadata: Map<String, Value>,
+}
+
+impl TaskManager {
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        config: &crate::config::Config,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            config: config.tasks.clone(),
+            limits: config.limits.clone(),
+            shutdown,
+            graphs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn session_graph(&self, session_id: &str) -> Arc<SessionGraph> {
+        self.graphs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(session_id.to_string())
+            .or_insert_with(|| {
+                Arc::new(SessionGraph {
+                    session_id: session_id.to_string(),
+                    graph: tokio::sync::Mutex::new(Graph::default()),
+                    changed: watch::channel(0).0,
+                })
+            })
+            .clone()
+    }
+
+    /// The session's graph, locked and loaded.
+    async fn lock<'a>(
+        &self,
+        sg: &'a SessionGraph,
+        max_parallel: u32,
+    ) -> Result<tokio::sync::MutexGuard<'a, Graph>> {
+        let mut g = sg.graph.lock().await;
+        g.max_parallel = max_parallel.max(1) as usize;
+        if !g.loaded {
+            let tasks = self.store.session_tasks(&sg.session_id).await?;
+            for t in tasks {
+                g.next_seq = g.next_seq.max(t.seq + 1);
+                g.order.push(t.id.clone());
+                g.by_name.insert(t.name.clone(), t.id.clone());
+                for d in deps_of(&t) {
+                    g.dependents.entry(d).or_default().push(t.id.clone());
+                }
+                g.tasks.insert(t.id.clone(), t);
+            }
+            g.loaded = true;
+        }
+        Ok(g)
+    }
+
+    /// Apply committed records to the graph.
+    fn apply(g: &mut Graph, changed: Vec<TaskRecord>) {
+        for t in changed {
+            g.tasks.insert(t.id.clone(), t);
+        }
+    }
+
+    // ---- creating -------------------------------------------------------
+
+    fn check_new(&self, t: &NewTask) -> Result<()> {
+        let name_ok = !t.name.is_empty()
+            && t.name.chars().count() <= MAX_NAME_CHARS
+            && t.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && !t.name.starts_with("tsk_");
+        if !name_ok {
+            return Err(Error::invalid(
+                format!("task name '{}' is not valid", t.name),
+                format!(
+                    "Use 1-{MAX_NAME_CHARS} letters, digits, '_' or '-' (not starting with 'tsk_'), e.g. \"build-docs\"."
+                ),
+            ));
+        }
+        if let Some(d) = &t.description
+            && d.chars().count() > self.limits.max_description_chars
+        {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "task '{}': description has {} characters; the limit is {}",
+                    t.name,
+                    d.chars().count(),
+                    self.limits.max_description_chars
+                ),
+                "Shorten the description; put long material in metadata or parameters.",
+            ));
+        }
+        match (&t.module, &t.action) {
+            (None, None) => {}
+            (Some(m), Some(a)) => {
+                if self.registry.spec(m, a).is_none() {
+                    let hint = match self.registry.actions_of(m) {
+                        Some(acts) => format!("Module '{m}' has actions: {}.", acts.join(", ")),
+                        None => format!("Known modules: {}.", self.registry.modules().join(", ")),
+                    };
+                    return Err(Error::new(
+                        ErrorCode::ModuleNotFound,
+                        format!("task '{}': no action '{m}.{a}'", t.name),
+                        hint,
+                    ));
+                }
+                let mut found = Vec::new();
+                templates_in(&Value::Object(t.parameters.clone()), "", &mut found);
+                let templated: Vec<String> = found
+                    .iter()
+                    .map(|(at, _)| at.split(['.', '[']).next().unwrap_or_default().to_string())
+                    .collect();
+                let problems = self.registry.check_params(
+                    m,
+                    a,
+                    &Value::Object(t.parameters.clone()),
+                    &templated,
+                );
+                if !problems.is_empty() {
+                    return Err(Error::invalid(
+                        format!(
+                            "task '{}': parameters of {m}.{a}: {}",
+                            t.name,
+                            problems.join("; ")
+                        ),
+                        "Fix the parameters to match the action's schema (list_workflows and the specification describe each action).",
+                    ));
+                }
+            }
+            _ => {
+                return Err(Error::invalid(
+                    format!("task '{}': give both module and action, or neither", t.name),
+                    "A task with module and action is run by myrmex; a task without them is an agent task claimed with next_task.",
+                ));
+            }
+        }
+        if t.max_retries > MAX_RETRIES {
+            return Err(Error::invalid(
+                format!(
+                    "task '{}': max_retries {} is above {MAX_RETRIES}",
+                    t.name, t.max_retries
+                ),
+                format!("Use max_retries between 0 and {MAX_RETRIES}."),
+            ));
+        }
+        if let Some(s) = t.timeout_seconds
+            && (s == 0 || s > MAX_TIMEOUT_SECONDS)
+        {
+            return Err(Error::invalid(
+                format!(
+                    "task '{}': timeout_seconds {s} is outside 1..={MAX_TIMEOUT_SECONDS}",
+                    t.name
+                ),
+                "Give the time limit of one attempt in seconds, at least 1.",
+            ));
+        }
+        self.check_tags(&t.tags)?;
+        self.check_payload(&t.name, "parameters", &Value::Object(t.parameters.clone()))?;
+        self.check_payload(&t.name, "metadata", &Value::Object(t.metadata.clone()))?;
+        if let Some(r) = &t.resources {
+            self.check_payload(&t.name, "resources", r)?;
+        }
+        task_refs(&t.parameters)?;
+        Ok(())
+    }
+
+    fn check_tags(&self, tags: &[String]) -> Result<()> {
+        if tags.len() > MAX_TAGS
+            || tags
+                .iter()
+                .any(|t| t.is_empty() || t.chars().count() > MAX_TAG_CHARS)
+        {
+            return Err(Error::invalid(
+                format!("tags: at most {MAX_TAGS} tags of 1-{MAX_TAG_CHARS} characters each"),
+                "Use a few short labels such as \"backend\" or \"review\".",
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_payload(&self, task: &str, field: &str, v: &Value) -> Result<()> {
+        let n = v.to_string().len();
+        if n > self.config.max_payload_bytes {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "task '{task}': {field} is {n} bytes; the limit is {} bytes",
+                    self.config.max_payload_bytes
+                ),
+                "Store large data elsewhere (a file, an object store) and pass a reference to it.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Create tasks, all or none. Dependencies name existing tasks (id or
+    /// name) or tasks of the batch (name).
+    pub async fn create(
+        self: &Arc<Self>,
+        session: &Session,
+        batch: Vec<NewTask>,
+    ) -> Result<Vec<TaskView>> {
+        if batch.is_empty() {
+            return Err(Error::invalid("no tasks given", "Pass at least one task."));
+        }
+        if batch.len() > self.config.max_batch {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "{} tasks in one batch; the limit is {}",
+                    batch.len(),
+                    self.config.max_batch
+                ),
+                "Split the batch; dependencies may name tasks created earlier.",
+            ));
+        }
+        for t in &batch {
+            self.check_new(t)?;
+        }
+        let sg = self.session_graph(&session.session_id);
+        let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
+        if g.tasks.len() + batch.len() > self.config.max_tasks_per_session {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the session has {} tasks; {} more would pass the limit of {}",
+                    g.tasks.len(),
+                    batch.len(),
+                    self.config.max_tasks_per_session
+                ),
+                "Use a new session for further work (create_session), or raise [tasks] max_tasks_per_session.",
+            ));
+        }
+        // Ids and names of the batch.
+        let mut batch_ids: HashMap<String, String> = HashMap::new();
+        for t in &batch {
+            if g.by_name.contains_key(&t.name) || batch_ids.contains_key(&t.name) {
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!("a task named '{}' exists in this session", t.name),
+                    "Task names are unique within a session; pick another name, or refer to the existing task.",
+                ));
+            }
+            batch_ids.insert(t.name.clone(), new_id("tsk"));
+        }
+        let resolve = |key: &str, of: &str| -> Result<String> {
+            if let Some(id) = batch_ids.get(key) {
+                return Ok(id.clone());
+            }
+            if g.tasks.contains_key(key) {
+                return Ok(key.to_string());
+            }
+            if let Some(id) = g.by_name.get(key) {
+                return Ok(id.clone());
+            }
+            Err(Error::new(
+                ErrorCode::NotFound,
+                format!(
+                    "task '{of}' depends on '{key}', which is no task of this session or batch"
+                ),
+                "Name an existing task (id or name) or a task of the same batch; list_tasks shows the session's tasks.",
+            ))
+        };
+        let now = now_ms();
+        let mut records: Vec<TaskRecord> = Vec::with_capacity(batch.len());
+        let mut batch_deps: HashMap<String, Vec<String>> = HashMap::new();
+        for (i, t) in batch.into_iter().enumerate() {
+            let id = batch_ids[&t.name].clone();
+            let mut deps: Vec<String> = Vec::new();
+            for key in t
+                .dependencies
+                .iter()
+                .chain(task_refs(&t.parameters)?.iter())
+            {
+                let d = resolve(key, &t.name)?;
+                if d == id {
+                    return Err(Error::new(
+                        ErrorCode::CycleDetected,
+                        format!("task '{}' depends on itself", t.name),
+                        "Remove the task from its own dependencies and references.",
+                    ));
+                }
+                if !deps.contains(&d) {
+                    deps.push(d);
+                }
+            }
+            batch_deps.insert(id.clone(), deps.clone());
+            records.push(TaskRecord {
+                id,
+                session_id: session.session_id.clone(),
+                principal: session.principal.clone(),
+                seq: g.next_seq + i as i64,
+                name: t.name,
+                description: t.description,
+                module: t.module,
+                action: t.action,
+                parameters: Value::Object(t.parameters).to_string(),
+                dependencies: serde_json::to_string(&deps).expect("strings"),
+                priority: priority_str(t.priority).into(),
+                timeout_seconds: t.timeout_seconds,
+                max_retries: t.max_retries,
+                retry: t.retry.map(|r| serde_json::to_string(&r).expect("policy")),
+                resources: t.resources.map(|r| r.to_string()),
+                tags: serde_json::to_string(&t.tags).expect("strings"),
+                metadata: Value::Object(t.metadata).to_string(),
+                status: PENDING.into(),
+                result: None,
+                summary: None,
+                error: None,
+                attempts: 0,
+                claimed_by: None,
+                lease_id: None,
+                lease_expires_at: None,
+                created_at: now,
+                updated_at: now,
+                started_at: None,
+                finished_at: None,
+                version: 1,
+            });
+        }
+        if let Some(cycle) = batch_cycle(&records, &batch_deps) {
+            return Err(Error::new(
+                ErrorCode::CycleDetected,
+                format!("the batch's dependencies form a cycle: {cycle}"),
+                "Remove one dependency of the cycle.",
+            ));
+        }
+        // Initial status, in dependency order within the batch.
+        let by_id: HashMap<String, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.clone(), i))
+            .collect();
+        for i in topo(&records, &batch_deps, &by_id) {
+            let deps = batch_deps[&records[i].id].clone();
+            let verdict = evaluate_deps(&deps, |d| match by_id.get(d) {
+                Some(&j) => Some(&records[j]),
+                None => g.tasks.get(d),
+            });
+            let r = &mut records[i];
+            match verdict {
+                Some((SKIPPED, error)) => {
+                    r.status = SKIPPED.into();
+                    r.error = error;
+                    r.finished_at = Some(now);
+                }
+                Some((st, _)) => r.status = st.into(),
+                None => {}
+            }
+        }
+        self.store
+            .insert_tasks(&records)
+            .await
+            .map_err(conflict_hint)?;
+        g.next_seq += records.len() as i64;
+        for r in &records {
+            g.order.push(r.id.clone());
+            g.by_name.insert(r.name.clone(), r.id.clone());
+            for d in &batch_deps[&r.id] {
+                g.dependents
+                    .entry(d.clone())
+                    .or_default()
+                    .push(r.id.clone());
+            }
+            g.tasks.insert(r.id.clone(), r.clone());
+        }
+        self.dispatch(&sg, &mut g).await?;
+        sg.bump();
+        Ok(records
+            .iter()
+            .map(|r| view(g.tasks.get(&r.id).unwrap_or(r)))
+            .collect())
+    }
+
+    // ---- running auto tasks -------------------------------------------
+
+    /// Start ready auto tasks, most urgent first, up to the session's parallelism.
+    async fn dispatch(self: &Arc<Self>, sg: &Arc<SessionGraph>, g: &mut Graph) -> Result<()> {
+        if g.closed || self.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let free = g.max_parallel.saturating_sub(g.running.len());
+        if free == 0 {
+            return Ok(());
+        }
+        let mut ready: Vec<&TaskRecord> = g
+            .tasks
+            .values()
+            .filter(|t| t.status == READY && !is_agent(t) && !g.running.contains_key(&t.id))
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        ready.sort_by_key(|t| (std::cmp::Reverse(priority_rank(&t.priority)), t.seq));
+        let picked: Vec<String> = ready.iter().take(free).map(|t| t.id.clone()).collect();
+        let mut txn = Txn::new(g);
+        let now = txn.now;
+        let mut plans = Vec::new();
+        for id in &picked {
+            // Resolve the parameters now: every dependency has succeeded.
+            let t = txn.get(id).expect("picked").clone();
+            let mut scope = TaskScope::new(g, &t.id, &t.session_id);
+            for d in deps_of(&t) {
+                let r = g
+                    .tasks
+                    .get(&d)
+                    .and_then(|d| d.result.as_deref())
+                    .and_then(|r| serde_json::from_str(r).ok());
+                scope.results.insert(d, r);
+            }
+            let params: Map<String, Value> = parse_json(Some(&t.parameters));
+            match render_value(&Value::Object(params), &scope) {
+                Ok(p) => {
+                    let rec = txn.edit(id);
+                    rec.status = RUNNING.into();
+                    rec.started_at.get_or_insert(now);
+                    plans.push((t, p));
+                }
+                Err(e) => {
+                    let rec = txn.edit(id);
+                    rec.status = FAILED.into();
+                    rec.error = err_json(
+                        ErrorCode::InvalidParameters.as_str(),
+                        format!("cannot resolve parameters: {e}"),
+                    );
+                    rec.started_at.get_or_insert(now);
+                    rec.finished_at = Some(now);
+                    txn.settle_dependents(id);
+                }
+            }
+        }
+        let changed = txn.commit(&*self.store).await?;
+        Self::apply(g, changed);
+        for (t, params) in plans {
+            let cancel = self.shutdown.child_token();
+            let stop = Arc::new(OnceLock::new());
+            g.running.insert(
+                t.id.clone(),
+                Running {
+                    cancel: cancel.clone(),
+                    stop: stop.clone(),
+                },
+            );
+            let plan = attempts::Plan {
+                module: t.module.clone().unwrap_or_default(),
+                action: t.action.clone().unwrap_or_default(),
+                params,
+                timeout_seconds: t.timeout_seconds,
+                max_retries: t.max_retries,
+                retry: t
+                    .retry
+                    .as_deref()
+                    .and_then(|r| serde_json::from_str(r).ok())
+                    .unwrap_or_default(),
+                prior_attempts: t.attempts,
+                run_id: t.id.clone(),
+                step: t.name.clone(),
+                session_id: t.session_id.clone(),
+            };
+            let job = Job {
+                mgr: self.clone(),
+                sg: sg.clone(),
+                id: t.id.clone(),
+            };
+            tokio::spawn(job.run(plan, cancel, stop));
+        }
+        Ok(())
+    }
+
+    // ---- reading ---------------------------------------------------------
+
+    /// A task visible to the caller, with its session's graph loaded.
+    async fn find(
+        &self,
+        engine: &Engine,
+        p: &Principal,
+        task_id: &str,
+        session_id: Option<&str>,
+    ) -> Result<(Session, Arc<SessionGraph>)> {
+        let rec = self.store.get_task(task_id).await?;
+        let Some(rec) =
+            rec.filter(|t| t.principal == p.name() && session_id.is_none_or(|s| s == t.session_id))
+        else {
+            return Err(not_found(task_id));
+        };
+        let session = engine
+            .sessions()
+            .get(p, &rec.session_id)
+            .await
+            .map_err(|_| not_found(task_id))?;
+        Ok((session, self.session_graph(&rec.session_id)))
+    }
+
+    pub async fn get(
+        &self,
+        engine: &Engine,
+        p: &Principal,
+        task_id: &str,
+        session_id: Option<&str>,
+        wait: Duration,
+    ) -> Result<TaskView> {
+        let (session, sg) = self.find(engine, p, task_id, session_id).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let mut rx = sg.changed.subscribe();
+            let t = {
+                let g = self.lock(&sg, session.max_parallel_tasks).await?;
+                g.tasks
+                    .get(task_id)
+                    .cloned()
+                    .ok_or_else(|| not_found(task_id))?
+            };
+            if is_final(&t.status) || tokio::time::Instant::now() >= deadline {
+                return Ok(view(&t));
+            }
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    pub async fn list(
+        &self,
+        session: &Session,
+        filter: &TaskFilter,
+        cursor: Option<&str>,
+        limit: u32,
+        detail: bool,
+    ) -> Result<TaskPage> {
+        let sg = self.session_graph(&session.session_id);
+        let g = self.lock(&sg, session.max_parallel_tasks).await?;
+        let priority = filter.priority.map(priority_str);
+        let matching: Vec<&TaskRecord> = g
+            .order
+            .iter()
+            .filter_map(|id| g.tasks.get(id))
+            .filter(|t| filter.status.as_deref().is_none_or(|s| t.status == s))
+            .filter(|t| priority.is_none_or(|p| t.priority == p))
+            .filter(|t| {
+                filter.tag.as_deref().is_none_or(|tag| {
+                    parse_json::<Vec<String>>(Some(&t.tags))
+                        .iter()
+                        .any(|x| x == tag)
+                })
+            })
+            .collect();
+        let start = match cursor {
+            Some(c) => super::workflows::decode_offset(c)?,
+            None => 0,
+        };
+        let page: Vec<Value> = matching
+            .iter()
+            .skip(start)
+            .take(limit as usize)
+            .map(|t| {
+                if detail {
+                    serde_json::to_value(view(t))
+                } else {
+                    serde_json::to_value(brief(t))
+                }
+                .expect("serializable")
+            })
+            .collect();
+        let end = start + page.len();
+        Ok(TaskPage {
+            next_cursor: (end < matching.len()).then(|| super::workflows::encode_offset(end)),
+            total: matching.len(),
+            tasks: page,
+        })
+    }
+
+    pub async fn graph(&self, session: &Session) -> Result<TaskGraphView> {
+        let sg = self.session_graph(&session.session_id);
+        let g = self.lock(&sg, session.max_parallel_tasks).await?;
+        let max = self.config.max_graph_nodes;
+        let nodes: Vec<&TaskRecord> = g
+            .order
+            .iter()
+            .filter_map(|id| g.tasks.get(id))
+            .take(max)
+            .collect();
+        let shown: HashSet<&str> = nodes.iter().map(|t| t.id.as_str()).collect();
+        let mut edges = Vec::new();
+        let mut mermaid = String::from("flowchart TD\n");
+        for t in &nodes {
+            mermaid.push_str(&format!("    {}[\"{} ({})\"]\n", t.id, t.name, t.status));
+        }
+        for t in &nodes {
+            for d in deps_of(t) {
+                if shown.contains(d.as_str()) {
+                    mermaid.push_str(&format!("    {d} --> {}\n", t.id));
+                    edges.push(Edge {
+                        from: d,
+                        to: t.id.clone(),
+                    });
+                }
+            }
+        }
+        let mut counts = BTreeMap::new();
+        for t in g.tasks.values() {
+            *counts.entry(t.status.clone()).or_insert(0) += 1;
+        }
+        Ok(TaskGraphView {
+            truncated: g.tasks.len() > nodes.len(),
+            total_tasks: g.tasks.len(),
+            nodes: nodes.into_iter().map(brief).collect(),
+            edges,
+            mermaid,
+            counts,
+        })
+    }
+
+    // ---- changing ---------------------------------------------------------
+
+    pub async fn update(
+        self: &Arc<Self>,
+        engine: &Engine,
+        p: &Principal,
+        task_id: &str,
+        session_id: Option<&str>,
+        ch: TaskChanges,
+    ) -> Result<TaskView> {
+        let (session, sg) = self.find(engine, p, task_id, session_id).await?;
+        let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
+        let cur = g
+            .tasks
+            .get(task_id)
+            .cloned()
+            .ok_or_else(|| not_found(task_id))?;
+        if !matches!(cur.status.as_str(), PENDING | READY) {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!(
+                    "task '{}' is {}; only pending or ready tasks can be changed",
+                    cur.name, cur.status
+                ),
+                "Cancel it and create a new task, or retry_task a finished one.",
+            ));
+        }
+        // Validate the result as a whole, as a new task would be.
+        let mut probe = NewTask {
+            name: cur.name.clone(),
+            description: ch.description.clone().or(cur.description.clone()),
+            module: cur.module.clone(),
+            action: cur.action.clone(),
+            parameters: ch
+                .parameters
+                .clone()
+                .unwrap_or_else(|| parse_json(Some(&cur.parameters))),
+            dependencies: Vec::new(),
+            priority: Priority::Normal,
+            timeout_seconds: ch.timeout_seconds.or(cur.timeout_seconds),
+            max_retries: ch.max_retries.unwrap_or(cur.max_retries),
+            retry: None,
+            resources: None,
+            tags: ch
+                .tags
+                .clone()
+                .unwrap_or_else(|| parse_json(Some(&cur.tags))),
+            metadata: ch
+                .metadata
+                .clone()
+                .unwrap_or_else(|| parse_json(Some(&cur.metadata))),
+        };
+        self.check_new(&probe)?;
+        // New dependency set: explicit ones (changed or kept) plus references.
+        let mut deps: Vec<String> = match &ch.dependencies {
+            Some(keys) => {
+                let mut v = Vec::new();
+                for k in keys {
+                    v.push(resolve_existing(&g, k, &cur.name)?);
+                }
+                v
+            }
+            None => {
+                // Keep the current explicit dependencies (those not from references).
+                let old_refs: Vec<String> = task_refs(&parse_json(Some(&cur.parameters)))?
+                    .iter()
+                    .filter_map(|k| resolve_existing(&g, k, &cur.name).ok())
+                    .collect();
+                deps_of(&cur)
+                    .into_iter()
+                    .filter(|d| !old_refs.contains(d))
+                    .collect()
+            }
+        };
+        for k in task_refs(&probe.parameters)? {
+            let d = resolve_existing(&g, &k, &cur.name)?;
+            if !deps.contains(&d) {
+                deps.push(d);
+            }
+        }
+        deps.dedup();
+        for d in &deps {
+            if d == task_id || reaches(&g, task_id, d) {
+                let other = g.tasks.get(d).map(|t| t.name.clone()).unwrap_or_default();
+                return Err(Error::new(
+                    ErrorCode::CycleDetected,
+                    format!(
+                        "'{}' cannot depend on '{other}': '{other}' already depends on '{}' (directly or through other tasks)",
+                        cur.name, cur.name
+                    ),
+                    "Remove that dependency; get_task_graph shows the edges.",
+                ));
+            }
+        }
+        let old_deps = deps_of(&cur);
+        let mut txn = Txn::new(&g);
+        {
+            let t = txn.edit(task_id);
+            if let Some(d) = ch.description {
+                t.description = Some(d);
+            }
+            if let Some(pr) = ch.priority {
+                t.priority = priority_str(pr).into();
+            }
+            if let Some(params) = probe.parameters.clone().into() {
+                t.parameters = Value::Object(params).to_string();
+            }
+            t.timeout_seconds = probe.timeout_seconds;
+            t.max_retries = probe.max_retries;
+            if let Some(r) = ch.retry {
+                t.retry = Some(serde_json::to_string(&r).expect("policy"));
+            }
+            t.tags = serde_json::to_string(&std::mem::take(&mut probe.tags)).expect("strings");
+            t.metadata = Value::Object(std::mem::take(&mut probe.metadata)).to_string();
+            t.dependencies = serde_json::to_string(&deps).expect("strings");
+            t.status = PENDING.into();
+        }
+        let verdict = txn.evaluate(task_id);
+        match verdict {
+            Some((SKIPPED, error)) => {
+                let now = txn.now;
+                let t = txn.edit(task_id);
+                t.status = SKIPPED.into();
+                t.error = error;
+                t.finished_at = Some(now);
+                txn.settle_dependents(task_id);
+            }
+            Some((st, _)) => txn.edit(task_id).status = st.into(),
+            None => {}
+        }
+        let changed = txn.commit(&*self.store).await?;
+        Self::apply(&mut g, changed);
+        for d in &old_deps {
+            if let Some(v) = g.dependents.get_mut(d) {
+                v.retain(|x| x != task_id);
+            }
+        }
+        for d in &deps {
+            g.dependents
+                .entry(d.clone())
+                .or_default()
+                .push(task_id.to_string());
+        }
+        self.dispatch(&sg, &mut g).await?;
+        sg.bump();
+        Ok(view(&g.tasks[task_id]))
+    }
+
+    pub async fn cancel(
+        self: &Arc<Self>,
+        engine: &Engine,
+        p: &Principal,
+        task_id: &str,
+        session_id: Option<&str>,
+    ) -> Result<TaskView> {
+        let (session, sg) = self.find(engine, p, task_id, session_id).await?;
+        let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
+        let cur = g
+            .tasks
+            .get(task_id)
+            .cloned()
+            .ok_or_else(|| not_found(task_id))?;
+        if is_final(&cur.status) {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!("task '{}' is already {}", cur.name, cur.status),
+                "Nothing to cancel; retry_task runs a finished task again.",
+            ));
+        }
+        let mut txn = Txn::new(&g);
+        cancel_in(
+            &mut txn,
+            task_id,
+            ErrorCode::Cancelled,
+            "the task was cancelled",
+        );
+        let changed = txn.commit(&*self.store).await?;
+        Self::apply(&mut g, changed);
+        if let Some(r) = g.running.get(task_id) {
+            let _ = r.stop.set(Stop::Cancelled);
+            r.cancel.cancel();
+        }
+        self.dispatch(&sg, &mut g).await?;
+        sg.bump();
+        Ok(view(&g.tasks[task_id]))
+    }
+
+    pub async fn retry(
+        self: &Arc<Self>,
+        engine: &Engine,
+        p: &Principal,
+        task_id: &str,
+        session_id: Option<&str>,
+    ) -> Result<TaskView> {
+        let (session, sg) = self.find(engine, p, task_id, session_id).await?;
+        let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
+        let cur = g
+            .tasks
+            .get(task_id)
+            .cloned()
+            .ok_or_else(|| not_found(task_id))?;
+        if !matches!(
+            cur.status.as_str(),
+            FAILED | CANCELLED | TIMED_OUT | SKIPPED
+        ) {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!(
+                    "task '{}' is {}; only failed, cancelled, timed-out or skipped tasks can be retried",
+                    cur.name, cur.status
+                ),
+                "Wait for the task to finish (get_task with wait_seconds), or cancel it first.",
+            ));
+        }
+        if let Some(bad) = deps_of(&cur)
+            .iter()
+            .filter_map(|d| g.tasks.get(d))
+            .find(|d| is_bad_end(&d.status))
+        {
+            return Err(Error::new(
+                ErrorCode::DependencyFailed,
+                format!("dependency '{}' ({}) is {}", bad.name, bad.id, bad.status),
+                format!(
+                    "Retry '{}' first ({}); its dependents that were skipped come back with it.",
+                    bad.name, bad.id
+                ),
+            ));
+        }
+        let mut txn = Txn::new(&g);
+        // The task and its dependents that were skipped because of it go again.
+        let mut queue = vec![task_id.to_string()];
+        let mut seen = HashSet::new();
+        while let Some(id) = queue.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let t = txn.edit(&id);
+            t.status = PENDING.into();
+            t.attempts = 0;
+            t.error = None;
+            t.result = None;
+            t.summary = None;
+            t.started_at = None;
+            t.finished_at = None;
+            t.claimed_by = None;
+            t.lease_id = None;
+            t.lease_expires_at = None;
+            for d in g.dependents.get(&id).cloned().unwrap_or_default() {
+                if txn.get(&d).is_some_and(|x| x.status == SKIPPED) {
+                    queue.push(d);
+                }
+            }
+        }
+        if let Some((st, _)) = txn.evaluate(task_id) {
+            txn.edit(task_id).status = st.into();
+        }
+        let changed = txn.commit(&*self.store).await?;
+        Self::apply(&mut g, changed);
+        self.dispatch(&sg, &mut g).await?;
+        sg.bump();
+        Ok(view(&g.tasks[task_id]))
+    }
+
+    // ---- agents -----------------------------------------------------------
+
+    /// Return expired leases to `ready` (the attempt stays counted).
+    async fn expire_leases(&self, g: &mut Graph) -> Result<usize> {
+        let now = now_ms();
+        let expired: Vec<String> = g
+            .tasks
+            .values()
+            .filter(|t| t.status == CLAIMED && t.lease_expires_at.is_some_and(|e| e <= now))
+            .map(|t| t.id.clone())
+            .collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let mut txn = Txn::new(g);
+        for id in &expired {
+            let t = txn.edit(id);
+            let who = t.claimed_by.clone().unwrap_or_default();
+            t.status = READY.into();
+            t.error = err_json(
+                ErrorCode::TimeoutExceeded.as_str(),
+                format!(
+                    "the lease of '{who}' expired (attempt {}); the task is ready again",
+                    t.attempts
+                ),
+            );
+            t.lease_id = None;
+            t.lease_expires_at = None;
+        }
+        let changed = txn.commit(&*self.store).await?;
+        Self::apply(g, changed);
+        Ok(expired.len())
+    }
+
+    pub async fn next(
+        &self,
+        session: &Session,
+        agent: &str,
+        tags: &[String],
+        lease_seconds: Option<u64>,
+    ) -> Result<Claim> {
+        let lease = self.lease_seconds(lease_seconds)?;
+        let sg = self.session_graph(&session.session_id);
+        let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
+        self.expire_leases(&mut g).await?;
+        let mut counts = QueueCounts::default();
+        let mut best: Option<&TaskRecord> = None;
+        let mut candidates = 0usize;
+        for t in g.tasks.values() {
+            match t.status.as_str() {
+                READY if is_agent(t) => {
+                    let ttags: Vec<String> = parse_json(Some(&t.tags));
+                    if tags.iter().all(|x| ttags.contains(x)) {
+                        candidates += 1;
+                        let key =
+                            |t: &TaskRecord| (std::cmp::Reverse(priority_rank(&t.priority)), t.seq);
+                        if best.is_none_or(|b| key(t) < key(b)) {
+                            best = Some(t);
+                        }
+                    } else {
+                        counts.ready_other_tags += 1;
+                    }
+                }
+                READY | RUNNING => counts.running += 1,
+                PENDING => counts.blocked += 1,
+                CLAIMED if t.claimed_by.as_deref() == Some(agent) => counts.claimed_by_you += 1,
+                CLAIMED => counts.claimed_by_others += 1,
+                _ => counts.finished += 1,
+            }
+        }
+        let Some(best) = best.map(|b| b.id.clone()) else {
+            let reason = if counts.blocked
+                + counts.running
+                + counts.claimed_by_others
+                + counts.claimed_by_you
+                + counts.ready_other_tags
+                == 0
+            {
+                "nothing is ready: every task of the session is finished (or there are none)"
+                    .to_string()
+            } else {
+                format!(
+                    "nothing is ready for you: {} blocked on dependencies, {} run by myrmex, {} claimed by others, {} claimed by you, {} ready with other tags",
+                    counts.blocked,
+                    counts.running,
+                    counts.claimed_by_others,
+                    counts.claimed_by_you,
+                    counts.ready_other_tags
+                )
+            };
+            return Ok(Claim {
+                task: None,
+                lease_id: None,
+                lease_expires_at: None,
+                reason,
+                counts,
+            });
+        };
+        let mut txn = Txn::new(&g);
+        let now = txn.now;
+        let lease_id = new_id("lse");
+        let t = txn.edit(&best);
+        t.status = CLAIMED.into();
+        t.claimed_by = Some(agent.to_string());
+        t.lease_id = Some(lease_id.clone());
+        t.lease_expires_at = Some(now + lease as i64 * 1000);
+        t.attempts += 1;
+        t.started_at.get_or_insert(now);
+        let reason = format!(
+            "the most urgent ready agent task: priority {}, waiting since {}{}; {} other ready task(s) for you",
+            t.priority,
+            iso(t.created_at),
+            if t.attempts > 1 {
+                format!(", attempt {}", t.attempts)
+            } else {
+                String::new()
+            },
+            candidates - 1
+        );
+        let changed = txn.commit(&*self.store).await?;
+        Self::apply(&mut g, changed);
+        counts.ready = candidates - 1;
+        counts.claimed_by_you += 1;
+        sg.bump();
+        let t = &g.tasks[&best];
+        Ok(Claim {
+            task: Some(view(t)),
+            lease_id: Some(lease_id),
+            lease_expires_at: t.lease_expires_at.map(iso),
+            reason,
+            counts,
+        })
+    }
+
+    fn lease_seconds(&self, s: Option<u64>) -> Result<u64> {
+        match s {
+            None => Ok(self.config.default_lease_seconds),
+            Some(n) if n == 0 || n > self.config.max_lease_seconds => Err(Error::invalid(
+                format!(
+                    "lease_seconds {n} is outside 1..={}",
+                    self.config.max_lease_seconds
+                ),
+                "Ask for a lease you can finish within, and renew it with renew_task_lease.",
+            )),
+            Some(n) => Ok(n),
+        }
+    }
+
+    /// The claimed task under `lease_id`, or LEASE_NOT_HELD.
+    fn held<'g>(g: &'g Graph, task_id: &str, lease_id: &str) -> Result<&'g TaskRecord> {
+        let t = g.tasks.get(task_id).ok_or_else(|| not_found(task_id))?;
+        if t.status == CLAIMED && t.lease_id.as_deref() == Some(lease_id) {
+            return Ok(t);
+        }
+        let why = if t.status == CLAIMED {
+            format!(
+                "the task is claimed under another lease (by '{}')",
+                t.claimed_by.clone().unwrap_or_default()
+            )
+        } else if is_final(&t.status) {
+            format!("the task is already {}", t.status)
+        } else {
+            format!(
+                "the task is {} (a lease that expired returns it to ready)",
+                t.status
+            )
+        };
+        Err(Error::new(
+            ErrorCode::LeaseNotHeld,
+            format!("lease {lease_id} does not hold task '{}': {why}", t.name),
+            "Only the agent holding the current lease may complete, fail or renew a task. Call next_task for new work.",
+        )
+        .with_details(json!({"task_id": t.id, "status": t.status})))
+    }
+
+    /// complete_task (`Ok(result)`) or fail_task (`Err((error, retryable))`).
+    pub async fn finish_claim(
+        self: &Arc<Self>,
+        engine: &Engine,
+        p: &Principal,
+        task_id: &str,
+        lease_id: &str,
+        outcome: std::result::Result<(Option<Value>, Option<String>), (String, bool)>,
+    ) -> Result<TaskView> {
+        let (session, sg) = self.find(engine, p, task_id, None).await?;
+        let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
+        self.expire_leases(&mut g).await?;
+        let cur = Self::held(&g, task_id, lease_id)?.clone();
+        if let Ok((Some(r), _)) = &outcome {
+            self.check_payload(&cur.name, "result", r)?;
+        }
+        let mut txn = Txn::new(&g);
+        let now = txn.now;
+        let t = txn.edit(task_id);
+        t.lease_id = None;
+        t.lease_expires_at = None;
+        let settled = match outcome {
+            Ok((result, summary)) => {
+                t.status = SUCCEEDED.into();
+                t.result = Some(result.unwrap_or(Value::Null).to_string());
+                t.summary = summary;
+                t.error = None;
+                t.finished_at = Some(now);
+                true
+            }
+            Err((error, retryable)) => {
+                t.error = err_json(ErrorCode::ActionFailed.as_str(), error);
+                if retryable && t.attempts <= t.max_retries {
+                    t.status = READY.into();
+                    false
+                } else {
+                    t.status = FAILED.into();
+                    t.finished_at = Some(now);
+                    true
+                }
+            }
+        };
+        if settled {
+            txn.settle_dependents(task_id);
+        }
+        let changed = txn.commit(&*self.store).await?;
+        Self::apply(&mut g, changed);
+        self.dispatch(&sg, &mut g).await?;
+        sg.bump();
+        Ok(view(&g.tasks[task_id]))
+    }
+
+    pub async fn renew(
+        &self,
+        engine: &Engine,
+        p: &Principal,
+        task_id: &str,
+        lease_id: &str,
+        lease_seconds: Option<u64>,
+    ) -> Result<TaskView> {
+        let lease = self.lease_seconds(lease_seconds)?;
+        let (session, sg) = self.find(engine, p, task_id, None).await?;
+        let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
+        self.expire_leases(&mut g).await?;
+        Self::held(&g, task_id, lease_id)?;
+        let mut txn = Txn::new(&g);
+        let now = txn.now;
+        txn.edit(task_id).lease_expires_at = Some(now + lease as i64 * 1000);
+        let changed = txn.commit(&*self.store).await?;
+        Self::apply(&mut g, changed);
+        sg.bump();
+        Ok(view(&g.tasks[task_id]))
+    }
+
+    /// execute_task: create an auto task and wait up to `wait` for it.
+    pub async fn execute(
+        self: &Arc<Self>,
+        session: &Session,
+        task: NewTask,
+        wait: Duration,
+    ) -> Result<ExecuteTaskResult> {
+        let created = self.create(session, vec![task]).await?;
+        let id = created[0].task_id.clone();
+        let t = self.wait_final(session, &id, wait).await?;
+        let sg = self.session_graph(&session.session_id);
+        let dependencies_satisfied = {
+            let g = self.lock(&sg, session.max_parallel_tasks).await?;
+            deps_of(&t)
+                .iter()
+                .all(|d| g.tasks.get(d).is_some_and(|d| d.status == SUCCEEDED))
+        };
+        let v = view(&t);
+        let mut metadata = v.metadata.clone();
+        metadata.insert("name".into(), json!(v.name));
+        metadata.insert("priority".into(), json!(v.priority));
+        metadata.insert("attempts".into(), json!(v.attempts));
+        metadata.insert("created_at".into(), json!(v.created_at));
+        metadata.insert("session_id".into(), json!(v.session_id));
+        Ok(ExecuteTaskResult {
+            status: v.status,
+            task_id: v.task_id,
+            result: v.result,
+            execution_time: v.execution_time_ms.map(|ms| ms as f64 / 1000.0),
+            retry_attempts: v.attempts.saturating_sub(1),
+            dependencies_satisfied,
+            resource_allocation: v.resources,
+            error_message: v.error.map(|e| e.message),
+            metadata,
+        })
+    }
+
+    /// Wait up to `wait` for a task to reach a final state.
+    pub async fn wait_final(
+        &self,
+        session: &Session,
+        task_id: &str,
+        wait: Duration,
+    ) -> Result<TaskRecord> {
+        let sg = self.session_graph(&session.session_id);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let mut rx = sg.changed.subscribe();
+            let t = {
+                let g = self.lock(&sg, session.max_parallel_tasks).await?;
+                g.tasks
+                    .get(task_id)
+                    .cloned()
+                    .ok_or_else(|| not_found(task_id))?
+            };
+            if is_final(&t.status) || tokio::time::Instant::now() >= deadline {
+                return Ok(t);
+            }
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    // ---- lifecycle -------------------------------------------------------
+
+    /// The session was closed: cancel its unfinished tasks.
+    pub async fn close_session(self: &Arc<Self>, session_id: &str) -> Result<usize> {
+        let sg = self.session_graph(session_id);
+        let mut g = self.lock(&sg, 1).await?;
+        g.closed = true;
+        let open: Vec<String> = g
+            .order
+            .iter()
+            .filter(|id| g.tasks.get(*id).is_some_and(|t| !is_final(&t.status)))
+            .cloned()
+            .collect();
+        let mut txn = Txn::new(&g);
+        for id in &open {
+            cancel_in(
+                &mut txn,
+                id,
+                ErrorCode::SessionClosed,
+                "the session was closed",
+            );
+        }
+        let changed = txn.commit(&*self.store).await?;
+        Self::apply(&mut g, changed);
+        for r in g.running.values() {
+            let _ = r.stop.set(Stop::Cancelled);
+            r.cancel.cancel();
+        }
+        sg.bump();
+        drop(g);
+        self.graphs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(session_id);
+        Ok(open.len())
+    }
+
+    /// After a restart: load graphs with unfinished tasks, run interrupted
+    /// auto tasks again (their attempt stays counted), keep claims and leases.
+    pub async fn resume_all(self: &Arc<Self>, engine: &Engine) -> Result<usize> {
+        let sessions = self.store.sessions_with_open_tasks().await?;
+        for sid in &sessions {
+            let session = match self.store.get_session(sid).await? {
+                Some(s) if s.status == "active" => s,
+                _ => {
+                    self.close_session(sid).await?;
+                    continue;
+                }
+            };
+            let _ = engine;
+            let sg = self.session_graph(sid);
+            let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
+            let interrupted: Vec<String> = g
+                .tasks
+                .values()
+                .filter(|t| t.status == RUNNING && !g.running.contains_key(&t.id))
+                .map(|t| t.id.clone())
+                .collect();
+            if !interrupted.is_empty() {
+                tracing::info!(session = %sid, tasks = interrupted.len(), "running tasks attempted again after restart");
+                let mut txn = Txn::new(&g);
+                for id in &interrupted {
+                    txn.edit(id).status = READY.into();
+                }
+                let changed = txn.commit(&*self.store).await?;
+                Self::apply(&mut g, changed);
+            }
+            self.dispatch(&sg, &mut g).await?;
+        }
+        Ok(sessions.len())
+    }
+
+    /// Periodic: expire leases of every loaded graph.
+    pub async fn sweep_leases(&self) -> Result<()> {
+        let graphs: Vec<Arc<SessionGraph>> = self
+            .graphs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for sg in graphs {
+            let mut g = sg.graph.lock().await;
+            if !g.loaded {
+                continue;
+            }
+            if self.expire_leases(&mut g).await? > 0 {
+                sg.bump();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolve a dependency key against the session's existing tasks.
+fn resolve_existing(g: &Graph, key: &str, of: &str) -> Result<String> {
+    if g.tasks.contains_key(key) {
+        return Ok(key.to_string());
+    }
+    g.by_name.get(key).cloned().ok_or_else(|| {
+        Error::new(
+            ErrorCode::NotFound,
+            format!("task '{of}' depends on '{key}', which is no task of this session"),
+            "Name an existing task by id or name; list_tasks shows the session's tasks.",
+        )
+    })
+}
+
+/// Does `from` reach `to` through dependents (is `to` downstream of `from`)?
+fn reaches(g: &Graph, from: &str, to: &str) -> bool {
+    let mut stack = vec![from.to_string()];
+    let mut seen = HashSet::new();
+    while let Some(x) = stack.pop() {
+        if x == to {
+            return true;
+        }
+        if seen.insert(x.clone()) {
+            stack.extend(g.dependents.get(&x).cloned().unwrap_or_default());
+        }
+    }
+    false
+}
+
+/// Cancel a task that is not final and skip what depends on it.
+fn cancel_in(txn: &mut Txn<'_>, id: &str, code: ErrorCode, message: &str) {
+    let now = txn.now;
+    let t = txn.edit(id);
+    t.status = CANCELLED.into();
+    t.error = err_json(code.as_str(), message);
+    t.finished_at = Some(now);
+    t.lease_id = None;
+    t.lease_expires_at = None;
+    txn.settle_dependents(id);
+}
+
+/// A cycle among the batch's dependencies, as `a -> b -> a`.
+fn batch_cycle(records: &[TaskRecord], deps: &HashMap<String, Vec<String>>) -> Option<String> {
+    let mut graph = petgraph::graphmap::DiGraphMap::<&str, ()>::new();
+    for r in records {
+        graph.add_node(r.id.as_str());
+    }
+    for r in records {
+        for d in &deps[&r.id] {
+            if graph.contains_node(d.as_str()) {
+                graph.add_edge(d.as_str(), r.id.as_str(), ());
+            }
+        }
+    }
+    let name: HashMap<&str, &str> = records
+        .iter()
+        .map(|r| (r.id.as_str(), r.name.as_str()))
+        .collect();
+    petgraph::algo::tarjan_scc(&graph)
+        .into_iter()
+        .find(|c| c.len() > 1)
+        .map(|mut c| {
+            c.reverse();
+            let mut names: Vec<&str> = c.iter().map(|id| name[id]).collect();
+            names.push(names[0]);
+            names.join(" -> ")
+        })
+}
+
+/// Batch records in an order where dependencies come first.
+fn topo(
+    records: &[TaskRecord],
+    deps: &HashMap<String, Vec<String>>,
+    by_id: &HashMap<String, usize>,
+) -> Vec<usize> {
+    let mut order = Vec::with_capacity(records.len());
+    let mut state = vec![0u8; records.len()];
+    fn visit(
+        i: usize,
+        records: &[TaskRecord],
+        deps: &HashMap<String, Vec<String>>,
+        by_id: &HashMap<String, usize>,
+        state: &mut [u8],
+        order: &mut Vec<usize>,
+    ) {
+        if state[i] != 0 {
+            return;
+        }
+        state[i] = 1;
+        for d in &deps[&records[i].id] {
+            if let Some(&j) = by_id.get(d) {
+                visit(j, records, deps, by_id, state, order);
+            }
+        }
+        state[i] = 2;
+        order.push(i);
+    }
+    for i in 0..records.len() {
+        visit(i, records, deps, by_id, &mut state, &mut order);
+    }
+    order
+}
+
+/// One running auto task.
+struct Job {
+    mgr: Arc<TaskManager>,
+    sg: Arc<SessionGraph>,
+    id: String,
+}
+
+impl Job {
+    /// Boxed with an explicit `Send` type: finishing a job dispatches the
+    /// next ones, and that recursion hides `Send` from inference otherwise.
+    fn run(
+        mut self,
+        plan: attempts::Plan,
+        cancel: CancellationToken,
+        stop: Arc<OnceLock<Stop>>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let registry = self.mgr.registry.clone();
+            let result = attempts::run(&registry, plan, &cancel, &mut self).await;
+            if let Err(e) = self.finish(result, &stop).await {
+                tracing::error!(task = %self.id, error = %e, "cannot record the end of a task");
+            }
+        })
+    }
+
+    async fn finish(
+        &self,
+        result: Result<(u32, attempts::Ending)>,
+        stop: &OnceLock<Stop>,
+    ) -> Result<()> {
+        let mut g = self.sg.graph.lock().await;
+        g.running.remove(&self.id);
+        let stopped_for_shutdown = matches!(result, Ok((_, attempts::Ending::Stopped { .. })))
+            && stop.get().copied().unwrap_or(Stop::Shutdown) == Stop::Shutdown;
+        let still_running = g.tasks.get(&self.id).is_some_and(|t| t.status == RUNNING);
+        if stopped_for_shutdown || !still_running {
+            // Shutdown: stays `running` and goes again at the next start.
+            // Cancelled: cancel_task already recorded it.
+            drop(g);
+            self.sg.bump();
+            return Ok(());
+        }
+        let mut txn = Txn::new(&g);
+        let now = txn.now;
+        let t = txn.edit(&self.id);
+        match result {
+            Ok((attempt, ending)) => {
+                t.attempts = attempt;
+                match ending {
+                    attempts::Ending::Succeeded(out) => {
+                        t.status = SUCCEEDED.into();
+                        t.result = Some(out.to_string());
+                        t.error = None;
+                    }
+                    attempts::Ending::Failed {
+                        code,
+                        message,
+                        timed_out,
+                    } => {
+                        t.status = if timed_out { TIMED_OUT } else { FAILED }.into();
+                        t.error = err_json(code.as_str(), message);
+                    }
+                    attempts::Ending::Stopped { abandoned, .. } => {
+                        t.status = CANCELLED.into();
+                        t.error = err_json(
+                            ErrorCode::Cancelled.as_str(),
+                            attempts::abandon_note("the task was cancelled", abandoned),
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                t.status = FAILED.into();
+                t.error = err_json(e.code.as_str(), e.message);
+            }
+        }
+        t.finished_at = Some(now);
+        txn.settle_dependents(&self.id);
+        let changed = txn.commit(&*self.mgr.store).await?;
+        TaskManager::apply(&mut g, changed);
+        self.mgr.dispatch(&self.sg, &mut g).await?;
+        drop(g);
+        self.sg.bump();
+        Ok(())
+    }
+
+    async fn record(&self, f: impl FnOnce(&mut TaskRecord)) -> Result<()> {
+        let mut g = self.sg.graph.lock().await;
+        if g.tasks.get(&self.id).is_none_or(|t| t.status != RUNNING) {
+            return Ok(());
+        }
+        let mut txn = Txn::new(&g);
+        f(txn.edit(&self.id));
+        let changed = txn.commit(&*self.mgr.store).await?;
+        TaskManager::apply(&mut g, changed);
+        drop(g);
+        self.sg.bump();
+        Ok(())
+    }
+}
+
+impl attempts::Sink for Job {
+    async fn started(&mut self, attempt: u32) -> Result<()> {
+        self.record(|t| {
+            t.attempts = attempt;
+            t.status = RUNNING.into();
+        })
+        .await
+    }
+
+    async fn retrying(&mut self, attempt: u32, code: ErrorCode, message: &str) -> Result<()> {
+        let error = err_json(
+            code.as_str(),
+            format!("attempt {attempt}: {message}; retrying"),
+        );
+        self.record(|t| t.error = error).await
+    }
+}
