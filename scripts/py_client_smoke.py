@@ -24,6 +24,9 @@ EXPECTED_TOOLS = {
     "create_workflow",
     "execute_workflow",
     "get_workflow_run",
+    "create_tasks",
+    "next_task",
+    "complete_task",
 }
 
 
@@ -58,6 +61,21 @@ async def exercise(server, mode: str, label: str) -> None:
         res = await client.call_tool("execute_workflow", {"workflow_name": "py-flow", "parameters": {"who": "python"}, "wait_seconds": 20})
         assert not res.is_error and res.structured_content["status"] == "succeeded", res
         assert res.structured_content["workflow_results"]["greet"] == {"text": "hi python"}, res
+
+        sid = session["session_id"]
+        res = await client.call_tool("create_tasks", {"session_id": sid, "tasks": [
+            {"name": "write", "priority": "high"},
+            {"name": "check", "module": "core", "action": "echo", "parameters": {"got": "{{tasks.write.result}}"}},
+        ]})
+        assert not res.is_error, f"{label}: create_tasks failed: {res}"
+        check_id = res.structured_content["tasks"][1]["task_id"]
+        res = await client.call_tool("next_task", {"session_id": sid, "agent": "py"})
+        claim = res.structured_content
+        assert not res.is_error and claim["task"]["name"] == "write", res
+        res = await client.call_tool("complete_task", {"task_id": claim["task"]["task_id"], "lease_id": claim["lease_id"], "result": {"n": 1}})
+        assert not res.is_error and res.structured_content["status"] == "succeeded", res
+        res = await client.call_tool("get_task", {"task_id": check_id, "wait_seconds": 20})
+        assert not res.is_error and res.structured_content["result"] == {"got": {"n": 1}}, res
 
         res = await client.call_tool("get_health_status", {})
         assert not res.is_error and res.structured_content["overall_status"] == "healthy", res

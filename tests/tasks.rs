@@ -690,3 +690,30 @@ async fn claims_and_interrupted_tasks_survive_kill_9() {
     assert_eq!(w["status"], "cancelled");
     assert_eq!(w["error"]["code"], "SESSION_CLOSED");
 }
+
+#[tokio::test]
+async fn a_session_closed_by_the_sweeper_stops_its_tasks() {
+    let env = Env::new();
+    let cfg = env.config("[sessions]\nsweep_interval_seconds = 1\n");
+    let c = env
+        .stdio(Era::Legacy, &["--config", cfg.to_str().unwrap()])
+        .await;
+    let s = ok(&c, "create_session", json!({"idle_ttl_seconds": 1})).await["session_id"].clone();
+    let t = ok(
+        &c,
+        "create_task",
+        json!({"session_id": s, "task": auto("long", "sleep", json!({"ms": 30000}))}),
+    )
+    .await;
+    // get_task reads without counting as activity in the session.
+    let mut v = Value::Null;
+    for _ in 0..100 {
+        v = get(&c, &t["task_id"], 0).await;
+        if v["status"] == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(v["status"], "cancelled", "{v}");
+    assert_eq!(v["error"]["code"], "SESSION_CLOSED");
+}

@@ -186,14 +186,21 @@ impl Engine {
                 async move { tasks.sweep_leases().await }
             },
         );
-        let sessions = self.inner.sessions.clone();
+        let engine = self.clone();
         let every =
             std::time::Duration::from_secs(self.inner.config.sessions.sweep_interval_seconds);
         self.inner
             .background
             .spawn_periodic("session_sweeper", every, shutdown, move || {
-                let sessions = sessions.clone();
-                async move { sessions.sweep(now_ms()).await.map(|_| ()) }
+                let engine = engine.clone();
+                async move {
+                    // What ran in a swept session stops as if the session were closed by its owner.
+                    for id in engine.sessions().sweep(now_ms()).await? {
+                        engine.runs().cancel_session(&id);
+                        engine.tasks().close_session(&id).await?;
+                    }
+                    Ok(())
+                }
             });
         Ok(())
     }

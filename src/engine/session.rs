@@ -252,15 +252,15 @@ impl SessionRegistry {
         self.get(principal, id).await
     }
 
-    /// Close every session whose idle TTL or lifetime has passed. Returns how
-    /// many were closed.
-    pub async fn sweep(&self, now: i64) -> Result<usize> {
-        let mut closed = 0;
+    /// Close every session whose idle TTL or lifetime has passed. Returns the
+    /// ids of the sessions closed.
+    pub async fn sweep(&self, now: i64) -> Result<Vec<String>> {
+        let mut closed = Vec::new();
         for rec in self.store.expired_sessions(now, SWEEP_BATCH).await? {
             let (_, reason) = rec.expiry();
             if self.store.close_session(&rec.id, now, reason).await? {
                 tracing::info!(session = %rec.id, reason, "session closed by sweeper");
-                closed += 1;
+                closed.push(rec.id);
             }
         }
         Ok(closed)
