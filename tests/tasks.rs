@@ -689,6 +689,14 @@ async fn claims_and_interrupted_tasks_survive_kill_9() {
     let w = get(&c, &n["task"]["task_id"], 0).await;
     assert_eq!(w["status"], "cancelled");
     assert_eq!(w["error"]["code"], "SESSION_CLOSED");
+    // ... and nothing in it can be brought back.
+    err(
+        &c,
+        "retry_task",
+        json!({"task_id": n["task"]["task_id"]}),
+        "SESSION_CLOSED",
+    )
+    .await;
 }
 
 #[tokio::test]

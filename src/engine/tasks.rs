@@ -1105,6 +1105,7 @@ impl TaskManager {
         p: &Principal,
         task_id: &str,
         session_id: Option<&str>,
+        change: bool,
     ) -> Result<(Session, Arc<SessionGraph>)> {
         let rec = self.store.get_task(task_id).await?;
         let Some(rec) =
@@ -1117,6 +1118,16 @@ impl TaskManager {
             .get(p, &rec.session_id)
             .await
             .map_err(|_| not_found(task_id))?;
+        if change && session.status != super::session::SessionStatus::Active {
+            return Err(Error::new(
+                ErrorCode::SessionClosed,
+                format!(
+                    "task '{}' belongs to session {}, which is closed",
+                    rec.name, rec.session_id
+                ),
+                "Tasks of a closed session cannot change; create a new session (create_session) for further work.",
+            ));
+        }
         Ok((session, self.session_graph(&rec.session_id)))
     }
 
@@ -1128,7 +1139,7 @@ impl TaskManager {
         session_id: Option<&str>,
         wait: Duration,
     ) -> Result<TaskView> {
-        let (session, sg) = self.find(engine, p, task_id, session_id).await?;
+        let (session, sg) = self.find(engine, p, task_id, session_id, false).await?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let mut rx = sg.changed.subscribe();
@@ -1250,7 +1261,7 @@ impl TaskManager {
         session_id: Option<&str>,
         ch: TaskChanges,
     ) -> Result<TaskView> {
-        let (session, sg) = self.find(engine, p, task_id, session_id).await?;
+        let (session, sg) = self.find(engine, p, task_id, session_id, true).await?;
         let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
         let cur = g
             .tasks
@@ -1344,9 +1355,7 @@ impl TaskManager {
             if let Some(pr) = ch.priority {
                 t.priority = priority_str(pr).into();
             }
-            if let Some(params) = probe.parameters.clone().into() {
-                t.parameters = Value::Object(params).to_string();
-            }
+            t.parameters = Value::Object(std::mem::take(&mut probe.parameters)).to_string();
             t.timeout_seconds = probe.timeout_seconds;
             t.max_retries = probe.max_retries;
             if let Some(r) = ch.retry {
@@ -1395,7 +1404,7 @@ impl TaskManager {
         task_id: &str,
         session_id: Option<&str>,
     ) -> Result<TaskView> {
-        let (session, sg) = self.find(engine, p, task_id, session_id).await?;
+        let (session, sg) = self.find(engine, p, task_id, session_id, true).await?;
         let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
         let cur = g
             .tasks
@@ -1434,7 +1443,7 @@ impl TaskManager {
         task_id: &str,
         session_id: Option<&str>,
     ) -> Result<TaskView> {
-        let (session, sg) = self.find(engine, p, task_id, session_id).await?;
+        let (session, sg) = self.find(engine, p, task_id, session_id, true).await?;
         let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
         let cur = g
             .tasks
@@ -1687,7 +1696,7 @@ impl TaskManager {
         lease_id: &str,
         outcome: std::result::Result<(Option<Value>, Option<String>), (String, bool)>,
     ) -> Result<TaskView> {
-        let (session, sg) = self.find(engine, p, task_id, None).await?;
+        let (session, sg) = self.find(engine, p, task_id, None, true).await?;
         let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
         self.expire_leases(&mut g).await?;
         let cur = Self::held(&g, task_id, lease_id)?.clone();
@@ -1739,7 +1748,7 @@ impl TaskManager {
         lease_seconds: Option<u64>,
     ) -> Result<TaskView> {
         let lease = self.lease_seconds(lease_seconds)?;
-        let (session, sg) = self.find(engine, p, task_id, None).await?;
+        let (session, sg) = self.find(engine, p, task_id, None, true).await?;
         let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
         self.expire_leases(&mut g).await?;
         Self::held(&g, task_id, lease_id)?;

@@ -76,17 +76,23 @@ pub const DOCS: &[ToolDoc] = &[
     },
     ToolDoc {
         name: "update_task",
-        errors: &[NotFound, Conflict, CycleDetected, LimitExceeded],
+        errors: &[
+            SessionClosed,
+            NotFound,
+            Conflict,
+            CycleDetected,
+            LimitExceeded,
+        ],
         example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef", "changes": {"priority": "critical", "tags": ["urgent"]}}"#,
     },
     ToolDoc {
         name: "cancel_task",
-        errors: &[NotFound, Conflict],
+        errors: &[SessionClosed, NotFound, Conflict],
         example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef"}"#,
     },
     ToolDoc {
         name: "retry_task",
-        errors: &[NotFound, Conflict, DependencyFailed],
+        errors: &[SessionClosed, NotFound, Conflict, DependencyFailed],
         example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef"}"#,
     },
     ToolDoc {
@@ -101,17 +107,17 @@ pub const DOCS: &[ToolDoc] = &[
     },
     ToolDoc {
         name: "complete_task",
-        errors: &[NotFound, LeaseNotHeld, LimitExceeded],
+        errors: &[SessionClosed, NotFound, LeaseNotHeld, LimitExceeded],
         example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef", "lease_id": "lse_0123456789abcdef0123456789abcdef", "result": {"files": ["api.md"]}, "summary": "Wrote the API design"}"#,
     },
     ToolDoc {
         name: "fail_task",
-        errors: &[NotFound, LeaseNotHeld],
+        errors: &[SessionClosed, NotFound, LeaseNotHeld],
         example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef", "lease_id": "lse_0123456789abcdef0123456789abcdef", "error": "the build server is down", "retryable": true}"#,
     },
     ToolDoc {
         name: "renew_task_lease",
-        errors: &[NotFound, LeaseNotHeld],
+        errors: &[SessionClosed, NotFound, LeaseNotHeld],
         example: r#"{"task_id": "tsk_0123456789abcdef0123456789abcdef", "lease_id": "lse_0123456789abcdef0123456789abcdef", "lease_seconds": 600}"#,
     },
     ToolDoc {

@@ -586,10 +586,99 @@ mod contract {
         assert!(store.unfinished_runs().await.unwrap().is_empty());
     }
 
+    /// Tasks: all-or-nothing inserts and updates, versions as optimistic locks.
+    async fn check_tasks(store: Arc<dyn Store>) {
+        let task = |id: &str, name: &str, seq: i64| TaskRecord {
+            id: id.into(),
+            session_id: "ses_t".into(),
+            principal: "p".into(),
+            seq,
+            name: name.into(),
+            description: None,
+            module: None,
+            action: None,
+            parameters: "{}".into(),
+            dependencies: "[]".into(),
+            priority: "normal".into(),
+            timeout_seconds: Some(5),
+            max_retries: 1,
+            retry: None,
+            resources: None,
+            tags: "[]".into(),
+            metadata: "{}".into(),
+            status: "ready".into(),
+            result: None,
+            summary: None,
+            error: None,
+            attempts: 0,
+            claimed_by: None,
+            lease_id: None,
+            lease_expires_at: None,
+            created_at: 1,
+            updated_at: 1,
+            started_at: None,
+            finished_at: None,
+            version: 1,
+        };
+        let (a, b) = (task("tsk_a", "a", 0), task("tsk_b", "b", 1));
+        store.insert_tasks(&[a.clone(), b.clone()]).await.unwrap();
+        // A clashing name anywhere in the batch: nothing is inserted.
+        assert!(matches!(
+            store
+                .insert_tasks(&[task("tsk_c", "c", 2), task("tsk_d", "a", 3)])
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.get_task("tsk_c").await.unwrap(), None);
+        assert_eq!(
+            store.session_tasks("ses_t").await.unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        assert_eq!(store.sessions_with_open_tasks().await.unwrap(), ["ses_t"]);
+
+        let claimed = TaskRecord {
+            status: "claimed".into(),
+            attempts: 1,
+            version: 2,
+            ..a.clone()
+        };
+        store
+            .update_tasks(std::slice::from_ref(&claimed))
+            .await
+            .unwrap();
+        // A writer that read version 1 loses, and its whole batch is rolled back.
+        let stale = TaskRecord {
+            status: "succeeded".into(),
+            version: 2,
+            ..a.clone()
+        };
+        let b2 = TaskRecord {
+            status: "succeeded".into(),
+            started_at: Some(10),
+            finished_at: Some(30),
+            version: 2,
+            ..b.clone()
+        };
+        assert!(matches!(
+            store.update_tasks(&[b2.clone(), stale]).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.get_task("tsk_b").await.unwrap(), Some(b));
+        assert_eq!(store.get_task("tsk_a").await.unwrap(), Some(claimed));
+        store.update_tasks(&[b2]).await.unwrap();
+        let stats = store.task_stats().await.unwrap();
+        assert_eq!(
+            stats.by_status,
+            vec![("claimed".to_string(), 1), ("succeeded".to_string(), 1)]
+        );
+        assert_eq!(stats.average_execution_ms, Some(20.0));
+    }
+
     #[tokio::test]
     async fn memory_store_keeps_the_contract() {
         check(Arc::new(memory::MemoryStore::default())).await;
         check_runs(Arc::new(memory::MemoryStore::default())).await;
+        check_tasks(Arc::new(memory::MemoryStore::default())).await;
     }
 
     #[tokio::test]
@@ -603,5 +692,9 @@ mod contract {
             .await
             .unwrap();
         check_runs(Arc::new(store)).await;
+        let store = sqlite::SqliteStore::open(&dir.path().join("tasks.db"))
+            .await
+            .unwrap();
+        check_tasks(Arc::new(store)).await;
     }
 }
