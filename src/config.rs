@@ -6,6 +6,7 @@
 //! `MYRMEX_SESSIONS__DEFAULT_IDLE_TTL_SECONDS=3600`. Unknown keys are errors,
 //! so a typo never silently does nothing.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use figment::{
@@ -42,7 +43,71 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub workflows: WorkflowsConfig,
     pub tasks: TasksConfig,
+    pub resources: ResourcesConfig,
     pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourcesConfig {
+    /// Capacity of the `cpu` pool in cores; unset: the host's.
+    pub cpu: Option<u64>,
+    /// Capacity of the `memory_mb` pool; unset: the host's memory.
+    pub memory_mb: Option<u64>,
+    /// Capacity of the `disk_mb` pool.
+    pub disk_mb: u64,
+    /// Capacity of the `gpu` pool.
+    pub gpu: u64,
+    /// Further pools and their capacities, e.g. `openai_requests = 60`.
+    pub pools: BTreeMap<String, u64>,
+    /// Lease of an allocation when allocate_resources does not say, and the longest allowed.
+    pub default_ttl_seconds: u64,
+    pub max_ttl_seconds: u64,
+    /// How often expired allocations are reclaimed (milliseconds).
+    pub expiry_sweep_interval_ms: u64,
+    /// A waiting request gains one priority level per this many seconds waited (no starvation).
+    pub aging_seconds: u64,
+    pub quotas: QuotasConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasConfig {
+    /// Allocations one principal, and one session, may hold at once.
+    pub max_allocations_per_principal: u32,
+    pub max_allocations_per_session: u32,
+    /// Most of a pool one principal may hold at once, e.g. `gpu = 1`; pools not named: no limit.
+    pub per_principal: BTreeMap<String, u64>,
+    /// Most of a pool one session may hold at once.
+    pub per_session: BTreeMap<String, u64>,
+}
+
+impl Default for ResourcesConfig {
+    fn default() -> Self {
+        Self {
+            cpu: None,
+            memory_mb: None,
+            disk_mb: 100 * 1024,
+            gpu: 0,
+            pools: BTreeMap::new(),
+            default_ttl_seconds: 300,
+            max_ttl_seconds: 24 * 3600,
+            expiry_sweep_interval_ms: 1000,
+            aging_seconds: 30,
+            quotas: QuotasConfig::default(),
+        }
+    }
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        Self {
+            max_allocations_per_principal: 1000,
+            max_allocations_per_session: 200,
+            per_principal: BTreeMap::new(),
+            per_session: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -204,6 +269,7 @@ impl Default for Config {
             sessions: SessionsConfig::default(),
             workflows: WorkflowsConfig::default(),
             tasks: TasksConfig::default(),
+            resources: ResourcesConfig::default(),
             limits: LimitsConfig::default(),
         }
     }

@@ -11,6 +11,7 @@ pub mod background;
 pub mod condition;
 pub mod library;
 pub mod metrics;
+pub mod resources;
 pub mod run;
 pub mod session;
 pub mod system;
@@ -61,6 +62,7 @@ struct EngineInner {
     library: library::Library,
     runs: Arc<run::RunManager>,
     tasks: Arc<tasks::TaskManager>,
+    resources: Arc<resources::ResourceManager>,
     /// Cancelled when the engine stops: run drivers leave their state for the next start.
     stopping: tokio_util::sync::CancellationToken,
     metrics: metrics::Metrics,
@@ -87,9 +89,14 @@ impl Engine {
             &config,
             stopping.clone(),
         ));
+        let resources = Arc::new(resources::ResourceManager::new(
+            store.clone(),
+            &config.resources,
+        ));
         Self {
             inner: Arc::new(EngineInner {
                 tasks,
+                resources,
                 config,
                 store,
                 sessions,
@@ -133,6 +140,10 @@ impl Engine {
         &self.inner.tasks
     }
 
+    pub fn resources(&self) -> &Arc<resources::ResourceManager> {
+        &self.inner.resources
+    }
+
     pub fn workflow_limits(&self) -> workflow::Limits {
         workflow_limits(&self.inner.config)
     }
@@ -156,6 +167,10 @@ impl Engine {
         &self,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> crate::error::Result<()> {
+        let held = self.inner.resources.load().await?;
+        if held > 0 {
+            tracing::info!(allocations = held, "resource allocations loaded");
+        }
         let resumed = self.inner.runs.resume_all().await?;
         if resumed > 0 {
             tracing::info!(resumed, "unfinished runs resumed");
@@ -186,6 +201,19 @@ impl Engine {
                 async move { tasks.sweep_leases().await }
             },
         );
+        let resources = self.inner.resources.clone();
+        let every = std::time::Duration::from_millis(
+            self.inner.config.resources.expiry_sweep_interval_ms.max(10),
+        );
+        self.inner.background.spawn_periodic(
+            "allocation_expiry",
+            every,
+            shutdown.clone(),
+            move || {
+                let resources = resources.clone();
+                async move { resources.expire().await.map(|_| ()) }
+            },
+        );
         let engine = self.clone();
         let every =
             std::time::Duration::from_secs(self.inner.config.sessions.sweep_interval_seconds);
@@ -198,6 +226,10 @@ impl Engine {
                     for id in engine.sessions().sweep(now_ms()).await? {
                         engine.runs().cancel_session(&id);
                         engine.tasks().close_session(&id).await?;
+                        engine
+                            .resources()
+                            .release_session(&id, "the session was closed")
+                            .await?;
                     }
                     Ok(())
                 }

@@ -518,14 +518,16 @@ impl RunManager {
                                 active.step_done(&rec);
                             }
                             steps[i] = rec;
-                            if done {
+                            // A stop that arrives with this step's end wins: the
+                            // dependents are cancelled with the run, not skipped.
+                            if done && !active.cancel.is_cancelled() {
                                 release(&dependents[i], &mut waiting_on, &mut settle);
                             }
                         }
                         Some(Err(e)) => return Err(crate::error::Error::internal(format!("step task panicked: {e}"))),
                         None => {}
                     }
-                    false
+                    active.cancel.is_cancelled()
                 }
                 _ = active.cancel.cancelled() => true,
                 _ = sleep_until(deadline) => {

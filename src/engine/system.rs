@@ -81,6 +81,8 @@ pub struct SystemStatus {
     pub active_runs: usize,
     /// Tasks of all task graphs, counted.
     pub tasks: TaskStatsView,
+    /// Utilization (allocated / capacity) of every non-empty pool.
+    pub resource_utilization: BTreeMap<String, f64>,
     /// The caller's active sessions (with `include_active_sessions`; at most one page).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_sessions: Option<Vec<Session>>,
@@ -156,6 +158,34 @@ impl Engine {
                 details: json!({
                     "loaded": self.library().workflows.len(),
                     "broken": broken.iter().map(|b| json!({"path": b.path.display().to_string(), "reason": b.reason})).collect::<Vec<_>>(),
+                }),
+            },
+        );
+        let (utilization, broken) = self.resources().health().await;
+        let busy: Vec<String> = utilization
+            .iter()
+            .filter(|(_, u)| *u > 0.9)
+            .map(|(p, u)| format!("{p} at {:.0}%", u * 100.0))
+            .collect();
+        components.insert(
+            "resources".to_string(),
+            ComponentHealth {
+                status: if !broken.is_empty() {
+                    HealthLevel::Unhealthy
+                } else if !busy.is_empty() {
+                    HealthLevel::Degraded
+                } else {
+                    HealthLevel::Healthy
+                },
+                message: if !broken.is_empty() {
+                    broken.join("; ")
+                } else if !busy.is_empty() {
+                    format!("pools above 90% utilization: {}", busy.join(", "))
+                } else {
+                    "every pool below 90% utilization".into()
+                },
+                details: json!({
+                    "utilization": utilization.iter().map(|(p, u)| (p.clone(), json!(u))).collect::<serde_json::Map<String, Value>>(),
                 }),
             },
         );
@@ -285,6 +315,7 @@ impl Engine {
             },
             active_runs: self.runs().active_count(),
             tasks,
+            resource_utilization: self.resources().health().await.0.into_iter().collect(),
             active_sessions,
             tool_calls: opts
                 .include_detailed_metrics

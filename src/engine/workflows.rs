@@ -890,6 +890,13 @@ impl Engine {
         if n > 0 {
             tracing::info!(session = %id, runs = n, "runs of the closed session cancelled");
         }
+        let n = self
+            .resources()
+            .release_session(id, "the session was closed")
+            .await?;
+        if n > 0 {
+            tracing::info!(session = %id, allocations = n, "allocations of the closed session released");
+        }
         let n = self.tasks().close_session(id).await?;
         if n > 0 {
             tracing::info!(session = %id, tasks = n, "tasks of the closed session cancelled");

@@ -29,6 +29,31 @@ pub const COMMON_ERRORS: &[ErrorCode] = &[InvalidParameters, StoreUnavailable, I
 
 pub const DOCS: &[ToolDoc] = &[
     ToolDoc {
+        name: "allocate_resources",
+        errors: &[ResourceUnavailable, NotFound, SessionClosed],
+        example: r#"{"user_id": "builder-1", "requirements": {"cpu": 2, "memory_mb": 2048, "locks": [{"key": "repo:main", "mode": "write"}]}, "ttl_seconds": 600, "wait_seconds": 10}"#,
+    },
+    ToolDoc {
+        name: "release_resources",
+        errors: &[NotFound, Conflict, SessionClosed],
+        example: r#"{"allocation_id": "alc_0123456789abcdef0123456789abcdef"}"#,
+    },
+    ToolDoc {
+        name: "renew_allocation",
+        errors: &[NotFound, Conflict],
+        example: r#"{"allocation_id": "alc_0123456789abcdef0123456789abcdef", "ttl_seconds": 600}"#,
+    },
+    ToolDoc {
+        name: "list_allocations",
+        errors: &[],
+        example: r#"{"status": "active"}"#,
+    },
+    ToolDoc {
+        name: "get_resource_status",
+        errors: &[NotFound, SessionClosed],
+        example: r#"{}"#,
+    },
+    ToolDoc {
         name: "create_task",
         errors: &[
             NotFound,

@@ -47,6 +47,7 @@ impl MyrmexServer {
             + Self::system_router()
             + Self::workflows_router()
             + Self::tasks_router()
+            + Self::resources_router()
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    FINAL_TASK_STATUSES, RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store,
-    StoreError, StoreResult, TaskRecord, TaskStats, WorkflowRecord,
+    AllocationRecord, FINAL_TASK_STATUSES, RunQuery, RunRecord, SessionQuery, SessionRecord,
+    StepRecord, Store, StoreError, StoreResult, TaskRecord, TaskStats, WorkflowRecord,
 };
 
 #[derive(Default)]
@@ -24,6 +24,7 @@ struct Inner {
     steps: HashMap<String, Vec<StepRecord>>,
     meta: BTreeMap<String, String>,
     tasks: HashMap<String, TaskRecord>,
+    allocations: BTreeMap<String, AllocationRecord>,
 }
 
 impl MemoryStore {
@@ -379,5 +380,44 @@ impl Store for MemoryStore {
             by_status: by.into_iter().collect(),
             average_execution_ms: (n > 0).then(|| sum as f64 / n as f64),
         })
+    }
+
+    async fn put_allocations(&self, allocations: &[AllocationRecord]) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        for a in allocations {
+            g.allocations.insert(a.id.clone(), a.clone());
+        }
+        Ok(())
+    }
+
+    async fn active_allocations(&self) -> StoreResult<Vec<AllocationRecord>> {
+        Ok(self
+            .lock()?
+            .allocations
+            .values()
+            .filter(|a| a.status == "active")
+            .cloned()
+            .collect())
+    }
+
+    async fn list_allocations(
+        &self,
+        principal: &str,
+        session_id: Option<&str>,
+        status: Option<&str>,
+        offset: usize,
+        limit: u32,
+    ) -> StoreResult<Vec<AllocationRecord>> {
+        let mut v: Vec<AllocationRecord> = self
+            .lock()?
+            .allocations
+            .values()
+            .filter(|a| a.principal == principal)
+            .filter(|a| session_id.is_none_or(|s| a.session_id == s))
+            .filter(|a| status.is_none_or(|s| a.status == s))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        Ok(v.into_iter().skip(offset).take(limit as usize).collect())
     }
 }

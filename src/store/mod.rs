@@ -202,6 +202,27 @@ pub struct TaskRecord {
     pub version: i64,
 }
 
+/// One resource allocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllocationRecord {
+    pub id: String,
+    pub session_id: String,
+    pub principal: String,
+    pub holder: String,
+    /// `api`, `step`, `task`, `claim` or `run`.
+    pub owner_kind: String,
+    pub owner_ref: Option<String>,
+    /// Canonical requirements, JSON.
+    pub requirements: String,
+    pub priority: String,
+    /// `active`, `released` or `expired`.
+    pub status: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub released_at: Option<i64>,
+    pub release_reason: Option<String>,
+}
+
 /// Task counts for system status.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskStats {
@@ -339,6 +360,22 @@ pub trait Store: Send + Sync + 'static {
     async fn sessions_with_open_tasks(&self) -> StoreResult<Vec<String>>;
 
     async fn task_stats(&self) -> StoreResult<TaskStats>;
+
+    /// Insert or replace allocations, all or none.
+    async fn put_allocations(&self, allocations: &[AllocationRecord]) -> StoreResult<()>;
+
+    /// Every active allocation.
+    async fn active_allocations(&self) -> StoreResult<Vec<AllocationRecord>>;
+
+    /// A principal's allocations, newest first, optionally of one session and status.
+    async fn list_allocations(
+        &self,
+        principal: &str,
+        session_id: Option<&str>,
+        status: Option<&str>,
+        offset: usize,
+        limit: u32,
+    ) -> StoreResult<Vec<AllocationRecord>>;
 }
 
 /// Task statuses that are final.

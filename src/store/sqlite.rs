@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row, query};
 
 use super::{
-    RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult,
-    TaskRecord, TaskStats, WorkflowRecord,
+    AllocationRecord, RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store,
+    StoreError, StoreResult, TaskRecord, TaskStats, WorkflowRecord,
 };
 
 pub struct SqliteStore {
@@ -355,6 +355,27 @@ fn task_from_row(r: &SqliteRow) -> Result<TaskRecord, sqlx::Error> {
         started_at: r.try_get("started_at")?,
         finished_at: r.try_get("finished_at")?,
         version: r.try_get("version")?,
+    })
+}
+
+const ALLOCATION_COLUMNS: &str = "id, session_id, principal, holder, owner_kind, owner_ref, \
+    requirements, priority, status, created_at, expires_at, released_at, release_reason";
+
+fn allocation_from_row(r: &SqliteRow) -> Result<AllocationRecord, sqlx::Error> {
+    Ok(AllocationRecord {
+        id: r.try_get("id")?,
+        session_id: r.try_get("session_id")?,
+        principal: r.try_get("principal")?,
+        holder: r.try_get("holder")?,
+        owner_kind: r.try_get("owner_kind")?,
+        owner_ref: r.try_get("owner_ref")?,
+        requirements: r.try_get("requirements")?,
+        priority: r.try_get("priority")?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        released_at: r.try_get("released_at")?,
+        release_reason: r.try_get("release_reason")?,
     })
 }
 
@@ -855,5 +876,67 @@ impl Store for SqliteStore {
             by_status,
             average_execution_ms: avg,
         })
+    }
+
+    async fn put_allocations(&self, allocations: &[AllocationRecord]) -> StoreResult<()> {
+        let sql = format!(
+            "REPLACE INTO allocations ({ALLOCATION_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        );
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for a in allocations {
+            query(AssertSqlSafe(sql.clone()))
+                .bind(&a.id)
+                .bind(&a.session_id)
+                .bind(&a.principal)
+                .bind(&a.holder)
+                .bind(&a.owner_kind)
+                .bind(&a.owner_ref)
+                .bind(&a.requirements)
+                .bind(&a.priority)
+                .bind(&a.status)
+                .bind(a.created_at)
+                .bind(a.expires_at)
+                .bind(a.released_at)
+                .bind(&a.release_reason)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn active_allocations(&self) -> StoreResult<Vec<AllocationRecord>> {
+        let r = query(AssertSqlSafe(format!(
+            "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE status = 'active' ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows(r, allocation_from_row)
+    }
+
+    async fn list_allocations(
+        &self,
+        principal: &str,
+        session_id: Option<&str>,
+        status: Option<&str>,
+        offset: usize,
+        limit: u32,
+    ) -> StoreResult<Vec<AllocationRecord>> {
+        let r = query(AssertSqlSafe(format!(
+            "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE principal = ?1 \
+             AND (?2 IS NULL OR session_id = ?2) AND (?3 IS NULL OR status = ?3) \
+             ORDER BY created_at DESC, id DESC LIMIT ?4 OFFSET ?5"
+        )))
+        .bind(principal)
+        .bind(session_id)
+        .bind(status)
+        .bind(limit as i64)
+        .bind(offset as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows(r, allocation_from_row)
     }
 }

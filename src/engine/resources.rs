@@ -1,0 +1,1062 @@
+//! Resource management: counted pools (cpu, memory_mb, disk_mb, gpu and
+//! custom ones) and named locks (read / write / exclusive), granted all or
+//! nothing, under per-principal and per-session quotas, with leases.
+//!
+//! Lock modes: `read` is shared with other readers and with one writer;
+//! `write` admits readers but no other writer; `exclusive` admits nobody.
+//!
+//! Waiters are served in order of (effective priority, arrival). A request
+//! that cannot be granted reserves what it needs: later requests may not take
+//! it from under it, so a big request is never overtaken forever by small
+//! ones, and waiting requests gain a priority level per `aging_seconds`.
+//! Every grant is checked against the whole request at once, so two requests
+//! never hold parts of each other's needs (no deadlock).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::workflow::Priority;
+use super::{iso, new_id, now_ms};
+use crate::config::ResourcesConfig;
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::{AllocationRecord, Store};
+
+/// Lock modes.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    Read,
+    Write,
+    Exclusive,
+}
+
+impl LockMode {
+    pub fn compatible(self, other: LockMode) -> bool {
+        matches!(
+            (self, other),
+            (LockMode::Read, LockMode::Read)
+                | (LockMode::Read, LockMode::Write)
+                | (LockMode::Write, LockMode::Read)
+        )
+    }
+}
+
+/// One lock in a requirement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LockReq {
+    /// Any string, e.g. `repo:main` or `file:/data/x.csv`.
+    pub key: String,
+    /// `read` (shared), `write` (one writer, readers allowed) or `exclusive` (nobody else).
+    pub mode: LockMode,
+}
+
+/// Requirements in canonical form: amounts per pool, and locks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirements {
+    pub pools: BTreeMap<String, u64>,
+    pub locks: Vec<LockReq>,
+}
+
+impl Requirements {
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty() && self.locks.is_empty()
+    }
+
+    /// The canonical flat JSON: `{"cpu": 2, "memory_mb": 4096, "locks": [...]}`.
+    pub fn to_value(&self) -> Value {
+        let mut m = Map::new();
+        for (k, v) in &self.pools {
+            m.insert(k.clone(), json!(v));
+        }
+        if !self.locks.is_empty() {
+            m.insert("locks".into(), json!(self.locks));
+        }
+        Value::Object(m)
+    }
+
+    /// Parse the flat form or the original nested form
+    /// (`{"cpu": {"cores": 2}, "memory": {"gb": 4}, "disk": {"gb": 10}, "gpu": {"count": 1}}`).
+    pub fn parse(v: &Value) -> Result<Requirements> {
+        let bad = |m: String| {
+            Error::invalid(
+                m,
+                "Give requirements as {\"cpu\": 2, \"memory_mb\": 4096, \"locks\": [{\"key\": \"repo:main\", \"mode\": \"write\"}]} (whole units), or the nested form {\"cpu\": {\"cores\": 2}, \"memory\": {\"gb\": 4}}.",
+            )
+        };
+        let Some(obj) = v.as_object() else {
+            return Err(bad(format!("requirements must be an object, got {v}")));
+        };
+        let mut r = Requirements::default();
+        let whole = |what: &str, x: &Value, scale: f64| -> Result<u64> {
+            let f = x
+                .as_f64()
+                .ok_or_else(|| bad(format!("{what} must be a number, got {x}")))?;
+            let n = f * scale;
+            if n < 0.0 || n.fract() != 0.0 || !n.is_finite() {
+                return Err(bad(format!(
+                    "{what} must be a whole, non-negative amount, got {x}"
+                )));
+            }
+            Ok(n as u64)
+        };
+        for (k, x) in obj {
+            let (pool, amount) = match (k.as_str(), x) {
+                ("locks", Value::Array(items)) => {
+                    for item in items {
+                        let l: LockReq = serde_json::from_value(item.clone())
+                            .map_err(|e| bad(format!("locks: {e} in {item}")))?;
+                        if l.key.is_empty() || l.key.chars().count() > 256 {
+                            return Err(bad("a lock key must have 1-256 characters".into()));
+                        }
+                        if r.locks.iter().any(|o| o.key == l.key) {
+                            return Err(bad(format!("lock '{}' is named twice", l.key)));
+                        }
+                        r.locks.push(l);
+                    }
+                    continue;
+                }
+                ("locks", _) => return Err(bad("locks must be a list".into())),
+                ("cpu", Value::Object(o)) => (
+                    "cpu",
+                    whole("cpu.cores", o.get("cores").unwrap_or(&json!(0)), 1.0)?,
+                ),
+                ("memory" | "disk", Value::Object(o)) => {
+                    let pool = if k == "memory" {
+                        "memory_mb"
+                    } else {
+                        "disk_mb"
+                    };
+                    let mb = match (o.get("gb"), o.get("mb")) {
+                        (Some(g), None) => whole(&format!("{k}.gb"), g, 1024.0)?,
+                        (None, Some(m)) => whole(&format!("{k}.mb"), m, 1.0)?,
+                        _ => return Err(bad(format!("{k} must give gb or mb"))),
+                    };
+                    (pool, mb)
+                }
+                ("gpu", Value::Object(o)) => (
+                    "gpu",
+                    whole("gpu.count", o.get("count").unwrap_or(&json!(0)), 1.0)?,
+                ),
+                (pool, x) => (pool, whole(pool, x, 1.0)?),
+            };
+            if amount > 0 {
+                *r.pools.entry(pool.to_string()).or_insert(0) += amount;
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// Who an allocation is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    pub session_id: String,
+    pub principal: String,
+    /// A label shown to others (the original `user_id`, or `run/step`).
+    pub holder: String,
+    /// `api`, `step`, `task`, `claim` or `run`.
+    pub kind: &'static str,
+    pub reference: Option<String>,
+}
+
+/// An allocation as shown.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct AllocationView {
+    /// `alc_...`
+    pub allocation_id: String,
+    pub session_id: String,
+    pub holder: String,
+    /// `api` (allocate_resources), `step`, `task`, `claim` (an agent task's claim) or `run`.
+    pub owner_kind: String,
+    pub owner_ref: Option<String>,
+    /// Granted pool amounts, e.g. {"cpu": 2, "memory_mb": 4096}.
+    pub granted: BTreeMap<String, u64>,
+    /// Granted locks.
+    pub locks: Vec<LockReq>,
+    pub priority: String,
+    /// `active`, `released` or `expired`.
+    pub status: String,
+    pub created_at: String,
+    /// When the lease ends unless renewed (null: held by its step, task or run until it ends).
+    pub expires_at: Option<String>,
+    pub released_at: Option<String>,
+    pub release_reason: Option<String>,
+}
+
+fn view(a: &AllocationRecord) -> AllocationView {
+    let req = Requirements::parse(&serde_json::from_str(&a.requirements).unwrap_or(json!({})))
+        .unwrap_or_default();
+    AllocationView {
+        allocation_id: a.id.clone(),
+        session_id: a.session_id.clone(),
+        holder: a.holder.clone(),
+        owner_kind: a.owner_kind.clone(),
+        owner_ref: a.owner_ref.clone(),
+        granted: req.pools,
+        locks: req.locks,
+        priority: a.priority.clone(),
+        status: a.status.clone(),
+        created_at: iso(a.created_at),
+        expires_at: a.expires_at.map(iso),
+        released_at: a.released_at.map(iso),
+        release_reason: a.release_reason.clone(),
+    }
+}
+
+/// What keeps a request from being granted now.
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+pub struct Shortage {
+    /// Pools short: pool -> {requested, available, capacity}.
+    pub pools: BTreeMap<String, Value>,
+    /// Locks held in a conflicting mode: key -> holders (holder label and mode).
+    pub locks: BTreeMap<String, Vec<Value>>,
+    /// Quotas that would be exceeded.
+    pub quotas: Vec<String>,
+    /// Requests waiting ahead of this one for the same resources.
+    pub waiting_ahead: usize,
+}
+
+impl Shortage {
+    fn is_empty(&self) -> bool {
+        self.pools.is_empty()
+            && self.locks.is_empty()
+            && self.quotas.is_empty()
+            && self.waiting_ahead == 0
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (p, v) in &self.pools {
+            parts.push(format!(
+                "{p}: {} requested, {} available of {}",
+                v["requested"], v["available"], v["capacity"]
+            ));
+        }
+        for (k, hs) in &self.locks {
+            let who: Vec<String> = hs
+                .iter()
+                .map(|h| {
+                    format!(
+                        "{} ({})",
+                        h["holder"].as_str().unwrap_or("?"),
+                        h["mode"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            parts.push(format!("lock '{k}' held by {}", who.join(", ")));
+        }
+        parts.extend(self.quotas.iter().cloned());
+        if self.waiting_ahead > 0 {
+            parts.push(format!(
+                "{} earlier request(s) wait for the same resources",
+                self.waiting_ahead
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+struct Held {
+    rec: AllocationRecord,
+    req: Requirements,
+}
+
+struct Waiter {
+    id: u64,
+    owner: Owner,
+    req: Requirements,
+    priority: Priority,
+    since: i64,
+    ttl: Option<u64>,
+    grant: oneshot::Sender<AllocationRecord>,
+}
+
+/// The allocator's state: capacities, what is held, who waits.
+#[derive(Default)]
+struct State {
+    capacity: BTreeMap<String, u64>,
+    held: BTreeMap<String, Held>,
+    waiters: Vec<Waiter>,
+    next_waiter: u64,
+}
+
+/// Pool usage and lock holders derived from the held allocations.
+#[derive(Default)]
+struct Usage {
+    pools: BTreeMap<String, u64>,
+    locks: HashMap<String, Vec<(LockMode, String)>>,
+    by_principal: HashMap<String, (usize, BTreeMap<String, u64>)>,
+    by_session: HashMap<String, (usize, BTreeMap<String, u64>)>,
+}
+
+impl Usage {
+    fn add(
+        &mut self,
+        owner_principal: &str,
+        owner_session: &str,
+        holder: &str,
+        req: &Requirements,
+    ) {
+        for (p, n) in &req.pools {
+            *self.pools.entry(p.clone()).or_insert(0) += n;
+        }
+        for l in &req.locks {
+            self.locks
+                .entry(l.key.clone())
+                .or_default()
+                .push((l.mode, holder.to_string()));
+        }
+        for (map, key) in [
+            (&mut self.by_principal, owner_principal),
+            (&mut self.by_session, owner_session),
+        ] {
+            let e = map.entry(key.to_string()).or_default();
+            e.0 += 1;
+            for (p, n) in &req.pools {
+                *e.1.entry(p.clone()).or_insert(0) += n;
+            }
+        }
+    }
+}
+
+impl State {
+    fn usage(&self) -> Usage {
+        let mut u = Usage::default();
+        for h in self.held.values() {
+            u.add(&h.rec.principal, &h.rec.session_id, &h.rec.holder, &h.req);
+        }
+        u
+    }
+
+    /// Why `req` cannot be granted on top of `usage` (empty: it can).
+    fn check(
+        &self,
+        cfg: &ResourcesConfig,
+        usage: &Usage,
+        owner: &Owner,
+        req: &Requirements,
+    ) -> Shortage {
+        let mut s = Shortage::default();
+        for (p, n) in &req.pools {
+            let cap = self.capacity.get(p).copied().unwrap_or(0);
+            let used = usage.pools.get(p).copied().unwrap_or(0);
+            if used + n > cap {
+                s.pools.insert(
+                    p.clone(),
+                    json!({"requested": n, "available": cap.saturating_sub(used), "capacity": cap}),
+                );
+            }
+        }
+        for l in &req.locks {
+            if let Some(hs) = usage.locks.get(&l.key) {
+                let bad: Vec<Value> = hs
+                    .iter()
+                    .filter(|(m, _)| !l.mode.compatible(*m))
+                    .map(|(m, h)| json!({"holder": h, "mode": m}))
+                    .collect();
+                if !bad.is_empty() {
+                    s.locks.insert(l.key.clone(), bad);
+                }
+            }
+        }
+        let q = &cfg.quotas;
+        for (what, map, key, max_n, per_pool) in [
+            (
+                "principal",
+                &usage.by_principal,
+                owner.principal.as_str(),
+                q.max_allocations_per_principal,
+                &q.per_principal,
+            ),
+            (
+                "session",
+                &usage.by_session,
+                owner.session_id.as_str(),
+                q.max_allocations_per_session,
+                &q.per_session,
+            ),
+        ] {
+            let (n, pools) = map.get(key).cloned().unwrap_or_default();
+            if n + 1 > max_n as usize {
+                s.quotas.push(format!(
+                    "the {what} holds {n} allocations; its quota is {max_n}"
+                ));
+            }
+            for (p, amount) in &req.pools {
+                if let Some(limit) = per_pool.get(p) {
+                    let held = pools.get(p).copied().unwrap_or(0);
+                    if held + amount > *limit {
+                        s.quotas
+                            .push(format!("the {what} holds {held} {p}; its quota is {limit}"));
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Requirements that can never be met: above capacity or quota.
+    fn impossible(&self, cfg: &ResourcesConfig, req: &Requirements) -> Option<String> {
+        for (p, n) in &req.pools {
+            let Some(cap) = self.capacity.get(p) else {
+                return Some(format!(
+                    "there is no pool '{p}' (pools: {})",
+                    self.capacity.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            };
+            if n > cap {
+                return Some(format!("{n} {p} requested; the pool's capacity is {cap}"));
+            }
+            for (what, per) in [
+                ("principal", &cfg.quotas.per_principal),
+                ("session", &cfg.quotas.per_session),
+            ] {
+                if let Some(limit) = per.get(p)
+                    && n > limit
+                {
+                    return Some(format!(
+                        "{n} {p} requested; the per-{what} quota is {limit}"
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
+fn rank(p: Priority) -> i64 {
+    match p {
+        Priority::Low => 0,
+        Priority::Normal => 1,
+        Priority::High => 2,
+        Priority::Critical => 3,
+    }
+}
+
+/// Capacity, use and waiters of one pool.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PoolStatus {
+    pub capacity: u64,
+    pub allocated: u64,
+    pub available: u64,
+    /// allocated / capacity (0 for an empty pool).
+    pub utilization: f64,
+    /// Requests waiting for this pool.
+    pub waiters: usize,
+}
+
+/// Holders of one lock.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct LockStatus {
+    /// The strongest mode held.
+    pub mode: LockMode,
+    /// Holder labels with their mode.
+    pub holders: Vec<Value>,
+    pub waiters: usize,
+}
+
+/// The caller's quota use.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct QuotaUse {
+    pub allocations: usize,
+    pub max_allocations: u32,
+    /// Pool -> {held, limit}.
+    pub pools: BTreeMap<String, Value>,
+}
+
+/// Answer of get_resource_status.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ResourceStatus {
+    pub pools: BTreeMap<String, PoolStatus>,
+    pub locks: BTreeMap<String, LockStatus>,
+    pub active_allocations: usize,
+    pub waiting_requests: usize,
+    /// The caller's principal.
+    pub principal_quota: QuotaUse,
+    /// The session asked about (or the default session).
+    pub session_quota: QuotaUse,
+}
+
+/// The allocator of this process.
+pub struct ResourceManager {
+    store: Arc<dyn Store>,
+    config: ResourcesConfig,
+    state: tokio::sync::Mutex<State>,
+    /// Bumped on every release: waiters outside the queue (steps) look again.
+    changed: watch::Sender<u64>,
+}
+
+fn host_cores() -> u64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1)
+}
+
+fn host_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(4096)
+}
+
+impl ResourceManager {
+    pub fn new(store: Arc<dyn Store>, config: &ResourcesConfig) -> Self {
+        let mut capacity = BTreeMap::new();
+        capacity.insert("cpu".to_string(), config.cpu.unwrap_or_else(host_cores));
+        capacity.insert(
+            "memory_mb".to_string(),
+            config.memory_mb.unwrap_or_else(host_memory_mb),
+        );
+        capacity.insert("disk_mb".to_string(), config.disk_mb);
+        capacity.insert("gpu".to_string(), config.gpu);
+        for (k, v) in &config.pools {
+            capacity.insert(k.clone(), *v);
+        }
+        Self {
+            store,
+            config: config.clone(),
+            state: tokio::sync::Mutex::new(State {
+                capacity,
+                ..Default::default()
+            }),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// Load the active allocations after a start. Allocations of steps, auto
+    /// tasks and runs are released: that work starts again and acquires anew.
+    pub async fn load(&self) -> Result<usize> {
+        let mut st = self.state.lock().await;
+        let now = now_ms();
+        let mut stale = Vec::new();
+        for rec in self.store.active_allocations().await? {
+            if matches!(rec.owner_kind.as_str(), "step" | "task" | "run") {
+                stale.push(AllocationRecord {
+                    status: "released".into(),
+                    released_at: Some(now),
+                    release_reason: Some("restart: the work acquires again when it resumes".into()),
+                    ..rec
+                });
+                continue;
+            }
+            let req =
+                Requirements::parse(&serde_json::from_str(&rec.requirements).unwrap_or(json!({})))
+                    .unwrap_or_default();
+            st.held.insert(rec.id.clone(), Held { rec, req });
+        }
+        if !stale.is_empty() {
+            self.store.put_allocations(&stale).await?;
+        }
+        Ok(st.held.len())
+    }
+
+    fn refuse(&self, message: String, shortage: Option<&Shortage>) -> Error {
+        let e = Error::new(
+            ErrorCode::ResourceUnavailable,
+            message,
+            "Ask for less, wait for the holders to release (wait_seconds), or raise the pool's capacity or the quota in [resources].",
+        );
+        match shortage {
+            Some(s) => e.with_details(serde_json::to_value(s).unwrap_or_default()),
+            None => e,
+        }
+    }
+
+    /// Grant what the queue allows, in order; returns the grants to persist.
+    fn pump(&self, st: &mut State) -> Vec<(Waiter, AllocationRecord)> {
+        let now = now_ms();
+        let aging = self.config.aging_seconds.max(1) as i64 * 1000;
+        st.waiters.sort_by_key(|w| {
+            (
+                std::cmp::Reverse(rank(w.priority) + (now - w.since) / aging),
+                w.id,
+            )
+        });
+        let mut usage = st.usage();
+        // What blocked waiters ahead reserve.
+        let mut reserved = Usage::default();
+        let mut grants = Vec::new();
+        let mut keep = Vec::new();
+        for w in std::mem::take(&mut st.waiters) {
+            if w.grant.is_closed() {
+                continue; // The caller stopped waiting.
+            }
+            let mut combined = Usage::default();
+            for (p, n) in usage.pools.iter().chain(reserved.pools.iter()) {
+                *combined.pools.entry(p.clone()).or_insert(0) += n;
+            }
+            for (k, v) in usage.locks.iter().chain(reserved.locks.iter()) {
+                combined
+                    .locks
+                    .entry(k.clone())
+                    .or_default()
+                    .extend(v.iter().cloned());
+            }
+            combined.by_principal = usage.by_principal.clone();
+            combined.by_session = usage.by_session.clone();
+            if st
+                .check(&self.config, &combined, &w.owner, &w.req)
+                .is_empty()
+            {
+                let rec = self.record(&w.owner, &w.req, w.priority, w.ttl, now);
+                usage.add(
+                    &w.owner.principal,
+                    &w.owner.session_id,
+                    &w.owner.holder,
+                    &w.req,
+                );
+                grants.push((w, rec));
+            } else {
+                reserved.add(
+                    &w.owner.principal,
+                    &w.owner.session_id,
+                    &w.owner.holder,
+                    &w.req,
+                );
+                keep.push(w);
+            }
+        }
+        st.waiters = keep;
+        grants
+    }
+
+    fn record(
+        &self,
+        owner: &Owner,
+        req: &Requirements,
+        priority: Priority,
+        ttl: Option<u64>,
+        now: i64,
+    ) -> AllocationRecord {
+        AllocationRecord {
+            id: new_id("alc"),
+            session_id: owner.session_id.clone(),
+            principal: owner.principal.clone(),
+            holder: owner.holder.clone(),
+            owner_kind: owner.kind.into(),
+            owner_ref: owner.reference.clone(),
+            requirements: req.to_value().to_string(),
+            priority: super::run::priority_str(priority).into(),
+            status: "active".into(),
+            created_at: now,
+            expires_at: ttl.map(|t| now + t as i64 * 1000),
+            released_at: None,
+            release_reason: None,
+        }
+    }
+
+    /// Persist grants, then hand them over.
+    async fn commit_grants(
+        &self,
+        st: &mut State,
+        grants: Vec<(Waiter, AllocationRecord)>,
+    ) -> Result<()> {
+        if grants.is_empty() {
+            return Ok(());
+        }
+        let recs: Vec<AllocationRecord> = grants.iter().map(|(_, r)| r.clone()).collect();
+        if let Err(e) = self.store.put_allocations(&recs).await {
+            // Nothing was granted: the waiters go back to the queue.
+            for (w, _) in grants {
+                st.waiters.push(w);
+            }
+            return Err(e.into());
+        }
+        for (w, rec) in grants {
+            let req = w.req.clone();
+            st.held.insert(
+                rec.id.clone(),
+                Held {
+                    rec: rec.clone(),
+                    req,
+                },
+            );
+            if let Err(rec) = w.grant.send(rec) {
+                // The caller gave up at this very moment: release at once.
+                if let Some(h) = st.held.remove(&rec.id) {
+                    let mut r = h.rec;
+                    r.status = "released".into();
+                    r.released_at = Some(now_ms());
+                    r.release_reason = Some("the requester stopped waiting".into());
+                    self.store.put_allocations(&[r]).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Acquire all of `req` for `owner`, waiting up to `wait` (None: until
+    /// `cancel`). A requirement that can never be met is refused at once.
+    pub async fn acquire(
+        &self,
+        owner: Owner,
+        req: Requirements,
+        priority: Priority,
+        ttl: Option<u64>,
+        wait: Option<Duration>,
+        cancel: &CancellationToken,
+    ) -> Result<AllocationView> {
+        let rx = {
+            let mut st = self.state.lock().await;
+            if let Some(why) = st.impossible(&self.config, &req) {
+                return Err(self.refuse(format!("the request can never be granted: {why}"), None));
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = st.next_waiter;
+            st.next_waiter += 1;
+            st.waiters.push(Waiter {
+                id,
+                owner: owner.clone(),
+                req: req.clone(),
+                priority,
+                since: now_ms(),
+                ttl,
+                grant: tx,
+            });
+            let grants = self.pump(&mut st);
+            self.commit_grants(&mut st, grants).await?;
+            let mut rx = rx;
+            if let Ok(rec) = rx.try_recv() {
+                return Ok(view(&rec));
+            }
+            if wait == Some(Duration::ZERO) {
+                // Not granted now and the caller does not wait.
+                st.waiters.retain(|w| w.id != id);
+                let usage = st.usage();
+                let mut s = st.check(&self.config, &usage, &owner, &req);
+                s.waiting_ahead = st.waiters.len();
+                let msg = if s.pools.is_empty() && s.locks.is_empty() && s.quotas.is_empty() {
+                    format!(
+                        "{} earlier request(s) wait for these resources",
+                        s.waiting_ahead
+                    )
+                } else {
+                    s.describe()
+                };
+                return Err(self.refuse(format!("resources unavailable: {msg}"), Some(&s)));
+            }
+            rx
+        };
+        let mut rx = rx;
+        let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+        tokio::select! {
+            r = &mut rx => r.map(|rec| view(&rec)).map_err(|_| Error::internal("allocation waiter dropped")),
+            _ = super::attempts::sleep_until(deadline) => self.give_up(rx, &owner, &req, "the wait ended").await,
+            _ = cancel.cancelled() => self.give_up(rx, &owner, &req, "the request was cancelled").await,
+        }
+    }
+
+    async fn give_up(
+        &self,
+        mut rx: oneshot::Receiver<AllocationRecord>,
+        owner: &Owner,
+        req: &Requirements,
+        why: &str,
+    ) -> Result<AllocationView> {
+        let mut st = self.state.lock().await;
+        rx.close();
+        if let Ok(rec) = rx.try_recv() {
+            // Granted just before we gave up: keep it.
+            return Ok(view(&rec));
+        }
+        st.waiters.retain(|w| !w.grant.is_closed());
+        let usage = st.usage();
+        let mut s = st.check(&self.config, &usage, owner, req);
+        s.waiting_ahead = st.waiters.len();
+        // Our leaving may let others through.
+        let grants = self.pump(&mut st);
+        self.commit_grants(&mut st, grants).await?;
+        Err(self.refuse(
+            format!("resources unavailable ({why}): {}", s.describe()),
+            Some(&s),
+        ))
+    }
+
+    /// Release allocations (`reason` recorded), then serve the waiters.
+    async fn release_where(
+        &self,
+        reason: &str,
+        status: &str,
+        pred: impl Fn(&AllocationRecord) -> bool,
+    ) -> Result<Vec<AllocationRecord>> {
+        let mut st = self.state.lock().await;
+        let ids: Vec<String> = st
+            .held
+            .values()
+            .filter(|h| pred(&h.rec))
+            .map(|h| h.rec.id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let recs: Vec<AllocationRecord> = ids
+            .iter()
+            .map(|id| AllocationRecord {
+                status: status.into(),
+                released_at: Some(now),
+                release_reason: Some(reason.into()),
+                ..st.held[id].rec.clone()
+            })
+            .collect();
+        self.store.put_allocations(&recs).await?;
+        for id in &ids {
+            st.held.remove(id);
+        }
+        let grants = self.pump(&mut st);
+        self.commit_grants(&mut st, grants).await?;
+        self.changed.send_modify(|v| *v += 1);
+        Ok(recs)
+    }
+
+    /// Release one allocation of the principal.
+    pub async fn release(&self, principal: &str, id: &str, reason: &str) -> Result<AllocationView> {
+        let r = self
+            .release_where(reason, "released", |a| {
+                a.id == id && a.principal == principal
+            })
+            .await?;
+        match r.first() {
+            Some(a) => Ok(view(a)),
+            None => Err(self.not_held(principal, id).await),
+        }
+    }
+
+    async fn not_held(&self, principal: &str, id: &str) -> Error {
+        // Released or expired earlier, or never the caller's.
+        let older = self
+            .store
+            .list_allocations(principal, None, None, 0, u32::MAX)
+            .await
+            .ok()
+            .and_then(|v| v.into_iter().find(|a| a.id == id));
+        match older {
+            Some(a) => Error::new(
+                ErrorCode::Conflict,
+                format!("allocation {id} is already {}", a.status),
+                "Nothing to do; list_allocations shows what you hold.",
+            ),
+            None => Error::not_found("allocation", id, "list_allocations shows your allocations."),
+        }
+    }
+
+    /// Release every allocation of a session (closed, or asked to).
+    pub async fn release_session(&self, session_id: &str, reason: &str) -> Result<usize> {
+        Ok(self
+            .release_where(reason, "released", |a| a.session_id == session_id)
+            .await?
+            .len())
+    }
+
+    /// Release what a step, task or run holds (it ended).
+    pub async fn release_owner(&self, kind: &str, reference: &str, reason: &str) -> Result<usize> {
+        Ok(self
+            .release_where(reason, "released", |a| {
+                a.owner_kind == kind && a.owner_ref.as_deref() == Some(reference)
+            })
+            .await?
+            .len())
+    }
+
+    /// Reclaim allocations whose lease ended.
+    pub async fn expire(&self) -> Result<usize> {
+        let now = now_ms();
+        Ok(self
+            .release_where("the lease expired", "expired", |a| {
+                a.expires_at.is_some_and(|e| e <= now)
+            })
+            .await?
+            .len())
+    }
+
+    /// Extend an allocation's lease from now.
+    pub async fn renew(&self, principal: &str, id: &str, ttl: u64) -> Result<AllocationView> {
+        let mut st = self.state.lock().await;
+        let Some(h) = st.held.get(id).filter(|h| h.rec.principal == principal) else {
+            drop(st);
+            return Err(self.not_held(principal, id).await);
+        };
+        if h.rec.expires_at.is_none() {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!(
+                    "allocation {id} is held by its {} and has no lease",
+                    h.rec.owner_kind
+                ),
+                "It is released when its step, task or run ends.",
+            ));
+        }
+        let mut rec = h.rec.clone();
+        rec.expires_at = Some(now_ms() + ttl as i64 * 1000);
+        self.store
+            .put_allocations(std::slice::from_ref(&rec))
+            .await?;
+        let v = view(&rec);
+        st.held.get_mut(id).expect("held").rec = rec;
+        Ok(v)
+    }
+
+    pub fn ttl(&self, ttl: Option<u64>) -> Result<u64> {
+        match ttl {
+            None => Ok(self.config.default_ttl_seconds),
+            Some(t) if t == 0 || t > self.config.max_ttl_seconds => Err(Error::invalid(
+                format!(
+                    "ttl_seconds {t} is outside 1..={}",
+                    self.config.max_ttl_seconds
+                ),
+                "Ask for a lease you will renew (renew_allocation) before it ends.",
+            )),
+            Some(t) => Ok(t),
+        }
+    }
+
+    /// A page of the principal's allocations.
+    pub async fn list(
+        &self,
+        principal: &str,
+        session_id: Option<&str>,
+        status: Option<&str>,
+        offset: usize,
+        limit: u32,
+    ) -> Result<Vec<AllocationView>> {
+        Ok(self
+            .store
+            .list_allocations(principal, session_id, status, offset, limit)
+            .await?
+            .iter()
+            .map(view)
+            .collect())
+    }
+
+    pub async fn status(&self, principal: &str, session_id: &str) -> ResourceStatus {
+        let st = self.state.lock().await;
+        let usage = st.usage();
+        let mut pools = BTreeMap::new();
+        for (p, cap) in &st.capacity {
+            let used = usage.pools.get(p).copied().unwrap_or(0);
+            pools.insert(
+                p.clone(),
+                PoolStatus {
+                    capacity: *cap,
+                    allocated: used,
+                    available: cap.saturating_sub(used),
+                    utilization: if *cap == 0 {
+                        0.0
+                    } else {
+                        used as f64 / *cap as f64
+                    },
+                    waiters: st
+                        .waiters
+                        .iter()
+                        .filter(|w| w.req.pools.contains_key(p))
+                        .count(),
+                },
+            );
+        }
+        let mut locks = BTreeMap::new();
+        for (k, hs) in &usage.locks {
+            locks.insert(
+                k.clone(),
+                LockStatus {
+                    mode: hs.iter().map(|(m, _)| *m).max().unwrap_or(LockMode::Read),
+                    holders: hs
+                        .iter()
+                        .map(|(m, h)| json!({"holder": h, "mode": m}))
+                        .collect(),
+                    waiters: st
+                        .waiters
+                        .iter()
+                        .filter(|w| w.req.locks.iter().any(|l| &l.key == k))
+                        .count(),
+                },
+            );
+        }
+        let quota = |entry: Option<&(usize, BTreeMap<String, u64>)>,
+                     max: u32,
+                     per: &BTreeMap<String, u64>| {
+            let (n, held) = entry.cloned().unwrap_or_default();
+            QuotaUse {
+                allocations: n,
+                max_allocations: max,
+                pools: per
+                    .iter()
+                    .map(|(p, l)| {
+                        (
+                            p.clone(),
+                            json!({"held": held.get(p).copied().unwrap_or(0), "limit": l}),
+                        )
+                    })
+                    .collect(),
+            }
+        };
+        let q = &self.config.quotas;
+        ResourceStatus {
+            pools,
+            locks,
+            active_allocations: st.held.len(),
+            waiting_requests: st.waiters.len(),
+            principal_quota: quota(
+                usage.by_principal.get(principal),
+                q.max_allocations_per_principal,
+                &q.per_principal,
+            ),
+            session_quota: quota(
+                usage.by_session.get(session_id),
+                q.max_allocations_per_session,
+                &q.per_session,
+            ),
+        }
+    }
+
+    /// Pool utilization and impossible states, for health.
+    pub async fn health(&self) -> (Vec<(String, f64)>, Vec<String>) {
+        let st = self.state.lock().await;
+        let usage = st.usage();
+        let mut util = Vec::new();
+        let mut broken = Vec::new();
+        for (p, cap) in &st.capacity {
+            let used = usage.pools.get(p).copied().unwrap_or(0);
+            if used > *cap {
+                broken.push(format!(
+                    "pool {p} is over capacity: {used} of {cap} allocated"
+                ));
+            }
+            if *cap > 0 {
+                util.push((p.clone(), used as f64 / *cap as f64));
+            }
+        }
+        for (k, hs) in &usage.locks {
+            for (i, (a, _)) in hs.iter().enumerate() {
+                if hs.iter().skip(i + 1).any(|(b, _)| !a.compatible(*b)) {
+                    broken.push(format!("lock {k} is held in incompatible modes"));
+                    break;
+                }
+            }
+        }
+        (util, broken)
+    }
+
+    /// Subscribe to releases (steps waiting outside the queue look again).
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}

@@ -1,0 +1,325 @@
+//! Resource tools: allocate pools and locks all or nothing, release and renew
+//! allocations, list them, and see pools, locks and quotas.
+
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, tool, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::engine::resources::{AllocationView, Owner, Requirements, ResourceStatus};
+use crate::engine::workflow::Priority;
+use crate::error::Error;
+use crate::server::{MyrmexServer, args::Args, principal};
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllocateArgs {
+    /// What to hold, all or nothing: pool amounts and locks, e.g. {"cpu": 2, "memory_mb": 4096, "locks": [{"key": "repo:main", "mode": "write"}]}. The original nested form {"cpu": {"cores": 2}, "memory": {"gb": 4}} is accepted.
+    pub requirements: Value,
+    /// A label for the holder, shown to others who wait (the original's user_id; default: your principal).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The owning session (closing it releases the allocation); omit for your default session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Lease: the allocation is reclaimed unless renewed within this many seconds (default 300).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// Wait up to this many seconds (at most 50) for the resources; 0 (default) answers at once.
+    #[serde(default)]
+    pub wait_seconds: Option<u64>,
+    /// Order among waiting requests: low, normal (default), high, critical.
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseArgs {
+    /// The allocation to release (`alc_...`). Omit and set `all_of_session` to release a whole session's.
+    #[serde(default)]
+    pub allocation_id: Option<String>,
+    /// True: release every allocation of the session (session_id, or your default session).
+    #[serde(default)]
+    pub all_of_session: bool,
+    /// The session, with all_of_session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewArgs {
+    /// The allocation (`alc_...`).
+    pub allocation_id: String,
+    /// New lease from now, in seconds (default 300).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// Allocation statuses, for filters.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(inline)]
+pub enum AllocationStatus {
+    Active,
+    Released,
+    Expired,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListAllocationsArgs {
+    /// Only this session's allocations.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Only allocations in this status.
+    #[serde(default)]
+    pub status: Option<AllocationStatus>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size (default 50, at most 200).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceStatusArgs {
+    /// The session whose quota use to show; omit for your default session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+/// Allocations released.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Released {
+    /// How many allocations were released.
+    pub released: usize,
+    /// The released allocation, when one was named.
+    pub allocation: Option<AllocationView>,
+}
+
+/// A page of allocations, newest first.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AllocationPage {
+    pub allocations: Vec<AllocationView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[tool_router(router = resources_router, vis = "pub(crate)")]
+impl MyrmexServer {
+    #[tool(
+        name = "allocate_resources",
+        description = "Hold pool amounts (cpu, memory_mb, disk_mb, gpu, custom pools) and locks (read / write / exclusive) all or nothing, under quotas, with a renewable lease. Can wait (wait_seconds); waiters are served by priority then arrival. Answers the allocation, or RESOURCE_UNAVAILABLE with what is short and who holds it.",
+        annotations(
+            title = "Allocate resources",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn allocate_resources(
+        &self,
+        Parameters(args): Parameters<Args<AllocateArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<AllocationView>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        let req = Requirements::parse(&a.requirements)?;
+        if req.is_empty() {
+            return Err(Error::invalid(
+                "the requirements ask for nothing",
+                "Name at least one pool amount above 0 or one lock.",
+            ));
+        }
+        let ttl = self.engine.resources().ttl(a.ttl_seconds)?;
+        let wait = match a.wait_seconds {
+            None | Some(0) => std::time::Duration::ZERO,
+            w => self.engine.wait_for(w)?,
+        };
+        let session = self
+            .engine
+            .sessions()
+            .resolve(&p, a.session_id.as_deref())
+            .await?;
+        let holder = a.user_id.unwrap_or_else(|| p.name().to_string());
+        if holder.is_empty() || holder.chars().count() > 128 {
+            return Err(Error::invalid(
+                "user_id must have 1-128 characters",
+                "Use a short label such as an agent's name.",
+            ));
+        }
+        let owner = Owner {
+            session_id: session.session_id.clone(),
+            principal: p.name().to_string(),
+            holder,
+            kind: "api",
+            reference: None,
+        };
+        // A client that cancels the call (or disconnects) stops waiting.
+        Ok(Json(
+            self.engine
+                .resources()
+                .acquire(owner, req, a.priority, Some(ttl), Some(wait), &ctx.ct)
+                .await?,
+        ))
+    }
+
+    #[tool(
+        name = "release_resources",
+        description = "Release one allocation (allocation_id), or every allocation of a session (all_of_session: true). Waiting requests are served at once.",
+        annotations(
+            title = "Release resources",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn release_resources(
+        &self,
+        Parameters(args): Parameters<Args<ReleaseArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<Released>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        match (a.allocation_id, a.all_of_session) {
+            (Some(id), false) => {
+                let v = self
+                    .engine
+                    .resources()
+                    .release(p.name(), &id, "released by its holder")
+                    .await?;
+                Ok(Json(Released {
+                    released: 1,
+                    allocation: Some(v),
+                }))
+            }
+            (None, true) => {
+                let session = self
+                    .engine
+                    .sessions()
+                    .resolve(&p, a.session_id.as_deref())
+                    .await?;
+                let n = self
+                    .engine
+                    .resources()
+                    .release_session(&session.session_id, "released by its holder")
+                    .await?;
+                Ok(Json(Released {
+                    released: n,
+                    allocation: None,
+                }))
+            }
+            _ => Err(Error::invalid(
+                "give either allocation_id or all_of_session: true",
+                "Release one allocation by id, or all of a session with all_of_session: true (and session_id).",
+            )),
+        }
+    }
+
+    #[tool(
+        name = "renew_allocation",
+        description = "Extend an allocation's lease from now (ttl_seconds). An allocation whose lease ended was reclaimed and cannot be renewed.",
+        annotations(
+            title = "Renew allocation",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn renew_allocation(
+        &self,
+        Parameters(args): Parameters<Args<RenewArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<AllocationView>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        let ttl = self.engine.resources().ttl(a.ttl_seconds)?;
+        Ok(Json(
+            self.engine
+                .resources()
+                .renew(p.name(), &a.allocation_id, ttl)
+                .await?,
+        ))
+    }
+
+    #[tool(
+        name = "list_allocations",
+        description = "Your allocations, newest first: granted amounts, locks, owner (api, step, task, claim, run), status and lease. Filter by session and status; paginated.",
+        annotations(
+            title = "List allocations",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn list_allocations(
+        &self,
+        Parameters(args): Parameters<Args<ListAllocationsArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<AllocationPage>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        let limit = crate::engine::session::page_limit(&self.engine.config().limits, a.limit)?;
+        let offset = match &a.cursor {
+            Some(c) => crate::engine::workflows::decode_offset(c)?,
+            None => 0,
+        };
+        let status = a.status.map(|s| match s {
+            AllocationStatus::Active => "active",
+            AllocationStatus::Released => "released",
+            AllocationStatus::Expired => "expired",
+        });
+        let mut page = self
+            .engine
+            .resources()
+            .list(p.name(), a.session_id.as_deref(), status, offset, limit + 1)
+            .await?;
+        let more = page.len() > limit as usize;
+        page.truncate(limit as usize);
+        Ok(Json(AllocationPage {
+            next_cursor: more
+                .then(|| crate::engine::workflows::encode_offset(offset + limit as usize)),
+            allocations: page,
+        }))
+    }
+
+    #[tool(
+        name = "get_resource_status",
+        description = "Every pool's capacity, allocated, available, utilization and waiters; every held lock's holders and mode; your principal's and session's quota use.",
+        annotations(
+            title = "Resource status",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn get_resource_status(
+        &self,
+        Parameters(args): Parameters<Args<ResourceStatusArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ResourceStatus>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        let session = match &a.session_id {
+            Some(id) => self.engine.sessions().get(&p, id).await?,
+            None => self.engine.sessions().resolve(&p, None).await?,
+        };
+        Ok(Json(
+            self.engine
+                .resources()
+                .status(p.name(), &session.session_id)
+                .await,
+        ))
+    }
+}
