@@ -468,3 +468,302 @@ async fn sixteen_clients_contend_and_every_grant_is_legal() {
     let h = ok(&c, "get_health_status", json!({})).await;
     assert_eq!(h["components"]["resources"]["status"], "healthy", "{h}");
 }
+
+fn step(name: &str, action: &str, params: Value, deps: &[&str], resources: Option<Value>) -> Value {
+    let mut s = json!({"name": name, "module": "core", "action": action, "parameters": params, "dependencies": deps});
+    if let Some(r) = resources {
+        s["resources"] = r;
+    }
+    s
+}
+
+async fn step_status(c: &Client, run_id: &Value, step: &str) -> String {
+    let v = ok(c, "get_workflow_run", json!({"run_id": run_id})).await;
+    v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == step)
+        .map(|s| s["status"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+async fn wait_step(c: &Client, run_id: &Value, step: &str, status: &str) {
+    for _ in 0..200 {
+        if step_status(c, run_id, step).await == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("step {step} never became {status}");
+}
+
+#[tokio::test]
+async fn a_step_waits_for_a_lock_held_elsewhere_and_releases_however_it_ends() {
+    let env = Env::new();
+    let c = start(&env, Era::Legacy).await;
+    let lock = json!({"locks": [{"key": "repo:main", "mode": "write"}], "slots": 1});
+    let held = alloc(
+        &c,
+        json!({"locks": [{"key": "repo:main", "mode": "exclusive"}]}),
+    )
+    .await;
+    ok(&c, "create_workflow", json!({"name": "locked", "steps": [step("edit", "echo", json!({"x": 1}), &[], Some(lock.clone()))]})).await;
+    // In parallel mode a step waits in the allocator's queue, holding its slot.
+    let r = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "locked", "mode": "parallel", "wait_seconds": 0}),
+    )
+    .await;
+    wait_step(&c, &r["run_id"], "edit", "waiting_resources").await;
+    let mut st = Value::Null;
+    for _ in 0..100 {
+        st = ok(&c, "get_resource_status", json!({})).await;
+        if st["locks"]["repo:main"]["waiters"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(st["locks"]["repo:main"]["waiters"], 1, "{st}");
+    ok(
+        &c,
+        "release_resources",
+        json!({"allocation_id": held["allocation_id"]}),
+    )
+    .await;
+    let v = ok(
+        &c,
+        "get_workflow_run",
+        json!({"run_id": r["run_id"], "wait_seconds": 20}),
+    )
+    .await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(
+        pool(&c, "slots").await["allocated"],
+        0,
+        "released after success"
+    );
+    let page = ok(&c, "list_allocations", json!({"status": "released"})).await;
+    assert!(
+        page["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["owner_kind"] == "step"),
+        "{page}"
+    );
+
+    // Failure, timeout and cancellation release too.
+    ok(&c, "create_workflow", json!({"name": "ends", "on_failure": "continue", "steps": [
+        step("fails", "fail", json!({"message": "no"}), &[], Some(json!({"slots": 1}))),
+        {"name": "slow", "module": "core", "action": "sleep", "parameters": {"ms": 5000}, "timeout_seconds": 1, "resources": {"slots": 1}}
+    ]})).await;
+    let v = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "ends", "wait_seconds": 20}),
+    )
+    .await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(pool(&c, "slots").await["allocated"], 0);
+    ok(
+        &c,
+        "create_workflow",
+        json!({"name": "cancelled", "steps": [
+            step("hold", "sleep", json!({"ms": 20000}), &[], Some(json!({"slots": 2}))),
+            step("queued", "echo", json!({}), &[], Some(json!({"slots": 2})))
+        ]}),
+    )
+    .await;
+    let r = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "cancelled", "wait_seconds": 0}),
+    )
+    .await;
+    wait_step(&c, &r["run_id"], "queued", "waiting_resources").await;
+    assert_eq!(step_status(&c, &r["run_id"], "hold").await, "running");
+    ok(&c, "cancel_workflow_run", json!({"run_id": r["run_id"]})).await;
+    let v = ok(
+        &c,
+        "get_workflow_run",
+        json!({"run_id": r["run_id"], "wait_seconds": 20}),
+    )
+    .await;
+    assert_eq!(v["status"], "cancelled");
+    let mut released = false;
+    for _ in 0..100 {
+        let s = ok(&c, "get_resource_status", json!({})).await;
+        if s["pools"]["slots"]["allocated"] == 0 && s["waiting_requests"] == 0 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        released,
+        "cancelled run released its step's slots and waiters"
+    );
+}
+
+#[tokio::test]
+async fn run_requirements_hold_for_the_whole_run_and_impossible_ones_are_refused() {
+    let env = Env::new();
+    let c = start(&env, Era::Modern).await;
+    ok(&c, "create_workflow", json!({"name": "w", "steps": [step("a", "sleep", json!({"ms": 400}), &[], None), step("b", "echo", json!({}), &["a"], None)]})).await;
+    let r = ok(&c, "execute_workflow", json!({"workflow_name": "w", "resource_requirements": {"cpu": {"cores": 3}}, "wait_seconds": 0})).await;
+    let mut seen = false;
+    for _ in 0..40 {
+        if pool(&c, "cpu").await["allocated"] == 3 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen, "the run holds its cpu while it runs");
+    let v = ok(
+        &c,
+        "get_workflow_run",
+        json!({"run_id": r["run_id"], "wait_seconds": 20}),
+    )
+    .await;
+    assert_eq!(v["status"], "succeeded");
+    assert_eq!(pool(&c, "cpu").await["allocated"], 0);
+    err(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "w", "resource_requirements": {"cpu": 64}}),
+        "RESOURCE_UNAVAILABLE",
+    )
+    .await;
+    ok(&c, "create_workflow", json!({"name": "greedy", "steps": [step("a", "echo", json!({}), &[], Some(json!({"gpu": 1})))]})).await;
+    let e = err(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "greedy"}),
+        "RESOURCE_UNAVAILABLE",
+    )
+    .await;
+    assert!(e["message"].as_str().unwrap().contains("step 'a'"), "{e}");
+    let e = err(&c, "create_workflow", json!({"name": "bad", "steps": [step("a", "echo", json!({}), &[], Some(json!({"cpu": "lots"})))]}), "INVALID_PARAMETERS").await;
+    assert!(e.to_string().contains("resources"), "{e}");
+}
+
+#[tokio::test]
+async fn resource_aware_sessions_run_what_can_run_first() {
+    let env = Env::new();
+    let c = start(&env, Era::Legacy).await;
+    let s = ok(
+        &c,
+        "create_session",
+        json!({"name": "ra", "mode": "resource_aware", "max_parallel_tasks": 1}),
+    )
+    .await["session_id"]
+        .clone();
+    let held = ok(
+        &c,
+        "allocate_resources",
+        json!({"session_id": s, "requirements": {"locks": [{"key": "db", "mode": "exclusive"}]}}),
+    )
+    .await;
+    // `blocked` is more urgent but its lock is taken: with one slot, `free` runs meanwhile.
+    ok(&c, "create_workflow", json!({"session_id": s, "name": "ra", "steps": [
+        {"name": "blocked", "module": "core", "action": "echo", "priority": "critical", "resources": {"locks": [{"key": "db", "mode": "write"}]}},
+        {"name": "free", "module": "core", "action": "echo", "priority": "low"}
+    ]})).await;
+    let r = ok(
+        &c,
+        "execute_workflow",
+        json!({"session_id": s, "workflow_name": "ra", "wait_seconds": 0}),
+    )
+    .await;
+    wait_step(&c, &r["run_id"], "free", "succeeded").await;
+    assert_eq!(
+        step_status(&c, &r["run_id"], "blocked").await,
+        "waiting_resources"
+    );
+    ok(
+        &c,
+        "release_resources",
+        json!({"allocation_id": held["allocation_id"]}),
+    )
+    .await;
+    let v = ok(
+        &c,
+        "get_workflow_run",
+        json!({"run_id": r["run_id"], "wait_seconds": 20}),
+    )
+    .await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+}
+
+#[tokio::test]
+async fn tasks_hold_their_resources_while_they_run_or_are_claimed() {
+    let env = Env::new();
+    let c = start(&env, Era::Legacy).await;
+    let held = alloc(&c, json!({"slots": 3})).await;
+    let t = ok(&c, "create_task", json!({"task": {"name": "needs-slot", "module": "core", "action": "echo", "resources": {"slots": 1}}})).await;
+    let mut v = Value::Null;
+    for _ in 0..100 {
+        v = ok(&c, "get_task", json!({"task_id": t["task_id"]})).await;
+        if v["status"] == "waiting_resources" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(v["status"], "waiting_resources", "{v}");
+    // Agent tasks: one needs a slot (none free), the other does not; the claim skips the first.
+    ok(
+        &c,
+        "create_tasks",
+        json!({"tasks": [
+            {"name": "agent-slot", "priority": "critical", "resources": {"slots": 1}},
+            {"name": "agent-free", "priority": "low"}
+        ]}),
+    )
+    .await;
+    let claim = ok(&c, "next_task", json!({})).await;
+    assert_eq!(claim["task"]["name"], "agent-free", "{claim}");
+    let none = ok(&c, "next_task", json!({})).await;
+    assert!(none["task"].is_null());
+    assert_eq!(none["counts"]["waiting_resources"], 1, "{none}");
+    ok(
+        &c,
+        "release_resources",
+        json!({"allocation_id": held["allocation_id"]}),
+    )
+    .await;
+    let v = ok(
+        &c,
+        "get_task",
+        json!({"task_id": t["task_id"], "wait_seconds": 20}),
+    )
+    .await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let claim = ok(&c, "next_task", json!({})).await;
+    assert_eq!(claim["task"]["name"], "agent-slot");
+    assert_eq!(
+        pool(&c, "slots").await["allocated"],
+        1,
+        "the claim holds its slot"
+    );
+    ok(
+        &c,
+        "complete_task",
+        json!({"task_id": claim["task"]["task_id"], "lease_id": claim["lease_id"]}),
+    )
+    .await;
+    assert_eq!(
+        pool(&c, "slots").await["allocated"],
+        0,
+        "completion released it"
+    );
+    err(
+        &c,
+        "create_task",
+        json!({"task": {"name": "greedy", "resources": {"slots": 4}}}),
+        "RESOURCE_UNAVAILABLE",
+    )
+    .await;
+}

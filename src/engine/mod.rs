@@ -78,20 +78,22 @@ impl Engine {
         let limits = workflow_limits(&config);
         let library = library::Library::load(&config.workflows_dirs, &registry, &limits);
         let stopping = tokio_util::sync::CancellationToken::new();
+        let resources = Arc::new(resources::ResourceManager::new(
+            store.clone(),
+            &config.resources,
+        ));
         let runs = Arc::new(run::RunManager::new(
             store.clone(),
             registry.clone(),
+            resources.clone(),
             stopping.clone(),
         ));
         let tasks = Arc::new(tasks::TaskManager::new(
             store.clone(),
             registry.clone(),
+            resources.clone(),
             &config,
             stopping.clone(),
-        ));
-        let resources = Arc::new(resources::ResourceManager::new(
-            store.clone(),
-            &config.resources,
         ));
         Self {
             inner: Arc::new(EngineInner {

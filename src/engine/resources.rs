@@ -704,6 +704,39 @@ impl ResourceManager {
         Ok(())
     }
 
+    /// Refuse at once what can never be granted (above capacity or quota).
+    pub async fn check_possible(&self, req: &Requirements, what: &str) -> Result<()> {
+        let st = self.state.lock().await;
+        match st.impossible(&self.config, req) {
+            Some(why) => Err(self.refuse(format!("{what} can never be granted: {why}"), None)),
+            None => Ok(()),
+        }
+    }
+
+    /// Acquire now or not at all (None when something is short).
+    pub async fn try_acquire(
+        &self,
+        owner: Owner,
+        req: Requirements,
+        priority: Priority,
+    ) -> Result<Option<AllocationView>> {
+        match self
+            .acquire(
+                owner,
+                req,
+                priority,
+                None,
+                Some(Duration::ZERO),
+                &CancellationToken::new(),
+            )
+            .await
+        {
+            Ok(a) => Ok(Some(a)),
+            Err(e) if e.code == ErrorCode::ResourceUnavailable => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Acquire all of `req` for `owner`, waiting up to `wait` (None: until
     /// `cancel`). A requirement that can never be met is refused at once.
     pub async fn acquire(
@@ -872,6 +905,22 @@ impl ResourceManager {
         Ok(self
             .release_where(reason, "released", |a| {
                 a.owner_kind == kind && a.owner_ref.as_deref() == Some(reference)
+            })
+            .await?
+            .len())
+    }
+
+    /// Release what a run and its steps hold (the run ended, however).
+    pub async fn release_run(&self, run_id: &str, reason: &str) -> Result<usize> {
+        let prefix = format!("{run_id}/");
+        Ok(self
+            .release_where(reason, "released", |a| match a.owner_kind.as_str() {
+                "run" => a.owner_ref.as_deref() == Some(run_id),
+                "step" => a
+                    .owner_ref
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with(&prefix)),
+                _ => false,
             })
             .await?
             .len())
@@ -1058,5 +1107,137 @@ impl ResourceManager {
     /// Subscribe to releases (steps waiting outside the queue look again).
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Allocate {
+            slots: u64,
+            cpu: u64,
+            lock: Option<(usize, LockMode)>,
+            wait_ms: u64,
+            lease: bool,
+        },
+        ReleaseOldest,
+        Expire,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let mode = prop_oneof![
+            Just(LockMode::Read),
+            Just(LockMode::Write),
+            Just(LockMode::Exclusive)
+        ];
+        prop_oneof![
+            4 => (0u64..4, 0u64..3, proptest::option::of((0usize..2, mode)), 0u64..30, any::<bool>())
+                .prop_map(|(slots, cpu, lock, wait_ms, lease)| Op::Allocate { slots, cpu, lock, wait_ms, lease }),
+            2 => Just(Op::ReleaseOldest),
+            1 => Just(Op::Expire),
+        ]
+    }
+
+    fn config() -> ResourcesConfig {
+        let mut c = ResourcesConfig {
+            cpu: Some(4),
+            memory_mb: Some(1024),
+            ..Default::default()
+        };
+        c.pools.insert("slots".into(), 5);
+        c.quotas.max_allocations_per_session = 6;
+        c
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Under random concurrent allocate / release / expire sequences no pool
+        /// is over capacity, no incompatible lock modes are held together, and
+        /// releasing everything adds back up exactly.
+        #[test]
+        fn never_over_capacity_and_everything_adds_back(workers in proptest::collection::vec(proptest::collection::vec(op(), 1..12), 2..6)) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let mgr = Arc::new(ResourceManager::new(Arc::new(crate::store::memory::MemoryStore::default()), &config()));
+                let mut handles = Vec::new();
+                for (w, ops) in workers.into_iter().enumerate() {
+                    let mgr = mgr.clone();
+                    handles.push(tokio::spawn(async move {
+                        let mut mine: Vec<String> = Vec::new();
+                        for op in ops {
+                            match op {
+                                Op::Allocate { slots, cpu, lock, wait_ms, lease } => {
+                                    let mut req = Requirements::default();
+                                    if slots > 0 { req.pools.insert("slots".into(), slots); }
+                                    if cpu > 0 { req.pools.insert("cpu".into(), cpu); }
+                                    if let Some((k, mode)) = lock {
+                                        req.locks.push(LockReq { key: format!("k{k}"), mode });
+                                    }
+                                    if req.is_empty() { continue; }
+                                    let owner = Owner {
+                                        session_id: format!("ses_{}", w % 2),
+                                        principal: "p".into(),
+                                        holder: format!("w{w}"),
+                                        kind: "api",
+                                        reference: None,
+                                    };
+                                    let ttl = if lease { Some(0) } else { Some(3600) };
+                                    match mgr.acquire(owner, req, Priority::Normal, ttl, Some(Duration::from_millis(wait_ms)), &CancellationToken::new()).await {
+                                        Ok(a) => mine.push(a.allocation_id),
+                                        Err(e) => assert_eq!(e.code, ErrorCode::ResourceUnavailable, "{e}"),
+                                    }
+                                }
+                                Op::ReleaseOldest => {
+                                    if !mine.is_empty() {
+                                        let id = mine.remove(0);
+                                        // It may have expired meanwhile.
+                                        let _ = mgr.release("p", &id, "test").await;
+                                    }
+                                }
+                                Op::Expire => { mgr.expire().await.unwrap(); }
+                            }
+                            let (_, broken) = mgr.health().await;
+                            assert!(broken.is_empty(), "{broken:?}");
+                        }
+                        mine
+                    }));
+                }
+                for h in handles {
+                    for id in h.await.unwrap() {
+                        let _ = mgr.release("p", &id, "done").await;
+                    }
+                }
+                let s = mgr.status("p", "ses_0").await;
+                for (name, p) in &s.pools {
+                    assert_eq!(p.allocated, 0, "pool {name} does not add back up");
+                    assert_eq!(p.available, p.capacity);
+                }
+                assert!(s.locks.is_empty());
+                assert_eq!(s.active_allocations, 0);
+            });
+        }
+    }
+
+    #[test]
+    fn nested_and_flat_requirements() {
+        let r = Requirements::parse(&json!({"cpu": {"cores": 2}, "memory": {"gb": 0.5}, "disk": {"mb": 10}, "gpu": {"count": 1}, "db": 3})).unwrap();
+        assert_eq!(
+            r.to_value(),
+            json!({"cpu": 2, "memory_mb": 512, "disk_mb": 10, "gpu": 1, "db": 3})
+        );
+        let r = Requirements::parse(&json!({"cpu": 1, "locks": [{"key": "a", "mode": "read"}]}))
+            .unwrap();
+        assert_eq!(Requirements::parse(&r.to_value()).unwrap(), r);
+        assert!(
+            Requirements::parse(
+                &json!({"locks": [{"key": "a", "mode": "read"}, {"key": "a", "mode": "write"}]})
+            )
+            .is_err()
+        );
+        assert!(Requirements::parse(&json!({"cpu": {"cores": 0.5}})).is_err());
     }
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempts::{self, abandon_note, sleep_until};
 use super::condition;
+use super::resources::{Owner, Requirements, ResourceManager};
 use super::template::{Scope, render_value};
 use super::workflow::{OnFailure, Priority, StepSpec, TriggerRule, WorkflowSpec};
 use super::{new_id, now_ms};
@@ -32,6 +33,8 @@ pub mod status {
     pub const READY: &str = "ready";
     pub const RUNNING: &str = "running";
     pub const RETRYING: &str = "retrying";
+    /// Ready, waiting for its resources to be granted.
+    pub const WAITING_RESOURCES: &str = "waiting_resources";
     pub const SUCCEEDED: &str = "succeeded";
     pub const FAILED: &str = "failed";
     pub const SKIPPED: &str = "skipped";
@@ -89,6 +92,7 @@ impl Active {
 pub struct RunManager {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    resources: Arc<ResourceManager>,
     active: Mutex<HashMap<String, Arc<Active>>>,
     session_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     shutdown: CancellationToken,
@@ -106,11 +110,13 @@ impl RunManager {
     pub fn new(
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
+        resources: Arc<ResourceManager>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             store,
             registry,
+            resources,
             active: Mutex::new(HashMap::new()),
             session_slots: Mutex::new(HashMap::new()),
             shutdown,
@@ -250,6 +256,10 @@ impl RunManager {
             if let Err(e) = mgr.drive(&run_id, &active, slot).await {
                 tracing::error!(run = %run_id, error = %e, "run driver failed");
             }
+            // Whatever the run and its steps still hold is released, however it ended.
+            if let Err(e) = mgr.resources.release_run(&run_id, "the run ended").await {
+                tracing::error!(run = %run_id, error = %e, "cannot release the run's resources");
+            }
             mgr.active
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -287,6 +297,35 @@ impl RunManager {
                 return self.finish_stopped(&mut run, &mut steps, active).await;
             }
         };
+        // The run's own resource_requirements hold for the whole run.
+        if let Some(r) = run.resources.as_deref() {
+            let req = serde_json::from_str(r)
+                .map_err(|e| crate::error::Error::internal(format!("stored requirements: {e}")))
+                .and_then(|v| Requirements::parse(&v))?;
+            let owner = Owner {
+                session_id: run.session_id.clone(),
+                principal: run.principal.clone(),
+                holder: format!("run {}", run.id),
+                kind: "run",
+                reference: Some(run.id.clone()),
+            };
+            let priority = match run.priority.as_str() {
+                "low" => Priority::Low,
+                "high" => Priority::High,
+                "critical" => Priority::Critical,
+                _ => Priority::Normal,
+            };
+            if let Err(e) = self
+                .resources
+                .acquire(owner, req, priority, None, None, &active.cancel)
+                .await
+            {
+                if active.cancel.is_cancelled() {
+                    return self.finish_stopped(&mut run, &mut steps, active).await;
+                }
+                return Err(e);
+            }
+        }
         let now = now_ms();
         if run.started_at.is_none() {
             run.started_at = Some(now);
@@ -298,7 +337,10 @@ impl RunManager {
 
         // Steps that were in flight when the last process stopped go again.
         for st in steps.iter_mut() {
-            if matches!(st.status.as_str(), RUNNING | RETRYING | READY) {
+            if matches!(
+                st.status.as_str(),
+                RUNNING | RETRYING | READY | WAITING_RESOURCES
+            ) {
                 st.status = PENDING.into();
                 store.update_step(st).await?;
             }
@@ -386,6 +428,10 @@ impl RunManager {
         let mut just_ready: Vec<usize> = Vec::new();
         let mut running: JoinSet<(usize, StepRecord)> = JoinSet::new();
         let mut in_flight = 0usize;
+        let resource_aware = run.mode == "resource_aware";
+        // resource_aware: ready steps waiting for a release, and the releases.
+        let mut aside: Vec<usize> = Vec::new();
+        let mut released = self.resources.watch();
         loop {
             // Settle steps whose dependencies are all final: skip, cancel, fail or make ready.
             while let Some(i) = settle.pop_front() {
@@ -459,6 +505,29 @@ impl RunManager {
                     settle.push_back(i);
                     continue;
                 }
+                // resource_aware: a step whose resources are not free now
+                // does not take a slot; it waits aside for the next release.
+                let mut pre_acquired = false;
+                if resource_aware && let Some(r) = &spec.steps[i].resources {
+                    let req = Requirements::parse(r)?;
+                    let owner = step_owner(&run, &spec.steps[i].name);
+                    match self
+                        .resources
+                        .try_acquire(owner, req, spec.steps[i].priority)
+                        .await?
+                    {
+                        Some(_) => pre_acquired = true,
+                        None => {
+                            if steps[i].status != WAITING_RESOURCES {
+                                steps[i].status = WAITING_RESOURCES.into();
+                                store.queue_step(&steps[i]).await?;
+                                active.bump();
+                            }
+                            aside.push(i);
+                            continue;
+                        }
+                    }
+                }
                 steps[i].status = RUNNING.into();
                 in_flight += 1;
                 let task = StepTask {
@@ -469,6 +538,8 @@ impl RunManager {
                     table: shared.clone(),
                     run_id: run.id.clone(),
                     session_id: run.session_id.clone(),
+                    principal: run.principal.clone(),
+                    pre_acquired,
                     active: active.clone(),
                 };
                 running.spawn(async move { (i, task.run().await) });
@@ -488,11 +559,17 @@ impl RunManager {
                 }
                 active.bump();
             }
-            if in_flight == 0 {
+            if in_flight == 0 && aside.is_empty() {
                 break;
             }
             let stopped = tokio::select! {
-                joined = running.join_next() => {
+                _ = released.changed(), if !aside.is_empty() => {
+                    for i in aside.drain(..) {
+                        ready.push((urgency(i), std::cmp::Reverse(position_in_plan[i]), i));
+                    }
+                    false
+                }
+                joined = running.join_next(), if in_flight > 0 => {
                     match joined {
                         Some(Ok((i, rec))) => {
                             in_flight -= 1;
@@ -742,19 +819,84 @@ struct StepTask {
     table: Arc<RwLock<StepTable>>,
     run_id: String,
     session_id: String,
+    principal: String,
+    /// resource_aware runs acquire before starting the step.
+    pre_acquired: bool,
     active: Arc<Active>,
+}
+
+/// Who holds a step's resources.
+fn step_owner(run: &RunRecord, step: &str) -> Owner {
+    Owner {
+        session_id: run.session_id.clone(),
+        principal: run.principal.clone(),
+        holder: format!("{}/{step}", run.id),
+        kind: "step",
+        reference: Some(format!("{}/{step}", run.id)),
+    }
 }
 
 impl StepTask {
     /// Run the step to a final state (or until the run is stopped) and return its record.
     async fn run(mut self) -> StepRecord {
-        match self.attempts().await {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::error!(run = %self.run_id, step = %self.rec.name, error = %e, "step bookkeeping failed");
-            }
+        let key = format!("{}/{}", self.run_id, self.spec.name);
+        let result = match self.acquire(&key).await {
+            Ok(true) => self.attempts().await,
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::error!(run = %self.run_id, step = %self.rec.name, error = %e, "step bookkeeping failed");
+        }
+        if self.spec.resources.is_some()
+            && let Err(e) = self
+                .mgr
+                .resources
+                .release_owner("step", &key, "the step ended")
+                .await
+        {
+            tracing::error!(run = %self.run_id, step = %self.rec.name, error = %e, "cannot release the step's resources");
         }
         self.rec
+    }
+
+    /// Wait for the step's resources (state `waiting_resources`). False when
+    /// the run was stopped meanwhile (and the step recorded as such).
+    async fn acquire(&mut self, key: &str) -> Result<bool> {
+        let Some(r) = self.spec.resources.clone().filter(|_| !self.pre_acquired) else {
+            return Ok(true);
+        };
+        let req = Requirements::parse(&r)?;
+        self.rec.status = WAITING_RESOURCES.into();
+        self.save().await?;
+        let owner = Owner {
+            session_id: self.session_id.clone(),
+            principal: self.principal.clone(),
+            holder: key.to_string(),
+            kind: "step",
+            reference: Some(key.to_string()),
+        };
+        let cancel = self.active.cancel.clone();
+        match self
+            .mgr
+            .resources
+            .acquire(owner, req, self.spec.priority, None, None, &cancel)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(_) if cancel.is_cancelled() => {
+                self.stopped("while the step waited for resources", false)
+                    .await?;
+                Ok(false)
+            }
+            Err(e) => {
+                self.rec.status = FAILED.into();
+                self.rec.error = err_json(e.code, e.message);
+                self.rec.finished_at = Some(now_ms());
+                self.save().await?;
+                Ok(false)
+            }
+        }
     }
 
     async fn save(&self) -> Result<()> {

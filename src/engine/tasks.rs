@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::attempts;
+use super::resources::{Owner, Requirements, ResourceManager};
 use super::session::Session;
 use super::template::{Ref, Scope, render_value, templates_in};
 use super::workflow::{Priority, RetryPolicy};
@@ -39,6 +40,13 @@ pub mod status {
     pub const SKIPPED: &str = "skipped";
     pub const CANCELLED: &str = "cancelled";
     pub const TIMED_OUT: &str = "timed_out";
+    /// An auto task waiting for its resources to be granted.
+    pub const WAITING_RESOURCES: &str = "waiting_resources";
+
+    /// Being worked on by myrmex (its slot is taken).
+    pub fn in_flight(s: &str) -> bool {
+        matches!(s, RUNNING | WAITING_RESOURCES)
+    }
 
     pub fn is_final(s: &str) -> bool {
         matches!(s, SUCCEEDED | FAILED | SKIPPED | CANCELLED | TIMED_OUT)
@@ -92,7 +100,7 @@ pub struct NewTask {
     /// Backoff between attempts: {initial_delay_ms, multiplier, max_delay_ms, jitter}.
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
-    /// Resource requirements (stored; enforced once resource management lands).
+    /// Resources held while the task runs (or while an agent holds its claim), e.g. {"cpu": 1, "locks": [{"key": "repo:main", "mode": "write"}]}.
     #[serde(default)]
     pub resources: Option<Value>,
     /// Labels to filter by (next_task, list_tasks).
@@ -228,6 +236,8 @@ pub struct QueueCounts {
     pub claimed_by_others: usize,
     /// In a final state.
     pub finished: usize,
+    /// Ready agent tasks for you whose resources are held by others right now.
+    pub waiting_resources: usize,
 }
 
 /// Answer of next_task.
@@ -305,6 +315,7 @@ impl SessionGraph {
 pub struct TaskManager {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    resources: Arc<ResourceManager>,
     config: TasksConfig,
     limits: crate::config::LimitsConfig,
     shutdown: CancellationToken,
@@ -618,7 +629,7 @@ pub struct ExecuteTaskResult {
     pub retry_attempts: u32,
     /// True when every dependency succeeded.
     pub dependencies_satisfied: bool,
-    /// The resources requested (not yet enforced: resource management comes later).
+    /// The resources the task holds while it runs, as requested.
     pub resource_allocation: Option<Value>,
     pub error_message: Option<String>,
     /// name, priority, attempts, created_at, session_id and the task's own metadata.
@@ -629,12 +640,14 @@ impl TaskManager {
     pub fn new(
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
+        resources: Arc<ResourceManager>,
         config: &crate::config::Config,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             store,
             registry,
+            resources,
             config: config.tasks.clone(),
             limits: config.limits.clone(),
             shutdown,
@@ -845,6 +858,12 @@ impl TaskManager {
         }
         for t in &batch {
             self.check_new(t)?;
+            if let Some(r) = &t.resources {
+                let req = Requirements::parse(r)?;
+                self.resources
+                    .check_possible(&req, &format!("the resources of task '{}'", t.name))
+                    .await?;
+            }
         }
         let sg = self.session_graph(&session.session_id);
         let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
@@ -1086,10 +1105,15 @@ impl TaskManager {
                 step: t.name.clone(),
                 session_id: t.session_id.clone(),
             };
+            let resources = task_requirements(&t)
+                .ok()
+                .flatten()
+                .map(|req| (task_owner(&t, "task"), req, parse_priority(&t.priority)));
             let job = Job {
                 mgr: self.clone(),
                 sg: sg.clone(),
                 id: t.id.clone(),
+                resources,
             };
             tokio::spawn(job.run(plan, cancel, stop));
         }
@@ -1427,6 +1451,9 @@ impl TaskManager {
         );
         let changed = txn.commit(&*self.store).await?;
         Self::apply(&mut g, changed);
+        if cur.status == CLAIMED {
+            self.release_claim(task_id).await;
+        }
         if let Some(r) = g.running.get(task_id) {
             let _ = r.stop.set(Stop::Cancelled);
             r.cancel.cancel();
@@ -1543,6 +1570,9 @@ impl TaskManager {
         }
         let changed = txn.commit(&*self.store).await?;
         Self::apply(g, changed);
+        for id in &expired {
+            self.release_claim(id).await;
+        }
         Ok(expired.len())
     }
 
@@ -1558,48 +1588,70 @@ impl TaskManager {
         let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
         self.expire_leases(&mut g).await?;
         let mut counts = QueueCounts::default();
-        let mut best: Option<&TaskRecord> = None;
-        let mut candidates = 0usize;
+        let mut candidates: Vec<&TaskRecord> = Vec::new();
         for t in g.tasks.values() {
             match t.status.as_str() {
                 READY if is_agent(t) => {
                     let ttags: Vec<String> = parse_json(Some(&t.tags));
                     if tags.iter().all(|x| ttags.contains(x)) {
-                        candidates += 1;
-                        let key =
-                            |t: &TaskRecord| (std::cmp::Reverse(priority_rank(&t.priority)), t.seq);
-                        if best.is_none_or(|b| key(t) < key(b)) {
-                            best = Some(t);
-                        }
+                        candidates.push(t);
                     } else {
                         counts.ready_other_tags += 1;
                     }
                 }
-                READY | RUNNING => counts.running += 1,
+                READY | RUNNING | WAITING_RESOURCES => counts.running += 1,
                 PENDING => counts.blocked += 1,
                 CLAIMED if t.claimed_by.as_deref() == Some(agent) => counts.claimed_by_you += 1,
                 CLAIMED => counts.claimed_by_others += 1,
                 _ => counts.finished += 1,
             }
         }
-        let Some(best) = best.map(|b| b.id.clone()) else {
+        candidates.sort_by_key(|t| (std::cmp::Reverse(priority_rank(&t.priority)), t.seq));
+        // The most urgent candidate whose resources (if any) can be held now.
+        let mut best = None;
+        for t in &candidates {
+            match task_requirements(t)? {
+                None => {
+                    best = Some(t.id.clone());
+                    break;
+                }
+                Some(req) => {
+                    let owner = task_owner(t, "claim");
+                    let prio = parse_priority(&t.priority);
+                    if self
+                        .resources
+                        .try_acquire(owner, req, prio)
+                        .await?
+                        .is_some()
+                    {
+                        best = Some(t.id.clone());
+                        break;
+                    }
+                    counts.waiting_resources += 1;
+                }
+            }
+        }
+        let candidates = candidates.len();
+        let Some(best) = best else {
             let reason = if counts.blocked
                 + counts.running
                 + counts.claimed_by_others
                 + counts.claimed_by_you
                 + counts.ready_other_tags
+                + counts.waiting_resources
                 == 0
             {
                 "nothing is ready: every task of the session is finished (or there are none)"
                     .to_string()
             } else {
                 format!(
-                    "nothing is ready for you: {} blocked on dependencies, {} run by myrmex, {} claimed by others, {} claimed by you, {} ready with other tags",
+                    "nothing is ready for you: {} blocked on dependencies, {} run by myrmex, {} claimed by others, {} claimed by you, {} ready with other tags, {} waiting for resources",
                     counts.blocked,
                     counts.running,
                     counts.claimed_by_others,
                     counts.claimed_by_you,
-                    counts.ready_other_tags
+                    counts.ready_other_tags,
+                    counts.waiting_resources
                 )
             };
             return Ok(Claim {
@@ -1631,7 +1683,13 @@ impl TaskManager {
             },
             candidates - 1
         );
-        let changed = txn.commit(&*self.store).await?;
+        let changed = match txn.commit(&*self.store).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.release_claim(&best).await;
+                return Err(e);
+            }
+        };
         Self::apply(&mut g, changed);
         counts.ready = candidates - 1;
         counts.claimed_by_you += 1;
@@ -1644,6 +1702,17 @@ impl TaskManager {
             reason,
             counts,
         })
+    }
+
+    /// A claim ended (completed, failed, expired, cancelled): its resources go back.
+    async fn release_claim(&self, task_id: &str) {
+        if let Err(e) = self
+            .resources
+            .release_owner("claim", task_id, "the claim ended")
+            .await
+        {
+            tracing::error!(task = %task_id, error = %e, "cannot release the claim's resources");
+        }
     }
 
     fn lease_seconds(&self, s: Option<u64>) -> Result<u64> {
@@ -1734,6 +1803,7 @@ impl TaskManager {
         }
         let changed = txn.commit(&*self.store).await?;
         Self::apply(&mut g, changed);
+        self.release_claim(task_id).await;
         self.dispatch(&sg, &mut g).await?;
         sg.bump();
         Ok(view(&g.tasks[task_id]))
@@ -1881,7 +1951,7 @@ impl TaskManager {
             let interrupted: Vec<String> = g
                 .tasks
                 .values()
-                .filter(|t| t.status == RUNNING && !g.running.contains_key(&t.id))
+                .filter(|t| in_flight(&t.status) && !g.running.contains_key(&t.id))
                 .map(|t| t.id.clone())
                 .collect();
             if !interrupted.is_empty() {
@@ -1917,6 +1987,36 @@ impl TaskManager {
             }
         }
         Ok(())
+    }
+}
+
+/// Who holds a task's resources (`task`: an auto task; `claim`: an agent's claim).
+fn task_owner(t: &TaskRecord, kind: &'static str) -> Owner {
+    Owner {
+        session_id: t.session_id.clone(),
+        principal: t.principal.clone(),
+        holder: format!("task {}", t.name),
+        kind,
+        reference: Some(t.id.clone()),
+    }
+}
+
+/// A task's resources, parsed (None when it has none).
+fn task_requirements(t: &TaskRecord) -> Result<Option<Requirements>> {
+    let Some(r) = t.resources.as_deref() else {
+        return Ok(None);
+    };
+    let v: Value = serde_json::from_str(r).map_err(|e| Error::internal(e.to_string()))?;
+    let req = Requirements::parse(&v)?;
+    Ok((!req.is_empty()).then_some(req))
+}
+
+fn parse_priority(p: &str) -> Priority {
+    match p {
+        "low" => Priority::Low,
+        "high" => Priority::High,
+        "critical" => Priority::Critical,
+        _ => Priority::Normal,
     }
 }
 
@@ -2028,6 +2128,8 @@ struct Job {
     mgr: Arc<TaskManager>,
     sg: Arc<SessionGraph>,
     id: String,
+    /// The task's resources and who holds them.
+    resources: Option<(Owner, Requirements, Priority)>,
 }
 
 impl Job {
@@ -2041,11 +2143,53 @@ impl Job {
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
             let registry = self.mgr.registry.clone();
-            let result = attempts::run(&registry, plan, &cancel, &mut self).await;
+            let prior = plan.prior_attempts;
+            let result = match self.acquire(&cancel).await {
+                Ok(true) => attempts::run(&registry, plan, &cancel, &mut self).await,
+                Ok(false) => Ok((
+                    prior,
+                    attempts::Ending::Stopped {
+                        during_retry_wait: false,
+                        abandoned: false,
+                    },
+                )),
+                Err(e) => Err(e),
+            };
             if let Err(e) = self.finish(result, &stop).await {
                 tracing::error!(task = %self.id, error = %e, "cannot record the end of a task");
             }
+            if self.resources.is_some()
+                && let Err(e) = self
+                    .mgr
+                    .resources
+                    .release_owner("task", &self.id, "the task ended")
+                    .await
+            {
+                tracing::error!(task = %self.id, error = %e, "cannot release the task's resources");
+            }
         })
+    }
+
+    /// Wait for the task's resources (state `waiting_resources`); false when
+    /// the task was stopped meanwhile.
+    async fn acquire(&self, cancel: &CancellationToken) -> Result<bool> {
+        let Some((owner, req, priority)) = self.resources.clone() else {
+            return Ok(true);
+        };
+        self.record(|t| t.status = WAITING_RESOURCES.into()).await?;
+        match self
+            .mgr
+            .resources
+            .acquire(owner, req, priority, None, None, cancel)
+            .await
+        {
+            Ok(_) => {
+                self.record(|t| t.status = RUNNING.into()).await?;
+                Ok(true)
+            }
+            Err(_) if cancel.is_cancelled() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     async fn finish(
@@ -2057,7 +2201,7 @@ impl Job {
         g.running.remove(&self.id);
         let stopped_for_shutdown = matches!(result, Ok((_, attempts::Ending::Stopped { .. })))
             && stop.get().copied().unwrap_or(Stop::Shutdown) == Stop::Shutdown;
-        let still_running = g.tasks.get(&self.id).is_some_and(|t| t.status == RUNNING);
+        let still_running = g.tasks.get(&self.id).is_some_and(|t| in_flight(&t.status));
         if stopped_for_shutdown || !still_running {
             // Shutdown: stays `running` and goes again at the next start.
             // Cancelled: cancel_task already recorded it.
@@ -2111,7 +2255,7 @@ impl Job {
 
     async fn record(&self, f: impl FnOnce(&mut TaskRecord)) -> Result<()> {
         let mut g = self.sg.graph.lock().await;
-        if g.tasks.get(&self.id).is_none_or(|t| t.status != RUNNING) {
+        if g.tasks.get(&self.id).is_none_or(|t| !in_flight(&t.status)) {
             return Ok(());
         }
         let mut txn = Txn::new(&g);

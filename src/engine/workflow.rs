@@ -202,7 +202,7 @@ pub struct StepSpec {
     /// Among ready steps, higher priority starts first.
     #[serde(default)]
     pub priority: Priority,
-    /// Resource requirements, e.g. {"cpu": 2}. Stored now; enforced by the resource manager.
+    /// Resources the step holds while it runs, e.g. {"cpu": 2, "locks": [{"key": "repo:main", "mode": "write"}]}; it waits (waiting_resources) until they are granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Value>,
 }
@@ -590,6 +590,11 @@ pub fn validate(
                     ));
                 }
             }
+        }
+        if let Some(r) = &s.resources
+            && let Err(e) = super::resources::Requirements::parse(r)
+        {
+            p.push(problem("INVALID_VALUE", step, Some("resources"), e.message));
         }
         if s.timeout_seconds == Some(0) {
             p.push(problem(

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::resources::Requirements;
 use super::run::{error_message, new_run_id, priority_str, status};
 use super::session::Session;
 use super::workflow::{
@@ -556,13 +557,20 @@ impl Engine {
                 "Omit timeout_seconds or pass a positive number of seconds.",
             ));
         }
-        if let Some(r) = &req.resource_requirements
-            && !r.is_object()
-        {
-            return Err(Error::invalid(
-                "resource_requirements must be an object",
-                "Pass e.g. {\"cpu\": 2, \"memory_mb\": 4096}.",
-            ));
+        // What can never be granted is refused now, not left waiting.
+        if let Some(r) = &req.resource_requirements {
+            let r = Requirements::parse(r)?;
+            self.resources()
+                .check_possible(&r, "the run's resource_requirements")
+                .await?;
+        }
+        for st in &spec.steps {
+            if let Some(r) = &st.resources {
+                let r = Requirements::parse(r)?;
+                self.resources()
+                    .check_possible(&r, &format!("the resources of step '{}'", st.name))
+                    .await?;
+            }
         }
         if req.max_parallel == Some(0) {
             return Err(Error::invalid(

@@ -96,7 +96,7 @@ pub struct ExecuteTaskArgs {
     /// Backoff between attempts.
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
-    /// Resource requirements (stored; enforced once resource management lands).
+    /// Resources held while the task runs, e.g. {"cpu": 1}; it waits (waiting_resources) until they are granted.
     #[serde(default)]
     pub resource_requirements: Option<Value>,
     /// What the task is.
