@@ -767,3 +767,51 @@ async fn tasks_hold_their_resources_while_they_run_or_are_claimed() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_step_waits_for_a_lock_held_by_another_run() {
+    let env = Env::new();
+    let c = start(&env, Era::Modern).await;
+    let lock = json!({"locks": [{"key": "deploy", "mode": "write"}]});
+    ok(&c, "create_workflow", json!({"name": "holder", "steps": [step("hold", "sleep", json!({"ms": 600}), &[], Some(lock.clone()))]})).await;
+    ok(
+        &c,
+        "create_workflow",
+        json!({"name": "wanter", "steps": [step("want", "echo", json!({}), &[], Some(lock))]}),
+    )
+    .await;
+    let a = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "holder", "mode": "parallel", "wait_seconds": 0}),
+    )
+    .await;
+    wait_step(&c, &a["run_id"], "hold", "running").await;
+    let b = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "wanter", "mode": "parallel", "wait_seconds": 0}),
+    )
+    .await;
+    wait_step(&c, &b["run_id"], "want", "waiting_resources").await;
+    let va = ok(
+        &c,
+        "get_workflow_run",
+        json!({"run_id": a["run_id"], "wait_seconds": 20}),
+    )
+    .await;
+    let vb = ok(
+        &c,
+        "get_workflow_run",
+        json!({"run_id": b["run_id"], "wait_seconds": 20}),
+    )
+    .await;
+    assert_eq!(vb["status"], "succeeded", "{vb}");
+    let t = |v: &Value, k: &str| {
+        chrono::DateTime::parse_from_rfc3339(v["steps"][0][k].as_str().unwrap()).unwrap()
+    };
+    assert!(
+        t(&vb, "started_at") >= t(&va, "finished_at"),
+        "the writer waited for the other run's writer"
+    );
+}
