@@ -309,12 +309,7 @@ impl RunManager {
                 kind: "run",
                 reference: Some(run.id.clone()),
             };
-            let priority = match run.priority.as_str() {
-                "low" => Priority::Low,
-                "high" => Priority::High,
-                "critical" => Priority::Critical,
-                _ => Priority::Normal,
-            };
+            let priority = priority_from_str(&run.priority);
             if let Err(e) = self
                 .resources
                 .acquire(owner, req, priority, None, None, &active.cancel)
@@ -510,7 +505,12 @@ impl RunManager {
                 let mut pre_acquired = false;
                 if resource_aware && let Some(r) = &spec.steps[i].resources {
                     let req = Requirements::parse(r)?;
-                    let owner = step_owner(&run, &spec.steps[i].name);
+                    let owner = step_owner(
+                        &run.session_id,
+                        &run.principal,
+                        &run.id,
+                        &spec.steps[i].name,
+                    );
                     match self
                         .resources
                         .try_acquire(owner, req, spec.steps[i].priority)
@@ -825,14 +825,15 @@ struct StepTask {
     active: Arc<Active>,
 }
 
-/// Who holds a step's resources.
-fn step_owner(run: &RunRecord, step: &str) -> Owner {
+/// Who holds a step's resources: `run_id/step`.
+fn step_owner(session_id: &str, principal: &str, run_id: &str, step: &str) -> Owner {
+    let key = format!("{run_id}/{step}");
     Owner {
-        session_id: run.session_id.clone(),
-        principal: run.principal.clone(),
-        holder: format!("{}/{step}", run.id),
+        session_id: session_id.to_string(),
+        principal: principal.to_string(),
+        holder: key.clone(),
         kind: "step",
-        reference: Some(format!("{}/{step}", run.id)),
+        reference: Some(key),
     }
 }
 
@@ -840,7 +841,7 @@ impl StepTask {
     /// Run the step to a final state (or until the run is stopped) and return its record.
     async fn run(mut self) -> StepRecord {
         let key = format!("{}/{}", self.run_id, self.spec.name);
-        let result = match self.acquire(&key).await {
+        let result = match self.acquire().await {
             Ok(true) => self.attempts().await,
             Ok(false) => Ok(()),
             Err(e) => Err(e),
@@ -862,20 +863,19 @@ impl StepTask {
 
     /// Wait for the step's resources (state `waiting_resources`). False when
     /// the run was stopped meanwhile (and the step recorded as such).
-    async fn acquire(&mut self, key: &str) -> Result<bool> {
+    async fn acquire(&mut self) -> Result<bool> {
         let Some(r) = self.spec.resources.clone().filter(|_| !self.pre_acquired) else {
             return Ok(true);
         };
         let req = Requirements::parse(&r)?;
         self.rec.status = WAITING_RESOURCES.into();
         self.save().await?;
-        let owner = Owner {
-            session_id: self.session_id.clone(),
-            principal: self.principal.clone(),
-            holder: key.to_string(),
-            kind: "step",
-            reference: Some(key.to_string()),
-        };
+        let owner = step_owner(
+            &self.session_id,
+            &self.principal,
+            &self.run_id,
+            &self.spec.name,
+        );
         let cancel = self.active.cancel.clone();
         match self
             .mgr
@@ -1051,5 +1051,15 @@ pub fn priority_str(p: Priority) -> &'static str {
         Priority::Normal => "normal",
         Priority::High => "high",
         Priority::Critical => "critical",
+    }
+}
+
+/// A stored priority (anything unknown is normal).
+pub fn priority_from_str(s: &str) -> Priority {
+    match s {
+        "low" => Priority::Low,
+        "high" => Priority::High,
+        "critical" => Priority::Critical,
+        _ => Priority::Normal,
     }
 }

@@ -29,30 +29,21 @@ use crate::config::TasksConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{Store, StoreError, TaskRecord};
 
-/// Task statuses.
+/// Task statuses: those of workflow steps, plus `claimed`.
 pub mod status {
-    pub const PENDING: &str = "pending";
-    pub const READY: &str = "ready";
-    pub const RUNNING: &str = "running";
+    pub use super::super::run::status::{
+        CANCELLED, FAILED, PENDING, READY, RUNNING, SKIPPED, SUCCEEDED, TIMED_OUT,
+        WAITING_RESOURCES, is_terminal as is_final,
+    };
+    /// An agent task held under a lease.
     pub const CLAIMED: &str = "claimed";
-    pub const SUCCEEDED: &str = "succeeded";
-    pub const FAILED: &str = "failed";
-    pub const SKIPPED: &str = "skipped";
-    pub const CANCELLED: &str = "cancelled";
-    pub const TIMED_OUT: &str = "timed_out";
-    /// An auto task waiting for its resources to be granted.
-    pub const WAITING_RESOURCES: &str = "waiting_resources";
 
     /// Being worked on by myrmex (its slot is taken).
     pub fn in_flight(s: &str) -> bool {
         matches!(s, RUNNING | WAITING_RESOURCES)
     }
 
-    pub fn is_final(s: &str) -> bool {
-        matches!(s, SUCCEEDED | FAILED | SKIPPED | CANCELLED | TIMED_OUT)
-    }
-
-    /// Ends that make `all_success` dependents skipped.
+    /// Ends that make dependents skipped.
     pub fn is_bad_end(s: &str) -> bool {
         matches!(s, FAILED | SKIPPED | CANCELLED | TIMED_OUT)
     }
@@ -299,9 +290,11 @@ struct Graph {
     next_seq: i64,
 }
 
+type Locked = tokio::sync::OwnedMutexGuard<Graph>;
+
 struct SessionGraph {
     session_id: String,
-    graph: tokio::sync::Mutex<Graph>,
+    graph: Arc<tokio::sync::Mutex<Graph>>,
     changed: watch::Sender<u64>,
 }
 
@@ -663,7 +656,7 @@ impl TaskManager {
             .or_insert_with(|| {
                 Arc::new(SessionGraph {
                     session_id: session_id.to_string(),
-                    graph: tokio::sync::Mutex::new(Graph::default()),
+                    graph: Arc::new(tokio::sync::Mutex::new(Graph::default())),
                     changed: watch::channel(0).0,
                 })
             })
@@ -671,12 +664,8 @@ impl TaskManager {
     }
 
     /// The session's graph, locked and loaded.
-    async fn lock<'a>(
-        &self,
-        sg: &'a SessionGraph,
-        max_parallel: u32,
-    ) -> Result<tokio::sync::MutexGuard<'a, Graph>> {
-        let mut g = sg.graph.lock().await;
+    async fn lock(&self, sg: &SessionGraph, max_parallel: u32) -> Result<Locked> {
+        let mut g = sg.graph.clone().lock_owned().await;
         g.max_parallel = max_parallel.max(1) as usize;
         if !g.loaded {
             let tasks = self.store.session_tasks(&sg.session_id).await?;
@@ -1105,10 +1094,13 @@ impl TaskManager {
                 step: t.name.clone(),
                 session_id: t.session_id.clone(),
             };
-            let resources = task_requirements(&t)
-                .ok()
-                .flatten()
-                .map(|req| (task_owner(&t, "task"), req, parse_priority(&t.priority)));
+            let resources = task_requirements(&t).ok().flatten().map(|req| {
+                (
+                    task_owner(&t, "task"),
+                    req,
+                    super::run::priority_from_str(&t.priority),
+                )
+            });
             let job = Job {
                 mgr: self.clone(),
                 sg: sg.clone(),
@@ -1285,13 +1277,7 @@ impl TaskManager {
         session_id: Option<&str>,
         ch: TaskChanges,
     ) -> Result<TaskView> {
-        let (session, sg) = self.find(engine, p, task_id, session_id, true).await?;
-        let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
-        let cur = g
-            .tasks
-            .get(task_id)
-            .cloned()
-            .ok_or_else(|| not_found(task_id))?;
+        let (sg, mut g, cur) = self.open_task(engine, p, task_id, session_id).await?;
         if !matches!(cur.status.as_str(), PENDING | READY) {
             return Err(Error::new(
                 ErrorCode::Conflict,
@@ -1416,7 +1402,35 @@ impl TaskManager {
                 .or_default()
                 .push(task_id.to_string());
         }
-        self.dispatch(&sg, &mut g).await?;
+        self.changed(&sg, &mut g, task_id).await
+    }
+
+    /// A task the caller may change, its graph locked and loaded.
+    async fn open_task(
+        &self,
+        engine: &Engine,
+        p: &Principal,
+        task_id: &str,
+        session_id: Option<&str>,
+    ) -> Result<(Arc<SessionGraph>, Locked, TaskRecord)> {
+        let (session, sg) = self.find(engine, p, task_id, session_id, true).await?;
+        let g = self.lock(&sg, session.max_parallel_tasks).await?;
+        let cur = g
+            .tasks
+            .get(task_id)
+            .cloned()
+            .ok_or_else(|| not_found(task_id))?;
+        Ok((sg, g, cur))
+    }
+
+    /// After a change: start what became ready, wake waiters, answer the task.
+    async fn changed(
+        self: &Arc<Self>,
+        sg: &Arc<SessionGraph>,
+        g: &mut Graph,
+        task_id: &str,
+    ) -> Result<TaskView> {
+        self.dispatch(sg, g).await?;
         sg.bump();
         Ok(view(&g.tasks[task_id]))
     }
@@ -1428,13 +1442,7 @@ impl TaskManager {
         task_id: &str,
         session_id: Option<&str>,
     ) -> Result<TaskView> {
-        let (session, sg) = self.find(engine, p, task_id, session_id, true).await?;
-        let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
-        let cur = g
-            .tasks
-            .get(task_id)
-            .cloned()
-            .ok_or_else(|| not_found(task_id))?;
+        let (sg, mut g, cur) = self.open_task(engine, p, task_id, session_id).await?;
         if is_final(&cur.status) {
             return Err(Error::new(
                 ErrorCode::Conflict,
@@ -1458,9 +1466,7 @@ impl TaskManager {
             let _ = r.stop.set(Stop::Cancelled);
             r.cancel.cancel();
         }
-        self.dispatch(&sg, &mut g).await?;
-        sg.bump();
-        Ok(view(&g.tasks[task_id]))
+        self.changed(&sg, &mut g, task_id).await
     }
 
     pub async fn retry(
@@ -1470,13 +1476,7 @@ impl TaskManager {
         task_id: &str,
         session_id: Option<&str>,
     ) -> Result<TaskView> {
-        let (session, sg) = self.find(engine, p, task_id, session_id, true).await?;
-        let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
-        let cur = g
-            .tasks
-            .get(task_id)
-            .cloned()
-            .ok_or_else(|| not_found(task_id))?;
+        let (sg, mut g, cur) = self.open_task(engine, p, task_id, session_id).await?;
         if !matches!(
             cur.status.as_str(),
             FAILED | CANCELLED | TIMED_OUT | SKIPPED
@@ -1534,9 +1534,7 @@ impl TaskManager {
         }
         let changed = txn.commit(&*self.store).await?;
         Self::apply(&mut g, changed);
-        self.dispatch(&sg, &mut g).await?;
-        sg.bump();
-        Ok(view(&g.tasks[task_id]))
+        self.changed(&sg, &mut g, task_id).await
     }
 
     // ---- agents -----------------------------------------------------------
@@ -1617,7 +1615,7 @@ impl TaskManager {
                 }
                 Some(req) => {
                     let owner = task_owner(t, "claim");
-                    let prio = parse_priority(&t.priority);
+                    let prio = super::run::priority_from_str(&t.priority);
                     if self
                         .resources
                         .try_acquire(owner, req, prio)
@@ -1765,8 +1763,7 @@ impl TaskManager {
         lease_id: &str,
         outcome: std::result::Result<(Option<Value>, Option<String>), (String, bool)>,
     ) -> Result<TaskView> {
-        let (session, sg) = self.find(engine, p, task_id, None, true).await?;
-        let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
+        let (sg, mut g, _) = self.open_task(engine, p, task_id, None).await?;
         self.expire_leases(&mut g).await?;
         let cur = Self::held(&g, task_id, lease_id)?.clone();
         if let Ok((Some(r), _)) = &outcome {
@@ -1804,9 +1801,7 @@ impl TaskManager {
         let changed = txn.commit(&*self.store).await?;
         Self::apply(&mut g, changed);
         self.release_claim(task_id).await;
-        self.dispatch(&sg, &mut g).await?;
-        sg.bump();
-        Ok(view(&g.tasks[task_id]))
+        self.changed(&sg, &mut g, task_id).await
     }
 
     pub async fn renew(
@@ -1818,8 +1813,7 @@ impl TaskManager {
         lease_seconds: Option<u64>,
     ) -> Result<TaskView> {
         let lease = self.lease_seconds(lease_seconds)?;
-        let (session, sg) = self.find(engine, p, task_id, None, true).await?;
-        let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
+        let (sg, mut g, _) = self.open_task(engine, p, task_id, None).await?;
         self.expire_leases(&mut g).await?;
         Self::held(&g, task_id, lease_id)?;
         let mut txn = Txn::new(&g);
@@ -2009,15 +2003,6 @@ fn task_requirements(t: &TaskRecord) -> Result<Option<Requirements>> {
     let v: Value = serde_json::from_str(r).map_err(|e| Error::internal(e.to_string()))?;
     let req = Requirements::parse(&v)?;
     Ok((!req.is_empty()).then_some(req))
-}
-
-fn parse_priority(p: &str) -> Priority {
-    match p {
-        "low" => Priority::Low,
-        "high" => Priority::High,
-        "critical" => Priority::Critical,
-        _ => Priority::Normal,
-    }
 }
 
 /// Resolve a dependency key against the session's existing tasks.
