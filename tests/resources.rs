@@ -815,3 +815,51 @@ async fn a_step_waits_for_a_lock_held_by_another_run() {
         "the writer waited for the other run's writer"
     );
 }
+
+#[tokio::test]
+async fn a_more_urgent_waiter_is_served_before_an_earlier_one() {
+    let env = Env::new();
+    let cfg = env.config(CONFIG);
+    let server = env.http(&["--config", cfg.to_str().unwrap()]).await;
+    let c = server.client(Era::Legacy, None).await;
+    let held = alloc(&c, json!({"slots": 3})).await;
+    let normal = {
+        let c = server.client(Era::Legacy, None).await;
+        tokio::spawn(async move {
+            ok(
+                &c,
+                "allocate_resources",
+                json!({"requirements": {"slots": 1}, "user_id": "normal", "wait_seconds": 30}),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let critical = {
+        let c = server.client(Era::Modern, None).await;
+        tokio::spawn(async move {
+            ok(&c, "allocate_resources", json!({"requirements": {"slots": 3}, "user_id": "critical", "priority": "critical", "wait_seconds": 30})).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ok(
+        &c,
+        "release_resources",
+        json!({"allocation_id": held["allocation_id"]}),
+    )
+    .await;
+    let crit = critical.await.unwrap();
+    assert_eq!(crit["holder"], "critical");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !normal.is_finished(),
+        "the earlier normal waiter went first"
+    );
+    ok(
+        &c,
+        "release_resources",
+        json!({"allocation_id": crit["allocation_id"]}),
+    )
+    .await;
+    assert_eq!(normal.await.unwrap()["holder"], "normal");
+}
