@@ -1,11 +1,12 @@
 """Drive myrmex with the official Python MCP SDK (PyPI `mcp`, pinned in scripts/smoke.sh).
 
-Usage: py_client_smoke.py BINARY DATA_DIR [HTTP_URL]
+Usage: py_client_smoke.py BINARY DATA_DIR [HTTP_URL [SSE_URL]]
 
 Over stdio in every connect mode the SDK has (auto, legacy, 2026-07-28) and,
 when a URL is given, over Streamable HTTP: list the tools, create a session,
 read it back, and check that bad arguments come back as a structured tool
-error. Exits non-zero on the first failure.
+error; and, given the legacy SSE URL, through `sse_client`: create a session
+and run a workflow with progress notifications. Exits non-zero on the first failure.
 """
 
 import asyncio
@@ -82,6 +83,41 @@ async def exercise(server, mode: str, label: str) -> None:
         print(f"py-client {label} (protocol {client.protocol_version}): ok")
 
 
+async def exercise_sse(url: str) -> None:
+    from mcp.client.session import ClientSession
+    from mcp.client.sse import sse_client
+
+    async with sse_client(url) as (read, write):
+        async with ClientSession(read, write) as session:
+            init = await session.initialize()
+            assert init.server_info.name == "myrmex", init
+            res = await session.call_tool("create_session", {"name": "py-sse", "mode": "parallel"})
+            assert not res.is_error, res
+            sid = res.structured_content["session_id"]
+            res = await session.call_tool("create_workflow", {
+                "session_id": sid,
+                "name": "py-sse-flow",
+                "steps": [
+                    {"name": "a", "module": "core", "action": "sleep", "parameters": {"ms": 50}},
+                    {"name": "b", "module": "core", "action": "echo", "parameters": {"got": "{{steps.a.output}}"}, "dependencies": ["a"]},
+                ],
+            })
+            assert not res.is_error, res
+            progress = []
+
+            async def on_progress(done, total, message):
+                progress.append((done, total, message))
+
+            res = await session.call_tool(
+                "execute_workflow",
+                {"session_id": sid, "workflow_name": "py-sse-flow", "wait_seconds": 20},
+                progress_callback=on_progress,
+            )
+            assert not res.is_error and res.structured_content["status"] == "succeeded", res
+            assert progress and progress[-1][0] == 2 and progress[-1][1] == 2, progress
+            print(f"py-client sse (protocol {init.protocol_version}): ok, {len(progress)} progress notifications")
+
+
 async def main() -> int:
     binary, data_dir = sys.argv[1], sys.argv[2]
     url = sys.argv[3] if len(sys.argv) > 3 else None
@@ -91,6 +127,8 @@ async def main() -> int:
     if url:
         for mode in ("auto", "legacy", "2026-07-28"):
             await exercise(url, mode, f"http-{mode}")
+    if len(sys.argv) > 4:
+        await exercise_sse(sys.argv[4])
     return 0
 
 

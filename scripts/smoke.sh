@@ -99,6 +99,15 @@ for era in legacy modern; do
   else fail "inspector http $era get_system_status"; cat "$WORK/err.txt"; fi
 done
 
+echo "== MCP Inspector CLI over the legacy HTTP+SSE transport"
+SSE_URL="http://$ADDR/sse"
+if inspector "$SSE_URL" --transport sse --method tools/list; then
+  expect_json "inspector sse tools/list" "len(r['tools']) >= 6 and any(t['name']=='allocate_resources' for t in r['tools'])"
+else fail "inspector sse tools/list"; cat "$WORK/err.txt"; fi
+if inspector "$SSE_URL" --transport sse --method tools/call --tool-name create_complex_workflow --tool-args-json "$WF"; then
+  expect_json "inspector sse tools/call create_complex_workflow" "r['structuredContent']['run']['status']=='succeeded'"
+else fail "inspector sse tools/call"; cat "$WORK/err.txt"; fi
+
 echo "== MCP conformance suite (generic server scenarios)"
 conf() {
   if conformance server --url "$URL" --scenario "$1" --spec-version "$2" -o "$WORK/conformance" >"$WORK/conf.log" 2>&1; then
@@ -111,9 +120,9 @@ for s in server-initialize server-session-lifecycle tools-list dns-rebinding-pro
 for s in tools-list dns-rebinding-protection http-header-validation caching; do conf "$s" 2026-07-28; done
 
 echo "== official Python SDK client (mcp $PY_MCP_VERSION)"
-if "$TOOLS/venv/bin/python" scripts/py_client_smoke.py "$BIN" "$WORK/py" "$URL" >"$WORK/py.log" 2>&1; then
+if "$TOOLS/venv/bin/python" scripts/py_client_smoke.py "$BIN" "$WORK/py" "$URL" "$SSE_URL" >"$WORK/py.log" 2>&1; then
   grep '^py-client' "$WORK/py.log" || true
-  pass "python mcp client (stdio and http, all connect modes)"
+  pass "python mcp client (stdio, http in all connect modes, sse_client)"
 else
   fail "python mcp client"; cat "$WORK/py.log"
 fi

@@ -200,6 +200,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Interval of SSE keep-alive comments, in seconds (0 disables them).
     pub sse_keep_alive_seconds: u64,
+    /// The legacy HTTP+SSE transport (protocol 2024-11-05): its event stream and its POST path.
+    pub legacy_sse_path: String,
+    pub legacy_messages_path: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -287,6 +290,8 @@ impl Default for HttpConfig {
             ],
             max_body_bytes: 4 * 1024 * 1024,
             sse_keep_alive_seconds: 15,
+            legacy_sse_path: "/sse".into(),
+            legacy_messages_path: "/messages".into(),
         }
     }
 }

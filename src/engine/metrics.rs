@@ -10,6 +10,8 @@ use serde::Serialize;
 #[derive(Default)]
 pub struct Metrics {
     ops: Mutex<BTreeMap<String, OpStats>>,
+    /// Open legacy HTTP+SSE streams.
+    pub sse_streams: std::sync::atomic::AtomicUsize,
 }
 
 /// Counters of one operation since the process started.

@@ -81,6 +81,8 @@ pub struct SystemStatus {
     pub active_runs: usize,
     /// Tasks of all task graphs, counted.
     pub tasks: TaskStatsView,
+    /// Open streams of the legacy HTTP+SSE transport.
+    pub sse_streams: usize,
     /// Utilization (allocated / capacity) of every non-empty pool.
     pub resource_utilization: BTreeMap<String, f64>,
     /// The caller's active sessions (with `include_active_sessions`; at most one page).
@@ -315,6 +317,10 @@ impl Engine {
             },
             active_runs: self.runs().active_count(),
             tasks,
+            sse_streams: self
+                .metrics()
+                .sse_streams
+                .load(std::sync::atomic::Ordering::Relaxed),
             resource_utilization: self.resources().health().await.0.into_iter().collect(),
             active_sessions,
             tool_calls: opts

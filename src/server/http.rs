@@ -147,6 +147,19 @@ pub fn app(
     }
     let keep_alive =
         (cfg.sse_keep_alive_seconds > 0).then(|| Duration::from_secs(cfg.sse_keep_alive_seconds));
+    let legacy = super::sse::SseState::new(engine.clone(), hosts.clone(), ct.clone());
+    let legacy = axum::Router::new()
+        .route(&cfg.legacy_sse_path, axum::routing::get(super::sse::open))
+        .route(
+            &cfg.legacy_messages_path,
+            axum::routing::post(super::sse::post),
+        )
+        .layer(middleware::from_fn_with_state(
+            legacy.clone(),
+            super::sse::guard,
+        ))
+        .layer(middleware::from_fn_with_state(tokens.clone(), authenticate))
+        .with_state(legacy);
     let rmcp_config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
         .with_allowed_origins(cfg.allowed_origins.clone())
@@ -167,6 +180,7 @@ pub fn app(
         .route("/healthz", axum::routing::get(healthz))
         .with_state(engine)
         .merge(mcp)
+        .merge(legacy)
 }
 
 /// Serve until `shutdown` is cancelled; then stop accepting, let open
@@ -188,6 +202,11 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, auth = !tokens.is_empty(), "serving MCP over Streamable HTTP at /mcp");
+    tracing::info!(
+        sse = %engine.config().http.legacy_sse_path,
+        messages = %engine.config().http.legacy_messages_path,
+        "serving the legacy HTTP+SSE transport"
+    );
     let app = app(engine, tokens, local, shutdown.child_token());
     let graceful = shutdown.clone();
     let server = axum::serve(listener, app)

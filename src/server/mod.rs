@@ -6,6 +6,7 @@
 pub mod args;
 pub mod catalog;
 pub mod http;
+pub mod sse;
 pub mod stdio;
 pub mod tools;
 
@@ -84,8 +85,17 @@ impl ServerHandler for MyrmexServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let started = Instant::now();
+        // A call whose client went away (or cancelled it) stops waiting; work it
+        // started (runs, tasks) goes on and can be followed with other calls.
+        let cancelled = context.ct.clone();
         let tcc = ToolCallContext::new(self, request, context);
-        let result = self.tool_router.call(tcc).await;
+        let result = tokio::select! {
+            r = self.tool_router.call(tcc) => r,
+            _ = cancelled.cancelled() => {
+                tracing::debug!(tool = %name, "tool call cancelled by the client");
+                Err(ErrorData::internal_error("the call was cancelled", None))
+            }
+        };
         let ok = matches!(&result, Ok(CallToolResponse::Complete(r)) if r.is_error != Some(true));
         if self.tool_router.has_route(&name) {
             self.engine.metrics().record(&name, ok, started.elapsed());

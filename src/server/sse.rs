@@ -1,0 +1,341 @@
+//! The legacy HTTP+SSE transport (protocol 2024-11-05), which rmcp no longer
+//! ships: `GET /sse` opens an event stream whose first event (`endpoint`)
+//! names `/messages?session_id=...`; the client POSTs its JSON-RPC messages
+//! there and every response and notification comes back on the stream.
+//!
+//! Each stream is bridged to the same [`MyrmexServer`] handler and engine as
+//! Streamable HTTP, through a pair of channels (rmcp takes any sink and
+//! stream of JSON-RPC messages as a transport). The same bearer tokens,
+//! Host and Origin checks and body limit apply; a POST must come from the
+//! principal that opened the stream. When the client goes away the bridge
+//! is removed and the MCP service cancelled, which cancels its in-flight calls.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use rmcp::RoleServer;
+use rmcp::model::GetExtensions;
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage, serve_server_with_ct};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::MyrmexServer;
+use crate::engine::{Engine, Principal};
+
+/// Messages a client may have queued towards the server before it reads them.
+const INBOUND_QUEUE: usize = 256;
+
+struct Bridge {
+    principal: Principal,
+    inbound: mpsc::Sender<RxJsonRpcMessage<RoleServer>>,
+}
+
+/// The open SSE bridges of this process.
+#[derive(Clone)]
+pub struct SseState {
+    engine: Engine,
+    bridges: Arc<Mutex<HashMap<String, Bridge>>>,
+    messages_path: String,
+    keep_alive: Option<Duration>,
+    shutdown: CancellationToken,
+    hosts: Arc<Vec<String>>,
+    origins: Arc<Vec<String>>,
+}
+
+impl SseState {
+    pub fn new(engine: Engine, hosts: Vec<String>, shutdown: CancellationToken) -> Self {
+        let cfg = &engine.config().http;
+        Self {
+            messages_path: cfg.legacy_messages_path.clone(),
+            keep_alive: (cfg.sse_keep_alive_seconds > 0)
+                .then(|| Duration::from_secs(cfg.sse_keep_alive_seconds)),
+            origins: Arc::new(cfg.allowed_origins.clone()),
+            hosts: Arc::new(hosts),
+            engine,
+            bridges: Arc::new(Mutex::new(HashMap::new())),
+            shutdown,
+        }
+    }
+
+    fn bridges(&self) -> std::sync::MutexGuard<'_, HashMap<String, Bridge>> {
+        self.bridges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes the bridge and stops its service when the event stream is dropped.
+struct BridgeGuard {
+    id: String,
+    state: SseState,
+    cancel: CancellationToken,
+}
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        self.state.bridges().remove(&self.id);
+        self.state
+            .engine
+            .metrics()
+            .sse_streams
+            .fetch_sub(1, Ordering::Relaxed);
+        self.cancel.cancel();
+        tracing::debug!(session = %self.id, "SSE stream closed");
+    }
+}
+
+fn problem(status: StatusCode, code: &str, message: &str, hint: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": code, "message": message, "hint": hint}})),
+    )
+        .into_response()
+}
+
+/// GET /sse: open a stream and bridge it to a new MCP service.
+pub async fn open(State(state): State<SseState>, req: Request) -> Response {
+    let Some(principal) = req.extensions().get::<Principal>().cloned() else {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "no principal",
+            "Send a bearer token.",
+        );
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (in_tx, in_rx) = mpsc::channel::<RxJsonRpcMessage<RoleServer>>(INBOUND_QUEUE);
+    let (out_tx, out_rx) = mpsc::channel::<TxJsonRpcMessage<RoleServer>>(INBOUND_QUEUE);
+    let cancel = state.shutdown.child_token();
+    state.bridges().insert(
+        id.clone(),
+        Bridge {
+            principal,
+            inbound: in_tx,
+        },
+    );
+    state
+        .engine
+        .metrics()
+        .sse_streams
+        .fetch_add(1, Ordering::Relaxed);
+    let server = MyrmexServer::new(state.engine.clone());
+    let service_ct = cancel.clone();
+    let sid = id.clone();
+    tokio::spawn(async move {
+        let sink = out_tx.sink_map_err(std::io::Error::other);
+        match serve_server_with_ct(server, (sink, in_rx), service_ct).await {
+            Ok(running) => {
+                let _ = running.waiting().await;
+            }
+            Err(e) => {
+                tracing::debug!(session = %sid, error = %e, "SSE session ended before it was initialized")
+            }
+        }
+    });
+    let endpoint = format!("{}?session_id={id}", state.messages_path);
+    let guard = BridgeGuard {
+        id: id.clone(),
+        state: state.clone(),
+        cancel: cancel.clone(),
+    };
+    tracing::debug!(session = %id, "SSE stream opened");
+    let first = futures::stream::once(async move {
+        Ok::<Event, Infallible>(Event::default().event("endpoint").data(endpoint))
+    });
+    let messages = out_rx
+        .map(|m| {
+            let data = serde_json::to_string(&m).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot serialize an outbound message");
+                String::new()
+            });
+            Ok(Event::default().event("message").data(data))
+        })
+        // The stream ends when the server stops (the service's sink is dropped).
+        .take_until(async move { cancel.cancelled().await });
+    let stream = first.chain(messages).map(move |e| {
+        let _ = &guard;
+        e
+    });
+    let sse = Sse::new(stream);
+    let mut response = match state.keep_alive {
+        // Comments on an idle stream keep proxies from closing it.
+        Some(every) => sse
+            .keep_alive(KeepAlive::new().interval(every))
+            .into_response(),
+        None => sse.into_response(),
+    };
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", header::HeaderValue::from_static("no"));
+    response
+}
+
+#[derive(Deserialize)]
+pub struct MessageQuery {
+    session_id: Option<String>,
+}
+
+/// POST /messages?session_id=...: hand one JSON-RPC message to the stream's service.
+pub async fn post(
+    State(state): State<SseState>,
+    Query(q): Query<MessageQuery>,
+    req: Request,
+) -> Response {
+    let principal = req.extensions().get::<Principal>().cloned();
+    let (parts, body) = req.into_parts();
+    let Some(id) = q.session_id else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "INVALID_PARAMETERS",
+            "session_id is missing",
+            "POST to the endpoint the SSE stream's first event named.",
+        );
+    };
+    let (owner, mut inbound) = match state.bridges().get(&id) {
+        Some(b) => (b.principal.clone(), b.inbound.clone()),
+        None => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "no open SSE stream has this session_id",
+                "Open a new stream with GET on the SSE path and use the endpoint it names.",
+            );
+        }
+    };
+    if principal.as_ref() != Some(&owner) {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "this SSE session belongs to another principal",
+            "Post with the token that opened the stream.",
+        );
+    }
+    let limit = state.engine.config().http.max_body_bytes;
+    let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "LIMIT_EXCEEDED",
+                "the message is larger than http.max_body_bytes",
+                "Send smaller messages.",
+            );
+        }
+    };
+    let mut message: RxJsonRpcMessage<RoleServer> = match serde_json::from_slice(&bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "INVALID_PARAMETERS",
+                &format!("not a JSON-RPC message: {e}"),
+                "POST one JSON-RPC request, notification or response per call.",
+            );
+        }
+    };
+    // The tools read the caller from the HTTP request parts, as over Streamable HTTP.
+    match &mut message {
+        RxJsonRpcMessage::<RoleServer>::Request(r) => {
+            r.request.extensions_mut().insert(parts);
+        }
+        RxJsonRpcMessage::<RoleServer>::Notification(n) => {
+            n.notification.extensions_mut().insert(parts);
+        }
+        _ => {}
+    }
+    if inbound.send(message).await.is_err() {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "the SSE session has ended",
+            "Open a new stream with GET on the SSE path.",
+        );
+    }
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// Host and Origin checks for the SSE routes, with the same lists as `/mcp`.
+pub async fn guard(State(state): State<SseState>, req: Request, next: Next) -> Response {
+    let refused = if !host_allowed(req.headers(), &state.hosts) {
+        Some((
+            "Host header is not allowed",
+            "Add the host to http.allowed_hosts.",
+        ))
+    } else if !origin_allowed(req.headers(), &state.origins) {
+        Some((
+            "Origin header is not allowed",
+            "Add the origin to http.allowed_origins.",
+        ))
+    } else {
+        None
+    };
+    match refused {
+        Some((message, hint)) => problem(StatusCode::FORBIDDEN, "PERMISSION_DENIED", message, hint),
+        None => next.run(req).await,
+    }
+}
+
+fn split_host_port(s: &str) -> (String, Option<u16>) {
+    let s = s.trim();
+    if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').unwrap_or((rest, ""));
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        return (h.to_ascii_lowercase(), port);
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h.to_ascii_lowercase(), p.parse().ok()),
+        _ => (s.to_ascii_lowercase(), None),
+    }
+}
+
+fn host_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (h, port) = split_host_port(host);
+    allowed.iter().any(|a| {
+        let (ah, ap) = split_host_port(a);
+        ah == h && ap.is_none_or(|p| Some(p) == port)
+    })
+}
+
+/// Requests without Origin (non-browser clients) pass.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let parse = |s: &str| -> Option<(String, String, Option<u16>)> {
+        let (scheme, rest) = s.trim().split_once("://")?;
+        let (h, p) = split_host_port(rest.trim_end_matches('/'));
+        Some((scheme.to_ascii_lowercase(), h, p))
+    };
+    parse(origin).is_some_and(|(scheme, host, port)| {
+        let default = match scheme.as_str() {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        };
+        allowed.iter().any(|a| {
+            let (a, any_port) = match a.strip_suffix(":*") {
+                Some(base) => (base, true),
+                None => (a.as_str(), false),
+            };
+            parse(a).is_some_and(|(s, h, p)| {
+                s == scheme && h == host && (any_port || p.is_none() || p == port.or(default))
+            })
+        })
+    })
+}
