@@ -405,6 +405,21 @@ impl State {
         s
     }
 
+    /// Waiting requests that want any of the same pools or locks.
+    fn waiting_for(&self, req: &Requirements) -> usize {
+        self.waiters
+            .iter()
+            .filter(|w| !w.grant.is_closed())
+            .filter(|w| {
+                w.req.pools.keys().any(|p| req.pools.contains_key(p))
+                    || w.req
+                        .locks
+                        .iter()
+                        .any(|l| req.locks.iter().any(|m| m.key == l.key))
+            })
+            .count()
+    }
+
     /// Requirements that can never be met: above capacity or quota.
     fn impossible(&self, cfg: &ResourcesConfig, req: &Requirements) -> Option<String> {
         for (p, n) in &req.pools {
@@ -776,7 +791,7 @@ impl ResourceManager {
                 st.waiters.retain(|w| w.id != id);
                 let usage = st.usage();
                 let mut s = st.check(&self.config, &usage, &owner, &req);
-                s.waiting_ahead = st.waiters.len();
+                s.waiting_ahead = st.waiting_for(&req);
                 let msg = if s.pools.is_empty() && s.locks.is_empty() && s.quotas.is_empty() {
                     format!(
                         "{} earlier request(s) wait for these resources",
@@ -814,7 +829,7 @@ impl ResourceManager {
         st.waiters.retain(|w| !w.grant.is_closed());
         let usage = st.usage();
         let mut s = st.check(&self.config, &usage, owner, req);
-        s.waiting_ahead = st.waiters.len();
+        s.waiting_ahead = st.waiting_for(req);
         // Our leaving may let others through.
         let grants = self.pump(&mut st);
         self.commit_grants(&mut st, grants).await?;
