@@ -183,6 +183,13 @@ async fn tools_progress_and_long_polls_work_over_sse() {
         "progress notifications over SSE: {notes:?}"
     );
     assert_eq!(progress[0]["params"]["progressToken"], "p2");
+    // Every notification, the last step's included, comes before the answer.
+    let last = &progress[progress.len() - 1]["params"];
+    assert_eq!(
+        (last["progress"].as_f64(), last["total"].as_f64()),
+        (Some(2.0), Some(2.0)),
+        "{last}"
+    );
     // A long-poll on a running run answers when it ends.
     let (v, _) = s
         .call(

@@ -238,21 +238,52 @@ pub struct ComplexResult {
     pub run: RunView,
 }
 
-/// Sends `notifications/progress` when the caller asked for them.
-fn progress_sender(
-    ctx: &RequestContext<RoleServer>,
-) -> impl FnMut(usize, usize, String) + Send + use<> {
-    let token = ctx.meta.get_progress_token();
-    let peer = ctx.peer.clone();
-    move |done, total, message| {
-        if let Some(token) = token.clone() {
-            let peer = peer.clone();
-            let mut p = ProgressNotificationParam::new(token, done as f64);
+/// Sends `notifications/progress` when the caller asked for them: in order,
+/// and all of them before the call's answer (see [`Progress::flush`]).
+struct Progress {
+    token: Option<rmcp::model::ProgressToken>,
+    send: Option<tokio::sync::mpsc::UnboundedSender<ProgressNotificationParam>>,
+    drain: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn new(ctx: &RequestContext<RoleServer>) -> Self {
+        let token = ctx.meta.get_progress_token();
+        if token.is_none() {
+            return Self {
+                token,
+                send: None,
+                drain: None,
+            };
+        }
+        let (send, mut recv) = tokio::sync::mpsc::unbounded_channel::<ProgressNotificationParam>();
+        let peer = ctx.peer.clone();
+        let drain = tokio::spawn(async move {
+            while let Some(p) = recv.recv().await {
+                let _ = peer.notify_progress(p).await;
+            }
+        });
+        Self {
+            token,
+            send: Some(send),
+            drain: Some(drain),
+        }
+    }
+
+    fn report(&mut self, done: usize, total: usize, message: String) {
+        if let (Some(token), Some(send)) = (&self.token, &self.send) {
+            let mut p = ProgressNotificationParam::new(token.clone(), done as f64);
             p.total = Some(total as f64);
             p.message = Some(message);
-            tokio::spawn(async move {
-                let _ = peer.notify_progress(p).await;
-            });
+            let _ = send.send(p);
+        }
+    }
+
+    /// Wait until every notification is sent.
+    async fn flush(mut self) {
+        self.send.take();
+        if let Some(d) = self.drain.take() {
+            let _ = d.await;
         }
     }
 }
@@ -408,12 +439,13 @@ impl MyrmexServer {
             resource_requirements: a.resource_requirements,
             max_parallel: a.max_parallel,
         };
-        let mut progress = progress_sender(&ctx);
-        Ok(Json(
-            self.engine
-                .execute_workflow(&p, req, wait, &mut progress)
-                .await?,
-        ))
+        let mut progress = Progress::new(&ctx);
+        let run = self
+            .engine
+            .execute_workflow(&p, req, wait, &mut |d, t, m| progress.report(d, t, m))
+            .await;
+        progress.flush().await;
+        Ok(Json(run?))
     }
 
     #[tool(
@@ -435,12 +467,19 @@ impl MyrmexServer {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let wait = self.engine.wait_for(Some(a.wait_seconds.unwrap_or(0)))?;
-        let mut progress = progress_sender(&ctx);
+        let mut progress = Progress::new(&ctx);
         let v = self
             .engine
-            .get_workflow_run(&p, &a.run_id, a.session_id.as_deref(), wait, &mut progress)
-            .await?;
-        Ok(Json(v))
+            .get_workflow_run(
+                &p,
+                &a.run_id,
+                a.session_id.as_deref(),
+                wait,
+                &mut |d, t, m| progress.report(d, t, m),
+            )
+            .await;
+        progress.flush().await;
+        Ok(Json(v?))
     }
 
     #[tool(
@@ -519,12 +558,19 @@ impl MyrmexServer {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let wait = self.engine.wait_for(a.wait_seconds)?;
-        let mut progress = progress_sender(&ctx);
-        Ok(Json(
-            self.engine
-                .retry_workflow_run(&p, &a.run_id, a.session_id.as_deref(), wait, &mut progress)
-                .await?,
-        ))
+        let mut progress = Progress::new(&ctx);
+        let v = self
+            .engine
+            .retry_workflow_run(
+                &p,
+                &a.run_id,
+                a.session_id.as_deref(),
+                wait,
+                &mut |d, t, m| progress.report(d, t, m),
+            )
+            .await;
+        progress.flush().await;
+        Ok(Json(v?))
     }
 
     #[tool(
@@ -570,8 +616,8 @@ impl MyrmexServer {
             max_parallel: d.max_parallel,
             on_failure: d.on_failure,
         };
-        let mut progress = progress_sender(&ctx);
-        let (workflow, run) = self
+        let mut progress = Progress::new(&ctx);
+        let r = self
             .engine
             .create_complex_workflow(
                 &p,
@@ -579,9 +625,11 @@ impl MyrmexServer {
                 spec,
                 a.parameters,
                 wait,
-                &mut progress,
+                &mut |d, t, m| progress.report(d, t, m),
             )
-            .await?;
+            .await;
+        progress.flush().await;
+        let (workflow, run) = r?;
         Ok(Json(ComplexResult { workflow, run }))
     }
 }
