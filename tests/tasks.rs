@@ -725,3 +725,46 @@ async fn a_session_closed_by_the_sweeper_stops_its_tasks() {
     assert_eq!(v["status"], "cancelled", "{v}");
     assert_eq!(v["error"]["code"], "SESSION_CLOSED");
 }
+
+#[tokio::test]
+async fn working_on_a_claim_keeps_its_session_alive() {
+    let env = Env::new();
+    let cfg = env.config("[sessions]\nsweep_interval_seconds = 1\n");
+    let c = env
+        .stdio(Era::Legacy, &["--config", cfg.to_str().unwrap()])
+        .await;
+    let s = ok(&c, "create_session", json!({"idle_ttl_seconds": 2})).await["session_id"].clone();
+    ok(
+        &c,
+        "create_task",
+        json!({"session_id": s, "task": {"name": "long-work"}}),
+    )
+    .await;
+    let claim = ok(
+        &c,
+        "next_task",
+        json!({"session_id": s, "lease_seconds": 60}),
+    )
+    .await;
+    // Only renewals for 4 s, twice the idle TTL: they count as activity.
+    for _ in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        ok(
+            &c,
+            "renew_task_lease",
+            json!({"task_id": claim["task"]["task_id"], "lease_id": claim["lease_id"]}),
+        )
+        .await;
+    }
+    let done = ok(
+        &c,
+        "complete_task",
+        json!({"task_id": claim["task"]["task_id"], "lease_id": claim["lease_id"]}),
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(
+        ok(&c, "get_session", json!({"session_id": s})).await["status"],
+        "active"
+    );
+}

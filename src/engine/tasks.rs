@@ -1144,6 +1144,10 @@ impl TaskManager {
                 "Tasks of a closed session cannot change; create a new session (create_session) for further work.",
             ));
         }
+        if change {
+            // Working on a task (completing, renewing, ...) is activity in its session.
+            engine.sessions().resolve(p, Some(&rec.session_id)).await?;
+        }
         Ok((session, self.session_graph(&rec.session_id)))
     }
 
