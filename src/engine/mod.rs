@@ -177,7 +177,7 @@ impl Engine {
         if resumed > 0 {
             tracing::info!(resumed, "unfinished runs resumed");
         }
-        let graphs = self.inner.tasks.resume_all(self).await?;
+        let graphs = self.inner.tasks.resume_all().await?;
         if graphs > 0 {
             tracing::info!(
                 sessions = graphs,

@@ -339,10 +339,13 @@ impl State {
     }
 
     /// Why `req` cannot be granted on top of `usage` (empty: it can).
+    /// `usage` gives the pool amounts and lock holders to fit beside (held,
+    /// plus what waiters ahead reserve); `held` the allocations quotas count.
     fn check(
         &self,
         cfg: &ResourcesConfig,
         usage: &Usage,
+        held: &Usage,
         owner: &Owner,
         req: &Requirements,
     ) -> Shortage {
@@ -373,14 +376,14 @@ impl State {
         for (what, map, key, max_n, per_pool) in [
             (
                 "principal",
-                &usage.by_principal,
+                &held.by_principal,
                 owner.principal.as_str(),
                 q.max_allocations_per_principal,
                 &q.per_principal,
             ),
             (
                 "session",
-                &usage.by_session,
+                &held.by_session,
                 owner.session_id.as_str(),
                 q.max_allocations_per_session,
                 &q.per_session,
@@ -606,47 +609,24 @@ impl ResourceManager {
                 w.id,
             )
         });
-        let mut usage = st.usage();
-        // What blocked waiters ahead reserve.
-        let mut reserved = Usage::default();
+        // Quotas count what is held (and granted in this pass); pools and locks
+        // also count what blocked waiters ahead reserve.
+        let mut held = st.usage();
+        let mut taken = st.usage();
         let mut grants = Vec::new();
         let mut keep = Vec::new();
         for w in std::mem::take(&mut st.waiters) {
             if w.grant.is_closed() {
                 continue; // The caller stopped waiting.
             }
-            let mut combined = Usage::default();
-            for (p, n) in usage.pools.iter().chain(reserved.pools.iter()) {
-                *combined.pools.entry(p.clone()).or_insert(0) += n;
-            }
-            for (k, v) in usage.locks.iter().chain(reserved.locks.iter()) {
-                combined
-                    .locks
-                    .entry(k.clone())
-                    .or_default()
-                    .extend(v.iter().cloned());
-            }
-            combined.by_principal = usage.by_principal.clone();
-            combined.by_session = usage.by_session.clone();
-            if st
-                .check(&self.config, &combined, &w.owner, &w.req)
-                .is_empty()
-            {
-                let rec = self.record(&w.owner, &w.req, w.priority, w.ttl, now);
-                usage.add(
-                    &w.owner.principal,
-                    &w.owner.session_id,
-                    &w.owner.holder,
-                    &w.req,
-                );
+            let (o, req) = (&w.owner, &w.req);
+            let fits = st.check(&self.config, &taken, &held, o, req).is_empty();
+            taken.add(&o.principal, &o.session_id, &o.holder, req);
+            if fits {
+                held.add(&o.principal, &o.session_id, &o.holder, req);
+                let rec = self.record(o, req, w.priority, w.ttl, now);
                 grants.push((w, rec));
             } else {
-                reserved.add(
-                    &w.owner.principal,
-                    &w.owner.session_id,
-                    &w.owner.holder,
-                    &w.req,
-                );
                 keep.push(w);
             }
         }
@@ -790,7 +770,7 @@ impl ResourceManager {
                 // Not granted now and the caller does not wait.
                 st.waiters.retain(|w| w.id != id);
                 let usage = st.usage();
-                let mut s = st.check(&self.config, &usage, &owner, &req);
+                let mut s = st.check(&self.config, &usage, &usage, &owner, &req);
                 s.waiting_ahead = st.waiting_for(&req);
                 let msg = if s.pools.is_empty() && s.locks.is_empty() && s.quotas.is_empty() {
                     format!(
@@ -828,7 +808,7 @@ impl ResourceManager {
         }
         st.waiters.retain(|w| !w.grant.is_closed());
         let usage = st.usage();
-        let mut s = st.check(&self.config, &usage, owner, req);
+        let mut s = st.check(&self.config, &usage, &usage, owner, req);
         s.waiting_ahead = st.waiting_for(req);
         // Our leaving may let others through.
         let grants = self.pump(&mut st);
@@ -980,17 +960,13 @@ impl ResourceManager {
     }
 
     pub fn ttl(&self, ttl: Option<u64>) -> Result<u64> {
-        match ttl {
-            None => Ok(self.config.default_ttl_seconds),
-            Some(t) if t == 0 || t > self.config.max_ttl_seconds => Err(Error::invalid(
-                format!(
-                    "ttl_seconds {t} is outside 1..={}",
-                    self.config.max_ttl_seconds
-                ),
-                "Ask for a lease you will renew (renew_allocation) before it ends.",
-            )),
-            Some(t) => Ok(t),
-        }
+        super::session::bounded(
+            "ttl_seconds",
+            ttl,
+            self.config.default_ttl_seconds,
+            self.config.max_ttl_seconds,
+            "Ask for a lease you will renew (renew_allocation) before it ends.",
+        )
     }
 
     /// A page of the principal's allocations.

@@ -435,19 +435,35 @@ pub(crate) fn next_cursor<T>(
     })
 }
 
-/// The page size of a list call: the default, or the caller's within 1..=max.
-pub(crate) fn page_limit(l: &LimitsConfig, limit: Option<u32>) -> Result<u32> {
-    match limit {
-        None => Ok(l.default_page_size),
-        Some(n) if n == 0 || n > l.max_page_size => Err(Error::invalid(
-            format!("limit {n} is outside 1..={}", l.max_page_size),
-            format!(
-                "Use a limit between 1 and {} and follow next_cursor.",
-                l.max_page_size
-            ),
+/// An optional argument: `default` when absent, otherwise within 1..=max.
+pub(crate) fn bounded(
+    field: &str,
+    value: Option<u64>,
+    default: u64,
+    max: u64,
+    hint: impl Into<String>,
+) -> Result<u64> {
+    match value {
+        None => Ok(default),
+        Some(n) if n == 0 || n > max => Err(Error::invalid(
+            format!("{field} {n} is outside 1..={max}"),
+            hint,
         )),
         Some(n) => Ok(n),
     }
+}
+
+/// The page size of a list call: the default, or the caller's within 1..=max.
+pub(crate) fn page_limit(l: &LimitsConfig, limit: Option<u32>) -> Result<u32> {
+    let max = l.max_page_size;
+    bounded(
+        "limit",
+        limit.map(u64::from),
+        l.default_page_size.into(),
+        max.into(),
+        format!("Use a limit between 1 and {max} and follow next_cursor."),
+    )
+    .map(|n| n as u32)
 }
 
 fn check_len(field: &str, v: &str, max: usize) -> Result<()> {

@@ -292,6 +292,15 @@ struct Graph {
 
 type Locked = tokio::sync::OwnedMutexGuard<Graph>;
 
+impl Graph {
+    /// A task by id or by name.
+    fn find(&self, key: &str) -> Option<&TaskRecord> {
+        self.tasks
+            .get(key)
+            .or_else(|| self.by_name.get(key).and_then(|id| self.tasks.get(id)))
+    }
+}
+
 struct SessionGraph {
     session_id: String,
     graph: Arc<tokio::sync::Mutex<Graph>>,
@@ -495,13 +504,6 @@ impl<'a> TaskScope<'a> {
             results: HashMap::new(),
         }
     }
-
-    fn find(&self, key: &str) -> Option<&TaskRecord> {
-        self.g
-            .tasks
-            .get(key)
-            .or_else(|| self.g.by_name.get(key).and_then(|id| self.g.tasks.get(id)))
-    }
 }
 
 impl Scope for TaskScope<'_> {
@@ -509,7 +511,7 @@ impl Scope for TaskScope<'_> {
         None
     }
     fn step(&self, name: &str) -> Option<(String, Option<&Value>)> {
-        let t = self.find(name)?;
+        let t = self.g.find(name)?;
         Some((
             t.status.clone(),
             self.results.get(&t.id).and_then(Option::as_ref),
@@ -881,22 +883,10 @@ impl TaskManager {
             batch_ids.insert(t.name.clone(), new_id("tsk"));
         }
         let resolve = |key: &str, of: &str| -> Result<String> {
-            if let Some(id) = batch_ids.get(key) {
-                return Ok(id.clone());
+            match batch_ids.get(key) {
+                Some(id) => Ok(id.clone()),
+                None => resolve_existing(&g, key, of, "this session or batch"),
             }
-            if g.tasks.contains_key(key) {
-                return Ok(key.to_string());
-            }
-            if let Some(id) = g.by_name.get(key) {
-                return Ok(id.clone());
-            }
-            Err(Error::new(
-                ErrorCode::NotFound,
-                format!(
-                    "task '{of}' depends on '{key}', which is no task of this session or batch"
-                ),
-                "Name an existing task (id or name) or a task of the same batch; list_tasks shows the session's tasks.",
-            ))
         };
         let now = now_ms();
         let mut records: Vec<TaskRecord> = Vec::with_capacity(batch.len());
@@ -1129,25 +1119,26 @@ impl TaskManager {
         else {
             return Err(not_found(task_id));
         };
-        let session = engine
-            .sessions()
-            .get(p, &rec.session_id)
-            .await
-            .map_err(|_| not_found(task_id))?;
-        if change && session.status != super::session::SessionStatus::Active {
-            return Err(Error::new(
+        // A change needs an active session and counts as activity in it
+        // (`resolve` checks and records both); reading does neither.
+        let sessions = engine.sessions();
+        let session = if change {
+            sessions.resolve(p, Some(&rec.session_id)).await
+        } else {
+            sessions.get(p, &rec.session_id).await
+        };
+        let session = session.map_err(|e| match e.code {
+            ErrorCode::SessionClosed => Error::new(
                 ErrorCode::SessionClosed,
                 format!(
                     "task '{}' belongs to session {}, which is closed",
                     rec.name, rec.session_id
                 ),
                 "Tasks of a closed session cannot change; create a new session (create_session) for further work.",
-            ));
-        }
-        if change {
-            // Working on a task (completing, renewing, ...) is activity in its session.
-            engine.sessions().resolve(p, Some(&rec.session_id)).await?;
-        }
+            ),
+            ErrorCode::NotFound => not_found(task_id),
+            _ => e,
+        })?;
         Ok((session, self.session_graph(&rec.session_id)))
     }
 
@@ -1159,25 +1150,8 @@ impl TaskManager {
         session_id: Option<&str>,
         wait: Duration,
     ) -> Result<TaskView> {
-        let (session, sg) = self.find(engine, p, task_id, session_id, false).await?;
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let mut rx = sg.changed.subscribe();
-            let t = {
-                let g = self.lock(&sg, session.max_parallel_tasks).await?;
-                g.tasks
-                    .get(task_id)
-                    .cloned()
-                    .ok_or_else(|| not_found(task_id))?
-            };
-            if is_final(&t.status) || tokio::time::Instant::now() >= deadline {
-                return Ok(view(&t));
-            }
-            tokio::select! {
-                _ = rx.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-        }
+        let (session, _) = self.find(engine, p, task_id, session_id, false).await?;
+        Ok(view(&self.wait_final(&session, task_id, wait).await?))
     }
 
     pub async fn list(
@@ -1323,7 +1297,7 @@ impl TaskManager {
             Some(keys) => {
                 let mut v = Vec::new();
                 for k in keys {
-                    v.push(resolve_existing(&g, k, &cur.name)?);
+                    v.push(resolve_existing(&g, k, &cur.name, "this session")?);
                 }
                 v
             }
@@ -1331,7 +1305,7 @@ impl TaskManager {
                 // Keep the current explicit dependencies (those not from references).
                 let old_refs: Vec<String> = task_refs(&parse_json(Some(&cur.parameters)))?
                     .iter()
-                    .filter_map(|k| resolve_existing(&g, k, &cur.name).ok())
+                    .filter_map(|k| resolve_existing(&g, k, &cur.name, "this session").ok())
                     .collect();
                 deps_of(&cur)
                     .into_iter()
@@ -1340,7 +1314,7 @@ impl TaskManager {
             }
         };
         for k in task_refs(&probe.parameters)? {
-            let d = resolve_existing(&g, &k, &cur.name)?;
+            let d = resolve_existing(&g, &k, &cur.name, "this session")?;
             if !deps.contains(&d) {
                 deps.push(d);
             }
@@ -1718,17 +1692,13 @@ impl TaskManager {
     }
 
     fn lease_seconds(&self, s: Option<u64>) -> Result<u64> {
-        match s {
-            None => Ok(self.config.default_lease_seconds),
-            Some(n) if n == 0 || n > self.config.max_lease_seconds => Err(Error::invalid(
-                format!(
-                    "lease_seconds {n} is outside 1..={}",
-                    self.config.max_lease_seconds
-                ),
-                "Ask for a lease you can finish within, and renew it with renew_task_lease.",
-            )),
-            Some(n) => Ok(n),
-        }
+        super::session::bounded(
+            "lease_seconds",
+            s,
+            self.config.default_lease_seconds,
+            self.config.max_lease_seconds,
+            "Ask for a lease you can finish within, and renew it with renew_task_lease.",
+        )
     }
 
     /// The claimed task under `lease_id`, or LEASE_NOT_HELD.
@@ -1933,7 +1903,7 @@ impl TaskManager {
 
     /// After a restart: load graphs with unfinished tasks, run interrupted
     /// auto tasks again (their attempt stays counted), keep claims and leases.
-    pub async fn resume_all(self: &Arc<Self>, engine: &Engine) -> Result<usize> {
+    pub async fn resume_all(self: &Arc<Self>) -> Result<usize> {
         let sessions = self.store.sessions_with_open_tasks().await?;
         for sid in &sessions {
             let session = match self.store.get_session(sid).await? {
@@ -1943,7 +1913,6 @@ impl TaskManager {
                     continue;
                 }
             };
-            let _ = engine;
             let sg = self.session_graph(sid);
             let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
             let interrupted: Vec<String> = g
@@ -2010,15 +1979,13 @@ fn task_requirements(t: &TaskRecord) -> Result<Option<Requirements>> {
 }
 
 /// Resolve a dependency key against the session's existing tasks.
-fn resolve_existing(g: &Graph, key: &str, of: &str) -> Result<String> {
-    if g.tasks.contains_key(key) {
-        return Ok(key.to_string());
-    }
-    g.by_name.get(key).cloned().ok_or_else(|| {
+/// `within` says where the caller could have named a task (for the message).
+fn resolve_existing(g: &Graph, key: &str, of: &str, within: &str) -> Result<String> {
+    g.find(key).map(|t| t.id.clone()).ok_or_else(|| {
         Error::new(
             ErrorCode::NotFound,
-            format!("task '{of}' depends on '{key}', which is no task of this session"),
-            "Name an existing task by id or name; list_tasks shows the session's tasks.",
+            format!("task '{of}' depends on '{key}', which is no task of {within}"),
+            "Name an existing task by id or name (or a task of the same batch); list_tasks shows the session's tasks.",
         )
     })
 }

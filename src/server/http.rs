@@ -101,19 +101,34 @@ async fn authenticate(State(tokens): State<TokenTable>, mut req: Request, next: 
             req.extensions_mut().insert(p);
             next.run(req).await
         }
-        None => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            axum::Json(serde_json::json!({
-                "error": {
-                    "code": "UNAUTHENTICATED",
-                    "message": "missing or invalid bearer token",
-                    "hint": "Send `Authorization: Bearer <token>` with a token configured in [[auth.tokens]]."
-                }
-            })),
-        )
-            .into_response(),
+        None => {
+            let mut r = error_response(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "missing or invalid bearer token",
+                "Send `Authorization: Bearer <token>` with a token configured in [[auth.tokens]].",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
     }
+}
+
+/// An HTTP-level refusal with the tools' error body: `{"error": {code, message, hint}}`.
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    hint: &str,
+) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": code, "message": message, "hint": hint}})),
+    )
+        .into_response()
 }
 
 /// Liveness and store health for load balancers: 200 when healthy or

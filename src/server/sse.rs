@@ -31,6 +31,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::MyrmexServer;
+use super::http::error_response;
 use crate::engine::{Engine, Principal};
 
 /// Messages a client may have queued towards the server before it reads them.
@@ -93,18 +94,10 @@ impl Drop for BridgeGuard {
     }
 }
 
-fn problem(status: StatusCode, code: &str, message: &str, hint: &str) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({"error": {"code": code, "message": message, "hint": hint}})),
-    )
-        .into_response()
-}
-
 /// GET /sse: open a stream and bridge it to a new MCP service.
 pub async fn open(State(state): State<SseState>, req: Request) -> Response {
     let Some(principal) = req.extensions().get::<Principal>().cloned() else {
-        return problem(
+        return error_response(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
             "no principal",
@@ -193,7 +186,7 @@ pub async fn post(
     let principal = req.extensions().get::<Principal>().cloned();
     let (parts, body) = req.into_parts();
     let Some(id) = q.session_id else {
-        return problem(
+        return error_response(
             StatusCode::BAD_REQUEST,
             "INVALID_PARAMETERS",
             "session_id is missing",
@@ -203,7 +196,7 @@ pub async fn post(
     let (owner, mut inbound) = match state.bridges().get(&id) {
         Some(b) => (b.principal.clone(), b.inbound.clone()),
         None => {
-            return problem(
+            return error_response(
                 StatusCode::NOT_FOUND,
                 "NOT_FOUND",
                 "no open SSE stream has this session_id",
@@ -212,7 +205,7 @@ pub async fn post(
         }
     };
     if principal.as_ref() != Some(&owner) {
-        return problem(
+        return error_response(
             StatusCode::FORBIDDEN,
             "PERMISSION_DENIED",
             "this SSE session belongs to another principal",
@@ -223,7 +216,7 @@ pub async fn post(
     let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {
-            return problem(
+            return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "LIMIT_EXCEEDED",
                 "the message is larger than http.max_body_bytes",
@@ -234,7 +227,7 @@ pub async fn post(
     let mut message: RxJsonRpcMessage<RoleServer> = match serde_json::from_slice(&bytes) {
         Ok(m) => m,
         Err(e) => {
-            return problem(
+            return error_response(
                 StatusCode::BAD_REQUEST,
                 "INVALID_PARAMETERS",
                 &format!("not a JSON-RPC message: {e}"),
@@ -253,7 +246,7 @@ pub async fn post(
         _ => {}
     }
     if inbound.send(message).await.is_err() {
-        return problem(
+        return error_response(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
             "the SSE session has ended",
@@ -279,7 +272,9 @@ pub async fn guard(State(state): State<SseState>, req: Request, next: Next) -> R
         None
     };
     match refused {
-        Some((message, hint)) => problem(StatusCode::FORBIDDEN, "PERMISSION_DENIED", message, hint),
+        Some((message, hint)) => {
+            error_response(StatusCode::FORBIDDEN, "PERMISSION_DENIED", message, hint)
+        }
         None => next.run(req).await,
     }
 }
