@@ -3,14 +3,13 @@
 #   - the MCP Inspector CLI (stdio and HTTP, legacy and modern protocol eras),
 #   - the generic scenarios of the MCP conformance suite over HTTP (both spec versions),
 #   - the official Python SDK client (scripts/py_client_smoke.py).
-# Installs what it needs (pinned) into the git-ignored .tools/ folder.
+# Installs what it needs (pinned) into the git-ignored .tools/ folder (scripts/install-tools.sh).
 # Usage: scripts/smoke.sh [path/to/myrmex]   (default: target/debug/myrmex)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=${1:-$ROOT/target/debug/myrmex}
 TOOLS=$ROOT/.tools
-PY_MCP_VERSION=2.3.0
 
 passed=0
 failed=0
@@ -20,18 +19,7 @@ fail() { failed=$((failed + 1)); failures+=("$1"); echo "  FAIL $1"; }
 
 [ -x "$BIN" ] || { echo "smoke: $BIN not found; run cargo build first" >&2; exit 2; }
 
-echo "== installing pinned clients into .tools/"
-mkdir -p "$TOOLS/npm"
-if ! cmp -s scripts/ci-tools/package.json "$TOOLS/npm/package.json.installed" 2>/dev/null \
-   || [ ! -x "$TOOLS/npm/node_modules/.bin/mcp-inspector" ]; then
-  cp scripts/ci-tools/package.json "$TOOLS/npm/package.json"
-  (cd "$TOOLS/npm" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
-  cp scripts/ci-tools/package.json "$TOOLS/npm/package.json.installed"
-fi
-if [ ! -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$PY_MCP_VERSION')" 2>/dev/null; then
-  python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "mcp==$PY_MCP_VERSION"
-fi
+scripts/install-tools.sh
 export PATH="$TOOLS/npm/node_modules/.bin:$PATH"
 export MCP_INSPECTOR_SECRET_STORE=memory
 echo "node $(node --version), python $("$TOOLS/venv/bin/python" --version)"

@@ -45,6 +45,154 @@ pub struct Config {
     pub tasks: TasksConfig,
     pub resources: ResourcesConfig,
     pub limits: LimitsConfig,
+    /// What steps and tasks may touch: the shell, the network, files.
+    pub modules: ModulesConfig,
+    /// Downstream MCP servers whose tools `mcp.call` can call, by name.
+    pub mcp_servers: Vec<McpServerConfig>,
+}
+
+/// Policy of the action modules. Everything that touches the machine or the
+/// network is off or confined by default.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModulesConfig {
+    pub shell: ShellConfig,
+    pub http: HttpModuleConfig,
+    pub fs: FsConfig,
+    pub workflow: WorkflowModuleConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShellConfig {
+    /// `shell.run` runs commands only when this is true.
+    pub enabled: bool,
+    /// Programs `shell.run` may start (a name matches argv[0] or its file name;
+    /// `sh` allows `shell: true`). Empty: any program.
+    pub allowed_commands: Vec<String>,
+    /// Directories a command may run in (and below). Empty: anywhere. The
+    /// first one is the default working directory.
+    pub allowed_roots: Vec<PathBuf>,
+    /// Time limit of a command when the step does not give one, and the longest allowed.
+    pub default_timeout_seconds: u64,
+    pub max_timeout_seconds: u64,
+    /// Bytes of stdout and of stderr kept (the rest is dropped and flagged), and the most a step may ask for.
+    pub default_max_output_bytes: usize,
+    pub max_output_bytes: usize,
+    /// Commands inherit the server's environment (plus the step's `env`).
+    pub inherit_env: bool,
+}
+
+impl Default for ShellConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allowed_commands: Vec::new(),
+            allowed_roots: Vec::new(),
+            default_timeout_seconds: 300,
+            max_timeout_seconds: 3600,
+            default_max_output_bytes: 1024 * 1024,
+            max_output_bytes: 16 * 1024 * 1024,
+            inherit_env: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpModuleConfig {
+    /// `http.request` makes requests only when this is true.
+    pub enabled: bool,
+    /// Host names requests may go to: exact names, `*.example.com`, or `*` for any.
+    pub allowed_hosts: Vec<String>,
+    /// Loopback, private, link-local and other non-public addresses are refused
+    /// (after DNS resolution and on every redirect) unless listed here: IP
+    /// addresses, CIDR blocks (`10.0.0.0/8`) or host names.
+    pub allowed_private: Vec<String>,
+    /// Time limit of a request when the step does not give one, and the longest allowed.
+    pub default_timeout_seconds: u64,
+    pub max_timeout_seconds: u64,
+    /// Largest response body when the step does not say, and the most a step may ask for.
+    pub default_max_response_bytes: usize,
+    pub max_response_bytes: usize,
+    /// Redirects followed (each one checked like the first request).
+    pub max_redirects: u32,
+}
+
+impl Default for HttpModuleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allowed_hosts: vec!["*".into()],
+            allowed_private: Vec::new(),
+            default_timeout_seconds: 30,
+            max_timeout_seconds: 600,
+            default_max_response_bytes: 10 * 1024 * 1024,
+            max_response_bytes: 100 * 1024 * 1024,
+            max_redirects: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FsConfig {
+    /// The `fs` actions work only when this is true.
+    pub enabled: bool,
+    /// Directories the `fs` actions are confined to. Empty: `<data_dir>/projects`.
+    /// Relative paths in a step resolve against the first root.
+    pub roots: Vec<PathBuf>,
+    /// Largest file `fs.read` returns and `fs.write` writes, in bytes.
+    pub max_read_bytes: u64,
+    pub max_write_bytes: u64,
+    /// Most entries `fs.list` returns.
+    pub max_list_entries: usize,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            roots: Vec::new(),
+            max_read_bytes: 10 * 1024 * 1024,
+            max_write_bytes: 10 * 1024 * 1024,
+            max_list_entries: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkflowModuleConfig {
+    /// How deep `workflow.run` may nest child runs (a top-level run is depth 0).
+    pub max_depth: u32,
+}
+
+impl Default for WorkflowModuleConfig {
+    fn default() -> Self {
+        Self { max_depth: 5 }
+    }
+}
+
+/// A downstream MCP server: `command` (stdio) or `url` (Streamable HTTP).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpServerConfig {
+    /// How steps name it (`mcp.call` parameter `server`).
+    pub name: String,
+    /// Program to start; it speaks MCP on its stdin/stdout.
+    pub command: Option<String>,
+    pub args: Vec<String>,
+    /// Extra environment of the program.
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the program.
+    pub cwd: Option<PathBuf>,
+    /// Streamable HTTP endpoint.
+    pub url: Option<String>,
+    /// Extra HTTP headers (for example `Authorization`).
+    pub headers: BTreeMap<String, String>,
+    /// Time limit of one downstream call when the step does not give one.
+    pub timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -274,6 +422,8 @@ impl Default for Config {
             tasks: TasksConfig::default(),
             resources: ResourcesConfig::default(),
             limits: LimitsConfig::default(),
+            modules: ModulesConfig::default(),
+            mcp_servers: Vec::new(),
         }
     }
 }
@@ -407,6 +557,72 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             anyhow::bail!("http.max_body_bytes must be at least 1024");
         }
+        self.validate_modules()
+    }
+
+    fn validate_modules(&self) -> anyhow::Result<()> {
+        let sh = &self.modules.shell;
+        if sh.default_timeout_seconds == 0 || sh.default_timeout_seconds > sh.max_timeout_seconds {
+            anyhow::bail!(
+                "modules.shell.default_timeout_seconds must be between 1 and modules.shell.max_timeout_seconds"
+            );
+        }
+        if sh.default_max_output_bytes > sh.max_output_bytes {
+            anyhow::bail!(
+                "modules.shell.default_max_output_bytes must not exceed modules.shell.max_output_bytes"
+            );
+        }
+        let h = &self.modules.http;
+        if h.default_timeout_seconds == 0 || h.default_timeout_seconds > h.max_timeout_seconds {
+            anyhow::bail!(
+                "modules.http.default_timeout_seconds must be between 1 and modules.http.max_timeout_seconds"
+            );
+        }
+        if h.default_max_response_bytes > h.max_response_bytes {
+            anyhow::bail!(
+                "modules.http.default_max_response_bytes must not exceed modules.http.max_response_bytes"
+            );
+        }
+        for entry in &h.allowed_private {
+            if entry.trim().is_empty() {
+                anyhow::bail!("modules.http.allowed_private has an empty entry");
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for s in &self.mcp_servers {
+            let ok_name = !s.name.is_empty()
+                && s.name.len() <= 64
+                && s.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok_name {
+                anyhow::bail!(
+                    "mcp_servers: name '{}' must be 1-64 letters, digits, '_' or '-'",
+                    s.name
+                );
+            }
+            if !names.insert(s.name.clone()) {
+                anyhow::bail!("mcp_servers: the name '{}' is used twice", s.name);
+            }
+            match (&s.command, &s.url) {
+                (Some(c), None) if !c.trim().is_empty() => {}
+                (None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {}
+                (None, Some(u)) => anyhow::bail!(
+                    "mcp_servers '{}': url '{u}' must start with http:// or https://",
+                    s.name
+                ),
+                _ => anyhow::bail!(
+                    "mcp_servers '{}': set exactly one of command (stdio) or url (Streamable HTTP)",
+                    s.name
+                ),
+            }
+            if s.timeout_seconds == Some(0) {
+                anyhow::bail!(
+                    "mcp_servers '{}': timeout_seconds must be at least 1",
+                    s.name
+                );
+            }
+        }
         Ok(())
     }
 
@@ -420,6 +636,11 @@ impl Config {
             .ok_or_else(|| {
                 anyhow::anyhow!("no home directory found: set --data-dir or MYRMEX_DATA_DIR")
             })
+    }
+
+    /// Where projects live by default (and the default fs root): `<data dir>/projects`.
+    pub fn projects_root(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.data_dir()?.join("projects"))
     }
 
     pub fn store_spec(&self) -> anyhow::Result<StoreSpec> {

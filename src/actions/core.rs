@@ -23,6 +23,10 @@ impl Module for Core {
         "core"
     }
 
+    fn description(&self) -> &'static str {
+        "Actions that touch nothing outside myrmex: echo, set, sleep, fail."
+    }
+
     fn actions(&self) -> Vec<ActionSpec> {
         vec![
             ActionSpec {

@@ -6,10 +6,18 @@
 //! Modules are the one place myrmex touches the outside world; this file only
 //! knows their shape.
 
+pub mod agent;
 pub mod core;
+pub mod fs;
+pub mod http;
+pub mod mcp;
+pub mod shell;
+pub mod workflow;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use futures::future::BoxFuture;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -29,8 +37,20 @@ pub struct ActionSpec {
     pub output_schema: Value,
 }
 
+/// Who runs an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A step of a workflow run: `run_id` is the run, `step` the step's name.
+    Step,
+    /// An auto task of a session's task graph: `run_id` is the task id, `step` its name.
+    Task,
+}
+
+/// Lets an action report a state of its owner (for example `waiting_agent`).
+pub type PhaseHook = Arc<dyn Fn(&'static str) -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// What an action knows about the call it serves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ActionCtx {
     /// Cancelled when the step times out, the run is cancelled or the server stops.
     pub cancel: CancellationToken,
@@ -39,6 +59,58 @@ pub struct ActionCtx {
     pub run_id: String,
     pub step: String,
     pub session_id: String,
+    /// The principal the run or task belongs to.
+    pub principal: String,
+    pub caller: Caller,
+    /// Reports a state of the step while the action runs (steps only).
+    pub phase: Option<PhaseHook>,
+    /// The engine, for actions that start runs or tasks.
+    pub host: Option<Arc<dyn Host>>,
+}
+
+impl std::fmt::Debug for ActionCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActionCtx")
+            .field("attempt", &self.attempt)
+            .field("run_id", &self.run_id)
+            .field("step", &self.step)
+            .field("session_id", &self.session_id)
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActionCtx {
+    /// Report a state of the owner, when it listens.
+    pub async fn phase(&self, state: &'static str) {
+        if let Some(h) = &self.phase {
+            h(state).await;
+        }
+    }
+
+    /// The engine, or an internal error when none is attached.
+    pub fn host(&self) -> Result<&Arc<dyn Host>, ActionError> {
+        self.host.as_ref().ok_or_else(|| {
+            ActionError::new(
+                ErrorCode::InternalError,
+                "this action needs the engine, which is not attached",
+            )
+        })
+    }
+}
+
+/// What actions may ask of the engine they run in (implemented by the engine;
+/// `actions` does not import `engine`).
+#[async_trait]
+pub trait Host: Send + Sync + 'static {
+    /// `workflow.run`: run a workflow as a child of the calling step's run and wait for it.
+    async fn run_child_workflow(
+        &self,
+        ctx: &ActionCtx,
+        params: Value,
+    ) -> Result<Value, ActionError>;
+    /// `agent.task`: hand the step to an agent through the task graph and wait for its result.
+    async fn agent_step(&self, ctx: &ActionCtx, params: Value) -> Result<Value, ActionError>;
 }
 
 /// Why an action failed.
@@ -65,6 +137,12 @@ impl ActionError {
 #[async_trait]
 pub trait Module: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// One line on what the module is for.
+    fn description(&self) -> &'static str;
+    /// Why the module cannot be used, naming the config key that enables it; None when enabled.
+    fn disabled(&self) -> Option<String> {
+        None
+    }
     fn actions(&self) -> Vec<ActionSpec>;
     /// Run one action. `params` already matches the action's schema.
     async fn call(&self, action: &str, params: Value, ctx: ActionCtx)
@@ -80,19 +158,78 @@ struct Entry {
 /// Every action myrmex can run, by `module.action`.
 pub struct Registry {
     actions: BTreeMap<(String, String), Entry>,
+    modules: BTreeMap<String, Arc<dyn Module>>,
+    host: OnceLock<Arc<dyn Host>>,
+}
+
+/// A module as `list_modules` shows it.
+pub struct ModuleInfo<'a> {
+    pub name: &'a str,
+    pub description: &'static str,
+    /// None when enabled; otherwise why not and which config key enables it.
+    pub disabled: Option<String>,
+    pub actions: Vec<&'a ActionSpec>,
 }
 
 impl Registry {
-    /// The registry of built-in modules.
+    /// The built-in modules with the default configuration.
     pub fn builtin() -> Self {
+        Self::new(&crate::config::Config::default())
+    }
+
+    /// The built-in modules under a configuration's policy.
+    pub fn new(config: &crate::config::Config) -> Self {
         let mut r = Registry {
             actions: BTreeMap::new(),
+            modules: BTreeMap::new(),
+            host: OnceLock::new(),
         };
         r.register(Arc::new(core::Core));
+        r.register(Arc::new(shell::Shell::new(&config.modules.shell)));
+        r.register(Arc::new(http::Http::new(&config.modules.http)));
+        r.register(Arc::new(fs::Fs::new(config)));
+        r.register(Arc::new(mcp::Mcp::new(&config.mcp_servers)));
+        r.register(Arc::new(workflow::Workflow::new(&config.modules.workflow)));
+        r.register(Arc::new(agent::Agent));
         r
     }
 
+    /// Attach the engine (once); actions reach it through their context.
+    /// The host must not own the registry (hold the engine weakly).
+    pub fn set_host(&self, host: Arc<dyn Host>) {
+        let _ = self.host.set(host);
+    }
+
+    pub fn host(&self) -> Option<Arc<dyn Host>> {
+        self.host.get().cloned()
+    }
+
+    /// Why a module cannot be used (with the config key that enables it), or None.
+    pub fn disabled(&self, module: &str) -> Option<String> {
+        self.modules.get(module).and_then(|m| m.disabled())
+    }
+
+    /// Every module with its actions, by name.
+    pub fn module_infos(&self) -> Vec<ModuleInfo<'_>> {
+        self.modules
+            .iter()
+            .map(|(name, m)| ModuleInfo {
+                name,
+                description: m.description(),
+                disabled: m.disabled(),
+                actions: self
+                    .actions
+                    .iter()
+                    .filter(|((mm, _), _)| mm == name)
+                    .map(|(_, e)| &e.spec)
+                    .collect(),
+            })
+            .collect()
+    }
+
     pub fn register(&mut self, module: Arc<dyn Module>) {
+        self.modules
+            .insert(module.name().to_string(), module.clone());
         for spec in module.actions() {
             let validator = jsonschema::validator_for(&spec.params_schema).unwrap_or_else(|e| {
                 panic!(
@@ -188,6 +325,9 @@ impl Registry {
                 format!("unknown action {module}.{action}"),
             ));
         };
+        if let Some(why) = e.module.disabled() {
+            return Err(ActionError::new(ErrorCode::PermissionDenied, why));
+        }
         let problems: Vec<String> = e
             .validator
             .iter_errors(&params)

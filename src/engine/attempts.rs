@@ -8,7 +8,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::workflow::RetryPolicy;
-use crate::actions::{ActionCtx, ActionError, Registry};
+use crate::actions::{ActionCtx, ActionError, Caller, PhaseHook, Registry};
 use crate::error::{ErrorCode, Result};
 
 /// How long a cancelled action may take to stop before it is abandoned.
@@ -29,6 +29,8 @@ pub struct Plan {
     pub run_id: String,
     pub step: String,
     pub session_id: String,
+    pub principal: String,
+    pub caller: Caller,
 }
 
 /// How the attempts ended.
@@ -56,6 +58,10 @@ pub trait Sink: Send {
         code: ErrorCode,
         message: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// How the action may report a state of its owner during this attempt.
+    fn phase_hook(&self) -> Option<PhaseHook> {
+        None
+    }
 }
 
 /// Run the attempts to an ending. Returns the attempt count with it.
@@ -77,6 +83,10 @@ pub async fn run(
             run_id: plan.run_id.clone(),
             step: plan.step.clone(),
             session_id: plan.session_id.clone(),
+            principal: plan.principal.clone(),
+            caller: plan.caller,
+            phase: sink.phase_hook(),
+            host: registry.host(),
         };
         let registry = registry.clone();
         let (module, action, p) = (
@@ -134,7 +144,7 @@ pub async fn run(
         let timed_out = code == ErrorCode::TimeoutExceeded;
         let retryable = !matches!(
             code,
-            ErrorCode::InvalidParameters | ErrorCode::ModuleNotFound
+            ErrorCode::InvalidParameters | ErrorCode::ModuleNotFound | ErrorCode::PermissionDenied
         );
         if attempt >= max_attempts || !retryable {
             return Ok((

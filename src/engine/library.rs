@@ -82,7 +82,11 @@ impl Library {
                         continue;
                     }
                 };
-                if let Err(problems) = validate(&spec, registry, limits) {
+                // A definition whose only problem is a module this server's policy
+                // disables is loaded; running it is refused with the hint.
+                if let Err(problems) = validate(&spec, registry, limits)
+                    && problems.iter().any(|p| p.code != "MODULE_DISABLED")
+                {
                     let reason = problems
                         .iter()
                         .map(|p| {

@@ -9,6 +9,7 @@
 pub mod attempts;
 pub mod background;
 pub mod condition;
+pub mod host;
 pub mod library;
 pub mod metrics;
 pub mod resources;
@@ -74,7 +75,7 @@ struct EngineInner {
 impl Engine {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
         let sessions = SessionRegistry::new(store.clone(), &config);
-        let registry = Arc::new(Registry::builtin());
+        let registry = Arc::new(Registry::new(&config));
         let limits = workflow_limits(&config);
         let library = library::Library::load(&config.workflows_dirs, &registry, &limits);
         let stopping = tokio_util::sync::CancellationToken::new();
@@ -95,7 +96,7 @@ impl Engine {
             &config,
             stopping.clone(),
         ));
-        Self {
+        let engine = Self {
             inner: Arc::new(EngineInner {
                 tasks,
                 resources,
@@ -111,7 +112,11 @@ impl Engine {
                 started: Instant::now(),
                 started_at: now_ms(),
             }),
-        }
+        };
+        engine.inner.registry.set_host(Arc::new(host::EngineHost {
+            inner: Arc::downgrade(&engine.inner),
+        }));
+        engine
     }
 
     pub fn config(&self) -> &Config {

@@ -35,6 +35,8 @@ pub mod status {
     pub const RETRYING: &str = "retrying";
     /// Ready, waiting for its resources to be granted.
     pub const WAITING_RESOURCES: &str = "waiting_resources";
+    /// An `agent.task` step: waiting for an agent to complete its task.
+    pub const WAITING_AGENT: &str = "waiting_agent";
     pub const SUCCEEDED: &str = "succeeded";
     pub const FAILED: &str = "failed";
     pub const SKIPPED: &str = "skipped";
@@ -290,11 +292,16 @@ impl RunManager {
             p.done = steps.iter().filter(|s| is_terminal(&s.status)).count();
         }
 
-        // Wait for a workflow slot of the session.
-        let _permit = tokio::select! {
-            p = slot.acquire_owned() => p.map_err(|_| crate::error::Error::internal("slot semaphore closed"))?,
-            _ = active.cancel.cancelled() => {
-                return self.finish_stopped(&mut run, &mut steps, active).await;
+        // Wait for a workflow slot of the session. A child run uses its
+        // parent's slot (taking another could wait forever on the parent).
+        let _permit = if run.parent_run_id.is_some() {
+            None
+        } else {
+            tokio::select! {
+                p = slot.acquire_owned() => Some(p.map_err(|_| crate::error::Error::internal("slot semaphore closed"))?),
+                _ = active.cancel.cancelled() => {
+                    return self.finish_stopped(&mut run, &mut steps, active).await;
+                }
             }
         };
         // The run's own resource_requirements hold for the whole run.
@@ -334,7 +341,7 @@ impl RunManager {
         for st in steps.iter_mut() {
             if matches!(
                 st.status.as_str(),
-                RUNNING | RETRYING | READY | WAITING_RESOURCES
+                RUNNING | RETRYING | READY | WAITING_RESOURCES | WAITING_AGENT
             ) {
                 st.status = PENDING.into();
                 store.update_step(st).await?;
@@ -975,6 +982,8 @@ impl StepTask {
             run_id: self.run_id.clone(),
             step: self.spec.name.clone(),
             session_id: self.session_id.clone(),
+            principal: self.principal.clone(),
+            caller: crate::actions::Caller::Step,
         };
         let registry = self.mgr.registry.clone();
         let stop = self.active.cancel.clone();
@@ -1030,6 +1039,25 @@ impl attempts::Sink for StepTask {
         self.rec.status = RETRYING.into();
         self.rec.error = err_json(code, message);
         self.save().await
+    }
+
+    fn phase_hook(&self) -> Option<crate::actions::PhaseHook> {
+        // The record as the current attempt left it, with the reported state.
+        let store = self.mgr.store.clone();
+        let rec = self.rec.clone();
+        let active = self.active.clone();
+        Some(std::sync::Arc::new(move |state: &'static str| {
+            let store = store.clone();
+            let mut rec = rec.clone();
+            let active = active.clone();
+            Box::pin(async move {
+                rec.status = state.into();
+                if let Err(e) = store.queue_step(&rec).await {
+                    tracing::error!(run = %rec.run_id, step = %rec.name, error = %e, "cannot record the step's state");
+                }
+                active.bump();
+            })
+        }))
     }
 }
 

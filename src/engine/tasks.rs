@@ -737,6 +737,19 @@ impl TaskManager {
                         hint,
                     ));
                 }
+                if let Some(why) = self.registry.disabled(m) {
+                    return Err(Error::new(
+                        ErrorCode::ModuleNotFound,
+                        format!("task '{}': module '{m}' is disabled", t.name),
+                        format!("{why}. list_modules shows what is enabled."),
+                    ));
+                }
+                if matches!(m.as_str(), "agent" | "workflow") {
+                    return Err(Error::invalid(
+                        format!("task '{}': {m}.{a} runs only as a workflow step", t.name),
+                        "For work done by an agent, create an agent task (omit module and action); to run a workflow, call execute_workflow.",
+                    ));
+                }
                 let mut found = Vec::new();
                 templates_in(&Value::Object(t.parameters.clone()), "", &mut found);
                 let templated: Vec<String> = found
@@ -756,7 +769,7 @@ impl TaskManager {
                             t.name,
                             problems.join("; ")
                         ),
-                        "Fix the parameters to match the action's schema (list_workflows and the specification describe each action).",
+                        "Fix the parameters to match the action's schema (list_modules shows every action's parameter schema).",
                     ));
                 }
             }
@@ -1083,6 +1096,8 @@ impl TaskManager {
                 run_id: t.id.clone(),
                 step: t.name.clone(),
                 session_id: t.session_id.clone(),
+                principal: t.principal.clone(),
+                caller: crate::actions::Caller::Task,
             };
             let resources = task_requirements(&t).ok().flatten().map(|req| {
                 (
@@ -1834,6 +1849,28 @@ impl TaskManager {
             error_message: v.error.map(|e| e.message),
             metadata,
         })
+    }
+
+    /// The newest unfinished task of a session whose metadata has `key` equal to `value`.
+    pub async fn find_open_by_metadata(
+        &self,
+        session: &Session,
+        key: &str,
+        value: &Value,
+    ) -> Result<Option<TaskRecord>> {
+        let sg = self.session_graph(&session.session_id);
+        let g = self.lock(&sg, session.max_parallel_tasks).await?;
+        Ok(g.order
+            .iter()
+            .rev()
+            .filter_map(|id| g.tasks.get(id))
+            .find(|t| {
+                !is_final(&t.status)
+                    && serde_json::from_str::<Value>(&t.metadata)
+                        .ok()
+                        .is_some_and(|m| m.get(key) == Some(value))
+            })
+            .cloned())
     }
 
     /// Wait up to `wait` for a task to reach a final state.

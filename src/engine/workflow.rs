@@ -575,6 +575,18 @@ pub fn validate(
                     format!("no action '{}.{}' ({hint})", s.module, s.action),
                 ));
             }
+            Some(_) if registry.disabled(&s.module).is_some() => {
+                p.push(problem(
+                    "MODULE_DISABLED",
+                    step,
+                    Some("module"),
+                    format!(
+                        "module '{}' is disabled: {}",
+                        s.module,
+                        registry.disabled(&s.module).unwrap_or_default()
+                    ),
+                ));
+            }
             Some(_) => {
                 for e in registry.check_params(
                     &s.module,

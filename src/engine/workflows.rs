@@ -108,7 +108,8 @@ pub struct ValidationReport {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct StepView {
     pub name: String,
-    /// pending, ready, running, retrying, succeeded, failed, skipped, cancelled or timed_out.
+    /// pending, ready, running, retrying, waiting_resources, waiting_agent (an agent.task step),
+    /// succeeded, failed, skipped, cancelled or timed_out.
     pub status: String,
     /// Attempts started so far.
     pub attempts: u32,
@@ -170,6 +171,9 @@ pub struct RunView {
     pub metrics: RunMetrics,
     /// The run this one retries.
     pub retry_of: Option<String>,
+    /// The run whose `workflow.run` step started this one, and that step.
+    pub parent_run_id: Option<String>,
+    pub parent_step: Option<String>,
 }
 
 /// A page of runs.
@@ -202,6 +206,8 @@ pub struct ExecuteRequest {
     pub priority: Option<Priority>,
     pub resource_requirements: Option<Value>,
     pub max_parallel: Option<u32>,
+    /// `(run_id, step)` of the `workflow.run` step that starts this run.
+    pub parent: Option<(String, String)>,
 }
 
 /// Steps shown in a run view.
@@ -519,6 +525,29 @@ impl Engine {
         self.wait_run(&id, wait, progress).await
     }
 
+    /// Start a run of a named workflow as the child of a `workflow.run` step.
+    pub(super) async fn start_child_run(
+        &self,
+        p: &Principal,
+        session: &Session,
+        req: ExecuteRequest,
+    ) -> Result<String> {
+        let r = self
+            .resolve_workflow(p, session, &req.workflow_name)
+            .await?;
+        self.start_run(
+            p,
+            session,
+            r.spec,
+            r.version,
+            r.source,
+            req,
+            None,
+            Vec::new(),
+        )
+        .await
+    }
+
     /// Start a run of a definition that is not stored (a workflow file run from
     /// the command line). Returns the run id without waiting.
     pub async fn start_definition(
@@ -547,6 +576,18 @@ impl Engine {
         retry_of: Option<String>,
         prior: Vec<(String, Option<String>, Option<String>)>,
     ) -> Result<String> {
+        for st in &spec.steps {
+            if let Some(why) = self.registry().disabled(&st.module) {
+                return Err(Error::new(
+                    ErrorCode::ModuleNotFound,
+                    format!(
+                        "workflow '{}': step '{}' uses module '{}', which is disabled",
+                        spec.name, st.name, st.module
+                    ),
+                    format!("{why}. list_modules shows what is enabled."),
+                ));
+            }
+        }
         let params = bind_params(&spec, &req.parameters)
             .map_err(|e| problems_error(e, "the parameters do not fit the workflow"))?;
         if let Some(t) = req.timeout_seconds
@@ -605,6 +646,8 @@ impl Engine {
             started_at: None,
             finished_at: None,
             updated_at: now,
+            parent_run_id: req.parent.as_ref().map(|p| p.0.clone()),
+            parent_step: req.parent.map(|p| p.1),
         };
         let steps: Vec<StepRecord> = spec
             .steps
@@ -668,7 +711,7 @@ impl Engine {
         self.wait_run(run_id, wait, progress).await
     }
 
-    async fn wait_run(
+    pub(super) async fn wait_run(
         &self,
         run_id: &str,
         wait: Duration,
@@ -758,6 +801,7 @@ impl Engine {
                 session_id,
                 status,
                 workflow_name: workflow,
+                parent_run_id: None,
                 after,
                 limit: limit + 1,
             })
@@ -851,6 +895,7 @@ impl Engine {
                 .as_deref()
                 .and_then(|r| serde_json::from_str(r).ok()),
             max_parallel: Some(old.max_parallel),
+            parent: None,
         };
         let id = self
             .start_run(
@@ -1051,6 +1096,8 @@ fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
             reused_steps: reused,
         },
         retry_of: run.retry_of,
+        parent_run_id: run.parent_run_id,
+        parent_step: run.parent_step,
     }
 }
 

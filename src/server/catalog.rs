@@ -54,6 +54,11 @@ pub const DOCS: &[ToolDoc] = &[
         example: r#"{}"#,
     },
     ToolDoc {
+        name: "list_modules",
+        errors: &[ModuleNotFound],
+        example: r#"{"module": "shell"}"#,
+    },
+    ToolDoc {
         name: "create_task",
         errors: &[
             NotFound,

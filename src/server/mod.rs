@@ -49,6 +49,7 @@ impl MyrmexServer {
             + Self::workflows_router()
             + Self::tasks_router()
             + Self::resources_router()
+            + Self::modules_router()
     }
 }
 

@@ -262,6 +262,10 @@ impl Store for MemoryStore {
             .filter(|r| q.status.is_none_or(|s| r.status == s))
             .filter(|r| q.workflow_name.is_none_or(|w| r.workflow_name == w))
             .filter(|r| {
+                q.parent_run_id
+                    .is_none_or(|p| r.parent_run_id.as_deref() == Some(p))
+            })
+            .filter(|r| {
                 q.after
                     .as_ref()
                     .is_none_or(|(c, id)| (r.created_at, &r.id) > (*c, id))

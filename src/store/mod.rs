@@ -130,6 +130,9 @@ pub struct RunRecord {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub updated_at: i64,
+    /// The run whose `workflow.run` step started this one.
+    pub parent_run_id: Option<String>,
+    pub parent_step: Option<String>,
 }
 
 /// The state of one step of a run.
@@ -238,6 +241,8 @@ pub struct RunQuery<'a> {
     pub session_id: Option<&'a str>,
     pub status: Option<&'a str>,
     pub workflow_name: Option<&'a str>,
+    /// Only children of this run.
+    pub parent_run_id: Option<&'a str>,
     pub after: Option<SessionCursor>,
     pub limit: u32,
 }
@@ -579,6 +584,8 @@ mod contract {
             started_at: Some(1),
             finished_at: None,
             updated_at: 1,
+            parent_run_id: None,
+            parent_step: None,
         };
         let step = |i: u32, status: &str| StepRecord {
             run_id: "run_1".into(),
@@ -619,8 +626,34 @@ mod contract {
             stored,
             (0..n).map(|i| step(i, "succeeded")).collect::<Vec<_>>()
         );
-        assert_eq!(store.get_run("run_1").await.unwrap(), Some(done));
+        assert_eq!(store.get_run("run_1").await.unwrap(), Some(done.clone()));
         assert!(store.unfinished_runs().await.unwrap().is_empty());
+
+        // A child run is found through its parent.
+        let child = RunRecord {
+            id: "run_2".into(),
+            created_at: 3,
+            parent_run_id: Some("run_1".into()),
+            parent_step: Some("s0".into()),
+            ..done
+        };
+        store.insert_run(&child, &[]).await.unwrap();
+        let q = |parent| RunQuery {
+            principal: "p",
+            session_id: None,
+            status: None,
+            workflow_name: None,
+            parent_run_id: parent,
+            after: None,
+            limit: 10,
+        };
+        assert_eq!(
+            store.list_runs(&q(Some("run_1"))).await.unwrap(),
+            vec![child.clone()]
+        );
+        assert!(store.list_runs(&q(Some("run_2"))).await.unwrap().is_empty());
+        assert_eq!(store.list_runs(&q(None)).await.unwrap().len(), 2);
+        assert_eq!(store.get_run("run_2").await.unwrap(), Some(child));
     }
 
     /// Tasks: all-or-nothing inserts and updates, versions as optimistic locks.

@@ -43,7 +43,7 @@ const GROUP_COMMIT_MAX: usize = 512;
 fn replace_run_sql() -> String {
     format!(
         "REPLACE INTO runs ({RUN_COLUMNS}) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
     )
 }
 
@@ -177,7 +177,8 @@ const WORKFLOW_COLUMNS: &str =
 
 const RUN_COLUMNS: &str = "id, session_id, principal, workflow_name, workflow_version, \
     workflow_source, definition, parameters, status, priority, max_parallel, mode, timeout_seconds, \
-    resources, error, retry_of, created_at, started_at, finished_at, updated_at";
+    resources, error, retry_of, created_at, started_at, finished_at, updated_at, parent_run_id, \
+    parent_step";
 
 const STEP_COLUMNS: &str = "run_id, name, position, status, attempts, started_at, finished_at, \
     output, error, input_hash, reused, prior_output, prior_hash";
@@ -219,6 +220,8 @@ fn run_from_row(r: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
         started_at: r.try_get("started_at")?,
         finished_at: r.try_get("finished_at")?,
         updated_at: r.try_get("updated_at")?,
+        parent_run_id: r.try_get("parent_run_id")?,
+        parent_step: r.try_get("parent_step")?,
     })
 }
 
@@ -271,6 +274,8 @@ fn bind_run<'q>(
         .bind(r.started_at)
         .bind(r.finished_at)
         .bind(r.updated_at)
+        .bind(&r.parent_run_id)
+        .bind(&r.parent_step)
 }
 
 const TASK_COLUMNS: &str = "id, session_id, principal, seq, name, description, module, action, \
@@ -667,7 +672,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let sql = format!(
             "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
         );
         bind_run(query(AssertSqlSafe(sql)), run)
             .execute(&mut *tx)
@@ -728,6 +733,7 @@ impl Store for SqliteStore {
                AND (?2 IS NULL OR session_id = ?2) AND (?3 IS NULL OR status = ?3) \
                AND (?4 IS NULL OR workflow_name = ?4) \
                AND (created_at > ?5 OR (created_at = ?5 AND id > ?6)) \
+               AND (?8 IS NULL OR parent_run_id = ?8) \
              ORDER BY created_at, id LIMIT ?7"
         )))
         .bind(q.principal)
@@ -737,6 +743,7 @@ impl Store for SqliteStore {
         .bind(after_c)
         .bind(after_id)
         .bind(q.limit as i64)
+        .bind(q.parent_run_id)
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;

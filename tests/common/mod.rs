@@ -106,6 +106,21 @@ impl Env {
             .expect("stdio client connects")
     }
 
+    /// A stdio client on `myrmex --config <myrmex.toml with `toml`> serve --store memory`.
+    pub async fn stdio_config(&self, era: Era, toml: &str) -> Client {
+        let cfg = self.config(toml);
+        let cfg = cfg.to_str().expect("utf-8 path");
+        let (proc, _stderr) = TokioChildProcess::builder(
+            self.command(&["--config", cfg, "serve", "--store", "memory"]),
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn myrmex");
+        ().serve_with_lifecycle(proc, lifecycle(era))
+            .await
+            .expect("stdio client connects")
+    }
+
     /// Start `myrmex serve --http 127.0.0.1:0 <extra>` and wait until it listens.
     pub async fn http(&self, extra: &[&str]) -> HttpServer {
         let mut args = vec!["serve", "--http", "127.0.0.1:0"];
@@ -286,6 +301,7 @@ pub const TOOLS: &[&str] = &[
     "get_workflow",
     "get_workflow_run",
     "list_allocations",
+    "list_modules",
     "list_sessions",
     "list_tasks",
     "list_workflow_runs",

@@ -438,6 +438,7 @@ impl MyrmexServer {
             priority: a.priority,
             resource_requirements: a.resource_requirements,
             max_parallel: a.max_parallel,
+            parent: None,
         };
         let mut progress = Progress::new(&ctx);
         let run = self
