@@ -523,3 +523,45 @@ async fn the_example_workflow_uses_shell_fs_and_mcp_together() {
     let s = steps_by_name(&run);
     assert_eq!(s["check"]["output"]["content"].as_str().unwrap(), report);
 }
+
+#[tokio::test]
+async fn child_runs_and_agent_steps_are_picked_up_again_after_kill_9() {
+    let env = Env::new();
+    let mut server = env.http(&[]).await;
+    let c = server.client(Era::Legacy, None).await;
+    ok(&c, "create_workflow", json!({"name": "inner", "steps": [
+        {"name": "ask", "module": "agent", "action": "task", "parameters": {"instructions": "Answer", "input": {"q": 1}}}]})).await;
+    ok(&c, "create_workflow", json!({"name": "outer", "steps": [
+        {"name": "call", "module": "workflow", "action": "run", "parameters": {"workflow": "inner"}},
+        {"name": "after", "module": "core", "action": "echo", "dependencies": ["call"],
+         "parameters": {"answer": "{{steps.call.output.workflow_results.ask.a}}"}}]})).await;
+    let outer = ok(&c, "execute_workflow", json!({"workflow_name": "outer", "wait_seconds": 0})).await;
+    let mut inner_id = Value::Null;
+    for _ in 0..400 {
+        let runs = ok(&c, "list_workflow_runs", json!({"workflow_name": "inner"})).await;
+        if let Some(r) = runs["runs"].as_array().unwrap().first() {
+            inner_id = r["run_id"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    wait_for_step(&c, &inner_id, "ask", "waiting_agent").await;
+    signal(server.pid(), "KILL");
+    server.child.wait().await.unwrap();
+    drop(c);
+
+    let server = env.http(&[]).await;
+    let c = server.client(Era::Modern, None).await;
+    wait_for_step(&c, &inner_id, "ask", "waiting_agent").await;
+    let claim = ok(&c, "next_task", json!({"agent": "a1"})).await;
+    assert_eq!(claim["task"]["parameters"]["q"], 1, "{claim}");
+    ok(&c, "complete_task", json!({"task_id": claim["task"]["task_id"], "lease_id": claim["lease_id"], "result": {"a": 42}})).await;
+    let done = finish(&c, &outer["run_id"]).await;
+    assert_eq!(done["status"], "succeeded", "{}", done["steps"]);
+    assert_eq!(steps_by_name(&done)["after"]["output"]["answer"], 42);
+    // The interrupted attempts were re-attached, not repeated.
+    let runs = ok(&c, "list_workflow_runs", json!({"workflow_name": "inner"})).await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+    let tasks = ok(&c, "list_tasks", json!({})).await;
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 1, "{tasks}");
+}
