@@ -53,48 +53,6 @@ fn mcp_config(env: &Env, pidfile: &Path) -> String {
     )
 }
 
-fn steps_by_name(run: &Value) -> std::collections::HashMap<String, Value> {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["name"].as_str().unwrap().to_string(), s.clone()))
-        .collect()
-}
-
-/// Poll a run until one of its steps reaches a status (bounded; no timing assertion).
-async fn wait_for_step(c: &Client, run_id: &Value, step: &str, status: &str) -> Value {
-    for _ in 0..600 {
-        let v = ok(c, "get_workflow_run", json!({"run_id": run_id})).await;
-        if steps_by_name(&v)[step]["status"] == status {
-            return v;
-        }
-        assert!(
-            matches!(v["status"].as_str(), Some("pending" | "running")),
-            "run ended before step {step} became {status}: {}",
-            v["steps"]
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("step {step} of {run_id} never became {status}");
-}
-
-/// Wait for a run to end.
-async fn finish(c: &Client, run_id: &Value) -> Value {
-    for _ in 0..10 {
-        let v = ok(
-            c,
-            "get_workflow_run",
-            json!({"run_id": run_id, "wait_seconds": 30}),
-        )
-        .await;
-        if !matches!(v["status"].as_str(), Some("pending" | "running")) {
-            return v;
-        }
-    }
-    panic!("run {run_id} did not end");
-}
-
 async fn run_def(c: &Client, def: Value, params: Value) -> Value {
     let name = def["name"].clone();
     ok(c, "create_workflow", def).await;
@@ -198,12 +156,7 @@ async fn mcp_calls_reach_downstream_servers_and_reconnect_after_one_dies() {
         mcp_step("wait", "peer", "get_task", json!({"task_id": "{{steps.make.output.task_id}}", "wait_seconds": 40}), &["make"])
     ]});
     ok(&c, "create_workflow", def).await;
-    let started = ok(
-        &c,
-        "execute_workflow",
-        json!({"workflow_name": "dies", "wait_seconds": 0}),
-    )
-    .await;
+    let started = start(&c, "dies").await;
     wait_for_step(&c, &started["run_id"], "wait", "running").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     signal(first_pid.parse().unwrap(), "KILL");
@@ -328,12 +281,7 @@ async fn workflow_run_starts_child_runs_that_cancel_with_their_parent() {
     .await;
     ok(&c, "create_workflow", json!({"name": "waiting-parent", "steps": [
         {"name": "call", "module": "workflow", "action": "run", "parameters": {"workflow": "slow-child"}}]})).await;
-    let parent = ok(
-        &c,
-        "execute_workflow",
-        json!({"workflow_name": "waiting-parent", "wait_seconds": 0}),
-    )
-    .await;
+    let parent = start(&c, "waiting-parent").await;
     let mut child_id = Value::Null;
     for _ in 0..400 {
         let runs = ok(
@@ -377,12 +325,7 @@ async fn agent_task_steps_wait_for_an_agent_through_the_task_graph() {
     ]})).await;
 
     // Completed by an agent.
-    let run = ok(
-        &c,
-        "execute_workflow",
-        json!({"workflow_name": "review", "wait_seconds": 0}),
-    )
-    .await;
+    let run = start(&c, "review").await;
     wait_for_step(&c, &run["run_id"], "approve", "waiting_agent").await;
     let claim = ok(
         &c,
@@ -408,12 +351,7 @@ async fn agent_task_steps_wait_for_an_agent_through_the_task_graph() {
     assert_eq!(s["publish"]["output"]["verdict"], "ship it");
 
     // Failed by an agent: the step fails with the agent's message.
-    let run = ok(
-        &c,
-        "execute_workflow",
-        json!({"workflow_name": "review", "wait_seconds": 0}),
-    )
-    .await;
+    let run = start(&c, "review").await;
     wait_for_step(&c, &run["run_id"], "approve", "waiting_agent").await;
     // A lease applies: an expired claim goes back to the queue.
     let claim = ok(
@@ -468,12 +406,7 @@ async fn agent_task_steps_wait_for_an_agent_through_the_task_graph() {
     assert_eq!(s["publish"]["status"], "skipped");
 
     // Cancelling the run cancels the waiting agent task.
-    let run = ok(
-        &c,
-        "execute_workflow",
-        json!({"workflow_name": "review", "wait_seconds": 0}),
-    )
-    .await;
+    let run = start(&c, "review").await;
     wait_for_step(&c, &run["run_id"], "approve", "waiting_agent").await;
     let tasks = ok(&c, "list_tasks", json!({"status": "ready"})).await;
     let open: Vec<&Value> = tasks["tasks"].as_array().unwrap().iter().collect();
@@ -535,7 +468,7 @@ async fn child_runs_and_agent_steps_are_picked_up_again_after_kill_9() {
         {"name": "call", "module": "workflow", "action": "run", "parameters": {"workflow": "inner"}},
         {"name": "after", "module": "core", "action": "echo", "dependencies": ["call"],
          "parameters": {"answer": "{{steps.call.output.workflow_results.ask.a}}"}}]})).await;
-    let outer = ok(&c, "execute_workflow", json!({"workflow_name": "outer", "wait_seconds": 0})).await;
+    let outer = start(&c, "outer").await;
     let mut inner_id = Value::Null;
     for _ in 0..400 {
         let runs = ok(&c, "list_workflow_runs", json!({"workflow_name": "inner"})).await;
@@ -564,4 +497,34 @@ async fn child_runs_and_agent_steps_are_picked_up_again_after_kill_9() {
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
     let tasks = ok(&c, "list_tasks", json!({})).await;
     assert_eq!(tasks["tasks"].as_array().unwrap().len(), 1, "{tasks}");
+}
+
+#[tokio::test]
+async fn mcp_servers_over_streamable_http_are_called_too() {
+    let peer_env = Env::new();
+    let peer = peer_env.http(&["--store", "memory"]).await;
+    let env = Env::new();
+    let c = env
+        .stdio_config(
+            Era::Modern,
+            &format!(
+                "[[mcp_servers]]\nname = \"remote\"\nurl = \"{}\"\nheaders = {{ X-Trace = \"myrmex-test\" }}\ntimeout_seconds = 30\n",
+                peer.url
+            ),
+        )
+        .await;
+    let run = run_def(
+        &c,
+        json!({"name": "remote", "steps": [
+            {"name": "tools", "module": "mcp", "action": "list_tools", "parameters": {"server": "remote"}},
+            mcp_step("session", "remote", "create_session", json!({"name": "from-upstream"}), &[]),
+            mcp_step("read", "remote", "get_session", json!({"session_id": "{{steps.session.output.session_id}}"}), &["session"])
+        ]}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{}", run["steps"]);
+    let s = steps_by_name(&run);
+    assert_eq!(s["read"]["output"]["name"], "from-upstream");
+    assert!(s["tools"]["output"]["tools"].as_array().unwrap().len() > 10);
 }

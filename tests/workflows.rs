@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::*;
 use serde_json::{Value, json};
 
@@ -27,27 +25,6 @@ async fn run(c: &Client, def: Value, params: Value) -> Value {
         json!({"workflow_name": name, "parameters": params, "wait_seconds": 50}),
     )
     .await
-}
-
-fn steps_by_name(run: &Value) -> HashMap<String, Value> {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["name"].as_str().unwrap().to_string(), s.clone()))
-        .collect()
-}
-
-/// Poll a run until one of its steps reaches a status (bounded; no timing assertion).
-async fn wait_for_step(c: &Client, run_id: &Value, step: &str, status: &str) {
-    for _ in 0..250 {
-        let v = ok(c, "get_workflow_run", json!({"run_id": run_id})).await;
-        if steps_by_name(&v)[step]["status"] == status {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("step {step} of {run_id} never became {status}");
 }
 
 fn ts(v: &Value) -> chrono::DateTime<chrono::FixedOffset> {

@@ -66,9 +66,7 @@ impl Policy {
     fn address_refused(&self, name: &str, ip: IpAddr) -> Option<String> {
         let kind = non_public(ip)?;
         let name = name.trim_matches(['[', ']']).to_ascii_lowercase();
-        if self.private_nets.iter().any(|n| n.contains(&ip))
-            || self.private_names.contains(&name)
-        {
+        if self.private_nets.iter().any(|n| n.contains(&ip)) || self.private_names.contains(&name) {
             return None;
         }
         Some(format!(
@@ -176,6 +174,8 @@ impl Http {
         let policy = Arc::new(Policy::new(config));
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Direct connections only: a proxy would resolve names where the policy cannot see.
+            .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: policy.clone(),
             }))

@@ -3,8 +3,10 @@
 //! themselves; the work is here, where runs and the task graph live.
 //!
 //! Both re-attach after a restart: a step attempted again finds the child
-//! run (or the agent task) that its interrupted attempt started, instead of
-//! starting a second one.
+//! run (or the agent task) that its interrupted attempt started and waits
+//! for it (or takes its result, when it succeeded meanwhile) instead of
+//! starting a second one. Only a child or task that did not succeed is
+//! replaced by a new one, which is what a retry of the step means.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -91,7 +93,9 @@ impl Engine {
             ));
         }
         let name = p["workflow"].as_str().unwrap_or_default().to_string();
-        // A child this step started before a restart is waited for, not started again.
+        // The newest child of this step: still going (the step's attempt was
+        // interrupted by a restart), succeeded (its result was not recorded yet),
+        // or a failed earlier attempt.
         let existing = self
             .store()
             .list_runs(&RunQuery {
@@ -107,9 +111,12 @@ impl Engine {
             .map_err(Error::from)?
             .into_iter()
             .rev()
-            .find(|r| {
-                r.parent_step.as_deref() == Some(ctx.step.as_str())
-                    && matches!(r.status.as_str(), status::PENDING | status::RUNNING)
+            .find(|r| r.parent_step.as_deref() == Some(ctx.step.as_str()))
+            .filter(|r| {
+                matches!(
+                    r.status.as_str(),
+                    status::PENDING | status::RUNNING | status::SUCCEEDED
+                )
             });
         let run_id = match existing {
             Some(r) => r.id,
@@ -130,7 +137,7 @@ impl Engine {
                     parent: Some((ctx.run_id.clone(), ctx.step.clone())),
                     ..Default::default()
                 };
-                self.start_child_run(&principal, &session, req).await?
+                self.start_named_run(&principal, &session, req).await?
             }
         };
         let mut quiet = |_: usize, _: usize, _: String| {};
@@ -181,10 +188,16 @@ impl Engine {
             .resolve(&principal, Some(&ctx.session_id))
             .await?;
         let origin = json!({"run_id": ctx.run_id, "step": ctx.step});
+        // As for child runs: re-attach to a task still open or take the result
+        // of one that succeeded; a failed or cancelled one is an earlier attempt.
         let existing = self
             .tasks()
-            .find_open_by_metadata(&session, ORIGIN_KEY, &origin)
-            .await?;
+            .find_by_metadata(&session, ORIGIN_KEY, &origin)
+            .await?
+            .filter(|t| {
+                !super::tasks::status::is_final(&t.status)
+                    || t.status == super::tasks::status::SUCCEEDED
+            });
         let task_id = match existing {
             Some(t) => t.id,
             None => {

@@ -1851,8 +1851,8 @@ impl TaskManager {
         })
     }
 
-    /// The newest unfinished task of a session whose metadata has `key` equal to `value`.
-    pub async fn find_open_by_metadata(
+    /// The newest task of a session whose metadata has `key` equal to `value`.
+    pub async fn find_by_metadata(
         &self,
         session: &Session,
         key: &str,
@@ -1865,10 +1865,9 @@ impl TaskManager {
             .rev()
             .filter_map(|id| g.tasks.get(id))
             .find(|t| {
-                !is_final(&t.status)
-                    && serde_json::from_str::<Value>(&t.metadata)
-                        .ok()
-                        .is_some_and(|m| m.get(key) == Some(value))
+                serde_json::from_str::<Value>(&t.metadata)
+                    .ok()
+                    .is_some_and(|m| m.get(key) == Some(value))
             })
             .cloned())
     }

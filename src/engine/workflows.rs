@@ -507,26 +507,13 @@ impl Engine {
             .sessions()
             .resolve(p, req.session_id.as_deref())
             .await?;
-        let r = self
-            .resolve_workflow(p, &session, &req.workflow_name)
-            .await?;
-        let id = self
-            .start_run(
-                p,
-                &session,
-                r.spec,
-                r.version,
-                r.source,
-                req,
-                None,
-                Vec::new(),
-            )
-            .await?;
+        let id = self.start_named_run(p, &session, req).await?;
         self.wait_run(&id, wait, progress).await
     }
 
-    /// Start a run of a named workflow as the child of a `workflow.run` step.
-    pub(super) async fn start_child_run(
+    /// Start a run of a workflow found by name (execute_workflow, and child runs
+    /// of `workflow.run` steps).
+    pub(super) async fn start_named_run(
         &self,
         p: &Principal,
         session: &Session,

@@ -106,19 +106,12 @@ impl Env {
             .expect("stdio client connects")
     }
 
-    /// A stdio client on `myrmex --config <myrmex.toml with `toml`> serve --store memory`.
+    /// A stdio client on `myrmex serve --config <myrmex.toml with `toml`> --store memory`.
     pub async fn stdio_config(&self, era: Era, toml: &str) -> Client {
         let cfg = self.config(toml);
         let cfg = cfg.to_str().expect("utf-8 path");
-        let (proc, _stderr) = TokioChildProcess::builder(
-            self.command(&["--config", cfg, "serve", "--store", "memory"]),
-        )
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn myrmex");
-        ().serve_with_lifecycle(proc, lifecycle(era))
+        self.stdio(era, &["--config", cfg, "--store", "memory"])
             .await
-            .expect("stdio client connects")
     }
 
     /// Start `myrmex serve --http 127.0.0.1:0 <extra>` and wait until it listens.
@@ -315,3 +308,56 @@ pub const TOOLS: &[&str] = &[
     "update_task",
     "validate_workflow",
 ];
+
+/// The steps of a run view, by name.
+pub fn steps_by_name(run: &Value) -> std::collections::HashMap<String, Value> {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s.clone()))
+        .collect()
+}
+
+/// Poll a run until one of its steps reaches a status (bounded; no timing assertion).
+pub async fn wait_for_step(c: &Client, run_id: &Value, step: &str, status: &str) -> Value {
+    for _ in 0..600 {
+        let v = ok(c, "get_workflow_run", json!({"run_id": run_id})).await;
+        if steps_by_name(&v)[step]["status"] == status {
+            return v;
+        }
+        assert!(
+            matches!(v["status"].as_str(), Some("pending" | "running")),
+            "run ended before step {step} became {status}: {}",
+            v["steps"]
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("step {step} of {run_id} never became {status}");
+}
+
+/// Start a workflow by name without waiting; the run as execute_workflow answered.
+pub async fn start(c: &Client, workflow: &str) -> Value {
+    ok(
+        c,
+        "execute_workflow",
+        json!({"workflow_name": workflow, "wait_seconds": 0}),
+    )
+    .await
+}
+
+/// Wait for a run to end.
+pub async fn finish(c: &Client, run_id: &Value) -> Value {
+    for _ in 0..10 {
+        let v = ok(
+            c,
+            "get_workflow_run",
+            json!({"run_id": run_id, "wait_seconds": 30}),
+        )
+        .await;
+        if !matches!(v["status"].as_str(), Some("pending" | "running")) {
+            return v;
+        }
+    }
+    panic!("run {run_id} did not end");
+}
