@@ -20,6 +20,7 @@ fail() { failed=$((failed + 1)); failures+=("$1"); echo "  FAIL $1"; }
 [ -x "$BIN" ] || { echo "smoke: $BIN not found; run cargo build first" >&2; exit 2; }
 
 scripts/install-tools.sh
+PY_MCP_VERSION=$("$TOOLS/venv/bin/python" -c "import importlib.metadata as m; print(m.version('mcp'))")
 export PATH="$TOOLS/npm/node_modules/.bin:$PATH"
 export MCP_INSPECTOR_SECRET_STORE=memory
 echo "node $(node --version), python $("$TOOLS/venv/bin/python" --version)"
