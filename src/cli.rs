@@ -14,7 +14,7 @@ use crate::engine::{Engine, Principal};
 /// `myrmex validate FILE`: print every problem, or the plan. Returns success.
 pub fn validate(config: &Config, file: &Path) -> anyhow::Result<bool> {
     let spec = parse_file(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let registry = crate::actions::Registry::builtin();
+    let registry = crate::actions::Registry::new(config);
     let limits = crate::engine::workflow::Limits {
         max_steps: config.workflows.max_steps,
         max_definition_bytes: config.workflows.max_definition_bytes,

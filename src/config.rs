@@ -49,6 +49,21 @@ pub struct Config {
     pub modules: ModulesConfig,
     /// Downstream MCP servers whose tools `mcp.call` can call, by name.
     pub mcp_servers: Vec<McpServerConfig>,
+    pub projects: ProjectsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectsConfig {
+    /// Folders projects are created in (a project's `path` must be inside one).
+    /// Empty: `<data_dir>/projects`.
+    pub roots: Vec<PathBuf>,
+    /// Folders of your own templates (`*.json`; a template's source files in
+    /// `<dir>/<template name>/`, doc template overrides in `<dir>/doc_templates/`).
+    /// A template with a shipped template's name replaces it.
+    pub template_dirs: Vec<PathBuf>,
+    /// Where `archive` writes `<name>.tar.gz`. Unset: `<data_dir>/archives`.
+    pub archives_dir: Option<PathBuf>,
 }
 
 /// Policy of the action modules. Everything that touches the machine or the
@@ -139,7 +154,7 @@ impl Default for HttpModuleConfig {
 pub struct FsConfig {
     /// The `fs` actions work only when this is true.
     pub enabled: bool,
-    /// Directories the `fs` actions are confined to. Empty: `<data_dir>/projects`.
+    /// Directories the `fs` actions are confined to. Empty: the projects roots.
     /// Relative paths in a step resolve against the first root.
     pub roots: Vec<PathBuf>,
     /// Largest file `fs.read` returns and `fs.write` writes, in bytes.
@@ -424,6 +439,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             modules: ModulesConfig::default(),
             mcp_servers: Vec::new(),
+            projects: ProjectsConfig::default(),
         }
     }
 }
@@ -638,9 +654,22 @@ impl Config {
             })
     }
 
-    /// Where projects live by default (and the default fs root): `<data dir>/projects`.
-    pub fn projects_root(&self) -> anyhow::Result<PathBuf> {
-        Ok(self.data_dir()?.join("projects"))
+    /// Folders projects live in (and the default fs roots): `[projects] roots`,
+    /// or `<data dir>/projects`.
+    pub fn projects_roots(&self) -> anyhow::Result<Vec<PathBuf>> {
+        if self.projects.roots.is_empty() {
+            Ok(vec![self.data_dir()?.join("projects")])
+        } else {
+            Ok(self.projects.roots.clone())
+        }
+    }
+
+    /// Where `manage_project` `archive` writes: `[projects] archives_dir`, or `<data dir>/archives`.
+    pub fn archives_dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.projects.archives_dir {
+            Some(d) => Ok(d.clone()),
+            None => Ok(self.data_dir()?.join("archives")),
+        }
     }
 
     pub fn store_spec(&self) -> anyhow::Result<StoreSpec> {

@@ -47,6 +47,8 @@ pub enum ErrorCode {
     Cancelled,
     /// The caller does not hold the task's lease (expired, taken over, or another agent's).
     LeaseNotHeld,
+    /// No project template with that name.
+    TemplateNotFound,
     /// A bug or an unexpected condition inside myrmex.
     InternalError,
 }
@@ -71,6 +73,7 @@ impl ErrorCode {
         ErrorCode::ActionFailed,
         ErrorCode::Cancelled,
         ErrorCode::LeaseNotHeld,
+        ErrorCode::TemplateNotFound,
         ErrorCode::InternalError,
     ];
 
@@ -94,6 +97,7 @@ impl ErrorCode {
             ErrorCode::ActionFailed => "ACTION_FAILED",
             ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::LeaseNotHeld => "LEASE_NOT_HELD",
+            ErrorCode::TemplateNotFound => "TEMPLATE_NOT_FOUND",
             ErrorCode::InternalError => "INTERNAL_ERROR",
         }
     }
@@ -124,6 +128,7 @@ impl ErrorCode {
             ErrorCode::LeaseNotHeld => {
                 "The caller does not hold the task's lease: it expired, was never granted, or is another agent's."
             }
+            ErrorCode::TemplateNotFound => "No project template with that name.",
             ErrorCode::InternalError => "An unexpected condition inside myrmex.",
         }
     }

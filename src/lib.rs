@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod projects;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -135,7 +135,20 @@ async fn the_shipped_workflows_load_and_run_from_the_library() {
         .iter()
         .map(|w| w["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["diamond", "hello", "resilient", "system-report"]);
+    assert_eq!(
+        names,
+        [
+            "ai-analysis",
+            "build-and-test",
+            "data-processing",
+            "deploy",
+            "diamond",
+            "hello",
+            "resilient",
+            "system-report",
+            "visualization"
+        ]
+    );
     let r = ok(
         &c,
         "execute_workflow",

@@ -797,7 +797,10 @@ async fn the_library_loads_json_and_yaml_and_reports_broken_files() {
         .iter()
         .map(|w| w["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["lib-json", "lib-yaml"]);
+    // The shipped project workflows are always there.
+    let shipped = ["ai-analysis", "build-and-test", "data-processing", "deploy"];
+    assert_eq!(names[..4], shipped);
+    assert_eq!(names[4..], ["lib-json", "lib-yaml", "visualization"]);
     assert!(
         list["workflows"]
             .as_array()

@@ -46,18 +46,100 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> ActionError {
     ActionError::new(code, format!("{what} {}: {e}", path.display()))
 }
 
-/// A checked path: the real location plus the root it is in.
-struct Target {
-    path: PathBuf,
-    root: PathBuf,
+/// A checked path: the real location plus the (resolved) root it is in.
+pub struct Target {
+    pub path: PathBuf,
+    pub root: PathBuf,
+}
+
+/// Resolve a path given by a caller inside a set of roots (`conf` as
+/// configured, `real` the same resolved, the first one the base of relative
+/// paths): `..` is refused, an absolute path must be inside a root, and the
+/// existing part of the path (symlinks included) must stay inside it.
+pub fn confine(conf: &[PathBuf], real: &[PathBuf], given: &str) -> Result<Target, ActionError> {
+    if given.is_empty() {
+        return Err(ActionError::new(
+            ErrorCode::InvalidParameters,
+            "path is empty",
+        ));
+    }
+    if given.contains('\0') {
+        return Err(ActionError::new(
+            ErrorCode::InvalidParameters,
+            "path contains a NUL byte",
+        ));
+    }
+    let p = Path::new(given);
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(denied(format!(
+            "path '{given}' contains '..', which is not allowed"
+        )));
+    }
+    let Some(first) = real.first() else {
+        return Err(denied("there is no root to resolve paths in"));
+    };
+    let (root, rest): (PathBuf, PathBuf) = if p.is_absolute() {
+        let found = conf.iter().zip(real.iter()).find_map(|(conf, real)| {
+            p.strip_prefix(real)
+                .or_else(|_| p.strip_prefix(conf))
+                .ok()
+                .map(|rest| (real.clone(), rest.to_path_buf()))
+        });
+        match found {
+            Some(f) => f,
+            None => {
+                return Err(denied(format!(
+                    "path '{given}' is outside the allowed roots ({})",
+                    show(real)
+                )));
+            }
+        }
+    } else {
+        (first.clone(), p.to_path_buf())
+    };
+    // Resolve the longest existing prefix (symlinks included), then append the rest.
+    let mut existing = root.clone();
+    let mut tail: Vec<std::ffi::OsString> = Vec::new();
+    let comps: Vec<_> = rest
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    for (i, c) in comps.iter().enumerate() {
+        let next = existing.join(c);
+        if std::fs::symlink_metadata(&next).is_ok() {
+            existing = match next.canonicalize() {
+                Ok(r) => r,
+                // A dangling symlink: where it points is unknown; refuse.
+                Err(_) => {
+                    return Err(denied(format!(
+                        "path '{given}' goes through a symlink that points nowhere"
+                    )));
+                }
+            };
+            if !existing.starts_with(&root) {
+                return Err(denied(format!(
+                    "path '{given}' leads outside the root {} through a symlink",
+                    root.display()
+                )));
+            }
+        } else {
+            tail.extend(comps[i..].iter().map(|c| c.as_os_str().to_owned()));
+            break;
+        }
+    }
+    let mut path = existing;
+    for t in tail {
+        path.push(t);
+    }
+    Ok(Target { path, root })
 }
 
 impl Fs {
     pub fn new(config: &Config) -> Self {
         let c = &config.modules.fs;
         let (roots, no_roots, default_root) = if c.roots.is_empty() {
-            match config.projects_root() {
-                Ok(r) => (vec![r], None, true),
+            match config.projects_roots() {
+                Ok(r) => (r, None, true),
                 Err(e) => (vec![], Some(e.to_string()), true),
             }
         } else {
@@ -92,83 +174,7 @@ impl Fs {
 
     /// Resolve a path given by a step and check that it stays inside a root.
     fn resolve(&self, given: &str) -> Result<Target, ActionError> {
-        if given.is_empty() {
-            return Err(ActionError::new(
-                ErrorCode::InvalidParameters,
-                "path is empty",
-            ));
-        }
-        if given.contains('\0') {
-            return Err(ActionError::new(
-                ErrorCode::InvalidParameters,
-                "path contains a NUL byte",
-            ));
-        }
-        let p = Path::new(given);
-        if p.components().any(|c| c == Component::ParentDir) {
-            return Err(denied(format!(
-                "path '{given}' contains '..', which is not allowed"
-            )));
-        }
-        let roots = self.real_roots()?;
-        let (root, rest): (PathBuf, PathBuf) = if p.is_absolute() {
-            let found = self
-                .roots
-                .iter()
-                .zip(roots.iter())
-                .find_map(|(conf, real)| {
-                    p.strip_prefix(real)
-                        .or_else(|_| p.strip_prefix(conf))
-                        .ok()
-                        .map(|rest| (real.clone(), rest.to_path_buf()))
-                });
-            match found {
-                Some(f) => f,
-                None => {
-                    return Err(denied(format!(
-                        "path '{given}' is outside the fs roots ({})",
-                        show(&roots)
-                    )));
-                }
-            }
-        } else {
-            (roots[0].clone(), p.to_path_buf())
-        };
-        // Resolve the longest existing prefix (symlinks included), then append the rest.
-        let mut existing = root.clone();
-        let mut tail: Vec<std::ffi::OsString> = Vec::new();
-        let comps: Vec<_> = rest
-            .components()
-            .filter(|c| matches!(c, Component::Normal(_)))
-            .collect();
-        for (i, c) in comps.iter().enumerate() {
-            let next = existing.join(c);
-            if std::fs::symlink_metadata(&next).is_ok() {
-                existing = match next.canonicalize() {
-                    Ok(r) => r,
-                    // A dangling symlink: where it points is unknown; refuse.
-                    Err(_) => {
-                        return Err(denied(format!(
-                            "path '{given}' goes through a symlink that points nowhere"
-                        )));
-                    }
-                };
-                if !existing.starts_with(&root) {
-                    return Err(denied(format!(
-                        "path '{given}' leads outside the fs root {} through a symlink",
-                        root.display()
-                    )));
-                }
-            } else {
-                tail.extend(comps[i..].iter().map(|c| c.as_os_str().to_owned()));
-                break;
-            }
-        }
-        let mut path = existing;
-        for t in tail {
-            path.push(t);
-        }
-        Ok(Target { path, root })
+        confine(&self.roots, &self.real_roots()?, given)
     }
 
     fn read(&self, p: &Value) -> Result<Value, ActionError> {
@@ -557,9 +563,14 @@ impl Module for Fs {
         ]
     }
 
-    async fn call(&self, action: &str, p: Value, _ctx: ActionCtx) -> Result<Value, ActionError> {
-        // File system calls block: keep them off the async workers.
-        let this = self.clone();
+    async fn call(&self, action: &str, p: Value, ctx: ActionCtx) -> Result<Value, ActionError> {
+        // File system calls block: keep them off the async workers. A project
+        // run works in its project folder: it is the first root for the call.
+        let mut this = self.clone();
+        if let Some(dir) = &ctx.workdir {
+            this.roots.insert(0, dir.clone());
+            this.default_root = false;
+        }
         let action = action.to_string();
         tokio::task::spawn_blocking(move || match action.as_str() {
             "read" => this.read(&p),

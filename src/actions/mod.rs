@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod core;
+pub mod docs;
 pub mod fs;
 pub mod http;
 pub mod mcp;
@@ -62,6 +63,9 @@ pub struct ActionCtx {
     /// The principal the run or task belongs to.
     pub principal: String,
     pub caller: Caller,
+    /// The project folder of a project run: shell commands start there and
+    /// relative fs paths resolve against it (it counts as an allowed root).
+    pub workdir: Option<std::path::PathBuf>,
     /// Reports a state of the step while the action runs (steps only).
     pub phase: Option<PhaseHook>,
     /// The engine, for actions that start runs or tasks.
@@ -111,6 +115,8 @@ pub trait Host: Send + Sync + 'static {
     ) -> Result<Value, ActionError>;
     /// `agent.task`: hand the step to an agent through the task graph and wait for its result.
     async fn agent_step(&self, ctx: &ActionCtx, params: Value) -> Result<Value, ActionError>;
+    /// `docs.generate`: regenerate a project's docs (the run's project by default).
+    async fn project_docs(&self, ctx: &ActionCtx, params: Value) -> Result<Value, ActionError>;
 }
 
 /// Why an action failed.
@@ -191,6 +197,7 @@ impl Registry {
         r.register(Arc::new(mcp::Mcp::new(&config.mcp_servers)));
         r.register(Arc::new(workflow::Workflow::new(&config.modules.workflow)));
         r.register(Arc::new(agent::Agent));
+        r.register(Arc::new(docs::Docs));
         r
     }
 
@@ -302,9 +309,7 @@ impl Registry {
                 o.remove(k);
             }
         }
-        if let Some(req) = schema.get_mut("required").and_then(Value::as_array_mut) {
-            req.retain(|r| !r.as_str().is_some_and(|r| skip.iter().any(|s| s == r)));
-        }
+        unrequire(&mut schema, skip);
         match jsonschema::validator_for(&schema) {
             Ok(v) => v.iter_errors(&instance).map(|err| describe(&err)).collect(),
             Err(err) => vec![format!("schema error: {err}")],
@@ -343,6 +348,22 @@ impl Registry {
             ));
         }
         e.module.call(action, params, ctx).await
+    }
+}
+
+/// Drop `skip` from the `required` lists of a schema and of its `oneOf` /
+/// `anyOf` / `allOf` branches (not under `not`, where it would turn a
+/// refusal into a pass).
+fn unrequire(schema: &mut Value, skip: &[String]) {
+    if let Some(req) = schema.get_mut("required").and_then(Value::as_array_mut) {
+        req.retain(|r| !r.as_str().is_some_and(|r| skip.iter().any(|s| s == r)));
+    }
+    for key in ["oneOf", "anyOf", "allOf"] {
+        if let Some(branches) = schema.get_mut(key).and_then(Value::as_array_mut) {
+            for b in branches {
+                unrequire(b, skip);
+            }
+        }
     }
 }
 

@@ -55,9 +55,16 @@ impl Shell {
         })
     }
 
-    /// The directory the command runs in, checked against the allowed roots.
-    fn working_dir(&self, cwd: Option<&str>) -> Result<Option<PathBuf>, ActionError> {
-        let base = self.config.allowed_roots.first().cloned();
+    /// The directory the command runs in, checked against the allowed roots
+    /// (a project run's folder is allowed, and is where it starts).
+    fn working_dir(
+        &self,
+        cwd: Option<&str>,
+        workdir: Option<&PathBuf>,
+    ) -> Result<Option<PathBuf>, ActionError> {
+        let base = workdir
+            .cloned()
+            .or_else(|| self.config.allowed_roots.first().cloned());
         let dir = match (cwd, &base) {
             (None, None) => return Ok(None),
             (None, Some(b)) => b.clone(),
@@ -81,6 +88,7 @@ impl Shell {
                 .config
                 .allowed_roots
                 .iter()
+                .chain(workdir)
                 .filter_map(|r| r.canonicalize().ok())
                 .any(|r| real.starts_with(&r))
         {
@@ -237,7 +245,7 @@ impl Module for Shell {
             }
         };
         self.check_program(&argv[0], &env)?;
-        let cwd = self.working_dir(p.get("cwd").and_then(Value::as_str))?;
+        let cwd = self.working_dir(p.get("cwd").and_then(Value::as_str), ctx.workdir.as_ref())?;
         let timeout = p
             .get("timeout_seconds")
             .and_then(Value::as_u64)

@@ -31,6 +31,8 @@ pub struct Plan {
     pub session_id: String,
     pub principal: String,
     pub caller: Caller,
+    /// Where shell and fs actions start (the project folder of a project run).
+    pub workdir: Option<std::path::PathBuf>,
 }
 
 /// How the attempts ended.
@@ -85,6 +87,7 @@ pub async fn run(
             session_id: plan.session_id.clone(),
             principal: plan.principal.clone(),
             caller: plan.caller,
+            workdir: plan.workdir.clone(),
             phase: sink.phase_hook(),
             host: registry.host(),
         };

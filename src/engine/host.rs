@@ -62,6 +62,28 @@ impl Host for EngineHost {
         let engine = self.engine()?;
         engine.agent_step(ctx, p).await
     }
+
+    async fn project_docs(&self, ctx: &ActionCtx, p: Value) -> Result<Value, ActionError> {
+        let engine = self.engine()?;
+        let principal = Principal(ctx.principal.clone());
+        let key = match p.get("project").and_then(Value::as_str) {
+            Some(k) => k.to_string(),
+            None => engine
+                .store()
+                .get_run(&ctx.run_id)
+                .await
+                .map_err(Error::from)?
+                .and_then(|r| r.project_id)
+                .ok_or_else(|| {
+                    ActionError::new(
+                        ErrorCode::InvalidParameters,
+                        "docs.generate needs `project` outside a project run",
+                    )
+                })?,
+        };
+        let (project_id, report) = engine.generate_project_docs(&principal, &key).await?;
+        Ok(json!({"project_id": project_id, "written": report.written, "kept": report.kept}))
+    }
 }
 
 impl Engine {
@@ -104,6 +126,7 @@ impl Engine {
                 status: None,
                 workflow_name: None,
                 parent_run_id: Some(&ctx.run_id),
+                project_id: None,
                 after: None,
                 limit: 10_000,
             })
@@ -135,6 +158,14 @@ impl Engine {
                     session_id: Some(ctx.session_id.clone()),
                     timeout_seconds: p.get("timeout_seconds").and_then(Value::as_u64),
                     parent: Some((ctx.run_id.clone(), ctx.step.clone())),
+                    // A child works on its parent's project.
+                    project: self
+                        .store()
+                        .get_run(&ctx.run_id)
+                        .await
+                        .map_err(Error::from)?
+                        .and_then(|r| r.project)
+                        .and_then(|p| serde_json::from_str(&p).ok()),
                     ..Default::default()
                 };
                 self.start_named_run(&principal, &session, req).await?

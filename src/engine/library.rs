@@ -47,9 +47,55 @@ pub fn parse_text(text: &str, ext: &str) -> Result<WorkflowSpec, String> {
     }
 }
 
+/// The project workflows that ship with myrmex (templates name them); a file
+/// of the same name in `workflows_dirs` replaces one.
+const BUILTIN: &[(&str, &str)] = &[
+    (
+        "ai-analysis.yaml",
+        include_str!("../../workflows/projects/ai-analysis.yaml"),
+    ),
+    (
+        "build-and-test.yaml",
+        include_str!("../../workflows/projects/build-and-test.yaml"),
+    ),
+    (
+        "data-processing.yaml",
+        include_str!("../../workflows/projects/data-processing.yaml"),
+    ),
+    (
+        "deploy.yaml",
+        include_str!("../../workflows/projects/deploy.yaml"),
+    ),
+    (
+        "visualization.yaml",
+        include_str!("../../workflows/projects/visualization.yaml"),
+    ),
+];
+
+/// Where a shipped workflow is said to come from.
+pub const BUILTIN_PREFIX: &str = "builtin:workflows/projects/";
+
 impl Library {
     pub fn load(dirs: &[PathBuf], registry: &Registry, limits: &Limits) -> Library {
         let mut lib = Library::default();
+        for (file, text) in BUILTIN {
+            let path = PathBuf::from(format!("{BUILTIN_PREFIX}{file}"));
+            match parse_text(text, "yaml") {
+                Ok(spec) => match validate(&spec, registry, limits) {
+                    Err(problems) if problems.iter().any(|p| p.code != "MODULE_DISABLED") => {
+                        lib.broken.push(BrokenFile {
+                            path,
+                            reason: format!("{problems:?}"),
+                        });
+                    }
+                    _ => {
+                        lib.workflows
+                            .insert(spec.name.clone(), LibraryEntry { spec, path });
+                    }
+                },
+                Err(reason) => lib.broken.push(BrokenFile { path, reason }),
+            }
+        }
         for dir in dirs {
             let entries = match std::fs::read_dir(dir) {
                 Ok(e) => e,
@@ -106,7 +152,11 @@ impl Library {
                     lib.broken.push(BrokenFile { path, reason });
                     continue;
                 }
-                if let Some(first) = lib.workflows.get(&spec.name) {
+                if let Some(first) = lib
+                    .workflows
+                    .get(&spec.name)
+                    .filter(|e| !e.path.to_string_lossy().starts_with("builtin:"))
+                {
                     lib.broken.push(BrokenFile {
                         path: path.clone(),
                         reason: format!(

@@ -12,6 +12,7 @@ pub mod condition;
 pub mod host;
 pub mod library;
 pub mod metrics;
+pub mod projects;
 pub mod resources;
 pub mod run;
 pub mod session;
@@ -61,6 +62,7 @@ struct EngineInner {
     sessions: SessionRegistry,
     registry: Arc<Registry>,
     library: library::Library,
+    templates: projects::Templates,
     runs: Arc<run::RunManager>,
     tasks: Arc<tasks::TaskManager>,
     resources: Arc<resources::ResourceManager>,
@@ -78,6 +80,15 @@ impl Engine {
         let registry = Arc::new(Registry::new(&config));
         let limits = workflow_limits(&config);
         let library = library::Library::load(&config.workflows_dirs, &registry, &limits);
+        let templates = projects::Templates::load(
+            &config.projects.template_dirs,
+            &registry
+                .modules()
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>(),
+            &library.workflows.keys().cloned().collect(),
+        );
         let stopping = tokio_util::sync::CancellationToken::new();
         let resources = Arc::new(resources::ResourceManager::new(
             store.clone(),
@@ -105,6 +116,7 @@ impl Engine {
                 sessions,
                 registry,
                 library,
+                templates,
                 runs,
                 stopping,
                 metrics: metrics::Metrics::default(),
@@ -177,6 +189,10 @@ impl Engine {
         let held = self.inner.resources.load().await?;
         if held > 0 {
             tracing::info!(allocations = held, "resource allocations loaded");
+        }
+        let found = self.register_projects_on_disk().await?;
+        if found > 0 {
+            tracing::info!(projects = found, "projects found on disk registered");
         }
         let resumed = self.inner.runs.resume_all().await?;
         if resumed > 0 {

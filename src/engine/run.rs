@@ -285,6 +285,11 @@ impl RunManager {
             crate::error::Error::internal(format!("run {run_id} has a corrupt definition: {e}"))
         })?;
         let params: Map<String, Value> = serde_json::from_str(&run.parameters).unwrap_or_default();
+        let project: Option<Arc<Value>> = run
+            .project
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok())
+            .map(Arc::new);
         let mut steps = store.run_steps(run_id).await?;
         {
             let mut p = active.progress.lock().unwrap_or_else(|p| p.into_inner());
@@ -463,6 +468,7 @@ impl RunManager {
                             table: &table,
                             run_id: &run.id,
                             session_id: &run.session_id,
+                            project: project.as_deref(),
                         };
                         match condition::parse(w).and_then(|e| e.eval(&scope)) {
                             Ok(v) if condition::truthy(&v) => None,
@@ -548,6 +554,7 @@ impl RunManager {
                     principal: run.principal.clone(),
                     pre_acquired,
                     active: active.clone(),
+                    project: project.clone(),
                 };
                 running.spawn(async move { (i, task.run().await) });
             }
@@ -787,6 +794,7 @@ struct RunScope<'a> {
     table: &'a StepTable,
     run_id: &'a str,
     session_id: &'a str,
+    project: Option<&'a Value>,
 }
 
 impl Scope for RunScope<'_> {
@@ -804,6 +812,9 @@ impl Scope for RunScope<'_> {
     }
     fn session_id(&self) -> &str {
         self.session_id
+    }
+    fn project(&self) -> Option<&Value> {
+        self.project
     }
 }
 
@@ -830,6 +841,8 @@ struct StepTask {
     /// resource_aware runs acquire before starting the step.
     pre_acquired: bool,
     active: Arc<Active>,
+    /// The run's project context, if it has one.
+    project: Option<Arc<Value>>,
 }
 
 /// Who holds a step's resources: `run_id/step`.
@@ -942,6 +955,7 @@ impl StepTask {
                 table: &table,
                 run_id: &self.run_id,
                 session_id: &self.session_id,
+                project: self.project.as_deref(),
             };
             render_value(&Value::Object(self.spec.parameters.clone()), &scope)
         };
@@ -984,6 +998,12 @@ impl StepTask {
             session_id: self.session_id.clone(),
             principal: self.principal.clone(),
             caller: crate::actions::Caller::Step,
+            workdir: self
+                .project
+                .as_ref()
+                .and_then(|p| p.get("path"))
+                .and_then(Value::as_str)
+                .map(std::path::PathBuf::from),
         };
         let registry = self.mgr.registry.clone();
         let stop = self.active.cancel.clone();

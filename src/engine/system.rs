@@ -163,6 +163,30 @@ impl Engine {
                 }),
             },
         );
+        let invalid = self.templates().invalid();
+        components.insert(
+            "templates".to_string(),
+            ComponentHealth {
+                status: if invalid.is_empty() {
+                    HealthLevel::Healthy
+                } else {
+                    HealthLevel::Degraded
+                },
+                message: if invalid.is_empty() {
+                    format!(
+                        "{} project templates loaded",
+                        self.templates().by_name.len()
+                    )
+                } else {
+                    format!(
+                        "{} invalid template(s): {}",
+                        invalid.len(),
+                        invalid.join("; ")
+                    )
+                },
+                details: json!({"loaded": self.templates().by_name.len(), "invalid": invalid}),
+            },
+        );
         let (utilization, broken) = self.resources().health().await;
         let busy: Vec<String> = utilization
             .iter()

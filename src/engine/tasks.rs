@@ -480,6 +480,12 @@ fn task_refs(params: &Map<String, Value>) -> Result<Vec<String>> {
                         "Put the value itself in the task's parameters, or reference another task's result with {{tasks.<name>.result}}.",
                     ));
                 }
+                Ref::Project { .. } => {
+                    return Err(Error::invalid(
+                        format!("parameters.{at}: tasks have no project to reference"),
+                        "Put the value itself in the task's parameters; {{project...}} is for workflows run with a project.",
+                    ));
+                }
                 Ref::RunId | Ref::SessionId => {}
             }
         }
@@ -1098,6 +1104,7 @@ impl TaskManager {
                 session_id: t.session_id.clone(),
                 principal: t.principal.clone(),
                 caller: crate::actions::Caller::Task,
+                workdir: None,
             };
             let resources = task_requirements(&t).ok().flatten().map(|req| {
                 (

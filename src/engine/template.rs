@@ -1,7 +1,8 @@
 //! `{{ ... }}` references in step parameters and `when` conditions.
 //!
 //! Forms: `{{params.x}}`, `{{steps.<name>.output}}`, `{{steps.<name>.output.field.sub[0]}}`,
-//! `{{steps.<name>.status}}`, `{{tasks.<name or id>.result}}` (task graphs), `{{run.id}}`, `{{session.id}}`, and the original
+//! `{{steps.<name>.status}}`, `{{tasks.<name or id>.result}}` (task graphs), `{{run.id}}`, `{{session.id}}`,
+//! `{{project.path}}` / `{{project.name}}` / `{{project.config...}}` (project runs), and the original
 //! specification's `{{<step>.output}}` and `${<step>.result}`. A string that is
 //! exactly one reference takes the referenced value with its JSON type; a
 //! reference inside longer text is rendered as text. `\{{` is a literal `{{`.
@@ -18,11 +19,23 @@ pub enum Seg {
 /// What a reference points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ref {
-    Param { name: String, path: Vec<Seg> },
-    StepOutput { step: String, path: Vec<Seg> },
-    StepStatus { step: String },
+    Param {
+        name: String,
+        path: Vec<Seg>,
+    },
+    StepOutput {
+        step: String,
+        path: Vec<Seg>,
+    },
+    StepStatus {
+        step: String,
+    },
     RunId,
     SessionId,
+    /// `{{project.path}}`, `{{project.name}}`, `{{project.config...}}`: the run's project.
+    Project {
+        path: Vec<Seg>,
+    },
 }
 
 impl Ref {
@@ -54,6 +67,10 @@ pub trait Scope {
     fn step(&self, name: &str) -> Option<(String, Option<&Value>)>;
     fn run_id(&self) -> &str;
     fn session_id(&self) -> &str;
+    /// The project the run works on (`{id, name, path, config, ...}`), if any.
+    fn project(&self) -> Option<&Value> {
+        None
+    }
 }
 
 impl Template {
@@ -139,7 +156,7 @@ pub fn parse_ref(expr: &str, dollar: bool) -> Result<Ref, String> {
     };
     let bad = || {
         format!(
-            "'{expr}' is not a reference: use params.<name>, steps.<step>.output[.path], steps.<step>.status, tasks.<task>.result[.path], run.id or session.id"
+            "'{expr}' is not a reference: use params.<name>, steps.<step>.output[.path], steps.<step>.status, tasks.<task>.result[.path], run.id, session.id or project.<path|name|config...>"
         )
     };
     match key(0) {
@@ -152,6 +169,9 @@ pub fn parse_ref(expr: &str, dollar: bool) -> Result<Ref, String> {
         },
         Some("run") if segs.len() == 2 && key(1) == Some("id") => Ok(Ref::RunId),
         Some("session") if segs.len() == 2 && key(1) == Some("id") => Ok(Ref::SessionId),
+        Some("project") if segs.len() >= 2 && !dollar => Ok(Ref::Project {
+            path: segs[1..].to_vec(),
+        }),
         // `tasks.<name or id>` is the task graph's spelling of the same thing.
         Some("steps" | "tasks") => match (key(1), key(2)) {
             (Some(step), Some("output" | "result")) => Ok(Ref::StepOutput {
@@ -244,6 +264,14 @@ pub fn lookup(r: &Ref, raw: &str, scope: &dyn Scope) -> Result<Value, String> {
     match r {
         Ref::RunId => Ok(Value::String(scope.run_id().into())),
         Ref::SessionId => Ok(Value::String(scope.session_id().into())),
+        Ref::Project { path } => {
+            let p = scope.project().ok_or_else(|| {
+                format!("{raw}: this run has no project; run the workflow with execute_workflow's `project`")
+            })?;
+            walk(p, path)
+                .cloned()
+                .ok_or_else(|| format!("{raw}: the project has no such field (see get_project)"))
+        }
         Ref::Param { name, path } => {
             let v = scope
                 .param(name)

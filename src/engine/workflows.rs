@@ -208,6 +208,8 @@ pub struct ExecuteRequest {
     pub max_parallel: Option<u32>,
     /// `(run_id, step)` of the `workflow.run` step that starts this run.
     pub parent: Option<(String, String)>,
+    /// The project context the run works on (`{id, name, path, config, ...}`).
+    pub project: Option<Value>,
 }
 
 /// Steps shown in a run view.
@@ -635,6 +637,13 @@ impl Engine {
             updated_at: now,
             parent_run_id: req.parent.as_ref().map(|p| p.0.clone()),
             parent_step: req.parent.map(|p| p.1),
+            project_id: req
+                .project
+                .as_ref()
+                .and_then(|p| p.get("id"))
+                .and_then(Value::as_str)
+                .map(String::from),
+            project: req.project.map(|p| p.to_string()),
         };
         let steps: Vec<StepRecord> = spec
             .steps
@@ -789,25 +798,14 @@ impl Engine {
                 status,
                 workflow_name: workflow,
                 parent_run_id: None,
+                project_id: None,
                 after,
                 limit: limit + 1,
             })
             .await?;
         let next_cursor = super::session::next_cursor(&mut runs, limit, |r| (r.created_at, &r.id));
         Ok(RunPage {
-            runs: runs
-                .into_iter()
-                .map(|r| RunSummary {
-                    error_message: error_message(r.error.as_deref()),
-                    run_id: r.id,
-                    session_id: r.session_id,
-                    workflow_name: r.workflow_name,
-                    workflow_version: r.workflow_version,
-                    status: r.status,
-                    created_at: iso(r.created_at),
-                    finished_at: r.finished_at.map(iso),
-                })
-                .collect(),
+            runs: runs.into_iter().map(|r| run_summary(&r)).collect(),
             next_cursor,
         })
     }
@@ -883,6 +881,10 @@ impl Engine {
                 .and_then(|r| serde_json::from_str(r).ok()),
             max_parallel: Some(old.max_parallel),
             parent: None,
+            project: old
+                .project
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok()),
         };
         let id = self
             .start_run(
@@ -1085,6 +1087,20 @@ fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
         retry_of: run.retry_of,
         parent_run_id: run.parent_run_id,
         parent_step: run.parent_step,
+    }
+}
+
+/// A run as list_workflow_runs shows it.
+pub fn run_summary(r: &RunRecord) -> RunSummary {
+    RunSummary {
+        error_message: error_message(r.error.as_deref()),
+        run_id: r.id.clone(),
+        session_id: r.session_id.clone(),
+        workflow_name: r.workflow_name.clone(),
+        workflow_version: r.workflow_version,
+        status: r.status.clone(),
+        created_at: iso(r.created_at),
+        finished_at: r.finished_at.map(iso),
     }
 }
 

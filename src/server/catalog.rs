@@ -54,6 +54,47 @@ pub const DOCS: &[ToolDoc] = &[
         example: r#"{}"#,
     },
     ToolDoc {
+        name: "create_project",
+        errors: &[
+            TemplateNotFound,
+            ProjectExists,
+            PermissionDenied,
+            ModuleNotFound,
+            SessionClosed,
+        ],
+        example: r#"{"name": "etl", "template": "data_pipeline", "tags": ["team-a"], "config_overrides": {"processing": {"batch_size": 500}}}"#,
+    },
+    ToolDoc {
+        name: "list_templates",
+        errors: &[],
+        example: r#"{}"#,
+    },
+    ToolDoc {
+        name: "get_template",
+        errors: &[TemplateNotFound],
+        example: r#"{"name": "web_application"}"#,
+    },
+    ToolDoc {
+        name: "list_projects",
+        errors: &[],
+        example: r#"{"status": "active", "tag": "team-a"}"#,
+    },
+    ToolDoc {
+        name: "get_project",
+        errors: &[NotFound],
+        example: r#"{"project": "etl"}"#,
+    },
+    ToolDoc {
+        name: "manage_project",
+        errors: &[NotFound],
+        example: r#"{"project": "etl", "operation": "milestone", "milestone_name": "mvp", "data": {"notes": "first run green"}}"#,
+    },
+    ToolDoc {
+        name: "generate_docs",
+        errors: &[NotFound],
+        example: r#"{"project": "etl"}"#,
+    },
+    ToolDoc {
         name: "list_modules",
         errors: &[ModuleNotFound],
         example: r#"{"module": "shell"}"#,

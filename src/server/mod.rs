@@ -50,6 +50,7 @@ impl MyrmexServer {
             + Self::tasks_router()
             + Self::resources_router()
             + Self::modules_router()
+            + Self::projects_router()
     }
 }
 

@@ -6,8 +6,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    AllocationRecord, FINAL_TASK_STATUSES, RunQuery, RunRecord, SessionQuery, SessionRecord,
-    StepRecord, Store, StoreError, StoreResult, TaskRecord, TaskStats, WorkflowRecord,
+    AllocationRecord, FINAL_TASK_STATUSES, ProjectQuery, ProjectRecord, RunQuery, RunRecord,
+    SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult, TaskRecord, TaskStats,
+    WorkflowRecord,
 };
 
 #[derive(Default)]
@@ -25,6 +26,7 @@ struct Inner {
     meta: BTreeMap<String, String>,
     tasks: HashMap<String, TaskRecord>,
     allocations: BTreeMap<String, AllocationRecord>,
+    projects: HashMap<String, ProjectRecord>,
 }
 
 impl MemoryStore {
@@ -266,6 +268,10 @@ impl Store for MemoryStore {
                     .is_none_or(|p| r.parent_run_id.as_deref() == Some(p))
             })
             .filter(|r| {
+                q.project_id
+                    .is_none_or(|p| r.project_id.as_deref() == Some(p))
+            })
+            .filter(|r| {
                 q.after
                     .as_ref()
                     .is_none_or(|(c, id)| (r.created_at, &r.id) > (*c, id))
@@ -402,6 +408,69 @@ impl Store for MemoryStore {
             .filter(|a| a.status == "active")
             .cloned()
             .collect())
+    }
+
+    async fn insert_project(&self, p: &ProjectRecord) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        if g.projects.contains_key(&p.id) || g.projects.values().any(|x| x.name == p.name) {
+            return Err(StoreError::Conflict(format!("project '{}' exists", p.name)));
+        }
+        g.projects.insert(p.id.clone(), p.clone());
+        Ok(())
+    }
+
+    async fn update_project(&self, p: &ProjectRecord) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        match g.projects.get_mut(&p.id) {
+            Some(x) => {
+                *x = p.clone();
+                Ok(())
+            }
+            None => Err(StoreError::Conflict(format!("project {} is gone", p.id))),
+        }
+    }
+
+    async fn get_project(&self, id: &str) -> StoreResult<Option<ProjectRecord>> {
+        Ok(self.lock()?.projects.get(id).cloned())
+    }
+
+    async fn project_by_name(&self, name: &str) -> StoreResult<Option<ProjectRecord>> {
+        Ok(self
+            .lock()?
+            .projects
+            .values()
+            .find(|p| p.name == name)
+            .cloned())
+    }
+
+    async fn list_projects(&self, q: &ProjectQuery<'_>) -> StoreResult<Vec<ProjectRecord>> {
+        let g = self.lock()?;
+        let mut v: Vec<ProjectRecord> = g
+            .projects
+            .values()
+            .filter(|p| p.principal == q.principal)
+            .filter(|p| q.status.is_none_or(|s| p.status == s))
+            .filter(|p| q.kind.is_none_or(|k| p.kind == k))
+            .filter(|p| {
+                q.tag.is_none_or(|t| {
+                    serde_json::from_str::<Vec<String>>(&p.tags)
+                        .is_ok_and(|tags| tags.iter().any(|x| x == t))
+                })
+            })
+            .filter(|p| {
+                q.after
+                    .as_ref()
+                    .is_none_or(|(c, id)| (p.created_at, &p.id) > (*c, id))
+            })
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        v.truncate(q.limit as usize);
+        Ok(v)
+    }
+
+    async fn delete_project(&self, id: &str) -> StoreResult<bool> {
+        Ok(self.lock()?.projects.remove(id).is_some())
     }
 
     async fn list_allocations(

@@ -133,6 +133,40 @@ pub struct RunRecord {
     /// The run whose `workflow.run` step started this one.
     pub parent_run_id: Option<String>,
     pub parent_step: Option<String>,
+    /// The project the run works on, and its context as pinned at start (JSON).
+    pub project_id: Option<String>,
+    pub project: Option<String>,
+}
+
+/// One project.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectRecord {
+    pub id: String,
+    pub principal: String,
+    /// Unique over all principals (it names the folder).
+    pub name: String,
+    pub path: String,
+    pub status: String,
+    /// The project type (`ai_analysis`, ..., `custom`).
+    pub kind: String,
+    pub template: Option<String>,
+    /// JSON array of strings.
+    pub tags: String,
+    /// The project's metadata, JSON (as in `.myrmex/project.json`).
+    pub record: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What a page of projects asks for.
+#[derive(Debug, Clone)]
+pub struct ProjectQuery<'a> {
+    pub principal: &'a str,
+    pub status: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub tag: Option<&'a str>,
+    pub after: Option<SessionCursor>,
+    pub limit: u32,
 }
 
 /// The state of one step of a run.
@@ -243,6 +277,8 @@ pub struct RunQuery<'a> {
     pub workflow_name: Option<&'a str>,
     /// Only children of this run.
     pub parent_run_id: Option<&'a str>,
+    /// Only runs for this project.
+    pub project_id: Option<&'a str>,
     pub after: Option<SessionCursor>,
     pub limit: u32,
 }
@@ -373,6 +409,15 @@ pub trait Store: Send + Sync + 'static {
     async fn active_allocations(&self) -> StoreResult<Vec<AllocationRecord>>;
 
     /// A principal's allocations, newest first, optionally of one session and status.
+    /// Insert a project; a taken name is `Conflict`.
+    async fn insert_project(&self, p: &ProjectRecord) -> StoreResult<()>;
+    async fn update_project(&self, p: &ProjectRecord) -> StoreResult<()>;
+    async fn get_project(&self, id: &str) -> StoreResult<Option<ProjectRecord>>;
+    async fn project_by_name(&self, name: &str) -> StoreResult<Option<ProjectRecord>>;
+    /// A principal's projects, oldest first.
+    async fn list_projects(&self, q: &ProjectQuery<'_>) -> StoreResult<Vec<ProjectRecord>>;
+    async fn delete_project(&self, id: &str) -> StoreResult<bool>;
+
     async fn list_allocations(
         &self,
         principal: &str,
@@ -586,6 +631,8 @@ mod contract {
             updated_at: 1,
             parent_run_id: None,
             parent_step: None,
+            project_id: None,
+            project: None,
         };
         let step = |i: u32, status: &str| StepRecord {
             run_id: "run_1".into(),
@@ -644,6 +691,7 @@ mod contract {
             status: None,
             workflow_name: None,
             parent_run_id: parent,
+            project_id: None,
             after: None,
             limit: 10,
         };

@@ -15,8 +15,9 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row, query};
 
 use super::{
-    AllocationRecord, RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store,
-    StoreError, StoreResult, TaskRecord, TaskStats, WorkflowRecord,
+    AllocationRecord, ProjectQuery, ProjectRecord, RunQuery, RunRecord, SessionQuery,
+    SessionRecord, StepRecord, Store, StoreError, StoreResult, TaskRecord, TaskStats,
+    WorkflowRecord,
 };
 
 pub struct SqliteStore {
@@ -27,6 +28,8 @@ pub struct SqliteStore {
     writes: tokio::sync::mpsc::Sender<Write>,
 }
 
+// Step writes are the hot path and runs are few: boxing either side only adds an allocation.
+#[allow(clippy::large_enum_variant)]
 enum WriteOp {
     Run(RunRecord),
     Step(StepRecord),
@@ -43,7 +46,7 @@ const GROUP_COMMIT_MAX: usize = 512;
 fn replace_run_sql() -> String {
     format!(
         "REPLACE INTO runs ({RUN_COLUMNS}) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
     )
 }
 
@@ -178,7 +181,7 @@ const WORKFLOW_COLUMNS: &str =
 const RUN_COLUMNS: &str = "id, session_id, principal, workflow_name, workflow_version, \
     workflow_source, definition, parameters, status, priority, max_parallel, mode, timeout_seconds, \
     resources, error, retry_of, created_at, started_at, finished_at, updated_at, parent_run_id, \
-    parent_step";
+    parent_step, project_id, project";
 
 const STEP_COLUMNS: &str = "run_id, name, position, status, attempts, started_at, finished_at, \
     output, error, input_hash, reused, prior_output, prior_hash";
@@ -222,7 +225,45 @@ fn run_from_row(r: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
         updated_at: r.try_get("updated_at")?,
         parent_run_id: r.try_get("parent_run_id")?,
         parent_step: r.try_get("parent_step")?,
+        project_id: r.try_get("project_id")?,
+        project: r.try_get("project")?,
     })
+}
+
+const PROJECT_COLUMNS: &str =
+    "id, principal, name, path, status, kind, template, tags, record, created_at, updated_at";
+
+fn project_from_row(r: &SqliteRow) -> Result<ProjectRecord, sqlx::Error> {
+    Ok(ProjectRecord {
+        id: r.try_get("id")?,
+        principal: r.try_get("principal")?,
+        name: r.try_get("name")?,
+        path: r.try_get("path")?,
+        status: r.try_get("status")?,
+        kind: r.try_get("kind")?,
+        template: r.try_get("template")?,
+        tags: r.try_get("tags")?,
+        record: r.try_get("record")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn bind_project<'q>(
+    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    p: &'q ProjectRecord,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    q.bind(&p.id)
+        .bind(&p.principal)
+        .bind(&p.name)
+        .bind(&p.path)
+        .bind(&p.status)
+        .bind(&p.kind)
+        .bind(&p.template)
+        .bind(&p.tags)
+        .bind(&p.record)
+        .bind(p.created_at)
+        .bind(p.updated_at)
 }
 
 fn step_from_row(r: &SqliteRow) -> Result<StepRecord, sqlx::Error> {
@@ -276,6 +317,8 @@ fn bind_run<'q>(
         .bind(r.updated_at)
         .bind(&r.parent_run_id)
         .bind(&r.parent_step)
+        .bind(&r.project_id)
+        .bind(&r.project)
 }
 
 const TASK_COLUMNS: &str = "id, session_id, principal, seq, name, description, module, action, \
@@ -672,7 +715,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let sql = format!(
             "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
         );
         bind_run(query(AssertSqlSafe(sql)), run)
             .execute(&mut *tx)
@@ -734,6 +777,7 @@ impl Store for SqliteStore {
                AND (?4 IS NULL OR workflow_name = ?4) \
                AND (created_at > ?5 OR (created_at = ?5 AND id > ?6)) \
                AND (?8 IS NULL OR parent_run_id = ?8) \
+               AND (?9 IS NULL OR project_id = ?9) \
              ORDER BY created_at, id LIMIT ?7"
         )))
         .bind(q.principal)
@@ -744,6 +788,7 @@ impl Store for SqliteStore {
         .bind(after_id)
         .bind(q.limit as i64)
         .bind(q.parent_run_id)
+        .bind(q.project_id)
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
@@ -921,6 +966,93 @@ impl Store for SqliteStore {
         .await
         .map_err(db_err)?;
         rows(r, allocation_from_row)
+    }
+
+    async fn insert_project(&self, p: &ProjectRecord) -> StoreResult<()> {
+        bind_project(
+            query(AssertSqlSafe(format!(
+                "INSERT INTO projects ({PROJECT_COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            ))),
+            p,
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn update_project(&self, p: &ProjectRecord) -> StoreResult<()> {
+        let r = bind_project(
+            query(AssertSqlSafe(format!(
+                "UPDATE projects SET ({PROJECT_COLUMNS}) = \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) WHERE id = ?1"
+            ))),
+            p,
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        if r.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!("project {} is gone", p.id)));
+        }
+        Ok(())
+    }
+
+    async fn get_project(&self, id: &str) -> StoreResult<Option<ProjectRecord>> {
+        let row = query(AssertSqlSafe(format!(
+            "SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| project_from_row(&r).map_err(db_err))
+            .transpose()
+    }
+
+    async fn project_by_name(&self, name: &str) -> StoreResult<Option<ProjectRecord>> {
+        let row = query(AssertSqlSafe(format!(
+            "SELECT {PROJECT_COLUMNS} FROM projects WHERE name = ?1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| project_from_row(&r).map_err(db_err))
+            .transpose()
+    }
+
+    async fn list_projects(&self, q: &ProjectQuery<'_>) -> StoreResult<Vec<ProjectRecord>> {
+        let (after_c, after_id) = q.after.clone().unwrap_or((i64::MIN, String::new()));
+        let tag = q.tag.map(|t| format!("%{}%", serde_json::Value::from(t)));
+        let r = query(AssertSqlSafe(format!(
+            "SELECT {PROJECT_COLUMNS} FROM projects WHERE principal = ?1 \
+               AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR kind = ?3) \
+               AND (?4 IS NULL OR tags LIKE ?4) \
+               AND (created_at > ?5 OR (created_at = ?5 AND id > ?6)) \
+             ORDER BY created_at, id LIMIT ?7"
+        )))
+        .bind(q.principal)
+        .bind(q.status)
+        .bind(q.kind)
+        .bind(tag)
+        .bind(after_c)
+        .bind(after_id)
+        .bind(q.limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows(r, project_from_row)
+    }
+
+    async fn delete_project(&self, id: &str) -> StoreResult<bool> {
+        let r = query("DELETE FROM projects WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
     }
 
     async fn list_allocations(

@@ -2,6 +2,7 @@
 //! arguments, call one engine method, shape the result.
 
 pub mod modules;
+pub mod projects;
 pub mod resources;
 pub mod sessions;
 pub mod system;

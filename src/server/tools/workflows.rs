@@ -130,6 +130,9 @@ pub struct ExecuteWorkflowArgs {
     /// Steps that may run at once (default: the workflow's max_parallel, else the session's max_parallel_tasks).
     #[serde(default)]
     pub max_parallel: Option<u32>,
+    /// Run for a project (id or name): steps see {{project.path}}, {{project.name}} and {{project.config...}}, and shell/fs actions start in its folder.
+    #[serde(default)]
+    pub project: Option<String>,
     /// Seconds to wait for the run before answering (default 5, at most 50); a run still going answers status "running".
     #[serde(default)]
     pub wait_seconds: Option<u64>,
@@ -439,6 +442,10 @@ impl MyrmexServer {
             resource_requirements: a.resource_requirements,
             max_parallel: a.max_parallel,
             parent: None,
+            project: match &a.project {
+                Some(key) => Some(self.engine.project_context(&p, key).await?),
+                None => None,
+            },
         };
         let mut progress = Progress::new(&ctx);
         let run = self
