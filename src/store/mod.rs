@@ -797,6 +797,7 @@ mod contract {
         check(Arc::new(memory::MemoryStore::default())).await;
         check_runs(Arc::new(memory::MemoryStore::default())).await;
         check_tasks(Arc::new(memory::MemoryStore::default())).await;
+        check_projects(Arc::new(memory::MemoryStore::default())).await;
     }
 
     #[tokio::test]
@@ -814,5 +815,92 @@ mod contract {
             .await
             .unwrap();
         check_tasks(Arc::new(store)).await;
+        let store = sqlite::SqliteStore::open(&dir.path().join("projects.db"))
+            .await
+            .unwrap();
+        check_projects(Arc::new(store)).await;
+    }
+
+    /// Projects: unique names, lookups by id and name, filtered pages, updates, deletes.
+    async fn check_projects(store: Arc<dyn Store>) {
+        let p = |id: &str, name: &str, at: i64, kind: &str, tags: &str| ProjectRecord {
+            id: id.into(),
+            principal: "p".into(),
+            name: name.into(),
+            path: format!("/x/{name}"),
+            status: "planning".into(),
+            kind: kind.into(),
+            template: None,
+            tags: tags.into(),
+            record: "{}".into(),
+            created_at: at,
+            updated_at: at,
+        };
+        let a = p("prj_a", "alpha", 1, "custom", r#"["t1","t2"]"#);
+        let b = p("prj_b", "beta", 2, "data_pipeline", r#"["t2"]"#);
+        store.insert_project(&a).await.unwrap();
+        store.insert_project(&b).await.unwrap();
+        assert!(matches!(
+            store
+                .insert_project(&p("prj_c", "alpha", 3, "custom", "[]"))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.get_project("prj_a").await.unwrap(), Some(a.clone()));
+        assert_eq!(
+            store.project_by_name("beta").await.unwrap(),
+            Some(b.clone())
+        );
+        let q = |kind, tag, after| ProjectQuery {
+            principal: "p",
+            status: None,
+            kind,
+            tag,
+            after,
+            limit: 10,
+        };
+        assert_eq!(
+            store.list_projects(&q(None, None, None)).await.unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        assert_eq!(
+            store
+                .list_projects(&q(Some("custom"), None, None))
+                .await
+                .unwrap(),
+            vec![a.clone()]
+        );
+        assert_eq!(
+            store
+                .list_projects(&q(None, Some("t1"), None))
+                .await
+                .unwrap(),
+            vec![a.clone()]
+        );
+        assert_eq!(
+            store
+                .list_projects(&q(None, Some("t"), None))
+                .await
+                .unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            store
+                .list_projects(&q(None, None, Some((1, "prj_a".into()))))
+                .await
+                .unwrap(),
+            vec![b.clone()]
+        );
+        let archived = ProjectRecord {
+            status: "archived".into(),
+            updated_at: 9,
+            ..a.clone()
+        };
+        store.update_project(&archived).await.unwrap();
+        assert_eq!(store.get_project("prj_a").await.unwrap(), Some(archived));
+        assert!(store.delete_project("prj_a").await.unwrap());
+        assert!(!store.delete_project("prj_a").await.unwrap());
+        assert!(store.update_project(&a).await.is_err());
+        assert_eq!(store.project_by_name("alpha").await.unwrap(), None);
     }
 }

@@ -284,6 +284,21 @@ fn step_from_row(r: &SqliteRow) -> Result<StepRecord, sqlx::Error> {
     })
 }
 
+/// The row a single-key query finds, if any.
+async fn one<T>(
+    pool: &SqlitePool,
+    sql: String,
+    key: &str,
+    f: fn(&SqliteRow) -> Result<T, sqlx::Error>,
+) -> StoreResult<Option<T>> {
+    let row = query(AssertSqlSafe(sql))
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_err)?;
+    row.as_ref().map(f).transpose().map_err(db_err)
+}
+
 fn rows<T>(
     rows: Vec<SqliteRow>,
     f: fn(&SqliteRow) -> Result<T, sqlx::Error>,
@@ -532,15 +547,13 @@ impl Store for SqliteStore {
     }
 
     async fn get_session(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
-        let row = query(AssertSqlSafe(format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
+        one(
+            &self.pool,
+            format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
+            id,
+            session_from_row,
+        )
         .await
-        .map_err(db_err)?;
-        row.map(|r| session_from_row(&r).map_err(db_err))
-            .transpose()
     }
 
     async fn default_session(&self, principal: &str) -> StoreResult<Option<SessionRecord>> {
@@ -748,14 +761,13 @@ impl Store for SqliteStore {
     }
 
     async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
-        let row = query(AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
+        one(
+            &self.pool,
+            format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+            id,
+            run_from_row,
+        )
         .await
-        .map_err(db_err)?;
-        row.map(|r| run_from_row(&r).map_err(db_err)).transpose()
     }
 
     async fn run_steps(&self, run_id: &str) -> StoreResult<Vec<StepRecord>> {
@@ -867,14 +879,13 @@ impl Store for SqliteStore {
     }
 
     async fn get_task(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
-        let row = query(AssertSqlSafe(format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
+        one(
+            &self.pool,
+            format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+            id,
+            task_from_row,
+        )
         .await
-        .map_err(db_err)?;
-        row.as_ref().map(task_from_row).transpose().map_err(db_err)
     }
 
     async fn session_tasks(&self, session_id: &str) -> StoreResult<Vec<TaskRecord>> {
@@ -1000,27 +1011,23 @@ impl Store for SqliteStore {
     }
 
     async fn get_project(&self, id: &str) -> StoreResult<Option<ProjectRecord>> {
-        let row = query(AssertSqlSafe(format!(
-            "SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
+        one(
+            &self.pool,
+            format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"),
+            id,
+            project_from_row,
+        )
         .await
-        .map_err(db_err)?;
-        row.map(|r| project_from_row(&r).map_err(db_err))
-            .transpose()
     }
 
     async fn project_by_name(&self, name: &str) -> StoreResult<Option<ProjectRecord>> {
-        let row = query(AssertSqlSafe(format!(
-            "SELECT {PROJECT_COLUMNS} FROM projects WHERE name = ?1"
-        )))
-        .bind(name)
-        .fetch_optional(&self.pool)
+        one(
+            &self.pool,
+            format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE name = ?1"),
+            name,
+            project_from_row,
+        )
         .await
-        .map_err(db_err)?;
-        row.map(|r| project_from_row(&r).map_err(db_err))
-            .transpose()
     }
 
     async fn list_projects(&self, q: &ProjectQuery<'_>) -> StoreResult<Vec<ProjectRecord>> {
