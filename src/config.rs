@@ -23,7 +23,7 @@ pub struct Config {
     /// Default: the platform data directory, e.g. `~/.local/share/myrmex`.
     pub data_dir: Option<PathBuf>,
     /// `memory`, `sqlite` (the file `myrmex.db` in the data directory),
-    /// `sqlite://PATH`, or a database URL.
+    /// `sqlite://PATH`, or `postgres://USER[:PASSWORD]@HOST:PORT/DB`.
     pub store: String,
     /// SQLite durability: `full` (default; every commit is on disk before the
     /// caller is answered, also across power loss) or `normal` (WAL without an
@@ -503,6 +503,8 @@ pub struct Overrides {
 pub enum StoreSpec {
     Memory,
     Sqlite(PathBuf, SqliteSync),
+    /// A PostgreSQL URL, e.g. `postgres://user@host:5432/db`.
+    Postgres(String),
 }
 
 impl Config {
@@ -687,11 +689,11 @@ impl Config {
                 }
                 Ok(StoreSpec::Sqlite(PathBuf::from(p), self.sqlite_synchronous))
             }
-            _ if s.starts_with("postgres://") || s.starts_with("postgresql://") => anyhow::bail!(
-                "store '{s}': the PostgreSQL store is not available in this build yet; use `sqlite` or `memory`"
-            ),
+            _ if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+                Ok(StoreSpec::Postgres(s.to_string()))
+            }
             _ => anyhow::bail!(
-                "store '{s}' is not understood: use `memory`, `sqlite`, or `sqlite://PATH`"
+                "store '{s}' is not understood: use `memory`, `sqlite`, `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`"
             ),
         }
     }
@@ -779,12 +781,17 @@ mod tests {
         );
         c.store = "sqlite://".into();
         assert!(c.store_spec().is_err());
-        c.store = "postgres://localhost/db".into();
+        c.store = "postgres://u@localhost:5432/db".into();
+        assert_eq!(
+            c.store_spec().unwrap(),
+            StoreSpec::Postgres("postgres://u@localhost:5432/db".into())
+        );
+        c.store = "mysql://x".into();
         assert!(
             c.store_spec()
                 .unwrap_err()
                 .to_string()
-                .contains("not available")
+                .contains("postgres://")
         );
     }
 }

@@ -25,7 +25,7 @@ struct Cli {
     /// Data directory (default: the platform data directory, e.g. ~/.local/share/myrmex).
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Store: `memory`, `sqlite` (myrmex.db in the data directory) or `sqlite://PATH`.
+    /// Store: `memory`, `sqlite` (myrmex.db in the data directory), `sqlite://PATH` or `postgres://USER@HOST:PORT/DB[?schema=NAME]`.
     #[arg(long, global = true, value_name = "STORE")]
     store: Option<String>,
     /// Log filter (error, warn, info, debug, trace, or directives like `myrmex=debug`). Logs go to stderr.

@@ -15,7 +15,7 @@ async fn store_location(cmd: tokio::process::Command) -> serde_json::Value {
 
 #[tokio::test]
 async fn file_then_environment_then_flags() {
-    let env = Env::new();
+    let env = Env::local();
     let a = env.path().join("a.db");
     let b = env.path().join("b.db");
     let cfg = env.config(&format!("store = \"sqlite://{}\"\n", a.display()));
@@ -91,7 +91,7 @@ async fn fails_with(env: &Env, args: &[&str], envs: &[(&str, &str)], needle: &st
 
 #[tokio::test]
 async fn bad_configuration_is_refused_at_start_with_a_reason() {
-    let env = Env::new();
+    let env = Env::local();
     let typo = env.path().join("typo.toml");
     std::fs::write(&typo, "[sessions]\nidle_ttl = 5\n").unwrap();
     fails_with(

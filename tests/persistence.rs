@@ -31,7 +31,7 @@ async fn sessions_survive_a_clean_restart() {
         (s["session_id"].clone(), d["session_id"].clone())
     };
     assert!(
-        env.path().join("myrmex.db").is_file(),
+        on_postgres() || env.path().join("myrmex.db").is_file(),
         "SQLite file in the data dir"
     );
     let c = env.stdio(Era::Modern, &[]).await;
@@ -46,7 +46,10 @@ async fn sessions_survive_a_clean_restart() {
     let closed = ok(&c, "list_sessions", json!({"status": "closed"})).await;
     assert_eq!(closed["sessions"][0]["name"], "gone");
     let st = ok(&c, "get_system_status", json!({})).await;
-    assert_eq!(st["store"]["kind"], "sqlite");
+    assert_eq!(
+        st["store"]["kind"],
+        if on_postgres() { "postgres" } else { "sqlite" }
+    );
     assert_eq!(st["sessions"]["total"], 3);
 }
 
@@ -80,7 +83,7 @@ async fn acknowledged_sessions_survive_kill_9() {
 
 #[tokio::test]
 async fn memory_store_forgets_on_restart() {
-    let env = Env::new();
+    let env = Env::local();
     let c = env.stdio(Era::Legacy, &["--store", "memory"]).await;
     let id = ok(&c, "create_session", json!({})).await["session_id"].clone();
     c.cancel().await.ok();

@@ -1,6 +1,6 @@
 //! Projects through a real MCP client: every shipped template creates the
 //! exact tree and docs of its golden file (`tests/golden/<template>.txt`;
-//! `MYRMEX_UPDATE_GOLDEN=1` rewrites them), links resolve at every depth,
+//! `TEST_MYRMEX_UPDATE_GOLDEN=1` rewrites them), links resolve at every depth,
 //! config overrides merge, path escapes and name clashes are refused with
 //! nothing written, creation is atomic under an injected failure, hand-edited
 //! docs survive regeneration, every manage_project operation, projects found
@@ -81,13 +81,13 @@ fn regex_lite_times(s: &str) -> String {
 
 fn check_golden(name: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.txt"));
-    if std::env::var("MYRMEX_UPDATE_GOLDEN").is_ok() {
+    if std::env::var("TEST_MYRMEX_UPDATE_GOLDEN").is_ok() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, actual).unwrap();
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
         panic!(
-            "{} is missing (MYRMEX_UPDATE_GOLDEN=1 writes it)",
+            "{} is missing (TEST_MYRMEX_UPDATE_GOLDEN=1 writes it)",
             path.display()
         )
     });

@@ -8,6 +8,7 @@
 //! (the embedded default: one WAL-mode file, migrations in `migrations/`).
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -439,6 +440,7 @@ pub async fn open(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
         StoreSpec::Sqlite(path, sync) => {
             Arc::new(sqlite::SqliteStore::open_with(path, *sync).await?)
         }
+        StoreSpec::Postgres(url) => Arc::new(postgres::PostgresStore::open(url).await?),
     })
 }
 
@@ -819,6 +821,42 @@ mod contract {
             .await
             .unwrap();
         check_projects(Arc::new(store)).await;
+    }
+
+    /// The PostgreSQL store (127.0.0.1:5432, database `test`, or TEST_MYRMEX_POSTGRES),
+    /// each check in a schema of its own.
+    #[tokio::test]
+    async fn postgres_store_keeps_the_contract() {
+        let base = std::env::var("TEST_MYRMEX_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let admin = sqlx::PgPool::connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {base} is needed for this test: {e}"));
+        let schema = format!("contract_{}", uuid::Uuid::new_v4().simple());
+        let open = |name: &'static str| {
+            let (base, admin, schema) = (base.clone(), admin.clone(), format!("{schema}_{name}"));
+            async move {
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+                Arc::new(postgres::PostgresStore::open(&url).await.unwrap()) as Arc<dyn Store>
+            }
+        };
+        check(open("sessions").await).await;
+        check_runs(open("runs").await).await;
+        check_tasks(open("tasks").await).await;
+        check_projects(open("projects").await).await;
+        for name in ["sessions", "runs", "tasks", "projects"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA {schema}_{name} CASCADE"
+            )))
+            .execute(&admin)
+            .await
+            .unwrap();
+        }
     }
 
     /// Projects: unique names, lookups by id and name, filtered pages, updates, deletes.

@@ -58,12 +58,36 @@ fn lifecycle(era: Era) -> ClientLifecycleMode {
 /// A scratch data directory plus the command line that uses it.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// With TEST_MYRMEX_STORE=postgres: the store every server of this Env uses
+    /// (a schema of its own in the test database).
+    pub postgres: Option<String>,
+}
+
+/// Is the suite running against PostgreSQL (TEST_MYRMEX_STORE=postgres)?
+pub fn on_postgres() -> bool {
+    std::env::var("TEST_MYRMEX_STORE").is_ok_and(|s| s == "postgres")
 }
 
 impl Env {
     pub fn new() -> Self {
+        let postgres = on_postgres().then(|| {
+            let base = std::env::var("TEST_MYRMEX_POSTGRES")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let sep = if base.contains('?') { '&' } else { '?' };
+            format!("{base}{sep}schema=t_{}", uuid::Uuid::new_v4().simple())
+        });
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
+            postgres,
+        }
+    }
+
+    /// An Env that keeps the store its commands name, also on PostgreSQL runs
+    /// (for tests of the store choice itself).
+    pub fn local() -> Self {
+        Self {
+            postgres: None,
+            ..Self::new()
         }
     }
 
@@ -78,15 +102,30 @@ impl Env {
         p
     }
 
-    /// `myrmex --data-dir DIR <args>` with a clean MYRMEX_* environment.
+    /// `myrmex --data-dir DIR <args>` with a clean MYRMEX_* environment. On
+    /// PostgreSQL, `--store X` gives way to this Env's database schema.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
         c.arg("--data-dir").arg(self.dir.path());
-        c.args(args);
+        let mut skip = false;
+        for a in args {
+            if skip {
+                skip = false;
+                continue;
+            }
+            if self.postgres.is_some() && *a == "--store" {
+                skip = true;
+                continue;
+            }
+            c.arg(a);
+        }
         for (k, _) in std::env::vars() {
             if k.starts_with("MYRMEX_") {
                 c.env_remove(k);
             }
+        }
+        if let Some(url) = &self.postgres {
+            c.env("MYRMEX_STORE", url);
         }
         c.env("MYRMEX_LOG_LEVEL", "debug");
         c.kill_on_drop(true);
