@@ -1,5 +1,6 @@
 //! Scheduler benchmark (not a test): no-op steps (`core.echo`) on a chain, a
-//! fan-out and a random DAG, on the memory and SQLite stores. Reports steps per
+//! fan-out and a random DAG, on the memory and SQLite stores (and PostgreSQL
+//! with BENCH_POSTGRES=postgres://...). Reports steps per
 //! second, per-step overhead, validation time and peak memory.
 //!
 //!     cargo run --release --example bench_scheduler            # 10,000 steps
@@ -70,10 +71,26 @@ async fn main() {
         "{:<8} {:<8} {:>12} {:>12} {:>14} {:>12}",
         "store", "shape", "validate_ms", "run_s", "steps_per_s", "us_per_step"
     );
-    for store_kind in ["memory", "sqlite", "sqlite-normal"] {
+    // BENCH_POSTGRES=postgres://... adds a PostgreSQL row (its own schema).
+    let postgres = std::env::var("BENCH_POSTGRES").ok();
+    let mut kinds = vec!["memory", "sqlite", "sqlite-normal"];
+    if postgres.is_some() {
+        kinds.push("postgres");
+    }
+    for store_kind in kinds {
         for kind in ["chain", "fanout", "random"] {
             let store: Arc<dyn Store> = match store_kind {
                 "memory" => Arc::new(myrmex::store::memory::MemoryStore::default()),
+                "postgres" => {
+                    let base = postgres.clone().unwrap_or_default();
+                    let sep = if base.contains('?') { '&' } else { '?' };
+                    let url = format!("{base}{sep}schema=bench_{}_{}", kind, std::process::id());
+                    Arc::new(
+                        myrmex::store::postgres::PostgresStore::open(&url)
+                            .await
+                            .unwrap(),
+                    )
+                }
                 _ => Arc::new(
                     myrmex::store::sqlite::SqliteStore::open_with(
                         &dir.path().join(format!("{store_kind}-{kind}.db")),

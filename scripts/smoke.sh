@@ -57,6 +57,12 @@ for era in legacy modern; do
   if inspector "${SRV[@]}" --protocol-era "$era" --method tools/call --tool-name create_complex_workflow --tool-args-json "$WF"; then
     expect_json "inspector stdio $era create_complex_workflow runs" "r['structuredContent']['run']['status']=='succeeded' and r['structuredContent']['run']['workflow_results']['b']=={'n':2}"
   else fail "inspector stdio $era create_complex_workflow"; cat "$WORK/err.txt"; fi
+  if inspector "${SRV[@]}" --protocol-era "$era" --method tools/call --tool-name list_modules --tool-args-json '{"include_schemas":false}'; then
+    expect_json "inspector stdio $era list_modules" "any(m['name']=='shell' and not m['enabled'] and 'enabled = true' in m['enable_hint'] for m in r['structuredContent']['modules'])"
+  else fail "inspector stdio $era list_modules"; cat "$WORK/err.txt"; fi
+  if inspector "${SRV[@]}" --protocol-era "$era" --method tools/call --tool-name create_project --tool-args-json '{"project_name":"smoke-'"$era"'","template_name":"data_pipeline"}'; then
+    expect_json "inspector stdio $era create_project" "r['structuredContent']['status']=='created' and 'data/raw/README.md' in r['structuredContent']['files_created']"
+  else fail "inspector stdio $era create_project"; cat "$WORK/err.txt"; fi
   # A tool error: exit code 5 (isError) and our structured error body.
   set +e
   inspector "${SRV[@]}" --protocol-era "$era" --method tools/call --tool-name close_session --tool-args-json '{"session_id":"ses_missing"}'

@@ -9,6 +9,7 @@
 
 pub mod memory;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;
