@@ -288,6 +288,8 @@ struct Graph {
     dependents: HashMap<String, Vec<String>>,
     running: HashMap<String, Running>,
     next_seq: i64,
+    /// `(count, sum of versions)` of the tasks as loaded and changed here.
+    stamp: (i64, i64),
 }
 
 type Locked = tokio::sync::OwnedMutexGuard<Graph>;
@@ -322,6 +324,9 @@ pub struct TaskManager {
     limits: crate::config::LimitsConfig,
     shutdown: CancellationToken,
     graphs: Mutex<HashMap<String, Arc<SessionGraph>>>,
+    /// Other processes may write the same tasks (a shared database): every
+    /// lock compares the store's stamp of the session and reloads when it moved.
+    shared: bool,
 }
 
 fn deps_of(t: &TaskRecord) -> Vec<String> {
@@ -646,13 +651,14 @@ impl TaskManager {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            store,
+            shared: store.kind() == "postgres",
             registry,
             resources,
             config: config.tasks.clone(),
             limits: config.limits.clone(),
             shutdown,
             graphs: Mutex::new(HashMap::new()),
+            store,
         }
     }
 
@@ -675,7 +681,21 @@ impl TaskManager {
     async fn lock(&self, sg: &SessionGraph, max_parallel: u32) -> Result<Locked> {
         let mut g = sg.graph.clone().lock_owned().await;
         g.max_parallel = max_parallel.max(1) as usize;
+        if g.loaded
+            && self.shared
+            && self.store.session_tasks_stamp(&sg.session_id).await? != g.stamp
+        {
+            // Another process changed the session's tasks: read them again
+            // (what runs here keeps running).
+            g.tasks.clear();
+            g.order.clear();
+            g.by_name.clear();
+            g.dependents.clear();
+            g.next_seq = 0;
+            g.loaded = false;
+        }
         if !g.loaded {
+            g.stamp = (0, 0);
             let tasks = self.store.session_tasks(&sg.session_id).await?;
             for t in tasks {
                 g.next_seq = g.next_seq.max(t.seq + 1);
@@ -684,6 +704,8 @@ impl TaskManager {
                 for d in deps_of(&t) {
                     g.dependents.entry(d).or_default().push(t.id.clone());
                 }
+                g.stamp.0 += 1;
+                g.stamp.1 += t.version;
                 g.tasks.insert(t.id.clone(), t);
             }
             g.loaded = true;
@@ -694,6 +716,13 @@ impl TaskManager {
     /// Apply committed records to the graph.
     fn apply(g: &mut Graph, changed: Vec<TaskRecord>) {
         for t in changed {
+            match g.tasks.get(&t.id) {
+                Some(old) => g.stamp.1 += t.version - old.version,
+                None => {
+                    g.stamp.0 += 1;
+                    g.stamp.1 += t.version;
+                }
+            }
             g.tasks.insert(t.id.clone(), t);
         }
     }
@@ -1008,6 +1037,8 @@ impl TaskManager {
                     .or_default()
                     .push(r.id.clone());
             }
+            g.stamp.0 += 1;
+            g.stamp.1 += r.version;
             g.tasks.insert(r.id.clone(), r.clone());
         }
         self.dispatch(&sg, &mut g).await?;
@@ -1575,6 +1606,24 @@ impl TaskManager {
     }
 
     pub async fn next(
+        &self,
+        session: &Session,
+        agent: &str,
+        tags: &[String],
+        lease_seconds: Option<u64>,
+    ) -> Result<Claim> {
+        // A claim another process made first fails the version check; the
+        // graph is read again and the next task is tried.
+        let mut tries = 0;
+        loop {
+            match self.next_once(session, agent, tags, lease_seconds).await {
+                Err(e) if e.code == ErrorCode::Conflict && self.shared && tries < 8 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn next_once(
         &self,
         session: &Session,
         agent: &str,

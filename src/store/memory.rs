@@ -350,6 +350,12 @@ impl Store for MemoryStore {
         Ok(self.lock()?.tasks.get(id).cloned())
     }
 
+    async fn session_tasks_stamp(&self, session_id: &str) -> StoreResult<(i64, i64)> {
+        let g = self.lock()?;
+        let mine = g.tasks.values().filter(|t| t.session_id == session_id);
+        Ok(mine.fold((0, 0), |(n, v), t| (n + 1, v + t.version)))
+    }
+
     async fn session_tasks(&self, session_id: &str) -> StoreResult<Vec<TaskRecord>> {
         let mut v: Vec<TaskRecord> = self
             .lock()?

@@ -400,6 +400,9 @@ pub trait Store: Send + Sync + 'static {
     async fn session_tasks(&self, session_id: &str) -> StoreResult<Vec<TaskRecord>>;
 
     /// Sessions with tasks that are not final.
+    /// `(count, sum of versions)` of a session's tasks: changes whenever any of
+    /// them is inserted or updated (by this process or another).
+    async fn session_tasks_stamp(&self, session_id: &str) -> StoreResult<(i64, i64)>;
     async fn sessions_with_open_tasks(&self) -> StoreResult<Vec<String>>;
 
     async fn task_stats(&self) -> StoreResult<TaskStats>;
@@ -793,6 +796,15 @@ mod contract {
             vec![("claimed".to_string(), 1), ("succeeded".to_string(), 1)]
         );
         assert_eq!(stats.average_execution_ms, Some(20.0));
+        // The stamp moves with every insert and update of the session's tasks.
+        let stamp =
+            |ts: &[TaskRecord]| (ts.len() as i64, ts.iter().map(|t| t.version).sum::<i64>());
+        let now = store.session_tasks("ses_t").await.unwrap();
+        assert_eq!(
+            store.session_tasks_stamp("ses_t").await.unwrap(),
+            stamp(&now)
+        );
+        assert_eq!(store.session_tasks_stamp("ses_none").await.unwrap(), (0, 0));
     }
 
     #[tokio::test]

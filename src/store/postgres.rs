@@ -638,6 +638,21 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn session_tasks_stamp(&self, session_id: &str) -> StoreResult<(i64, i64)> {
+        let r = query(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(version), 0) AS BIGINT) AS v \
+             FROM tasks WHERE session_id = $1",
+        )
+        .bind(session_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok((
+            r.try_get::<i64, _>("n").map_err(db_err)?,
+            r.try_get::<i64, _>("v").map_err(db_err)?,
+        ))
+    }
+
     async fn session_tasks(&self, session_id: &str) -> StoreResult<Vec<TaskRecord>> {
         let r = query(AssertSqlSafe(format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = $1 ORDER BY seq"

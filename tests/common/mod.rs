@@ -70,15 +70,24 @@ pub fn on_postgres() -> bool {
 
 impl Env {
     pub fn new() -> Self {
-        let postgres = on_postgres().then(|| {
-            let base = std::env::var("TEST_MYRMEX_POSTGRES")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-            let sep = if base.contains('?') { '&' } else { '?' };
-            format!("{base}{sep}schema=t_{}", uuid::Uuid::new_v4().simple())
-        });
+        if on_postgres() {
+            return Self::postgres();
+        }
+        Self::local()
+    }
+
+    /// An Env on PostgreSQL whatever TEST_MYRMEX_STORE says (tests of several
+    /// servers sharing one database).
+    pub fn postgres() -> Self {
+        let base = std::env::var("TEST_MYRMEX_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let sep = if base.contains('?') { '&' } else { '?' };
         Self {
-            dir: tempfile::tempdir().expect("tempdir"),
-            postgres,
+            postgres: Some(format!(
+                "{base}{sep}schema=t_{}",
+                uuid::Uuid::new_v4().simple()
+            )),
+            ..Self::local()
         }
     }
 
@@ -86,8 +95,8 @@ impl Env {
     /// (for tests of the store choice itself).
     pub fn local() -> Self {
         Self {
+            dir: tempfile::tempdir().expect("tempdir"),
             postgres: None,
-            ..Self::new()
         }
     }
 
