@@ -67,3 +67,92 @@ async fn claims_through_two_servers_are_exclusive() {
         assert_eq!(page["tasks"].as_array().unwrap().len(), n);
     }
 }
+
+/// A TCP proxy in front of PostgreSQL that the test can cut and restore.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(target: &'static str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the database looks gone
+                }
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                conns2.lock().unwrap().push(h);
+            }
+        });
+        Proxy { addr, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The database goes away while the server runs: calls fail with
+/// STORE_UNAVAILABLE and health is unhealthy; when it is back the server
+/// recovers by itself, and nothing acknowledged before was lost.
+#[tokio::test]
+async fn losing_the_database_fails_calls_clearly_and_recovers() {
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let mut env = Env::postgres();
+    let url = env.postgres.clone().unwrap();
+    env.postgres = Some(url.replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1));
+    let server = env.http(&[]).await;
+    let c = server.client(Era::Legacy, None).await;
+    let kept = ok(&c, "create_session", json!({"name": "before"})).await;
+
+    proxy.cut();
+    let e = err(
+        &c,
+        "create_session",
+        json!({"name": "during"}),
+        "STORE_UNAVAILABLE",
+    )
+    .await;
+    assert!(
+        e["hint"].as_str().unwrap().contains("Nothing was changed"),
+        "{e}"
+    );
+    let h = ok(&c, "get_health_status", json!({})).await;
+    assert_eq!(h["overall_status"], "unhealthy", "{h}");
+    assert_eq!(h["components"]["store"]["status"], "unhealthy", "{h}");
+
+    proxy.restore();
+    let mut healthy = Value::Null;
+    for _ in 0..60 {
+        let h = ok(&c, "get_health_status", json!({})).await;
+        if h["components"]["store"]["status"] == "healthy" {
+            healthy = h;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(healthy.is_object(), "the store did not recover");
+    ok(&c, "create_session", json!({"name": "after"})).await;
+    let s = ok(&c, "get_session", json!({"session_id": kept["session_id"]})).await;
+    assert_eq!(s["name"], "before");
+}

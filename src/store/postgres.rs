@@ -154,7 +154,7 @@ fn task_placeholders() -> String {
 }
 
 impl PostgresStore {
-    /// Connect (waiting up to 10 s), then apply pending migrations. A
+    /// Connect (waiting up to 5 s), then apply pending migrations. A
     /// `schema=NAME` query parameter (myrmex's own) keeps every table in that
     /// schema, created when missing: several servers or test runs can share
     /// one database without sharing state.
@@ -183,7 +183,7 @@ impl PostgresStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts)
             .await
             .map_err(|e| {
