@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Row, query};
+use sqlx::{AssertSqlSafe, Row};
 
 use super::{
     AllocationRecord, ProjectQuery, ProjectRecord, RunQuery, RunRecord, SessionQuery,
@@ -146,11 +146,23 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations"
 
 super::rows::shared_rows!(sqlx::Postgres, PgRow, sqlx::postgres::PgArguments);
 
-fn task_placeholders() -> String {
-    (1..=30)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// sqlx's `query`, with the shared SQL's `?N` placeholders written as
+/// PostgreSQL's `$N` (SQL written for PostgreSQL only passes unchanged).
+fn query<'a>(
+    sql: impl sqlx::SqlSafeStr,
+) -> sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let sql = sql.into_sql_str();
+    let text = sql.as_str();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    sqlx::query(AssertSqlSafe(out))
 }
 
 impl PostgresStore {
@@ -260,220 +272,13 @@ impl PostgresStore {
     }
 }
 
-#[async_trait]
-impl Store for PostgresStore {
+super::rows::sql_store!(PostgresStore, {
     fn kind(&self) -> &'static str {
         "postgres"
     }
 
     fn location(&self) -> String {
         self.location.clone()
-    }
-
-    async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
-        query(AssertSqlSafe(format!(
-            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-        )))
-        .bind(&s.id)
-        .bind(&s.principal)
-        .bind(&s.name)
-        .bind(&s.description)
-        .bind(&s.mode)
-        .bind(s.max_parallel_tasks as i64)
-        .bind(s.max_parallel_workflows as i64)
-        .bind(s.timeout_seconds.map(|v| v as i64))
-        .bind(s.idle_ttl_seconds as i64)
-        .bind(&s.metadata)
-        .bind(&s.status)
-        .bind(s.is_default)
-        .bind(s.created_at)
-        .bind(s.updated_at)
-        .bind(s.last_active_at)
-        .bind(s.closed_at)
-        .bind(&s.close_reason)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
-
-    async fn get_session(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
-        one(
-            &self.pool,
-            format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"),
-            id,
-            session_from_row,
-        )
-        .await
-    }
-
-    async fn default_session(&self, principal: &str) -> StoreResult<Option<SessionRecord>> {
-        let row = query(AssertSqlSafe(format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions \
-             WHERE principal = $1 AND is_default AND status = 'active'"
-        )))
-        .bind(principal)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
-        row.map(|r| session_from_row(&r).map_err(db_err))
-            .transpose()
-    }
-
-    async fn list_sessions(&self, q: &SessionQuery<'_>) -> StoreResult<Vec<SessionRecord>> {
-        let (after_c, after_id) = q.after.clone().unwrap_or((i64::MIN, String::new()));
-        let rows = query(AssertSqlSafe(format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions \
-             WHERE principal = $1 AND ($2 IS NULL OR status = $2) \
-               AND (created_at > $3 OR (created_at = $3 AND id > $4)) \
-             ORDER BY created_at, id LIMIT $5"
-        )))
-        .bind(q.principal)
-        .bind(q.status)
-        .bind(after_c)
-        .bind(after_id)
-        .bind(q.limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        sessions_from_rows(rows)
-    }
-
-    async fn close_session(&self, id: &str, now: i64, reason: &str) -> StoreResult<bool> {
-        let r = query(
-            "UPDATE sessions SET status = 'closed', closed_at = $2, updated_at = $2, \
-             close_reason = $3 WHERE id = $1 AND status = 'active'",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(reason)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn touch_session(&self, id: &str, now: i64) -> StoreResult<()> {
-        query(
-            "UPDATE sessions SET last_active_at = $2 \
-             WHERE id = $1 AND status = 'active' AND last_active_at < $2",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
-
-    async fn expired_sessions(&self, now: i64, limit: u32) -> StoreResult<Vec<SessionRecord>> {
-        let rows = query(AssertSqlSafe(format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE status = 'active' AND \
-             (last_active_at + idle_ttl_seconds * 1000 <= $1 OR \
-              (timeout_seconds IS NOT NULL AND created_at + timeout_seconds * 1000 <= $1)) \
-             ORDER BY last_active_at LIMIT $2"
-        )))
-        .bind(now)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        sessions_from_rows(rows)
-    }
-
-    async fn count_sessions_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
-        let rows =
-            query("SELECT status, COUNT(*) AS n FROM sessions GROUP BY status ORDER BY status")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<String, _>("status").map_err(db_err)?,
-                    r.try_get::<i64, _>("n").map_err(db_err)? as u64,
-                ))
-            })
-            .collect()
-    }
-
-    async fn count_active_sessions(&self, principal: &str) -> StoreResult<u64> {
-        let n: i64 =
-            query("SELECT COUNT(*) AS n FROM sessions WHERE principal = $1 AND status = 'active'")
-                .bind(principal)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_err)?
-                .try_get("n")
-                .map_err(db_err)?;
-        Ok(n as u64)
-    }
-
-    async fn put_workflow(&self, w: &WorkflowRecord) -> StoreResult<WorkflowRecord> {
-        let row = query(AssertSqlSafe(format!(
-            "INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES ($1, $2, $3, $4, 1, $5, $6, $6) \
-             ON CONFLICT (scope, owner, name) DO UPDATE SET version = workflows.version + 1, \
-             definition = excluded.definition, principal = excluded.principal, updated_at = excluded.updated_at \
-             RETURNING {WORKFLOW_COLUMNS}"
-        )))
-        .bind(&w.scope)
-        .bind(&w.owner)
-        .bind(&w.name)
-        .bind(&w.principal)
-        .bind(&w.definition)
-        .bind(w.updated_at)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_err)?;
-        workflow_from_row(&row).map_err(db_err)
-    }
-
-    async fn get_workflow(
-        &self,
-        scope: &str,
-        owner: &str,
-        name: &str,
-    ) -> StoreResult<Option<WorkflowRecord>> {
-        let row = query(AssertSqlSafe(format!(
-            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE scope = $1 AND owner = $2 AND name = $3"
-        )))
-        .bind(scope)
-        .bind(owner)
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
-        row.map(|r| workflow_from_row(&r).map_err(db_err))
-            .transpose()
-    }
-
-    async fn list_workflows(
-        &self,
-        session_id: &str,
-        principal: &str,
-    ) -> StoreResult<Vec<WorkflowRecord>> {
-        let r = query(AssertSqlSafe(format!(
-            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE (scope = 'session' AND owner = $1) \
-             OR (scope = 'global' AND owner = $2) ORDER BY name, scope"
-        )))
-        .bind(session_id)
-        .bind(principal)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows(r, workflow_from_row)
-    }
-
-    async fn delete_workflow(&self, scope: &str, owner: &str, name: &str) -> StoreResult<bool> {
-        let r = query("DELETE FROM workflows WHERE scope = $1 AND owner = $2 AND name = $3")
-            .bind(scope)
-            .bind(owner)
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
     }
 
     async fn insert_run(&self, run: &RunRecord, steps: &[StepRecord]) -> StoreResult<()> {
@@ -491,14 +296,6 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(db_err)
     }
 
-    async fn update_run(&self, run: &RunRecord) -> StoreResult<()> {
-        self.write(WriteOp::Run(run.clone())).await
-    }
-
-    async fn update_step(&self, step: &StepRecord) -> StoreResult<()> {
-        self.write(WriteOp::Step(step.clone())).await
-    }
-
     async fn queue_step(&self, step: &StepRecord) -> StoreResult<()> {
         let (done, _) = tokio::sync::oneshot::channel();
         self.writes
@@ -508,202 +305,6 @@ impl Store for PostgresStore {
             })
             .await
             .map_err(|_| StoreError::Unavailable("the PostgreSQL writer has stopped".into()))
-    }
-
-    async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
-        one(
-            &self.pool,
-            format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"),
-            id,
-            run_from_row,
-        )
-        .await
-    }
-
-    async fn run_steps(&self, run_id: &str) -> StoreResult<Vec<StepRecord>> {
-        let r = query(AssertSqlSafe(format!(
-            "SELECT {STEP_COLUMNS} FROM run_steps WHERE run_id = $1 ORDER BY position"
-        )))
-        .bind(run_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows(r, step_from_row)
-    }
-
-    async fn list_runs(&self, q: &RunQuery<'_>) -> StoreResult<Vec<RunRecord>> {
-        let (after_c, after_id) = q.after.clone().unwrap_or((i64::MIN, String::new()));
-        let r = query(AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE principal = $1 \
-               AND ($2 IS NULL OR session_id = $2) AND ($3 IS NULL OR status = $3) \
-               AND ($4 IS NULL OR workflow_name = $4) \
-               AND (created_at > $5 OR (created_at = $5 AND id > $6)) \
-               AND ($8 IS NULL OR parent_run_id = $8) \
-               AND ($9 IS NULL OR project_id = $9) \
-             ORDER BY created_at, id LIMIT $7"
-        )))
-        .bind(q.principal)
-        .bind(q.session_id)
-        .bind(q.status)
-        .bind(q.workflow_name)
-        .bind(after_c)
-        .bind(after_id)
-        .bind(q.limit as i64)
-        .bind(q.parent_run_id)
-        .bind(q.project_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows(r, run_from_row)
-    }
-
-    async fn unfinished_runs(&self) -> StoreResult<Vec<RunRecord>> {
-        let r = query(AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('pending', 'running') ORDER BY created_at, id"
-        )))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows(r, run_from_row)
-    }
-
-    async fn probe(&self, now: i64) -> StoreResult<()> {
-        let v = now.to_string();
-        query(
-            "INSERT INTO meta (key, value) VALUES ('health_probe', $1) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(&v)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        let back: String = query("SELECT value FROM meta WHERE key = 'health_probe'")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?
-            .try_get("value")
-            .map_err(db_err)?;
-        if back != v {
-            return Err(StoreError::Unavailable("probe read-back mismatch".into()));
-        }
-        Ok(())
-    }
-
-    async fn insert_tasks(&self, tasks: &[TaskRecord]) -> StoreResult<()> {
-        let sql = format!(
-            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({})",
-            task_placeholders()
-        );
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        for t in tasks {
-            bind_task(query(AssertSqlSafe(sql.clone())), t)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        }
-        tx.commit().await.map_err(db_err)
-    }
-
-    async fn update_tasks(&self, tasks: &[TaskRecord]) -> StoreResult<()> {
-        let sql = format!(
-            "UPDATE tasks SET ({TASK_COLUMNS}) = ({}) WHERE id = $31 AND version = $32",
-            task_placeholders()
-        );
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        for t in tasks {
-            let r = bind_task(query(AssertSqlSafe(sql.clone())), t)
-                .bind(&t.id)
-                .bind(t.version - 1)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            if r.rows_affected() != 1 {
-                // Dropping the transaction rolls every row of the batch back.
-                return Err(StoreError::Conflict(format!(
-                    "task {} was changed by another call",
-                    t.id
-                )));
-            }
-        }
-        tx.commit().await.map_err(db_err)
-    }
-
-    async fn get_task(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
-        one(
-            &self.pool,
-            format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"),
-            id,
-            task_from_row,
-        )
-        .await
-    }
-
-    async fn session_tasks_stamp(&self, session_id: &str) -> StoreResult<(i64, i64)> {
-        let r = query(
-            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(version), 0) AS BIGINT) AS v \
-             FROM tasks WHERE session_id = $1",
-        )
-        .bind(session_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok((
-            r.try_get::<i64, _>("n").map_err(db_err)?,
-            r.try_get::<i64, _>("v").map_err(db_err)?,
-        ))
-    }
-
-    async fn session_tasks(&self, session_id: &str) -> StoreResult<Vec<TaskRecord>> {
-        let r = query(AssertSqlSafe(format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = $1 ORDER BY seq"
-        )))
-        .bind(session_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows(r, task_from_row)
-    }
-
-    async fn sessions_with_open_tasks(&self) -> StoreResult<Vec<String>> {
-        let r = query(
-            "SELECT DISTINCT session_id FROM tasks WHERE status NOT IN \
-             ('succeeded', 'failed', 'skipped', 'cancelled', 'timed_out') ORDER BY session_id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        r.iter()
-            .map(|row| row.try_get("session_id").map_err(db_err))
-            .collect()
-    }
-
-    async fn task_stats(&self) -> StoreResult<TaskStats> {
-        let r = query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status ORDER BY status")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-        let by_status = r
-            .iter()
-            .map(|row| {
-                Ok((
-                    row.try_get::<String, _>("status")?,
-                    row.try_get::<i64, _>("n")? as u64,
-                ))
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(db_err)?;
-        let avg: Option<f64> = query(
-            "SELECT AVG(CAST(finished_at - started_at AS REAL)) AS a FROM tasks \
-             WHERE started_at IS NOT NULL AND finished_at IS NOT NULL",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .and_then(|row| row.try_get("a"))
-        .map_err(db_err)?;
-        Ok(TaskStats {
-            by_status,
-            average_execution_ms: avg,
-        })
     }
 
     async fn put_allocations(&self, allocations: &[AllocationRecord]) -> StoreResult<()> {
@@ -740,121 +341,4 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(db_err)
     }
-
-    async fn active_allocations(&self) -> StoreResult<Vec<AllocationRecord>> {
-        let r = query(AssertSqlSafe(format!(
-            "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE status = 'active' ORDER BY created_at, id"
-        )))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows(r, allocation_from_row)
-    }
-
-    async fn insert_project(&self, p: &ProjectRecord) -> StoreResult<()> {
-        bind_project(
-            query(AssertSqlSafe(format!(
-                "INSERT INTO projects ({PROJECT_COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            ))),
-            p,
-        )
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
-
-    async fn update_project(&self, p: &ProjectRecord) -> StoreResult<()> {
-        let r = bind_project(
-            query(AssertSqlSafe(format!(
-                "UPDATE projects SET ({PROJECT_COLUMNS}) = \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) WHERE id = $1"
-            ))),
-            p,
-        )
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        if r.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!("project {} is gone", p.id)));
-        }
-        Ok(())
-    }
-
-    async fn get_project(&self, id: &str) -> StoreResult<Option<ProjectRecord>> {
-        one(
-            &self.pool,
-            format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1"),
-            id,
-            project_from_row,
-        )
-        .await
-    }
-
-    async fn project_by_name(&self, name: &str) -> StoreResult<Option<ProjectRecord>> {
-        one(
-            &self.pool,
-            format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE name = $1"),
-            name,
-            project_from_row,
-        )
-        .await
-    }
-
-    async fn list_projects(&self, q: &ProjectQuery<'_>) -> StoreResult<Vec<ProjectRecord>> {
-        let (after_c, after_id) = q.after.clone().unwrap_or((i64::MIN, String::new()));
-        let tag = q.tag.map(|t| format!("%{}%", serde_json::Value::from(t)));
-        let r = query(AssertSqlSafe(format!(
-            "SELECT {PROJECT_COLUMNS} FROM projects WHERE principal = $1 \
-               AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR kind = $3) \
-               AND ($4 IS NULL OR tags LIKE $4) \
-               AND (created_at > $5 OR (created_at = $5 AND id > $6)) \
-             ORDER BY created_at, id LIMIT $7"
-        )))
-        .bind(q.principal)
-        .bind(q.status)
-        .bind(q.kind)
-        .bind(tag)
-        .bind(after_c)
-        .bind(after_id)
-        .bind(q.limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows(r, project_from_row)
-    }
-
-    async fn delete_project(&self, id: &str) -> StoreResult<bool> {
-        let r = query("DELETE FROM projects WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn list_allocations(
-        &self,
-        principal: &str,
-        session_id: Option<&str>,
-        status: Option<&str>,
-        offset: usize,
-        limit: u32,
-    ) -> StoreResult<Vec<AllocationRecord>> {
-        let r = query(AssertSqlSafe(format!(
-            "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE principal = $1 \
-             AND ($2 IS NULL OR session_id = $2) AND ($3 IS NULL OR status = $3) \
-             ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5"
-        )))
-        .bind(principal)
-        .bind(session_id)
-        .bind(status)
-        .bind(limit as i64)
-        .bind(offset as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows(r, allocation_from_row)
-    }
-}
+});
