@@ -21,7 +21,7 @@ use super::workflows::ExecuteRequest;
 use super::{Engine, EngineInner, Principal};
 use crate::actions::{ActionCtx, ActionError, Host};
 use crate::error::{Error, ErrorCode};
-use crate::store::RunQuery;
+use crate::store::{RunQuery, RunRecord};
 
 /// Tag of every agent task made for a workflow step.
 pub const STEP_TAG: &str = "workflow-step";
@@ -88,10 +88,12 @@ impl Host for EngineHost {
 
 impl Engine {
     /// How deep the calling step's run is nested (a top-level run is 0).
-    async fn run_depth(&self, run_id: &str) -> Result<u32, ActionError> {
+    /// Also returns the calling run's record.
+    async fn run_depth(&self, run_id: &str) -> Result<(u32, Option<RunRecord>), ActionError> {
         let max = self.config().modules.workflow.max_depth;
         let mut depth = 0;
-        let mut cur = self.store().get_run(run_id).await.map_err(Error::from)?;
+        let me = self.store().get_run(run_id).await.map_err(Error::from)?;
+        let mut cur = me.clone();
         while let Some(parent) = cur.and_then(|r| r.parent_run_id) {
             depth += 1;
             if depth > max {
@@ -99,13 +101,14 @@ impl Engine {
             }
             cur = self.store().get_run(&parent).await.map_err(Error::from)?;
         }
-        Ok(depth)
+        Ok((depth, me))
     }
 
     async fn child_workflow(&self, ctx: &ActionCtx, p: Value) -> Result<Value, ActionError> {
         let principal = Principal(ctx.principal.clone());
         let max = self.config().modules.workflow.max_depth;
-        let depth = self.run_depth(&ctx.run_id).await? + 1;
+        let (depth, me) = self.run_depth(&ctx.run_id).await?;
+        let depth = depth + 1;
         if depth > max {
             return Err(ActionError::new(
                 ErrorCode::LimitExceeded,
@@ -159,11 +162,7 @@ impl Engine {
                     timeout_seconds: p.get("timeout_seconds").and_then(Value::as_u64),
                     parent: Some((ctx.run_id.clone(), ctx.step.clone())),
                     // A child works on its parent's project.
-                    project: self
-                        .store()
-                        .get_run(&ctx.run_id)
-                        .await
-                        .map_err(Error::from)?
+                    project: me
                         .and_then(|r| r.project)
                         .and_then(|p| serde_json::from_str(&p).ok()),
                     ..Default::default()

@@ -81,18 +81,12 @@ impl Library {
         for (file, text) in BUILTIN {
             let path = PathBuf::from(format!("{BUILTIN_PREFIX}{file}"));
             match parse_text(text, "yaml") {
-                Ok(spec) => match validate(&spec, registry, limits) {
-                    Err(problems) if problems.iter().any(|p| p.code != "MODULE_DISABLED") => {
-                        lib.broken.push(BrokenFile {
-                            path,
-                            reason: format!("{problems:?}"),
-                        });
-                    }
-                    _ => {
+                Ok(spec) => {
+                    if lib.admit(&spec, &path, registry, limits) {
                         lib.workflows
                             .insert(spec.name.clone(), LibraryEntry { spec, path });
                     }
-                },
+                }
                 Err(reason) => lib.broken.push(BrokenFile { path, reason }),
             }
         }
@@ -128,34 +122,14 @@ impl Library {
                         continue;
                     }
                 };
-                // A definition whose only problem is a module this server's policy
-                // disables is loaded; running it is refused with the hint.
-                if let Err(problems) = validate(&spec, registry, limits)
-                    && problems.iter().any(|p| p.code != "MODULE_DISABLED")
-                {
-                    let reason = problems
-                        .iter()
-                        .map(|p| {
-                            format!(
-                                "{}{}: {}",
-                                p.code,
-                                p.step
-                                    .as_ref()
-                                    .map(|s| format!(" (step {s})"))
-                                    .unwrap_or_default(),
-                                p.message
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    tracing::warn!(path = %path.display(), %reason, "workflow file invalid");
-                    lib.broken.push(BrokenFile { path, reason });
+                if !lib.admit(&spec, &path, registry, limits) {
                     continue;
                 }
+                // A shipped workflow of the same name is replaced; another file's is not.
                 if let Some(first) = lib
                     .workflows
                     .get(&spec.name)
-                    .filter(|e| !e.path.to_string_lossy().starts_with("builtin:"))
+                    .filter(|e| !e.path.to_string_lossy().starts_with(BUILTIN_PREFIX))
                 {
                     lib.broken.push(BrokenFile {
                         path: path.clone(),
@@ -177,5 +151,44 @@ impl Library {
             "workflow library loaded"
         );
         lib
+    }
+
+    /// Validate a definition for the library; an invalid one is recorded as
+    /// broken. One whose only problem is a module this server's policy
+    /// disables is admitted: running it is refused with the hint.
+    fn admit(
+        &mut self,
+        spec: &WorkflowSpec,
+        path: &Path,
+        registry: &Registry,
+        limits: &Limits,
+    ) -> bool {
+        let Err(problems) = validate(spec, registry, limits) else {
+            return true;
+        };
+        if problems.iter().all(|p| p.code == "MODULE_DISABLED") {
+            return true;
+        }
+        let reason = problems
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}{}: {}",
+                    p.code,
+                    p.step
+                        .as_ref()
+                        .map(|s| format!(" (step {s})"))
+                        .unwrap_or_default(),
+                    p.message
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        tracing::warn!(path = %path.display(), %reason, "workflow file invalid");
+        self.broken.push(BrokenFile {
+            path: path.to_path_buf(),
+            reason,
+        });
+        false
     }
 }
