@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::{ActionCtx, ActionError, ActionSpec, Caller, Module};
+use super::{ActionCtx, ActionError, ActionSpec, Module};
 use crate::error::ErrorCode;
 
 pub struct Agent;
@@ -19,6 +19,12 @@ impl Module for Agent {
 
     fn description(&self) -> &'static str {
         "Steps done by an agent through next_task / complete_task."
+    }
+
+    fn steps_only(&self) -> Option<&'static str> {
+        Some(
+            "For work done by an agent in the task graph, create an agent task (omit module and action).",
+        )
     }
 
     fn actions(&self) -> Vec<ActionSpec> {
@@ -46,12 +52,6 @@ impl Module for Agent {
             return Err(ActionError::new(
                 ErrorCode::ModuleNotFound,
                 format!("agent has no action '{action}'"),
-            ));
-        }
-        if ctx.caller != Caller::Step {
-            return Err(ActionError::new(
-                ErrorCode::InvalidParameters,
-                "agent.task is for workflow steps; in the task graph, create an agent task (omit module and action)",
             ));
         }
         ctx.host()?.agent_step(&ctx, p).await

@@ -149,6 +149,11 @@ pub trait Module: Send + Sync + 'static {
     fn disabled(&self) -> Option<String> {
         None
     }
+    /// When the module's actions run only as workflow steps: what to use
+    /// instead elsewhere (for example in the task graph).
+    fn steps_only(&self) -> Option<&'static str> {
+        None
+    }
     fn actions(&self) -> Vec<ActionSpec>;
     /// Run one action. `params` already matches the action's schema.
     async fn call(&self, action: &str, params: Value, ctx: ActionCtx)
@@ -211,6 +216,11 @@ impl Registry {
         self.host.get().cloned()
     }
 
+    /// For a module whose actions run only as workflow steps: what to use instead.
+    pub fn steps_only(&self, module: &str) -> Option<&'static str> {
+        self.modules.get(module).and_then(|m| m.steps_only())
+    }
+
     /// Why a module cannot be used (with the config key that enables it), or None.
     pub fn disabled(&self, module: &str) -> Option<String> {
         self.modules.get(module).and_then(|m| m.disabled())
@@ -266,9 +276,7 @@ impl Registry {
     }
 
     pub fn modules(&self) -> Vec<&str> {
-        let mut m: Vec<&str> = self.actions.keys().map(|(m, _)| m.as_str()).collect();
-        m.dedup();
-        m
+        self.modules.keys().map(String::as_str).collect()
     }
 
     /// Actions of a module, or None when the module does not exist.
@@ -332,6 +340,14 @@ impl Registry {
         };
         if let Some(why) = e.module.disabled() {
             return Err(ActionError::new(ErrorCode::PermissionDenied, why));
+        }
+        if ctx.caller != Caller::Step
+            && let Some(instead) = e.module.steps_only()
+        {
+            return Err(ActionError::new(
+                ErrorCode::InvalidParameters,
+                format!("{module}.{action} runs only as a workflow step. {instead}"),
+            ));
         }
         let problems: Vec<String> = e
             .validator

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::{ActionCtx, ActionError, ActionSpec, Caller, Module};
+use super::{ActionCtx, ActionError, ActionSpec, Module};
 use crate::config::WorkflowModuleConfig;
 use crate::error::ErrorCode;
 
@@ -35,6 +35,10 @@ impl Module for Workflow {
         (self.max_depth == 0).then(|| {
             "child workflows are disabled; set [modules.workflow] max_depth to 1 or more in the server's configuration".to_string()
         })
+    }
+
+    fn steps_only(&self) -> Option<&'static str> {
+        Some("From the task graph, start a workflow with execute_workflow.")
     }
 
     fn actions(&self) -> Vec<ActionSpec> {
@@ -69,12 +73,6 @@ impl Module for Workflow {
             return Err(ActionError::new(
                 ErrorCode::ModuleNotFound,
                 format!("workflow has no action '{action}'"),
-            ));
-        }
-        if ctx.caller != Caller::Step {
-            return Err(ActionError::new(
-                ErrorCode::InvalidParameters,
-                "workflow.run runs inside a workflow step; from the task graph, start a workflow with execute_workflow",
             ));
         }
         ctx.host()?.run_child_workflow(&ctx, p).await

@@ -779,10 +779,10 @@ impl TaskManager {
                         format!("{why}. list_modules shows what is enabled."),
                     ));
                 }
-                if matches!(m.as_str(), "agent" | "workflow") {
+                if let Some(instead) = self.registry.steps_only(m) {
                     return Err(Error::invalid(
                         format!("task '{}': {m}.{a} runs only as a workflow step", t.name),
-                        "For work done by an agent, create an agent task (omit module and action); to run a workflow, call execute_workflow.",
+                        instead,
                     ));
                 }
                 let mut found = Vec::new();
