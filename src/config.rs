@@ -50,6 +50,35 @@ pub struct Config {
     /// Downstream MCP servers whose tools `mcp.call` can call, by name.
     pub mcp_servers: Vec<McpServerConfig>,
     pub projects: ProjectsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Several processes on one PostgreSQL store: who executes work, and leases.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Execute workflow runs and auto tasks in this process. `--no-execute`
+    /// turns it off (a PostgreSQL store only): `myrmex worker` processes do the work.
+    pub execute: bool,
+    /// How long an executor's lease on a run or auto task lasts without a
+    /// heartbeat (renewed every third of it). A process that dies loses its
+    /// work to another executor after this long.
+    pub lease_ttl_ms: u64,
+    /// How often an executor looks for unclaimed work when no notification came.
+    pub poll_interval_ms: u64,
+    /// Most runs one process executes at once.
+    pub max_active_runs: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            execute: true,
+            lease_ttl_ms: 15_000,
+            poll_interval_ms: 1000,
+            max_active_runs: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -440,6 +469,7 @@ impl Default for Config {
             modules: ModulesConfig::default(),
             mcp_servers: Vec::new(),
             projects: ProjectsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -531,7 +561,7 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        self.store_spec()?;
+        self.validate_cluster()?;
         for t in &self.auth.tokens {
             match (&t.token_sha256, &t.token_file) {
                 (Some(h), None) => {
@@ -576,6 +606,24 @@ impl Config {
             anyhow::bail!("http.max_body_bytes must be at least 1024");
         }
         self.validate_modules()
+    }
+
+    /// `cluster` settings, and that not executing has someone else to execute.
+    pub fn validate_cluster(&self) -> anyhow::Result<()> {
+        let spec = self.store_spec()?;
+        if !self.cluster.execute && !matches!(spec, StoreSpec::Postgres(_)) {
+            anyhow::bail!(
+                "cluster.execute = false (--no-execute) needs a PostgreSQL store that `myrmex worker` processes share; with store '{}' nothing would run the work",
+                self.store
+            );
+        }
+        let c = &self.cluster;
+        if c.lease_ttl_ms < 300 || c.poll_interval_ms == 0 || c.max_active_runs == 0 {
+            anyhow::bail!(
+                "cluster: lease_ttl_ms must be at least 300, poll_interval_ms and max_active_runs at least 1"
+            );
+        }
+        Ok(())
     }
 
     fn validate_modules(&self) -> anyhow::Result<()> {

@@ -43,7 +43,15 @@ enum Command {
         /// (without a value: `http.bind` from the configuration, default 127.0.0.1:7341).
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
         http: Option<String>,
+        /// Answer tool calls but execute no workflow steps or auto tasks:
+        /// `myrmex worker` processes on the same PostgreSQL store do.
+        #[arg(long)]
+        no_execute: bool,
     },
+    /// Execute workflow runs and auto tasks claimed from a PostgreSQL store that
+    /// `myrmex serve` processes share; no MCP listener. Stops on SIGTERM/SIGINT
+    /// (its runs are taken over by other executors at once).
+    Worker,
     /// Write tool-schemas/<tool>.json and MCP_TOOL_SPECIFICATION.md, generated from the code.
     Schemas {
         /// Directory to write into.
@@ -147,7 +155,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Some(Command::Serve { http }) => serve(load_config(&cli)?, http.clone()),
+        Some(Command::Serve { http, no_execute }) => {
+            let mut config = load_config(&cli)?;
+            if *no_execute {
+                config.cluster.execute = false;
+                config.validate_cluster()?;
+            }
+            serve(config, http.clone())
+        }
+        Some(Command::Worker) => {
+            let mut config = load_config(&cli)?;
+            config.cluster.execute = true;
+            if !matches!(config.store_spec()?, myrmex::config::StoreSpec::Postgres(_)) {
+                anyhow::bail!(
+                    "a worker executes work from a PostgreSQL store that servers share; pass --store postgres://..."
+                );
+            }
+            worker(config)
+        }
         None => serve(load_config(&cli)?, None),
     }
 }
@@ -202,9 +227,33 @@ fn serve(config: Config, http: Option<String>) -> anyhow::Result<ExitCode> {
         };
         shutdown.cancel();
         engine_stop.stop();
+        engine_stop
+            .wait_idle(std::time::Duration::from_secs(3))
+            .await;
         served
     });
     // Do not wait for the blocking stdin reader: end the process now.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+fn worker(config: Config) -> anyhow::Result<ExitCode> {
+    myrmex::telemetry::init(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async move {
+        let engine = open_engine(config).await?;
+        let shutdown = CancellationToken::new();
+        engine.start_background(shutdown.clone()).await?;
+        tracing::info!(node = engine.runs().node(), "worker started");
+        watch_signals(shutdown.clone()).await;
+        shutdown.cancel();
+        engine.stop();
+        // Let the drivers give their leases up.
+        engine.wait_idle(std::time::Duration::from_secs(5)).await;
+        anyhow::Ok(())
+    });
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result.map(|()| ExitCode::SUCCESS)
 }

@@ -180,8 +180,12 @@ impl Engine {
                     }
                 }
                 _ = ctx.cancel.cancelled() => {
-                    // A stopping server leaves both runs to resume at the next start.
-                    if !self.inner.stopping.is_cancelled() && self.runs().cancel(&run_id) {
+                    // A stopping server leaves both runs to resume at the next start;
+                    // a parent taken over by another executor re-attaches to the child there.
+                    if !self.inner.stopping.is_cancelled()
+                        && !self.runs().taken_over(&ctx.run_id)
+                        && self.runs().request_cancel(&run_id).await.unwrap_or(false)
+                    {
                         let _ = tokio::time::timeout(
                             CHILD_STOP_WAIT,
                             self.wait_run(&run_id, CHILD_STOP_WAIT, &mut quiet),

@@ -90,6 +90,7 @@ impl Engine {
             &library.workflows.keys().cloned().collect(),
         );
         let stopping = tokio_util::sync::CancellationToken::new();
+        let node = node_name();
         let resources = Arc::new(resources::ResourceManager::new(
             store.clone(),
             &config.resources,
@@ -99,6 +100,8 @@ impl Engine {
             registry.clone(),
             resources.clone(),
             stopping.clone(),
+            node.clone(),
+            &config.cluster,
         ));
         let tasks = Arc::new(tasks::TaskManager::new(
             store.clone(),
@@ -106,6 +109,7 @@ impl Engine {
             resources.clone(),
             &config,
             stopping.clone(),
+            node,
         ));
         let engine = Self {
             inner: Arc::new(EngineInner {
@@ -172,6 +176,15 @@ impl Engine {
         self.inner.stopping.cancel();
     }
 
+    /// After [`Engine::stop`]: wait (at most `limit`) for the run drivers to
+    /// record what they must and give their leases up.
+    pub async fn wait_idle(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.inner.runs.active_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics
     }
@@ -211,6 +224,9 @@ impl Engine {
             on_shutdown.cancelled().await;
             stopping.cancel();
         });
+        if self.inner.store.kind() == "postgres" {
+            self.start_cluster(shutdown.clone());
+        }
         let tasks = self.inner.tasks.clone();
         let every = std::time::Duration::from_millis(
             self.inner.config.tasks.lease_sweep_interval_ms.max(10),
@@ -247,7 +263,7 @@ impl Engine {
                 async move {
                     // What ran in a swept session stops as if the session were closed by its owner.
                     for id in engine.sessions().sweep(now_ms()).await? {
-                        engine.runs().cancel_session(&id);
+                        engine.runs().cancel_session(&id).await?;
                         engine.tasks().close_session(&id).await?;
                         engine
                             .resources()
@@ -261,12 +277,92 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Several processes share the store: renew leases (heartbeat), look for
+    /// unclaimed work, and act on other processes' notifications.
+    fn start_cluster(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let cluster = &self.inner.config.cluster;
+        let (runs, tasks) = (self.inner.runs.clone(), self.inner.tasks.clone());
+        self.inner.background.spawn_periodic(
+            "lease_heartbeat",
+            std::time::Duration::from_millis((cluster.lease_ttl_ms / 3).max(100)),
+            shutdown.clone(),
+            move || {
+                let (runs, tasks) = (runs.clone(), tasks.clone());
+                async move {
+                    runs.heartbeat().await?;
+                    tasks.heartbeat().await
+                }
+            },
+        );
+        let engine = self.clone();
+        self.inner.background.spawn_periodic(
+            "work_poll",
+            std::time::Duration::from_millis(cluster.poll_interval_ms),
+            shutdown.clone(),
+            move || {
+                let engine = engine.clone();
+                async move { engine.look_for_work("*").await }
+            },
+        );
+        let Some(mut events) = self.inner.store.subscribe() else {
+            return;
+        };
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let topic = tokio::select! {
+                    t = events.recv() => match t {
+                        Ok(t) => t,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => "*".to_string(),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = shutdown.cancelled() => return,
+                };
+                if let Err(e) = engine.look_for_work(&topic).await {
+                    tracing::warn!(topic, error = %e, "acting on a notification failed; the next poll retries");
+                }
+            }
+        });
+    }
+
+    /// Act on a notification topic (`*`: everything).
+    async fn look_for_work(&self, topic: &str) -> crate::error::Result<()> {
+        let all = topic == "*";
+        if all || topic == "cancel" {
+            self.inner.runs.heartbeat().await?;
+        }
+        if all || topic == "runs" {
+            self.inner.runs.claim_work().await?;
+        }
+        if all || topic == "resources" {
+            self.inner.resources.poke().await?;
+        }
+        if all || topic == "tasks" {
+            self.inner.tasks.claim_work().await?;
+        }
+        Ok(())
+    }
+}
+
 fn workflow_limits(config: &Config) -> workflow::Limits {
     workflow::Limits {
         max_steps: config.workflows.max_steps,
         max_definition_bytes: config.workflows.max_definition_bytes,
         max_nesting_depth: config.workflows.max_nesting_depth,
     }
+}
+
+/// This process's name in leases: host, pid and a random suffix (a restarted
+/// process with the same pid is another executor).
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &suffix[..8])
 }
 
 /// Milliseconds since the Unix epoch.

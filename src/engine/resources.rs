@@ -452,6 +452,19 @@ impl State {
     }
 }
 
+/// Active allocations by id.
+fn held_from(active: Vec<AllocationRecord>) -> BTreeMap<String, Held> {
+    active
+        .into_iter()
+        .map(|rec| {
+            let req =
+                Requirements::parse(&serde_json::from_str(&rec.requirements).unwrap_or(json!({})))
+                    .unwrap_or_default();
+            (rec.id.clone(), Held { rec, req })
+        })
+        .collect()
+}
+
 fn rank(p: Priority) -> i64 {
     match p {
         Priority::Low => 0,
@@ -508,6 +521,8 @@ pub struct ResourceStatus {
 /// The allocator of this process.
 pub struct ResourceManager {
     store: Arc<dyn Store>,
+    /// Other processes allocate from the same store (PostgreSQL).
+    shared: bool,
     config: ResourcesConfig,
     state: tokio::sync::Mutex<State>,
     /// Bumped on every release: waiters outside the queue (steps) look again.
@@ -550,6 +565,7 @@ impl ResourceManager {
             capacity.insert(k.clone(), *v);
         }
         Self {
+            shared: store.kind() == "postgres",
             store,
             config: config.clone(),
             state: tokio::sync::Mutex::new(State {
@@ -567,7 +583,9 @@ impl ResourceManager {
         let now = now_ms();
         let mut stale = Vec::new();
         for rec in self.store.active_allocations().await? {
-            if matches!(rec.owner_kind.as_str(), "step" | "task" | "run") {
+            // With a shared store another process may be running that work:
+            // what a dead executor's work held is released when it is taken over.
+            if !self.shared && matches!(rec.owner_kind.as_str(), "step" | "task" | "run") {
                 stale.push(AllocationRecord {
                     status: "released".into(),
                     released_at: Some(now),
@@ -659,23 +677,49 @@ impl ResourceManager {
         }
     }
 
-    /// Persist grants, then hand them over.
-    async fn commit_grants(
+    /// Grant what the queue allows and hand the grants over. With a shared
+    /// store the decision is made inside the store's allocation lock, against
+    /// every process's active allocations.
+    async fn serve(&self, st: &mut State) -> Result<()> {
+        if !self.shared {
+            let grants = self.pump(st);
+            if grants.is_empty() {
+                return Ok(());
+            }
+            let recs: Vec<AllocationRecord> = grants.iter().map(|(_, r)| r.clone()).collect();
+            if let Err(e) = self.store.put_allocations(&recs).await {
+                // Nothing was granted: the waiters go back to the queue.
+                st.waiters.extend(grants.into_iter().map(|(w, _)| w));
+                return Err(e.into());
+            }
+            return self.hand_over(st, grants).await;
+        }
+        st.waiters.retain(|w| !w.grant.is_closed());
+        if st.waiters.is_empty() {
+            return Ok(());
+        }
+        let mut picked = Vec::new();
+        let result = self
+            .store
+            .allocate(&mut |active| {
+                st.held = held_from(active);
+                picked = self.pump(st);
+                picked.iter().map(|(_, r)| r.clone()).collect()
+            })
+            .await;
+        if let Err(e) = result {
+            st.waiters.extend(picked.into_iter().map(|(w, _)| w));
+            return Err(e.into());
+        }
+        self.hand_over(st, picked).await
+    }
+
+    /// Hand stored grants to their waiters.
+    async fn hand_over(
         &self,
         st: &mut State,
         grants: Vec<(Waiter, AllocationRecord)>,
     ) -> Result<()> {
-        if grants.is_empty() {
-            return Ok(());
-        }
-        let recs: Vec<AllocationRecord> = grants.iter().map(|(_, r)| r.clone()).collect();
-        if let Err(e) = self.store.put_allocations(&recs).await {
-            // Nothing was granted: the waiters go back to the queue.
-            for (w, _) in grants {
-                st.waiters.push(w);
-            }
-            return Err(e.into());
-        }
         for (w, rec) in grants {
             let req = w.req.clone();
             st.held.insert(
@@ -693,9 +737,38 @@ impl ResourceManager {
                     r.released_at = Some(now_ms());
                     r.release_reason = Some("the requester stopped waiting".into());
                     self.store.put_allocations(&[r]).await?;
+                    self.released().await;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// With a shared store: read what every process holds now.
+    async fn refresh(&self, st: &mut State) -> Result<()> {
+        if self.shared {
+            st.held = held_from(self.store.active_allocations().await?);
+        }
+        Ok(())
+    }
+
+    /// Something was released: local waiters outside the queue look again,
+    /// and so do other processes.
+    async fn released(&self) {
+        self.changed.send_modify(|v| *v += 1);
+        if self.shared
+            && let Err(e) = self.store.notify("resources").await
+        {
+            tracing::warn!(error = %e, "cannot notify other processes of a release; they look at their next poll");
+        }
+    }
+
+    /// Another process released something: serve the waiters here again.
+    pub async fn poke(&self) -> Result<()> {
+        let mut st = self.state.lock().await;
+        self.serve(&mut st).await?;
+        drop(st);
+        self.changed.send_modify(|v| *v += 1);
         Ok(())
     }
 
@@ -760,8 +833,7 @@ impl ResourceManager {
                 ttl,
                 grant: tx,
             });
-            let grants = self.pump(&mut st);
-            self.commit_grants(&mut st, grants).await?;
+            self.serve(&mut st).await?;
             let mut rx = rx;
             if let Ok(rec) = rx.try_recv() {
                 return Ok(view(&rec));
@@ -811,8 +883,7 @@ impl ResourceManager {
         let mut s = st.check(&self.config, &usage, &usage, owner, req);
         s.waiting_ahead = st.waiting_for(req);
         // Our leaving may let others through.
-        let grants = self.pump(&mut st);
-        self.commit_grants(&mut st, grants).await?;
+        self.serve(&mut st).await?;
         Err(self.refuse(
             format!("resources unavailable ({why}): {}", s.describe()),
             Some(&s),
@@ -827,6 +898,7 @@ impl ResourceManager {
         pred: impl Fn(&AllocationRecord) -> bool,
     ) -> Result<Vec<AllocationRecord>> {
         let mut st = self.state.lock().await;
+        self.refresh(&mut st).await?;
         let ids: Vec<String> = st
             .held
             .values()
@@ -850,9 +922,9 @@ impl ResourceManager {
         for id in &ids {
             st.held.remove(id);
         }
-        let grants = self.pump(&mut st);
-        self.commit_grants(&mut st, grants).await?;
-        self.changed.send_modify(|v| *v += 1);
+        self.serve(&mut st).await?;
+        drop(st);
+        self.released().await;
         Ok(recs)
     }
 
@@ -935,6 +1007,7 @@ impl ResourceManager {
     /// Extend an allocation's lease from now.
     pub async fn renew(&self, principal: &str, id: &str, ttl: u64) -> Result<AllocationView> {
         let mut st = self.state.lock().await;
+        self.refresh(&mut st).await?;
         let Some(h) = st.held.get(id).filter(|h| h.rec.principal == principal) else {
             drop(st);
             return Err(self.not_held(principal, id).await);
@@ -988,7 +1061,10 @@ impl ResourceManager {
     }
 
     pub async fn status(&self, principal: &str, session_id: &str) -> ResourceStatus {
-        let st = self.state.lock().await;
+        let mut st = self.state.lock().await;
+        if let Err(e) = self.refresh(&mut st).await {
+            tracing::warn!(error = %e, "cannot read the allocations; showing this process's last view");
+        }
         let usage = st.usage();
         let mut pools = BTreeMap::new();
         for (p, cap) in &st.capacity {
@@ -1069,7 +1145,10 @@ impl ResourceManager {
 
     /// Pool utilization and impossible states, for health.
     pub async fn health(&self) -> (Vec<(String, f64)>, Vec<String>) {
-        let st = self.state.lock().await;
+        let mut st = self.state.lock().await;
+        if let Err(e) = self.refresh(&mut st).await {
+            tracing::warn!(error = %e, "cannot read the allocations; showing this process's last view");
+        }
         let usage = st.usage();
         let mut util = Vec::new();
         let mut broken = Vec::new();

@@ -24,8 +24,9 @@ use super::template::{Scope, render_value};
 use super::workflow::{OnFailure, Priority, StepSpec, TriggerRule, WorkflowSpec};
 use super::{new_id, now_ms};
 use crate::actions::Registry;
+use crate::config::ClusterConfig;
 use crate::error::{ErrorCode, Result};
-use crate::store::{RunRecord, StepRecord, Store};
+use crate::store::{RunLease, RunRecord, StepRecord, Store};
 
 /// Step statuses.
 pub mod status {
@@ -58,10 +59,19 @@ enum Stop {
     TimedOut,
     /// The server is shutting down: leave the state for the next start.
     Shutdown,
+    /// Another executor took the run over (this process missed its heartbeats):
+    /// leave the state to it.
+    LeaseLost,
+}
+
+impl Stop {
+    /// The run goes on elsewhere or later: record nothing.
+    fn leaves_state(self) -> bool {
+        matches!(self, Stop::Shutdown | Stop::LeaseLost)
+    }
 }
 
 struct Active {
-    session_id: String,
     cancel: CancellationToken,
     stop: OnceLock<Stop>,
     changed: watch::Sender<u64>,
@@ -98,6 +108,14 @@ pub struct RunManager {
     active: Mutex<HashMap<String, Arc<Active>>>,
     session_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     shutdown: CancellationToken,
+    /// This process, as named in run leases.
+    node: String,
+    cluster: ClusterConfig,
+    /// Other processes share the store (PostgreSQL): leases are renewed and
+    /// unclaimed runs looked for.
+    shared: bool,
+    /// When the leases were last renewed (ms; 0: not yet).
+    renewed_at: std::sync::atomic::AtomicI64,
 }
 
 fn err_json(code: ErrorCode, message: impl Into<String>) -> Option<String> {
@@ -114,15 +132,30 @@ impl RunManager {
         registry: Arc<Registry>,
         resources: Arc<ResourceManager>,
         shutdown: CancellationToken,
+        node: String,
+        cluster: &ClusterConfig,
     ) -> Self {
         Self {
+            shared: store.kind() == "postgres",
             store,
             registry,
             resources,
             active: Mutex::new(HashMap::new()),
             session_slots: Mutex::new(HashMap::new()),
             shutdown,
+            node,
+            cluster: cluster.clone(),
+            renewed_at: std::sync::atomic::AtomicI64::new(0),
         }
+    }
+
+    /// This process's name in leases.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn lease_end(&self, now: i64) -> i64 {
+        now + self.cluster.lease_ttl_ms as i64
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -137,7 +170,26 @@ impl RunManager {
         max_workflows: u32,
     ) -> Result<()> {
         self.store.insert_run(&run, &steps).await?;
-        self.spawn(run.id, run.session_id, max_workflows);
+        if !self.cluster.execute {
+            // A worker claims it.
+            if let Err(e) = self.store.notify("runs").await {
+                tracing::warn!(error = %e, "cannot notify workers; they find the run at their next poll");
+            }
+            return Ok(());
+        }
+        let now = now_ms();
+        if let Some(lease) = self
+            .store
+            .lease_run(&run.id, &self.node, now, self.lease_end(now))
+            .await?
+        {
+            self.spawn(
+                run.id,
+                run.session_id,
+                max_workflows,
+                lease.cancel_requested,
+            );
+        }
         Ok(())
     }
 
@@ -168,6 +220,10 @@ impl RunManager {
 
     /// Cancel a run driven by this process. Returns false when it is not active here.
     pub fn cancel(&self, run_id: &str) -> bool {
+        self.stop_local(run_id, Stop::Cancelled)
+    }
+
+    fn stop_local(&self, run_id: &str, why: Stop) -> bool {
         let a = self
             .active
             .lock()
@@ -176,7 +232,7 @@ impl RunManager {
             .cloned();
         match a {
             Some(a) => {
-                let _ = a.stop.set(Stop::Cancelled);
+                let _ = a.stop.set(why);
                 a.cancel.cancel();
                 true
             }
@@ -184,17 +240,52 @@ impl RunManager {
         }
     }
 
-    /// Cancel every active run of a session (the session was closed). Returns how many.
-    pub fn cancel_session(&self, session_id: &str) -> usize {
-        let ids: Vec<String> = self
-            .active
+    /// Was this run stopped here because another executor took it over?
+    pub fn taken_over(&self, run_id: &str) -> bool {
+        self.active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(_, a)| a.session_id == session_id)
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.iter().filter(|id| self.cancel(id)).count()
+            .get(run_id)
+            .is_some_and(|a| a.stop.get() == Some(&Stop::LeaseLost))
+    }
+
+    /// Cancel a run wherever it executes: here at once; elsewhere the request
+    /// is recorded for its executor (told by a notification, or at its next
+    /// heartbeat); a run nobody executes right now is taken here to be ended.
+    /// Returns whether the run was still unfinished.
+    pub async fn request_cancel(self: &Arc<Self>, run_id: &str) -> Result<bool> {
+        if self.cancel(run_id) {
+            return Ok(true);
+        }
+        if self.store.request_run_cancel(&[run_id.to_string()]).await? == 0 {
+            return Ok(false);
+        }
+        if self.shared
+            && let Err(e) = self.store.notify("cancel").await
+        {
+            tracing::warn!(error = %e, "cannot notify the run's executor; it sees the cancel at its next heartbeat");
+        }
+        let now = now_ms();
+        if let Some(lease) = self
+            .store
+            .lease_run(run_id, &self.node, now, self.lease_end(now))
+            .await?
+        {
+            self.adopt(lease).await?;
+        }
+        Ok(true)
+    }
+
+    /// Cancel every unfinished run of a session (the session was closed),
+    /// wherever it executes. Returns how many.
+    pub async fn cancel_session(self: &Arc<Self>, session_id: &str) -> Result<usize> {
+        let mut n = 0;
+        for id in self.store.unfinished_session_runs(session_id).await? {
+            if self.request_cancel(&id).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Runs driven by this process right now.
@@ -202,46 +293,170 @@ impl RunManager {
         self.active.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Pick up every unfinished run after a restart.
+    /// Pick up unfinished runs after a start. A store only this process uses:
+    /// every one of them (whoever held it before was this process). A shared
+    /// store: those whose executor's lease ended.
     pub async fn resume_all(self: &Arc<Self>) -> Result<usize> {
-        let runs = self.store.unfinished_runs().await?;
-        let n = runs.len();
-        for run in runs {
-            if self.is_active(&run.id) {
-                continue;
-            }
-            let max_workflows = match self.store.get_session(&run.session_id).await? {
-                Some(s) if s.status == "active" => s.max_parallel_workflows,
-                _ => {
-                    // The session is gone or closed: the run is cancelled.
-                    let mut run = run;
-                    let mut steps = self.store.run_steps(&run.id).await?;
-                    self.end_run(
-                        &mut run,
-                        &mut steps,
-                        CANCELLED,
-                        ErrorCode::SessionClosed,
-                        "the session was closed",
-                    )
-                    .await?;
-                    continue;
-                }
-            };
-            tracing::info!(run = %run.id, workflow = %run.workflow_name, "resuming run");
-            self.spawn(run.id, run.session_id, max_workflows);
+        if self.shared {
+            return self.claim_work().await;
+        }
+        let now = now_ms();
+        let leases = self
+            .store
+            .claim_runs(&self.node, i64::MAX, self.lease_end(now), u32::MAX)
+            .await?;
+        let n = leases.len();
+        for lease in leases {
+            self.adopt(lease).await?;
         }
         Ok(n)
     }
 
-    fn spawn(self: &Arc<Self>, run_id: String, session_id: String, max_workflows: u32) {
+    /// Claim unfinished runs nobody executes (new ones from servers that do not
+    /// execute, or ones whose executor died), up to this process's capacity.
+    pub async fn claim_work(self: &Arc<Self>) -> Result<usize> {
+        if !self.cluster.execute || self.shutdown.is_cancelled() {
+            return Ok(0);
+        }
+        let free = (self.cluster.max_active_runs as usize).saturating_sub(self.active_count());
+        if free == 0 {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let leases = self
+            .store
+            .claim_runs(&self.node, now, self.lease_end(now), free as u32)
+            .await?;
+        let n = leases.len();
+        for lease in leases {
+            self.adopt(lease).await?;
+        }
+        Ok(n)
+    }
+
+    /// Renew this process's leases; stop runs whose cancel was requested
+    /// elsewhere, and runs another executor took over.
+    pub async fn heartbeat(&self) -> Result<()> {
+        let ids: Vec<String> = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let held = match self
+            .store
+            .renew_run_leases(&self.node, &ids, self.lease_end(now))
+            .await
+        {
+            Ok(h) => {
+                self.renewed_at
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
+                h
+            }
+            Err(e) => {
+                // Cut off from the store for longer than a lease: others may
+                // have taken these runs over. Stop them here.
+                let last = self.renewed_at.load(std::sync::atomic::Ordering::Relaxed);
+                if last > 0 && now - last > self.cluster.lease_ttl_ms as i64 {
+                    for id in &ids {
+                        self.stop_local(id, Stop::LeaseLost);
+                    }
+                    tracing::warn!(
+                        runs = ids.len(),
+                        "leases could not be renewed for longer than their TTL; runs stopped here"
+                    );
+                }
+                return Err(e.into());
+            }
+        };
+        for id in &ids {
+            match held.iter().find(|l| &l.run_id == id) {
+                Some(l) if l.cancel_requested => {
+                    self.cancel(id);
+                }
+                Some(_) => {}
+                None => {
+                    if self.stop_local(id, Stop::LeaseLost) {
+                        tracing::warn!(run = %id, "another executor took the run over; stopped here");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Execute a run this process holds the lease of (a closed session's run is cancelled).
+    async fn adopt(self: &Arc<Self>, lease: RunLease) -> Result<()> {
+        if self.is_active(&lease.run_id) {
+            return Ok(());
+        }
+        let Some(run) = self.store.get_run(&lease.run_id).await? else {
+            return Ok(());
+        };
+        let max_workflows = match self.store.get_session(&run.session_id).await? {
+            Some(s) if s.status == "active" => s.max_parallel_workflows,
+            _ => {
+                // The session is gone or closed: the run is cancelled.
+                let mut run = run;
+                let mut steps = self.store.run_steps(&run.id).await?;
+                self.end_run(
+                    &mut run,
+                    &mut steps,
+                    CANCELLED,
+                    ErrorCode::SessionClosed,
+                    "the session was closed",
+                )
+                .await?;
+                self.store.drop_run_lease(&run.id, &self.node).await?;
+                return Ok(());
+            }
+        };
+        if run.status == RUNNING {
+            // Taken over (or resumed): whatever an earlier executor's steps held is released.
+            self.resources
+                .release_run(&run.id, "the run's executor stopped; it acquires again")
+                .await?;
+        }
+        tracing::info!(run = %run.id, workflow = %run.workflow_name, "executing run");
+        self.spawn(
+            run.id,
+            run.session_id,
+            max_workflows,
+            lease.cancel_requested,
+        );
+        Ok(())
+    }
+
+    fn spawn(
+        self: &Arc<Self>,
+        run_id: String,
+        session_id: String,
+        max_workflows: u32,
+        cancel_requested: bool,
+    ) {
+        // The lease was just taken: that counts as renewed.
+        let _ = self.renewed_at.compare_exchange(
+            0,
+            now_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let (tx, _) = watch::channel(0u64);
         let active = Arc::new(Active {
-            session_id: session_id.clone(),
             cancel: self.shutdown.child_token(),
             stop: OnceLock::new(),
             changed: tx,
             progress: Mutex::new(Progress::default()),
         });
+        if cancel_requested {
+            let _ = active.stop.set(Stop::Cancelled);
+            active.cancel.cancel();
+        }
         self.active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -258,9 +473,15 @@ impl RunManager {
             if let Err(e) = mgr.drive(&run_id, &active, slot).await {
                 tracing::error!(run = %run_id, error = %e, "run driver failed");
             }
-            // Whatever the run and its steps still hold is released, however it ended.
-            if let Err(e) = mgr.resources.release_run(&run_id, "the run ended").await {
-                tracing::error!(run = %run_id, error = %e, "cannot release the run's resources");
+            // Taken over: what the run holds now is its new executor's.
+            if active.stop.get() != Some(&Stop::LeaseLost) {
+                // Whatever the run and its steps still hold is released, however it ended.
+                if let Err(e) = mgr.resources.release_run(&run_id, "the run ended").await {
+                    tracing::error!(run = %run_id, error = %e, "cannot release the run's resources");
+                }
+                if let Err(e) = mgr.store.drop_run_lease(&run_id, &mgr.node).await {
+                    tracing::warn!(run = %run_id, error = %e, "cannot give the run's lease up; it ends with its TTL");
+                }
             }
             mgr.active
                 .lock()
@@ -673,8 +894,8 @@ impl RunManager {
         active: &Active,
     ) -> Result<()> {
         let stop = active.stop.get().copied().unwrap_or(Stop::Shutdown);
-        if stop == Stop::Shutdown {
-            tracing::info!(run = %run.id, "server stopping; the run resumes at the next start");
+        if stop.leaves_state() {
+            tracing::info!(run = %run.id, ?stop, "the run goes on elsewhere or at the next start");
             return Ok(());
         }
         let (status, code, msg) = match stop {
@@ -870,6 +1091,7 @@ impl StepTask {
             tracing::error!(run = %self.run_id, step = %self.rec.name, error = %e, "step bookkeeping failed");
         }
         if self.spec.resources.is_some()
+            && self.active.stop.get() != Some(&Stop::LeaseLost)
             && let Err(e) = self
                 .mgr
                 .resources
@@ -932,7 +1154,7 @@ impl StepTask {
     /// stopping (then the record stays `running` and the next start attempts it again).
     async fn stopped(&mut self, when: &str, abandoned: bool) -> Result<()> {
         let (status, code, why) = match self.active.stop.get().copied().unwrap_or(Stop::Shutdown) {
-            Stop::Shutdown => return Ok(()),
+            Stop::Shutdown | Stop::LeaseLost => return Ok(()),
             Stop::TimedOut => (
                 TIMED_OUT,
                 ErrorCode::TimeoutExceeded,

@@ -121,6 +121,51 @@ pub struct StatusOptions {
 }
 
 impl Engine {
+    /// Several processes on one store: who executes runs, and runs nobody
+    /// has claimed for longer than a lease's TTL (no executor, or all full).
+    async fn cluster_health(&self) -> ComponentHealth {
+        let cluster = &self.config().cluster;
+        let now = now_ms();
+        let details = |ex: Option<&crate::store::RunExecutors>| {
+            json!({
+                "node": self.runs().node(),
+                "executes": cluster.execute,
+                "runs_executed_here": self.runs().active_count(),
+                "executors": ex.map(|e| e.by_executor.iter().map(|(o, n)| (o.clone(), json!(n))).collect::<serde_json::Map<String, Value>>()),
+                "unclaimed_runs": ex.map(|e| e.unclaimed),
+                "oldest_unclaimed_ms": ex.and_then(|e| e.oldest_unclaimed_at).map(|t| now - t),
+            })
+        };
+        match self.store().run_executors(now).await {
+            Err(e) => ComponentHealth {
+                status: HealthLevel::Unhealthy,
+                message: format!("cannot read the run leases: {e}"),
+                details: details(None),
+            },
+            Ok(ex) => {
+                let waiting = ex
+                    .oldest_unclaimed_at
+                    .is_some_and(|t| now - t > cluster.lease_ttl_ms as i64);
+                ComponentHealth {
+                    status: if waiting {
+                        HealthLevel::Degraded
+                    } else {
+                        HealthLevel::Healthy
+                    },
+                    message: if waiting {
+                        format!(
+                            "{} unfinished run(s) wait for an executor; start `myrmex worker` processes (or a server without --no-execute), or raise [cluster] max_active_runs",
+                            ex.unclaimed
+                        )
+                    } else {
+                        format!("{} executor(s) hold unfinished runs", ex.by_executor.len())
+                    },
+                    details: details(Some(&ex)),
+                }
+            }
+        }
+    }
+
     /// Check every component. Never fails: a failing check is reported.
     pub async fn health(&self) -> HealthReport {
         let mut components = BTreeMap::new();
@@ -215,6 +260,9 @@ impl Engine {
                 }),
             },
         );
+        if self.store().kind() == "postgres" {
+            components.insert("cluster".to_string(), self.cluster_health().await);
+        }
         for t in self.background().states() {
             // A tick is late when more than three intervals (plus slack) passed.
             let late_after = 3 * t.interval_ms + 5_000;

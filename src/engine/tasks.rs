@@ -267,6 +267,7 @@ pub struct TaskGraphView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
     Cancelled,
+    /// The process stops, or another executor took the task over: record nothing.
     Shutdown,
 }
 
@@ -327,6 +328,9 @@ pub struct TaskManager {
     /// Other processes may write the same tasks (a shared database): every
     /// lock compares the store's stamp of the session and reloads when it moved.
     shared: bool,
+    /// This process's name in auto tasks' executor leases.
+    node: String,
+    cluster: crate::config::ClusterConfig,
 }
 
 fn deps_of(t: &TaskRecord) -> Vec<String> {
@@ -649,9 +653,12 @@ impl TaskManager {
         resources: Arc<ResourceManager>,
         config: &crate::config::Config,
         shutdown: CancellationToken,
+        node: String,
     ) -> Self {
         Self {
             shared: store.kind() == "postgres",
+            node,
+            cluster: config.cluster.clone(),
             registry,
             resources,
             config: config.tasks.clone(),
@@ -687,14 +694,14 @@ impl TaskManager {
         {
             // Another process changed the session's tasks: read them again
             // (what runs here keeps running).
+            g.loaded = false;
+        }
+        if !g.loaded {
             g.tasks.clear();
             g.order.clear();
             g.by_name.clear();
             g.dependents.clear();
             g.next_seq = 0;
-            g.loaded = false;
-        }
-        if !g.loaded {
             g.stamp = (0, 0);
             let tasks = self.store.session_tasks(&sg.session_id).await?;
             for t in tasks {
@@ -711,6 +718,18 @@ impl TaskManager {
             g.loaded = true;
         }
         Ok(g)
+    }
+
+    /// The session's graph locked, read again if another process changed it.
+    async fn fresh(&self, sg: &SessionGraph) -> Result<Locked> {
+        let max = sg.graph.lock().await.max_parallel as u32;
+        self.lock(sg, max).await
+    }
+
+    /// Is this running task still this process's to record? (With a shared
+    /// store another executor may have taken it over.)
+    fn ours(&self, t: &TaskRecord) -> bool {
+        in_flight(&t.status) && (!self.shared || t.claimed_by.as_deref() == Some(&self.node))
     }
 
     /// Apply committed records to the graph.
@@ -1056,6 +1075,15 @@ impl TaskManager {
         if g.closed || self.shutdown.is_cancelled() {
             return Ok(());
         }
+        if !self.cluster.execute {
+            // Workers run auto tasks: tell them when there is something to run.
+            if g.tasks.values().any(|t| t.status == READY && !is_agent(t))
+                && let Err(e) = self.store.notify("tasks").await
+            {
+                tracing::warn!(error = %e, "cannot notify workers; they find the tasks at their next poll");
+            }
+            return Ok(());
+        }
         let free = g.max_parallel.saturating_sub(g.running.len());
         if free == 0 {
             return Ok(());
@@ -1088,9 +1116,16 @@ impl TaskManager {
             let params: Map<String, Value> = parse_json(Some(&t.parameters));
             match render_value(&Value::Object(params), &scope) {
                 Ok(p) => {
+                    let lease_end = now + self.cluster.lease_ttl_ms as i64;
+                    let shared = self.shared;
                     let rec = txn.edit(id);
                     rec.status = RUNNING.into();
                     rec.started_at.get_or_insert(now);
+                    if shared {
+                        // The executor's lease: renewed by its heartbeat, taken over when it ends.
+                        rec.claimed_by = Some(self.node.clone());
+                        rec.lease_expires_at = Some(lease_end);
+                    }
                     plans.push((t, p));
                 }
                 Err(e) => {
@@ -1106,7 +1141,16 @@ impl TaskManager {
                 }
             }
         }
-        let changed = txn.commit(&*self.store).await?;
+        let changed = match txn.commit(&*self.store).await {
+            Ok(c) => c,
+            // Another process changed these tasks first (it may be running
+            // them): read the graph again at the next look.
+            Err(e) if self.shared && e.code == ErrorCode::Conflict => {
+                g.loaded = false;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         Self::apply(g, changed);
         for (t, params) in plans {
             let cancel = self.shutdown.child_token();
@@ -1579,8 +1623,51 @@ impl TaskManager {
             .filter(|t| t.status == CLAIMED && t.lease_expires_at.is_some_and(|e| e <= now))
             .map(|t| t.id.clone())
             .collect();
+        // Auto tasks whose executor (another process) stopped renewing its lease.
+        let orphans: Vec<String> = g
+            .tasks
+            .values()
+            .filter(|t| {
+                self.shared
+                    && !is_agent(t)
+                    && in_flight(&t.status)
+                    && !g.running.contains_key(&t.id)
+                    && t.lease_expires_at.is_some_and(|e| e <= now)
+            })
+            .map(|t| t.id.clone())
+            .collect();
+        if !orphans.is_empty() {
+            let mut txn = Txn::new(g);
+            for id in &orphans {
+                let t = txn.edit(id);
+                let who = t.claimed_by.take().unwrap_or_default();
+                t.status = READY.into();
+                t.error = err_json(
+                    ErrorCode::TimeoutExceeded.as_str(),
+                    format!(
+                        "executor '{who}' stopped during attempt {}; the task runs again",
+                        t.attempts
+                    ),
+                );
+                t.lease_expires_at = None;
+            }
+            match txn.commit(&*self.store).await {
+                Ok(changed) => Self::apply(g, changed),
+                Err(e) if e.code == ErrorCode::Conflict => g.loaded = false,
+                Err(e) => return Err(e),
+            }
+            for id in &orphans {
+                self.resources
+                    .release_owner("task", id, "the task's executor stopped; it acquires again")
+                    .await?;
+            }
+            tracing::warn!(
+                tasks = orphans.len(),
+                "auto tasks of a stopped executor are ready again"
+            );
+        }
         if expired.is_empty() {
-            return Ok(0);
+            return Ok(orphans.len());
         }
         let mut txn = Txn::new(g);
         for id in &expired {
@@ -1996,6 +2083,10 @@ impl TaskManager {
     /// After a restart: load graphs with unfinished tasks, run interrupted
     /// auto tasks again (their attempt stays counted), keep claims and leases.
     pub async fn resume_all(self: &Arc<Self>) -> Result<usize> {
+        if self.shared {
+            // Others may be running tasks: only those whose executor's lease ended go again.
+            return self.claim_work().await;
+        }
         let sessions = self.store.sessions_with_open_tasks().await?;
         for sid in &sessions {
             let session = match self.store.get_session(sid).await? {
@@ -2025,6 +2116,89 @@ impl TaskManager {
             self.dispatch(&sg, &mut g).await?;
         }
         Ok(sessions.len())
+    }
+
+    /// Sessions with ready auto tasks, or auto tasks of a stopped executor:
+    /// load them and run what is ready here (another process may win a task;
+    /// then it is its). Returns the sessions looked at.
+    pub async fn claim_work(self: &Arc<Self>) -> Result<usize> {
+        if !self.cluster.execute || self.shutdown.is_cancelled() {
+            return Ok(0);
+        }
+        let sessions = self.store.sessions_with_auto_work(now_ms()).await?;
+        for sid in &sessions {
+            let Some(session) = self.store.get_session(sid).await? else {
+                continue;
+            };
+            if session.status != "active" {
+                continue;
+            }
+            let sg = self.session_graph(sid);
+            let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
+            self.expire_leases(&mut g).await?;
+            self.dispatch(&sg, &mut g).await?;
+            drop(g);
+            sg.bump();
+        }
+        Ok(sessions.len())
+    }
+
+    /// Renew the executor leases of the auto tasks running here; stop those
+    /// cancelled or taken over elsewhere.
+    pub async fn heartbeat(&self) -> Result<()> {
+        if !self.shared {
+            return Ok(());
+        }
+        let graphs: Vec<Arc<SessionGraph>> = self
+            .graphs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for sg in graphs {
+            if sg.graph.lock().await.running.is_empty() {
+                continue;
+            }
+            let mut g = self.fresh(&sg).await?;
+            let now = now_ms();
+            let lease_end = now + self.cluster.lease_ttl_ms as i64;
+            let mut renew = Vec::new();
+            for (id, r) in &g.running {
+                match g.tasks.get(id) {
+                    Some(t)
+                        if in_flight(&t.status) && t.claimed_by.as_deref() == Some(&self.node) =>
+                    {
+                        renew.push(id.clone());
+                    }
+                    Some(t) => {
+                        // Cancelled elsewhere (recorded there), or another executor has it.
+                        let why = if in_flight(&t.status) {
+                            Stop::Shutdown
+                        } else {
+                            Stop::Cancelled
+                        };
+                        let _ = r.stop.set(why);
+                        r.cancel.cancel();
+                    }
+                    None => r.cancel.cancel(),
+                }
+            }
+            if renew.is_empty() {
+                continue;
+            }
+            let mut txn = Txn::new(&g);
+            for id in &renew {
+                txn.edit(id).lease_expires_at = Some(lease_end);
+            }
+            match txn.commit(&*self.store).await {
+                Ok(changed) => Self::apply(&mut g, changed),
+                // Changed meanwhile: the next heartbeat (well within the TTL) renews.
+                Err(e) if e.code == ErrorCode::Conflict => g.loaded = false,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Periodic: expire leases of every loaded graph.
@@ -2245,11 +2419,11 @@ impl Job {
         result: Result<(u32, attempts::Ending)>,
         stop: &OnceLock<Stop>,
     ) -> Result<()> {
-        let mut g = self.sg.graph.lock().await;
+        let mut g = self.mgr.fresh(&self.sg).await?;
         g.running.remove(&self.id);
         let stopped_for_shutdown = matches!(result, Ok((_, attempts::Ending::Stopped { .. })))
             && stop.get().copied().unwrap_or(Stop::Shutdown) == Stop::Shutdown;
-        let still_running = g.tasks.get(&self.id).is_some_and(|t| in_flight(&t.status));
+        let still_running = g.tasks.get(&self.id).is_some_and(|t| self.mgr.ours(t));
         if stopped_for_shutdown || !still_running {
             // Shutdown: stays `running` and goes again at the next start.
             // Cancelled: cancel_task already recorded it.
@@ -2302,8 +2476,8 @@ impl Job {
     }
 
     async fn record(&self, f: impl FnOnce(&mut TaskRecord)) -> Result<()> {
-        let mut g = self.sg.graph.lock().await;
-        if g.tasks.get(&self.id).is_none_or(|t| !in_flight(&t.status)) {
+        let mut g = self.mgr.fresh(&self.sg).await?;
+        if g.tasks.get(&self.id).is_none_or(|t| !self.mgr.ours(t)) {
             return Ok(());
         }
         let mut txn = Txn::new(&g);

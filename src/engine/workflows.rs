@@ -825,17 +825,11 @@ impl Engine {
                 "Nothing was changed. retry_workflow_run starts it again.",
             ));
         }
-        if self.runs().cancel(run_id) {
-            let mut none = |_: usize, _: usize, _: String| {};
-            return self
-                .wait_run(run_id, Duration::from_secs(10), &mut none)
-                .await;
-        }
-        Err(Error::new(
-            ErrorCode::Conflict,
-            format!("run '{run_id}' is not being executed by this server right now"),
-            "Retry in a moment: unfinished runs are resumed shortly after a server starts.",
-        ))
+        // Here, or by whichever process executes it (it is told), or taken here to end it.
+        self.runs().request_cancel(run_id).await?;
+        let mut none = |_: usize, _: usize, _: String| {};
+        self.wait_run(run_id, Duration::from_secs(10), &mut none)
+            .await
     }
 
     /// Start a new run of the same definition version and parameters: steps that
@@ -928,7 +922,7 @@ impl Engine {
     /// Close a session and cancel its runs.
     pub async fn close_session(&self, p: &Principal, id: &str) -> Result<Session> {
         let s = self.sessions().close(p, id).await?;
-        let n = self.runs().cancel_session(id);
+        let n = self.runs().cancel_session(id).await?;
         if n > 0 {
             tracing::info!(session = %id, runs = n, "runs of the closed session cancelled");
         }

@@ -6,9 +6,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    AllocationRecord, FINAL_TASK_STATUSES, ProjectQuery, ProjectRecord, RunQuery, RunRecord,
-    SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult, TaskRecord, TaskStats,
-    WorkflowRecord,
+    AllocationRecord, FINAL_TASK_STATUSES, ProjectQuery, ProjectRecord, RunExecutors, RunLease,
+    RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult,
+    TaskRecord, TaskStats, WorkflowRecord,
 };
 
 #[derive(Default)]
@@ -27,6 +27,8 @@ struct Inner {
     tasks: HashMap<String, TaskRecord>,
     allocations: BTreeMap<String, AllocationRecord>,
     projects: HashMap<String, ProjectRecord>,
+    /// Run id -> (lease owner, lease end, cancel requested).
+    leases: HashMap<String, (Option<String>, i64, bool)>,
 }
 
 impl MemoryStore {
@@ -368,6 +370,169 @@ impl Store for MemoryStore {
         Ok(v)
     }
 
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now: i64,
+        until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<RunLease>> {
+        let mut g = self.lock()?;
+        let mut free: Vec<(u8, i64, String)> = g
+            .runs
+            .values()
+            .filter(|r| matches!(r.status.as_str(), "pending" | "running"))
+            .filter(|r| {
+                g.leases
+                    .get(&r.id)
+                    .is_none_or(|(o, e, _)| o.is_none() || *e < now)
+            })
+            .map(|r| (urgency(&r.priority), r.created_at, r.id.clone()))
+            .collect();
+        free.sort();
+        let mut out = Vec::new();
+        for (_, _, id) in free.into_iter().take(limit as usize) {
+            let l = g.leases.entry(id.clone()).or_insert((None, 0, false));
+            *l = (Some(owner.to_string()), until, l.2);
+            out.push(RunLease {
+                run_id: id,
+                cancel_requested: l.2,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn lease_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> StoreResult<Option<RunLease>> {
+        let mut g = self.lock()?;
+        if !g
+            .runs
+            .get(run_id)
+            .is_some_and(|r| matches!(r.status.as_str(), "pending" | "running"))
+        {
+            return Ok(None);
+        }
+        let l = g
+            .leases
+            .entry(run_id.to_string())
+            .or_insert((None, 0, false));
+        if l.0.as_deref().is_some_and(|o| o != owner) && l.1 >= now {
+            return Ok(None);
+        }
+        *l = (Some(owner.to_string()), until, l.2);
+        Ok(Some(RunLease {
+            run_id: run_id.to_string(),
+            cancel_requested: l.2,
+        }))
+    }
+
+    async fn renew_run_leases(
+        &self,
+        owner: &str,
+        run_ids: &[String],
+        until: i64,
+    ) -> StoreResult<Vec<RunLease>> {
+        let mut g = self.lock()?;
+        let mut out = Vec::new();
+        for id in run_ids {
+            if let Some(l) = g.leases.get_mut(id)
+                && l.0.as_deref() == Some(owner)
+            {
+                l.1 = until;
+                out.push(RunLease {
+                    run_id: id.clone(),
+                    cancel_requested: l.2,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn drop_run_lease(&self, run_id: &str, owner: &str) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        if let Some(l) = g.leases.get_mut(run_id)
+            && l.0.as_deref() == Some(owner)
+        {
+            l.0 = None;
+        }
+        Ok(())
+    }
+
+    async fn request_run_cancel(&self, run_ids: &[String]) -> StoreResult<u64> {
+        let mut g = self.lock()?;
+        let mut n = 0;
+        for id in run_ids {
+            if g.runs
+                .get(id)
+                .is_some_and(|r| matches!(r.status.as_str(), "pending" | "running"))
+            {
+                g.leases.entry(id.clone()).or_insert((None, 0, false)).2 = true;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn unfinished_session_runs(&self, session_id: &str) -> StoreResult<Vec<String>> {
+        let g = self.lock()?;
+        let mut v: Vec<(i64, String)> = g
+            .runs
+            .values()
+            .filter(|r| {
+                r.session_id == session_id && matches!(r.status.as_str(), "pending" | "running")
+            })
+            .map(|r| (r.created_at, r.id.clone()))
+            .collect();
+        v.sort();
+        Ok(v.into_iter().map(|(_, id)| id).collect())
+    }
+
+    async fn sessions_with_auto_work(&self, now: i64) -> StoreResult<Vec<String>> {
+        let mut v: Vec<String> = self
+            .lock()?
+            .tasks
+            .values()
+            .filter(|t| t.module.is_some())
+            .filter(|t| {
+                t.status == "ready"
+                    || (matches!(t.status.as_str(), "running" | "waiting_resources")
+                        && t.lease_expires_at.is_some_and(|e| e < now))
+            })
+            .map(|t| t.session_id.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+
+    async fn run_executors(&self, now: i64) -> StoreResult<RunExecutors> {
+        let g = self.lock()?;
+        let mut by: BTreeMap<String, u64> = BTreeMap::new();
+        let mut out = RunExecutors::default();
+        for r in g.runs.values() {
+            if !matches!(r.status.as_str(), "pending" | "running") {
+                continue;
+            }
+            match g.leases.get(&r.id) {
+                Some((Some(o), e, _)) if *e >= now => *by.entry(o.clone()).or_default() += 1,
+                _ => {
+                    out.unclaimed += 1;
+                    out.oldest_unclaimed_at = Some(
+                        out.oldest_unclaimed_at
+                            .map_or(r.created_at, |o| o.min(r.created_at)),
+                    );
+                }
+            }
+        }
+        out.by_executor = by.into_iter().collect();
+        Ok(out)
+    }
+
     async fn sessions_with_open_tasks(&self) -> StoreResult<Vec<String>> {
         let mut v: Vec<String> = self
             .lock()?
@@ -498,5 +663,15 @@ impl Store for MemoryStore {
             .collect();
         v.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
         Ok(v.into_iter().skip(offset).take(limit as usize).collect())
+    }
+}
+
+/// Claim order of a stored priority: critical first.
+fn urgency(p: &str) -> u8 {
+    match p {
+        "critical" => 0,
+        "high" => 1,
+        "normal" => 2,
+        _ => 3,
     }
 }

@@ -431,6 +431,100 @@ pub trait Store: Send + Sync + 'static {
         offset: usize,
         limit: u32,
     ) -> StoreResult<Vec<AllocationRecord>>;
+
+    // ---- scale-out: run leases, cancel requests, notifications ------------
+
+    /// Claim up to `limit` unfinished runs whose lease is free or ended before
+    /// `now` (most urgent, then oldest first) for `owner` until `until`. Two
+    /// processes never claim the same run (PostgreSQL: `FOR UPDATE SKIP LOCKED`).
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now: i64,
+        until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<RunLease>>;
+
+    /// Claim one unfinished run if its lease is free, ended before `now`, or
+    /// already `owner`'s.
+    async fn lease_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> StoreResult<Option<RunLease>>;
+
+    /// Extend `owner`'s leases on `run_ids` to `until`; the answer lists the
+    /// runs still held (a run missing from it was taken over by another executor).
+    async fn renew_run_leases(
+        &self,
+        owner: &str,
+        run_ids: &[String],
+        until: i64,
+    ) -> StoreResult<Vec<RunLease>>;
+
+    /// Give a lease up (the process stops): another executor may claim the run at once.
+    async fn drop_run_lease(&self, run_id: &str, owner: &str) -> StoreResult<()>;
+
+    /// Ask whoever executes these runs to cancel them (unfinished ones only).
+    /// Returns the runs marked.
+    async fn request_run_cancel(&self, run_ids: &[String]) -> StoreResult<u64>;
+
+    /// Unfinished runs of a session (to cancel them when it closes).
+    async fn unfinished_session_runs(&self, session_id: &str) -> StoreResult<Vec<String>>;
+
+    /// Serialise allocation decisions across processes: lock, read the active
+    /// allocations, let `decide` choose the grants that fit beside them, store
+    /// those, commit. Returns the grants.
+    async fn allocate(
+        &self,
+        decide: &mut (dyn FnMut(Vec<AllocationRecord>) -> Vec<AllocationRecord> + Send),
+    ) -> StoreResult<Vec<AllocationRecord>> {
+        let grants = decide(self.active_allocations().await?);
+        if !grants.is_empty() {
+            self.put_allocations(&grants).await?;
+        }
+        Ok(grants)
+    }
+
+    /// Sessions with ready auto tasks, or auto tasks whose executor's lease ended before `now`.
+    async fn sessions_with_auto_work(&self, now: i64) -> StoreResult<Vec<String>>;
+
+    /// Who executes unfinished runs now (leases not ended at `now`), and the
+    /// unfinished runs nobody executes.
+    async fn run_executors(&self, now: i64) -> StoreResult<RunExecutors>;
+
+    /// Tell the other processes on this store that `topic` changed (no-op
+    /// for a store only one process uses).
+    async fn notify(&self, _topic: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Topics other processes notified (None for a store only one process uses).
+    /// A `*` means notifications may have been missed: look at everything.
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
+}
+
+/// Unfinished runs by executor, and those without one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunExecutors {
+    /// Executor (lease owner) -> runs it holds.
+    pub by_executor: Vec<(String, u64)>,
+    /// Unfinished runs without a live lease.
+    pub unclaimed: u64,
+    /// Creation time of the oldest of them.
+    pub oldest_unclaimed_at: Option<i64>,
+}
+
+/// A run held by an executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLease {
+    pub run_id: String,
+    /// A cancel was requested (on any server).
+    pub cancel_requested: bool,
 }
 
 /// Task statuses that are final.
@@ -707,7 +801,135 @@ mod contract {
         );
         assert!(store.list_runs(&q(Some("run_2"))).await.unwrap().is_empty());
         assert_eq!(store.list_runs(&q(None)).await.unwrap().len(), 2);
-        assert_eq!(store.get_run("run_2").await.unwrap(), Some(child));
+        assert_eq!(store.get_run("run_2").await.unwrap(), Some(child.clone()));
+
+        // Leases: unfinished runs only, most urgent first, one owner at a time,
+        // taken over when they end, kept by renewals, untouched by run updates.
+        let pending = |id: &str, priority: &str, at: i64| RunRecord {
+            id: id.into(),
+            status: "pending".into(),
+            priority: priority.into(),
+            created_at: at,
+            finished_at: None,
+            parent_run_id: None,
+            parent_step: None,
+            ..child.clone()
+        };
+        store
+            .insert_run(&pending("run_l1", "low", 10), &[])
+            .await
+            .unwrap();
+        store
+            .insert_run(&pending("run_l2", "critical", 11), &[])
+            .await
+            .unwrap();
+        store
+            .insert_run(&pending("run_l3", "normal", 12), &[])
+            .await
+            .unwrap();
+        // The order of a claim's answer is not part of the contract.
+        let ids = |v: Vec<RunLease>| {
+            let mut v: Vec<String> = v.into_iter().map(|l| l.run_id).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            ids(store.claim_runs("a", 100, 200, 2).await.unwrap()),
+            ["run_l2", "run_l3"]
+        );
+        assert_eq!(
+            ids(store.claim_runs("b", 100, 200, 5).await.unwrap()),
+            ["run_l1"]
+        );
+        assert!(store.claim_runs("b", 150, 250, 5).await.unwrap().is_empty());
+        assert!(
+            store
+                .lease_run("run_l2", "b", 150, 250)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .lease_run("run_1", "b", 150, 250)
+                .await
+                .unwrap()
+                .is_none(),
+            "finished"
+        );
+        // An update of the run keeps its lease.
+        store
+            .update_run(&RunRecord {
+                status: "running".into(),
+                ..pending("run_l2", "critical", 11)
+            })
+            .await
+            .unwrap();
+        let held = vec![
+            "run_l2".to_string(),
+            "run_l3".to_string(),
+            "run_l1".to_string(),
+        ];
+        assert_eq!(
+            ids(store.renew_run_leases("a", &held, 300).await.unwrap()).len(),
+            2
+        );
+        // a's leases last until 300: at 250 b takes l1 again (its own lease ended) but nothing of a's.
+        assert_eq!(
+            ids(store.claim_runs("b", 250, 400, 5).await.unwrap()),
+            ["run_l1"]
+        );
+        assert_eq!(
+            store
+                .request_run_cancel(&["run_l3".into(), "run_1".into()])
+                .await
+                .unwrap(),
+            1
+        );
+        let renewed = store.renew_run_leases("a", &held, 300).await.unwrap();
+        assert!(
+            renewed
+                .iter()
+                .any(|l| l.run_id == "run_l3" && l.cancel_requested)
+        );
+        assert!(
+            renewed
+                .iter()
+                .any(|l| l.run_id == "run_l2" && !l.cancel_requested)
+        );
+        // a stops renewing: after 300 b takes both over; a dropped lease is free at once.
+        let taken = store.claim_runs("b", 301, 500, 5).await.unwrap();
+        assert!(
+            taken
+                .iter()
+                .any(|l| l.run_id == "run_l3" && l.cancel_requested)
+        );
+        assert_eq!(ids(taken), ["run_l2", "run_l3"]);
+        assert!(
+            store
+                .renew_run_leases("a", &held, 600)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store.drop_run_lease("run_l1", "b").await.unwrap();
+        assert_eq!(
+            ids(store.claim_runs("c", 302, 500, 5).await.unwrap()),
+            ["run_l1"]
+        );
+        assert_eq!(
+            store
+                .lease_run("run_l1", "c", 302, 700)
+                .await
+                .unwrap()
+                .map(|l| l.run_id)
+                .as_deref(),
+            Some("run_l1")
+        );
+        assert_eq!(
+            store.unfinished_session_runs("ses_a").await.unwrap(),
+            ["run_l1", "run_l2", "run_l3"]
+        );
     }
 
     /// Tasks: all-or-nothing inserts and updates, versions as optimistic locks.

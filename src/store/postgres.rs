@@ -14,8 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{
-    AllocationRecord, ProjectQuery, ProjectRecord, RunQuery, RunRecord, SessionQuery,
-    SessionRecord, StepRecord, Store, StoreError, StoreResult, TaskRecord, TaskStats,
+    AllocationRecord, ProjectQuery, ProjectRecord, RunExecutors, RunLease, RunQuery, RunRecord,
+    SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult, TaskRecord, TaskStats,
     WorkflowRecord,
 };
 
@@ -26,6 +26,10 @@ pub struct PostgresStore {
     /// Run and step updates go through one writer that commits whatever is
     /// queued in a single transaction (group commit): one fsync for many updates.
     writes: tokio::sync::mpsc::Sender<Write>,
+    /// LISTEN/NOTIFY channel of this database and schema.
+    channel: String,
+    /// What other processes notified, from one listening connection.
+    events: tokio::sync::broadcast::Sender<String>,
 }
 
 // Step writes are the hot path and runs are few: boxing either side only adds an allocation.
@@ -42,14 +46,6 @@ struct Write {
 
 /// Most updates committed in one transaction.
 const GROUP_COMMIT_MAX: usize = 512;
-
-fn replace_run_sql() -> String {
-    format!(
-        "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) \
-         ON CONFLICT (id) DO UPDATE SET session_id = EXCLUDED.session_id, principal = EXCLUDED.principal, workflow_name = EXCLUDED.workflow_name, workflow_version = EXCLUDED.workflow_version, workflow_source = EXCLUDED.workflow_source, definition = EXCLUDED.definition, parameters = EXCLUDED.parameters, status = EXCLUDED.status, priority = EXCLUDED.priority, max_parallel = EXCLUDED.max_parallel, mode = EXCLUDED.mode, timeout_seconds = EXCLUDED.timeout_seconds, resources = EXCLUDED.resources, error = EXCLUDED.error, retry_of = EXCLUDED.retry_of, created_at = EXCLUDED.created_at, started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at, parent_run_id = EXCLUDED.parent_run_id, parent_step = EXCLUDED.parent_step, project_id = EXCLUDED.project_id, project = EXCLUDED.project"
-    )
-}
 
 /// Rows per multi-row statement: 13 columns each stays far below PostgreSQL's
 /// 65,535 bound parameters.
@@ -97,7 +93,7 @@ async fn write_steps(
 
 async fn commit_batch(conn: &mut sqlx::PgConnection, batch: &[Write]) -> Result<(), sqlx::Error> {
     use sqlx::Connection as _;
-    let run_sql = replace_run_sql();
+    let run_sql = upsert_run_sql();
     // Rows are replaced whole, and the batch commits atomically: only the last
     // write of each row in it needs to be applied, and the order between rows
     // does not matter.
@@ -210,11 +206,62 @@ impl PostgresStore {
             .map_err(|e| anyhow::anyhow!("cannot migrate PostgreSQL store {}: {e}", redact(url)))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4 * GROUP_COMMIT_MAX);
         tokio::spawn(writer(pool.clone(), rx));
+        let channel = format!("myrmex_{}", schema.as_deref().unwrap_or("public")).to_lowercase();
+        let events = tokio::sync::broadcast::channel(1024).0;
+        tokio::spawn(listen(pool.clone(), channel.clone(), events.clone()));
         Ok(Self {
             pool,
             location: redact(url),
             writes: tx,
+            channel,
+            events,
         })
+    }
+}
+
+/// Forward notifications on `channel` to `events`. After the connection was
+/// lost (notifications may have been missed) subscribers get `*`.
+async fn listen(pool: PgPool, channel: String, events: tokio::sync::broadcast::Sender<String>) {
+    let mut listener: Option<sqlx::postgres::PgListener> = None;
+    loop {
+        let l = match listener.as_mut() {
+            Some(l) => l,
+            None => match sqlx::postgres::PgListener::connect_with(&pool).await {
+                Ok(mut l) => match l.listen(&channel).await {
+                    Ok(()) => {
+                        let _ = events.send("*".into());
+                        listener.insert(l)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot LISTEN; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    if pool.is_closed() {
+                        return;
+                    }
+                    tracing::debug!(error = %e, "cannot connect the listener; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        match l.try_recv().await {
+            Ok(Some(n)) => {
+                let _ = events.send(n.payload().to_string());
+            }
+            // The connection was lost: reconnect, and tell subscribers to look at everything.
+            Ok(None) => {
+                let _ = events.send("*".into());
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "listener failed; reconnecting");
+                listener = None;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
 
@@ -258,6 +305,40 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Insert or replace one allocation.
+async fn upsert_allocation(
+    conn: &mut sqlx::PgConnection,
+    a: &AllocationRecord,
+) -> Result<(), sqlx::Error> {
+    query(AssertSqlSafe(format!(
+        "INSERT INTO allocations ({ALLOCATION_COLUMNS}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (id) DO UPDATE SET session_id = EXCLUDED.session_id, \
+         principal = EXCLUDED.principal, holder = EXCLUDED.holder, \
+         owner_kind = EXCLUDED.owner_kind, owner_ref = EXCLUDED.owner_ref, \
+         requirements = EXCLUDED.requirements, priority = EXCLUDED.priority, \
+         status = EXCLUDED.status, created_at = EXCLUDED.created_at, \
+         expires_at = EXCLUDED.expires_at, released_at = EXCLUDED.released_at, \
+         release_reason = EXCLUDED.release_reason"
+    )))
+    .bind(&a.id)
+    .bind(&a.session_id)
+    .bind(&a.principal)
+    .bind(&a.holder)
+    .bind(&a.owner_kind)
+    .bind(&a.owner_ref)
+    .bind(&a.requirements)
+    .bind(&a.priority)
+    .bind(&a.status)
+    .bind(a.created_at)
+    .bind(a.expires_at)
+    .bind(a.released_at)
+    .bind(&a.release_reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 impl PostgresStore {
     /// Queue an update for the group-commit writer and wait until it is durable.
     async fn write(&self, op: WriteOp) -> StoreResult<()> {
@@ -273,6 +354,24 @@ impl PostgresStore {
 }
 
 super::rows::sql_store!(PostgresStore, {
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now: i64,
+        until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<RunLease>> {
+        let r = query(AssertSqlSafe(claim_runs_sql("FOR UPDATE SKIP LOCKED")))
+            .bind(owner)
+            .bind(now)
+            .bind(until)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows(r, lease_from_row)
+    }
+
     fn kind(&self) -> &'static str {
         "postgres"
     }
@@ -307,37 +406,49 @@ super::rows::sql_store!(PostgresStore, {
             .map_err(|_| StoreError::Unavailable("the PostgreSQL writer has stopped".into()))
     }
 
+    async fn notify(&self, topic: &str) -> StoreResult<()> {
+        query("SELECT pg_notify(?1, ?2)")
+            .bind(&self.channel)
+            .bind(topic)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        Some(self.events.subscribe())
+    }
+
+    async fn allocate(
+        &self,
+        decide: &mut (dyn FnMut(Vec<AllocationRecord>) -> Vec<AllocationRecord> + Send),
+    ) -> StoreResult<Vec<AllocationRecord>> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // One row lock serialises every process's decisions.
+        query("SELECT id FROM resource_guard WHERE id = 1 FOR UPDATE")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let active = query(AssertSqlSafe(format!(
+            "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE status = 'active'"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)
+        .and_then(|r| rows(r, allocation_from_row))?;
+        let grants = decide(active);
+        for a in &grants {
+            upsert_allocation(&mut tx, a).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(grants)
+    }
+
     async fn put_allocations(&self, allocations: &[AllocationRecord]) -> StoreResult<()> {
-        let sql = format!(
-            "INSERT INTO allocations ({ALLOCATION_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (id) DO UPDATE SET session_id = EXCLUDED.session_id, \
-             principal = EXCLUDED.principal, holder = EXCLUDED.holder, \
-             owner_kind = EXCLUDED.owner_kind, owner_ref = EXCLUDED.owner_ref, \
-             requirements = EXCLUDED.requirements, priority = EXCLUDED.priority, \
-             status = EXCLUDED.status, created_at = EXCLUDED.created_at, \
-             expires_at = EXCLUDED.expires_at, released_at = EXCLUDED.released_at, \
-             release_reason = EXCLUDED.release_reason"
-        );
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         for a in allocations {
-            query(AssertSqlSafe(sql.clone()))
-                .bind(&a.id)
-                .bind(&a.session_id)
-                .bind(&a.principal)
-                .bind(&a.holder)
-                .bind(&a.owner_kind)
-                .bind(&a.owner_ref)
-                .bind(&a.requirements)
-                .bind(&a.priority)
-                .bind(&a.status)
-                .bind(a.created_at)
-                .bind(a.expires_at)
-                .bind(a.released_at)
-                .bind(&a.release_reason)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            upsert_allocation(&mut tx, a).await.map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)
     }

@@ -100,6 +100,43 @@ macro_rules! shared_rows {
             })
         }
 
+        fn lease_from_row(r: &$row) -> Result<RunLease, sqlx::Error> {
+            Ok(RunLease {
+                run_id: r.try_get("id")?,
+                cancel_requested: r.try_get("cancel_requested")?,
+            })
+        }
+
+        /// Unfinished runs whose lease is free or ended before ?2, most urgent then oldest first.
+        const CLAIMABLE_RUNS: &str = "SELECT id FROM runs WHERE status IN ('pending', 'running') \
+            AND (lease_owner IS NULL OR lease_expires_at < ?2) \
+            ORDER BY CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END, \
+            created_at, id LIMIT ?4";
+
+        /// Claim what `CLAIMABLE_RUNS` (with `lock`, e.g. `FOR UPDATE SKIP LOCKED`) selects.
+        fn claim_runs_sql(lock: &str) -> String {
+            format!(
+                "UPDATE runs SET lease_owner = ?1, lease_expires_at = ?3 WHERE id IN ({CLAIMABLE_RUNS} {lock}) \
+                 RETURNING id, cancel_requested <> 0 AS cancel_requested"
+            )
+        }
+
+        /// Insert or update a run's own columns (lease columns are left alone).
+        fn upsert_run_sql() -> String {
+            let set: Vec<String> = RUN_COLUMNS
+                .split(", ")
+                .map(str::trim)
+                .filter(|c| *c != "id")
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect();
+            format!(
+                "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24) \
+                 ON CONFLICT (id) DO UPDATE SET {}",
+                set.join(", ")
+            )
+        }
+
         const PROJECT_COLUMNS: &str =
             "id, principal, name, path, status, kind, template, tags, record, created_at, updated_at";
 
@@ -724,6 +761,143 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_err)?;
                     rows(r, task_from_row)
+                }
+
+
+                async fn lease_run(
+                    &self,
+                    run_id: &str,
+                    owner: &str,
+                    now: i64,
+                    until: i64,
+                ) -> StoreResult<Option<RunLease>> {
+                    let r = query(
+                        "UPDATE runs SET lease_owner = ?2, lease_expires_at = ?4 \
+                         WHERE id = ?1 AND status IN ('pending', 'running') \
+                           AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_expires_at < ?3) \
+                         RETURNING id, cancel_requested <> 0 AS cancel_requested",
+                    )
+                    .bind(run_id)
+                    .bind(owner)
+                    .bind(now)
+                    .bind(until)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    Ok(rows(r, lease_from_row)?.pop())
+                }
+
+
+                async fn renew_run_leases(
+                    &self,
+                    owner: &str,
+                    run_ids: &[String],
+                    until: i64,
+                ) -> StoreResult<Vec<RunLease>> {
+                    if run_ids.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let list: Vec<String> = (0..run_ids.len()).map(|i| format!("?{}", i + 3)).collect();
+                    let sql = format!(
+                        "UPDATE runs SET lease_expires_at = ?2 WHERE lease_owner = ?1 AND id IN ({}) \
+                         RETURNING id, cancel_requested <> 0 AS cancel_requested",
+                        list.join(", ")
+                    );
+                    let mut q = query(AssertSqlSafe(sql)).bind(owner).bind(until);
+                    for id in run_ids {
+                        q = q.bind(id);
+                    }
+                    let r = q.fetch_all(&self.pool).await.map_err(db_err)?;
+                    rows(r, lease_from_row)
+                }
+
+
+                async fn drop_run_lease(&self, run_id: &str, owner: &str) -> StoreResult<()> {
+                    query("UPDATE runs SET lease_owner = NULL WHERE id = ?1 AND lease_owner = ?2")
+                        .bind(run_id)
+                        .bind(owner)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    Ok(())
+                }
+
+
+                async fn request_run_cancel(&self, run_ids: &[String]) -> StoreResult<u64> {
+                    let mut n = 0;
+                    for id in run_ids {
+                        n += query(
+                            "UPDATE runs SET cancel_requested = 1 \
+                             WHERE id = ?1 AND status IN ('pending', 'running')",
+                        )
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err)?
+                        .rows_affected();
+                    }
+                    Ok(n)
+                }
+
+
+                async fn unfinished_session_runs(&self, session_id: &str) -> StoreResult<Vec<String>> {
+                    let r = query(
+                        "SELECT id FROM runs WHERE session_id = ?1 AND status IN ('pending', 'running') \
+                         ORDER BY created_at, id",
+                    )
+                    .bind(session_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    r.iter().map(|row| row.try_get("id").map_err(db_err)).collect()
+                }
+
+
+                async fn sessions_with_auto_work(&self, now: i64) -> StoreResult<Vec<String>> {
+                    let r = query(
+                        "SELECT DISTINCT session_id FROM tasks WHERE module IS NOT NULL \
+                           AND (status = 'ready' OR (status IN ('running', 'waiting_resources') \
+                           AND lease_expires_at < ?1)) ORDER BY session_id",
+                    )
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    r.iter()
+                        .map(|row| row.try_get("session_id").map_err(db_err))
+                        .collect()
+                }
+
+
+                async fn run_executors(&self, now: i64) -> StoreResult<RunExecutors> {
+                    let r = query(
+                        "SELECT lease_owner, COUNT(*) AS n FROM runs WHERE status IN ('pending', 'running') \
+                           AND lease_owner IS NOT NULL AND lease_expires_at >= ?1 \
+                         GROUP BY lease_owner ORDER BY lease_owner",
+                    )
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    let by_executor = r
+                        .iter()
+                        .map(|row| Ok((row.try_get("lease_owner")?, row.try_get::<i64, _>("n")? as u64)))
+                        .collect::<Result<Vec<_>, sqlx::Error>>()
+                        .map_err(db_err)?;
+                    let row = query(
+                        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM runs \
+                         WHERE status IN ('pending', 'running') \
+                           AND (lease_owner IS NULL OR lease_expires_at < ?1)",
+                    )
+                    .bind(now)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    Ok(RunExecutors {
+                        by_executor,
+                        unclaimed: row.try_get::<i64, _>("n").map_err(db_err)? as u64,
+                        oldest_unclaimed_at: row.try_get("oldest").map_err(db_err)?,
+                    })
                 }
 
 

@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row, query};
 
 use super::{
-    AllocationRecord, ProjectQuery, ProjectRecord, RunQuery, RunRecord, SessionQuery,
-    SessionRecord, StepRecord, Store, StoreError, StoreResult, TaskRecord, TaskStats,
+    AllocationRecord, ProjectQuery, ProjectRecord, RunExecutors, RunLease, RunQuery, RunRecord,
+    SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult, TaskRecord, TaskStats,
     WorkflowRecord,
 };
 
@@ -42,13 +42,6 @@ struct Write {
 
 /// Most updates committed in one transaction.
 const GROUP_COMMIT_MAX: usize = 512;
-
-fn replace_run_sql() -> String {
-    format!(
-        "REPLACE INTO runs ({RUN_COLUMNS}) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
-    )
-}
 
 /// Rows per multi-row statement: 13 columns each stays far below SQLite's
 /// 32,766 bound variables.
@@ -90,7 +83,7 @@ async fn commit_batch(
     batch: &[Write],
 ) -> Result<(), sqlx::Error> {
     use sqlx::Connection as _;
-    let run_sql = replace_run_sql();
+    let run_sql = upsert_run_sql();
     // Rows are replaced whole, and the batch commits atomically: only the last
     // write of each row in it needs to be applied, and the order between rows
     // does not matter.
@@ -200,6 +193,24 @@ impl SqliteStore {
 }
 
 super::rows::sql_store!(SqliteStore, {
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now: i64,
+        until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<RunLease>> {
+        let r = query(AssertSqlSafe(claim_runs_sql("")))
+            .bind(owner)
+            .bind(now)
+            .bind(until)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows(r, lease_from_row)
+    }
+
     fn kind(&self) -> &'static str {
         "sqlite"
     }
