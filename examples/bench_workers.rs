@@ -1,7 +1,8 @@
 //! Worker scale-out benchmark (not a test): one `myrmex serve --no-execute`
 //! and 1, 2 and 4 `myrmex worker` processes on one PostgreSQL database run
 //! workflows of no-op steps (`core.echo`); reports steps per second from the
-//! first submission to the last run's end.
+//! first submission to the last run's end (`submit_s`: how long submitting
+//! the runs through one MCP client took).
 //!
 //!     cargo build --release --bin myrmex
 //!     cargo run --release --example bench_workers
@@ -75,7 +76,7 @@ async fn main() {
     let cfg = dir.path().join("myrmex.toml");
     std::fs::write(
         &cfg,
-        "[cluster]\npoll_interval_ms = 200\n\n[sessions]\ndefault_max_parallel_workflows = 1000\n",
+        "[cluster]\npoll_interval_ms = 200\n\n[sessions]\ndefault_max_parallel_workflows = 256\n",
     )
     .unwrap();
     let common = [
@@ -86,8 +87,8 @@ async fn main() {
     ];
     println!("{runs} runs x {steps} no-op steps (one root, the rest after it in parallel)");
     println!(
-        "{:<8} {:>10} {:>12} {:>10}",
-        "workers", "seconds", "steps_s", "runs_s"
+        "{:<8} {:>10} {:>12} {:>10} {:>10}",
+        "workers", "seconds", "steps_s", "runs_s", "submit_s"
     );
     let admin = sqlx::PgPool::connect(&base).await.expect("PostgreSQL");
     for workers in [1usize, 2, 4] {
@@ -140,6 +141,7 @@ async fn main() {
             .await;
             ids.push(r["run_id"].clone());
         }
+        let submitted = t.elapsed().as_secs_f64();
         for id in &ids {
             loop {
                 let v = call(
@@ -157,7 +159,7 @@ async fn main() {
         }
         let secs = t.elapsed().as_secs_f64();
         println!(
-            "{workers:<8} {secs:>10.2} {:>12.0} {:>10.1}",
+            "{workers:<8} {secs:>10.2} {:>12.0} {:>10.1} {submitted:>10.2}",
             (runs * steps) as f64 / secs,
             runs as f64 / secs
         );
