@@ -7,35 +7,14 @@
 //!     cargo run --release --example bench_claims          # 2,000 tasks per round
 //!     BENCH_TASKS=500 cargo run --release --example bench_claims
 
+mod common;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rmcp::RoleClient;
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::{RunningService, ServiceExt};
-use rmcp::transport::StreamableHttpClientTransport;
+use common::{call, client};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-type Client = RunningService<RoleClient, ()>;
-
-async fn call(c: &Client, tool: &str, args: Value) -> Value {
-    let Value::Object(args) = args else {
-        panic!("object")
-    };
-    let r = c
-        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args))
-        .await
-        .unwrap_or_else(|e| panic!("{tool}: {e}"));
-    assert_ne!(r.is_error, Some(true), "{tool}: {r:?}");
-    r.structured_content.expect("structured content")
-}
-
-async fn client(url: &str) -> Client {
-    ().serve(StreamableHttpClientTransport::from_uri(url.to_string()))
-        .await
-        .expect("connect")
-}
 
 #[tokio::main]
 async fn main() {

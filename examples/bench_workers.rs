@@ -8,30 +8,15 @@
 //!     cargo run --release --example bench_workers
 //!     BENCH_RUNS=40 BENCH_STEPS=50 BENCH_POSTGRES=postgres://... cargo run --release --example bench_workers
 
+mod common;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rmcp::RoleClient;
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::{RunningService, ServiceExt};
-use rmcp::transport::StreamableHttpClientTransport;
-use serde_json::{Value, json};
+use common::{call, client};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-type Client = RunningService<RoleClient, ()>;
-
-async fn call(c: &Client, tool: &str, args: Value) -> Value {
-    let Value::Object(args) = args else {
-        panic!("object")
-    };
-    let r = c
-        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args))
-        .await
-        .unwrap_or_else(|e| panic!("{tool}: {e}"));
-    assert_ne!(r.is_error, Some(true), "{tool}: {r:?}");
-    r.structured_content.expect("structured content")
-}
 
 fn env_num(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -110,12 +95,7 @@ async fn main() {
             args.push("worker");
             procs.push(spawn(&bin, &args, &store, "worker started").await.0);
         }
-        let c = ()
-            .serve(StreamableHttpClientTransport::from_uri(format!(
-                "http://{addr}/mcp"
-            )))
-            .await
-            .expect("connect");
+        let c = client(&format!("http://{addr}/mcp")).await;
         let mut defs =
             vec![json!({"name": "s0", "module": "core", "action": "echo", "parameters": {}})];
         for i in 1..steps {

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -56,6 +56,24 @@ impl Worker {
     fn pid(&self) -> i32 {
         self.child.id().unwrap() as i32
     }
+}
+
+/// A PostgreSQL Env with the cluster settings, and a server that executes nothing.
+async fn no_execute_server() -> (Env, PathBuf, HttpServer) {
+    let env = Env::postgres();
+    let cfg = env.config(&cluster_toml(""));
+    let server = env
+        .http(&["--config", cfg.to_str().unwrap(), "--no-execute"])
+        .await;
+    (env, cfg, server)
+}
+
+/// A shell command whose first run leaves `mark` and hangs; later runs print `again`.
+fn hang_once(mark: &Path) -> String {
+    format!(
+        "if [ -e {m} ]; then echo again; else touch {m}; exec sleep 20; fi",
+        m = mark.display()
+    )
 }
 
 /// A shell step that appends `<run>/<step> <pid of the executing myrmex>` to `log`.
@@ -153,19 +171,12 @@ async fn two_servers_and_two_workers_run_50_workflows() {
 /// worker claims the run and attempts the step again (the lost attempt counted).
 #[tokio::test]
 async fn a_killed_workers_step_is_attempted_again_elsewhere() {
-    let env = Env::postgres();
-    let cfg = env.config(&cluster_toml(""));
-    let server = env
-        .http(&["--config", cfg.to_str().unwrap(), "--no-execute"])
-        .await;
+    let (env, cfg, server) = no_execute_server().await;
     let mut w1 = Worker::start(&env, &cfg).await;
     let c = server.client(Era::Legacy, None).await;
     let mark = env.path().join("first-attempt");
     // The first attempt leaves a mark and hangs; the next one finishes.
-    let script = format!(
-        "if [ -e {m} ]; then echo again; else touch {m}; exec sleep 20; fi",
-        m = mark.display()
-    );
+    let script = hang_once(&mark);
     ok(
         &c,
         "create_workflow",
@@ -261,11 +272,7 @@ async fn cancel_reaches_the_executing_process() {
 /// Auto tasks created through a server that executes nothing are run by a worker.
 #[tokio::test]
 async fn workers_run_auto_tasks() {
-    let env = Env::postgres();
-    let cfg = env.config(&cluster_toml(""));
-    let server = env
-        .http(&["--config", cfg.to_str().unwrap(), "--no-execute"])
-        .await;
+    let (env, cfg, server) = no_execute_server().await;
     let c = server.client(Era::Legacy, None).await;
     let _w1 = Worker::start(&env, &cfg).await;
     let _w2 = Worker::start(&env, &cfg).await;
@@ -392,18 +399,11 @@ async fn a_release_on_one_server_wakes_a_waiter_on_another() {
 /// another worker runs the task again (the lost attempt counted).
 #[tokio::test]
 async fn a_killed_workers_auto_task_runs_again_elsewhere() {
-    let env = Env::postgres();
-    let cfg = env.config(&cluster_toml(""));
-    let server = env
-        .http(&["--config", cfg.to_str().unwrap(), "--no-execute"])
-        .await;
+    let (env, cfg, server) = no_execute_server().await;
     let c = server.client(Era::Legacy, None).await;
     let mut w1 = Worker::start(&env, &cfg).await;
     let mark = env.path().join("first-attempt");
-    let script = format!(
-        "if [ -e {m} ]; then echo again; else touch {m}; exec sleep 20; fi",
-        m = mark.display()
-    );
+    let script = hang_once(&mark);
     let created = ok(
         &c,
         "create_tasks",

@@ -720,6 +720,16 @@ impl TaskManager {
         Ok(g)
     }
 
+    /// Every session graph this process holds.
+    fn loaded_graphs(&self) -> Vec<Arc<SessionGraph>> {
+        self.graphs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The session's graph locked, read again if another process changed it.
     async fn fresh(&self, sg: &SessionGraph) -> Result<Locked> {
         let max = sg.graph.lock().await.max_parallel as u32;
@@ -1639,17 +1649,12 @@ impl TaskManager {
         if !orphans.is_empty() {
             let mut txn = Txn::new(g);
             for id in &orphans {
-                let t = txn.edit(id);
-                let who = t.claimed_by.take().unwrap_or_default();
-                t.status = READY.into();
-                t.error = err_json(
-                    ErrorCode::TimeoutExceeded.as_str(),
+                ready_again(&mut txn, id, |who, attempt| {
                     format!(
-                        "executor '{who}' stopped during attempt {}; the task runs again",
-                        t.attempts
-                    ),
-                );
-                t.lease_expires_at = None;
+                        "executor '{who}' stopped during attempt {attempt}; the task runs again"
+                    )
+                });
+                txn.edit(id).claimed_by = None;
             }
             match txn.commit(&*self.store).await {
                 Ok(changed) => Self::apply(g, changed),
@@ -1671,18 +1676,9 @@ impl TaskManager {
         }
         let mut txn = Txn::new(g);
         for id in &expired {
-            let t = txn.edit(id);
-            let who = t.claimed_by.clone().unwrap_or_default();
-            t.status = READY.into();
-            t.error = err_json(
-                ErrorCode::TimeoutExceeded.as_str(),
-                format!(
-                    "the lease of '{who}' expired (attempt {}); the task is ready again",
-                    t.attempts
-                ),
-            );
-            t.lease_id = None;
-            t.lease_expires_at = None;
+            ready_again(&mut txn, id, |who, attempt| {
+                format!("the lease of '{who}' expired (attempt {attempt}); the task is ready again")
+            });
         }
         let changed = txn.commit(&*self.store).await?;
         Self::apply(g, changed);
@@ -2149,13 +2145,7 @@ impl TaskManager {
         if !self.shared {
             return Ok(());
         }
-        let graphs: Vec<Arc<SessionGraph>> = self
-            .graphs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let graphs = self.loaded_graphs();
         for sg in graphs {
             if sg.graph.lock().await.running.is_empty() {
                 continue;
@@ -2203,13 +2193,7 @@ impl TaskManager {
 
     /// Periodic: expire leases of every loaded graph.
     pub async fn sweep_leases(&self) -> Result<()> {
-        let graphs: Vec<Arc<SessionGraph>> = self
-            .graphs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let graphs = self.loaded_graphs();
         for sg in graphs {
             let mut g = sg.graph.lock().await;
             if !g.loaded {
@@ -2272,6 +2256,16 @@ fn reaches(g: &Graph, from: &str, to: &str) -> bool {
 }
 
 /// Cancel a task that is not final and skip what depends on it.
+/// A task whose holder's lease ended is ready again; `why(holder, attempt)` says so.
+fn ready_again(txn: &mut Txn<'_>, id: &str, why: impl Fn(&str, u32) -> String) {
+    let t = txn.edit(id);
+    let who = t.claimed_by.clone().unwrap_or_default();
+    t.status = READY.into();
+    t.error = err_json(ErrorCode::TimeoutExceeded.as_str(), why(&who, t.attempts));
+    t.lease_id = None;
+    t.lease_expires_at = None;
+}
+
 fn cancel_in(txn: &mut Txn<'_>, id: &str, code: ErrorCode, message: &str) {
     let now = txn.now;
     let t = txn.edit(id);

@@ -310,8 +310,9 @@ async fn upsert_allocation(
     conn: &mut sqlx::PgConnection,
     a: &AllocationRecord,
 ) -> Result<(), sqlx::Error> {
-    query(AssertSqlSafe(format!(
-        "INSERT INTO allocations ({ALLOCATION_COLUMNS}) VALUES \
+    bind_allocation(
+        query(AssertSqlSafe(format!(
+            "INSERT INTO allocations ({ALLOCATION_COLUMNS}) VALUES \
          ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
          ON CONFLICT (id) DO UPDATE SET session_id = EXCLUDED.session_id, \
          principal = EXCLUDED.principal, holder = EXCLUDED.holder, \
@@ -320,20 +321,9 @@ async fn upsert_allocation(
          status = EXCLUDED.status, created_at = EXCLUDED.created_at, \
          expires_at = EXCLUDED.expires_at, released_at = EXCLUDED.released_at, \
          release_reason = EXCLUDED.release_reason"
-    )))
-    .bind(&a.id)
-    .bind(&a.session_id)
-    .bind(&a.principal)
-    .bind(&a.holder)
-    .bind(&a.owner_kind)
-    .bind(&a.owner_ref)
-    .bind(&a.requirements)
-    .bind(&a.priority)
-    .bind(&a.status)
-    .bind(a.created_at)
-    .bind(a.expires_at)
-    .bind(a.released_at)
-    .bind(&a.release_reason)
+        ))),
+        a,
+    )
     .execute(conn)
     .await?;
     Ok(())
@@ -353,25 +343,10 @@ impl PostgresStore {
     }
 }
 
-super::rows::sql_store!(PostgresStore, {
-    async fn claim_runs(
-        &self,
-        owner: &str,
-        now: i64,
-        until: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<RunLease>> {
-        let r = query(AssertSqlSafe(claim_runs_sql("FOR UPDATE SKIP LOCKED")))
-            .bind(owner)
-            .bind(now)
-            .bind(until)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-        rows(r, lease_from_row)
-    }
+/// Concurrent claims skip the rows another claim holds instead of waiting for them.
+const CLAIM_LOCK: &str = "FOR UPDATE SKIP LOCKED";
 
+super::rows::sql_store!(PostgresStore, {
     fn kind(&self) -> &'static str {
         "postgres"
     }

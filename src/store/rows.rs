@@ -213,6 +213,25 @@ macro_rules! shared_rows {
             rows.iter().map(|r| f(r).map_err(db_err)).collect()
         }
 
+        fn bind_allocation<'q>(
+            q: sqlx::query::Query<'q, $db, $args>,
+            a: &'q AllocationRecord,
+        ) -> sqlx::query::Query<'q, $db, $args> {
+            q.bind(&a.id)
+                .bind(&a.session_id)
+                .bind(&a.principal)
+                .bind(&a.holder)
+                .bind(&a.owner_kind)
+                .bind(&a.owner_ref)
+                .bind(&a.requirements)
+                .bind(&a.priority)
+                .bind(&a.status)
+                .bind(a.created_at)
+                .bind(a.expires_at)
+                .bind(a.released_at)
+                .bind(&a.release_reason)
+        }
+
         fn bind_run<'q>(
             q: sqlx::query::Query<'q, $db, $args>,
             r: &'q RunRecord,
@@ -761,6 +780,25 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_err)?;
                     rows(r, task_from_row)
+                }
+
+
+                async fn claim_runs(
+                    &self,
+                    owner: &str,
+                    now: i64,
+                    until: i64,
+                    limit: u32,
+                ) -> StoreResult<Vec<RunLease>> {
+                    let r = query(AssertSqlSafe(claim_runs_sql(CLAIM_LOCK)))
+                        .bind(owner)
+                        .bind(now)
+                        .bind(until)
+                        .bind(limit as i64)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    rows(r, lease_from_row)
                 }
 
 

@@ -192,25 +192,10 @@ impl SqliteStore {
     }
 }
 
-super::rows::sql_store!(SqliteStore, {
-    async fn claim_runs(
-        &self,
-        owner: &str,
-        now: i64,
-        until: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<RunLease>> {
-        let r = query(AssertSqlSafe(claim_runs_sql("")))
-            .bind(owner)
-            .bind(now)
-            .bind(until)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-        rows(r, lease_from_row)
-    }
+/// SQLite serialises writers: a claim needs no row locks.
+const CLAIM_LOCK: &str = "";
 
+super::rows::sql_store!(SqliteStore, {
     fn kind(&self) -> &'static str {
         "sqlite"
     }
@@ -254,20 +239,7 @@ super::rows::sql_store!(SqliteStore, {
         );
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         for a in allocations {
-            query(AssertSqlSafe(sql.clone()))
-                .bind(&a.id)
-                .bind(&a.session_id)
-                .bind(&a.principal)
-                .bind(&a.holder)
-                .bind(&a.owner_kind)
-                .bind(&a.owner_ref)
-                .bind(&a.requirements)
-                .bind(&a.priority)
-                .bind(&a.status)
-                .bind(a.created_at)
-                .bind(a.expires_at)
-                .bind(a.released_at)
-                .bind(&a.release_reason)
+            bind_allocation(query(AssertSqlSafe(sql.clone())), a)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
