@@ -299,6 +299,16 @@ async fn workers_run_auto_tasks() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(done.len(), 20, "every auto task ran");
+    // execute_task through a server that executes nothing waits for the worker.
+    let r = ok(
+        &c,
+        "execute_task",
+        json!({"task_name": "one-more", "module": "core", "action": "echo",
+               "parameters": {"x": 1}, "wait_seconds": 30}),
+    )
+    .await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["result"], json!({"x": 1}), "{r}");
     let last = done.iter().find(|t| t["name"] == "t19").unwrap();
     let t = ok(&c, "get_task", json!({"task_id": last["task_id"]})).await;
     assert_eq!(t["result"], json!({"i": 19}), "{t}");
@@ -358,11 +368,12 @@ async fn allocations_from_two_servers_never_exceed_capacity() {
     }
 }
 
-/// A waiter on one server is granted when the holder releases on the other.
+/// A waiter on one server keeps its place against requests on another (they
+/// may not take what it waits for), and is granted when the holder releases there.
 #[tokio::test]
-async fn a_release_on_one_server_wakes_a_waiter_on_another() {
+async fn waiters_keep_their_turn_across_servers() {
     let env = Env::postgres();
-    let cfg = env.config(&cluster_toml("\n[resources.pools]\nslots = 1\n"));
+    let cfg = env.config(&cluster_toml("\n[resources.pools]\nslots = 4\n"));
     let cfg_s = cfg.to_str().unwrap();
     let a = env.http(&["--config", cfg_s]).await;
     let b = env.http(&["--config", cfg_s]).await;
@@ -371,20 +382,29 @@ async fn a_release_on_one_server_wakes_a_waiter_on_another() {
     let held = ok(
         &ca,
         "allocate_resources",
-        json!({"requirements": {"slots": 1}}),
+        json!({"requirements": {"slots": 3}}),
     )
     .await;
     let waiter = tokio::spawn(async move {
         let v = ok(
             &cb,
             "allocate_resources",
-            json!({"requirements": {"slots": 1}, "wait_seconds": 30}),
+            json!({"requirements": {"slots": 2}, "wait_seconds": 30}),
         )
         .await;
         (cb, v)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiter.is_finished(), "the pool is full");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "2 of 1 free slot cannot be granted");
+    // The free slot is kept for the earlier waiter on the other server.
+    let e = err(
+        &ca,
+        "allocate_resources",
+        json!({"requirements": {"slots": 1}}),
+        "RESOURCE_UNAVAILABLE",
+    )
+    .await;
+    assert_eq!(e["details"]["waiting_ahead"], 1, "{e}");
     ok(
         &ca,
         "release_resources",
@@ -392,7 +412,14 @@ async fn a_release_on_one_server_wakes_a_waiter_on_another() {
     )
     .await;
     let (_cb, v) = waiter.await.unwrap();
-    assert_eq!(v["granted"], json!({"slots": 1}), "{v}");
+    assert_eq!(v["granted"], json!({"slots": 2}), "{v}");
+    // Now the one slot is free for anyone.
+    ok(
+        &ca,
+        "allocate_resources",
+        json!({"requirements": {"slots": 1}}),
+    )
+    .await;
 }
 
 /// `kill -9` of the worker running an auto task: after its lease's TTL

@@ -94,6 +94,8 @@ impl Engine {
         let resources = Arc::new(resources::ResourceManager::new(
             store.clone(),
             &config.resources,
+            node.clone(),
+            config.cluster.lease_ttl_ms,
         ));
         let runs = Arc::new(run::RunManager::new(
             store.clone(),
@@ -282,16 +284,21 @@ impl Engine {
     /// unclaimed work, and act on other processes' notifications.
     fn start_cluster(&self, shutdown: tokio_util::sync::CancellationToken) {
         let cluster = &self.inner.config.cluster;
-        let (runs, tasks) = (self.inner.runs.clone(), self.inner.tasks.clone());
+        let (runs, tasks, resources) = (
+            self.inner.runs.clone(),
+            self.inner.tasks.clone(),
+            self.inner.resources.clone(),
+        );
         self.inner.background.spawn_periodic(
             "lease_heartbeat",
             std::time::Duration::from_millis((cluster.lease_ttl_ms / 3).max(100)),
             shutdown.clone(),
             move || {
-                let (runs, tasks) = (runs.clone(), tasks.clone());
+                let (runs, tasks, resources) = (runs.clone(), tasks.clone(), resources.clone());
                 async move {
                     runs.heartbeat().await?;
-                    tasks.heartbeat().await
+                    tasks.heartbeat().await?;
+                    resources.heartbeat().await
                 }
             },
         );

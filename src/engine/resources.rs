@@ -26,7 +26,7 @@ use super::workflow::Priority;
 use super::{iso, new_id, now_ms};
 use crate::config::ResourcesConfig;
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::{AllocationRecord, Store};
+use crate::store::{AllocationRecord, Store, WaiterRecord};
 
 /// Lock modes.
 #[derive(
@@ -273,6 +273,8 @@ struct Held {
 
 struct Waiter {
     id: u64,
+    /// Its row among every process's waiters (a shared store, once it waits).
+    key: Option<String>,
     owner: Owner,
     req: Requirements,
     priority: Priority,
@@ -288,6 +290,9 @@ struct State {
     held: BTreeMap<String, Held>,
     waiters: Vec<Waiter>,
     next_waiter: u64,
+    /// Other processes' waiters (a shared store), as last read: served
+    /// there, but what those ahead need is kept free for them here.
+    foreign: Vec<(WaiterRecord, Requirements)>,
 }
 
 /// Pool usage and lock holders derived from the held allocations.
@@ -410,17 +415,17 @@ impl State {
 
     /// Waiting requests that want any of the same pools or locks.
     fn waiting_for(&self, req: &Requirements) -> usize {
+        let overlaps = |w: &Requirements| {
+            w.pools.keys().any(|p| req.pools.contains_key(p))
+                || w.locks
+                    .iter()
+                    .any(|l| req.locks.iter().any(|m| m.key == l.key))
+        };
         self.waiters
             .iter()
-            .filter(|w| !w.grant.is_closed())
-            .filter(|w| {
-                w.req.pools.keys().any(|p| req.pools.contains_key(p))
-                    || w.req
-                        .locks
-                        .iter()
-                        .any(|l| req.locks.iter().any(|m| m.key == l.key))
-            })
+            .filter(|w| !w.grant.is_closed() && overlaps(&w.req))
             .count()
+            + self.foreign.iter().filter(|(_, r)| overlaps(r)).count()
     }
 
     /// Requirements that can never be met: above capacity or quota.
@@ -457,12 +462,15 @@ fn held_from(active: Vec<AllocationRecord>) -> BTreeMap<String, Held> {
     active
         .into_iter()
         .map(|rec| {
-            let req =
-                Requirements::parse(&serde_json::from_str(&rec.requirements).unwrap_or(json!({})))
-                    .unwrap_or_default();
+            let req = parse_stored(&rec.requirements);
             (rec.id.clone(), Held { rec, req })
         })
         .collect()
+}
+
+/// Requirements as stored (they were valid when stored).
+fn parse_stored(json_text: &str) -> Requirements {
+    Requirements::parse(&serde_json::from_str(json_text).unwrap_or(json!({}))).unwrap_or_default()
 }
 
 fn rank(p: Priority) -> i64 {
@@ -523,6 +531,9 @@ pub struct ResourceManager {
     store: Arc<dyn Store>,
     /// Other processes allocate from the same store (PostgreSQL).
     shared: bool,
+    /// This process's name on its waiter rows, and how long a row lives without a heartbeat.
+    node: String,
+    lease_ttl_ms: i64,
     config: ResourcesConfig,
     state: tokio::sync::Mutex<State>,
     /// Bumped on every release: waiters outside the queue (steps) look again.
@@ -552,7 +563,12 @@ fn host_memory_mb() -> u64 {
 }
 
 impl ResourceManager {
-    pub fn new(store: Arc<dyn Store>, config: &ResourcesConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: &ResourcesConfig,
+        node: String,
+        lease_ttl_ms: u64,
+    ) -> Self {
         let mut capacity = BTreeMap::new();
         capacity.insert("cpu".to_string(), config.cpu.unwrap_or_else(host_cores));
         capacity.insert(
@@ -566,6 +582,8 @@ impl ResourceManager {
         }
         Self {
             shared: store.kind() == "postgres",
+            node,
+            lease_ttl_ms: lease_ttl_ms as i64,
             store,
             config: config.clone(),
             state: tokio::sync::Mutex::new(State {
@@ -621,22 +639,47 @@ impl ResourceManager {
     fn pump(&self, st: &mut State) -> Vec<(Waiter, AllocationRecord)> {
         let now = now_ms();
         let aging = self.config.aging_seconds.max(1) as i64 * 1000;
-        st.waiters.sort_by_key(|w| {
-            (
-                std::cmp::Reverse(rank(w.priority) + (now - w.since) / aging),
-                w.id,
-            )
-        });
+        let urgency = |p: Priority, since: i64| std::cmp::Reverse(rank(p) + (now - since) / aging);
+        /// Whose turn: a waiter of this process, or another process's (by index in `foreign`).
+        enum Turn {
+            Here(Box<Waiter>),
+            There(usize),
+        }
+        // Everyone waiting, in service order (urgency, then arrival).
+        let mut order: Vec<(std::cmp::Reverse<i64>, i64, u64, Turn)> =
+            std::mem::take(&mut st.waiters)
+                .into_iter()
+                .filter(|w| !w.grant.is_closed()) // The caller stopped waiting.
+                .map(|w| {
+                    (
+                        urgency(w.priority, w.since),
+                        w.since,
+                        w.id,
+                        Turn::Here(Box::new(w)),
+                    )
+                })
+                .collect();
+        for (i, (w, _)) in st.foreign.iter().enumerate() {
+            let p = super::run::priority_from_str(&w.priority);
+            order.push((urgency(p, w.since), w.since, u64::MAX, Turn::There(i)));
+        }
+        order.sort_by_key(|(u, since, id, _)| (*u, *since, *id));
         // Quotas count what is held (and granted in this pass); pools and locks
         // also count what blocked waiters ahead reserve.
         let mut held = st.usage();
         let mut taken = st.usage();
         let mut grants = Vec::new();
         let mut keep = Vec::new();
-        for w in std::mem::take(&mut st.waiters) {
-            if w.grant.is_closed() {
-                continue; // The caller stopped waiting.
-            }
+        for (_, _, _, turn) in order {
+            let w = match turn {
+                Turn::Here(w) => *w,
+                Turn::There(i) => {
+                    // Granted by its own process: keep it free here.
+                    let (w, req) = &st.foreign[i];
+                    taken.add(&w.principal, &w.session_id, &w.holder, req);
+                    continue;
+                }
+            };
             let (o, req) = (&w.owner, &w.req);
             let fits = st.check(&self.config, &taken, &held, o, req).is_empty();
             taken.add(&o.principal, &o.session_id, &o.holder, req);
@@ -694,17 +737,41 @@ impl ResourceManager {
             }
             return self.hand_over(st, grants).await;
         }
+        // Waiters whose caller left: their rows go.
+        let gone: Vec<String> = st
+            .waiters
+            .iter()
+            .filter(|w| w.grant.is_closed())
+            .filter_map(|w| w.key.clone())
+            .collect();
         st.waiters.retain(|w| !w.grant.is_closed());
         if st.waiters.is_empty() {
+            if !gone.is_empty() {
+                self.store.drop_waiters(&gone).await?;
+            }
             return Ok(());
         }
         let mut picked = Vec::new();
+        let fresh_after = now_ms() - self.lease_ttl_ms;
         let result = self
             .store
-            .allocate(&mut |active| {
+            .allocate(&mut |active, waiters| {
                 st.held = held_from(active);
+                st.foreign = waiters
+                    .into_iter()
+                    .filter(|w| w.node != self.node && w.seen_at >= fresh_after)
+                    .map(|w| {
+                        let req = parse_stored(&w.requirements);
+                        (w, req)
+                    })
+                    .collect();
                 picked = self.pump(st);
-                picked.iter().map(|(_, r)| r.clone()).collect()
+                let settled = picked
+                    .iter()
+                    .filter_map(|(w, _)| w.key.clone())
+                    .chain(gone.iter().cloned())
+                    .collect();
+                (picked.iter().map(|(_, r)| r.clone()).collect(), settled)
             })
             .await;
         if let Err(e) = result {
@@ -761,6 +828,18 @@ impl ResourceManager {
         {
             tracing::warn!(error = %e, "cannot notify other processes of a release; they look at their next poll");
         }
+    }
+
+    /// Heartbeat: renew this process's waiter rows and remove those of
+    /// processes that died.
+    pub async fn heartbeat(&self) -> Result<()> {
+        if self.shared {
+            let now = now_ms();
+            self.store
+                .touch_waiters(&self.node, now, now - 3 * self.lease_ttl_ms)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Another process released something: serve the waiters here again.
@@ -826,6 +905,7 @@ impl ResourceManager {
             st.next_waiter += 1;
             st.waiters.push(Waiter {
                 id,
+                key: None,
                 owner: owner.clone(),
                 req: req.clone(),
                 priority,
@@ -854,6 +934,26 @@ impl ResourceManager {
                 };
                 return Err(self.refuse(format!("resources unavailable: {msg}"), Some(&s)));
             }
+            if self.shared {
+                // Other processes keep what this request needs free while it is ahead.
+                let now = now_ms();
+                let row = WaiterRecord {
+                    id: new_id("wtr"),
+                    node: self.node.clone(),
+                    principal: owner.principal.clone(),
+                    session_id: owner.session_id.clone(),
+                    holder: owner.holder.clone(),
+                    requirements: req.to_value().to_string(),
+                    priority: super::run::priority_str(priority).into(),
+                    since: now,
+                    seen_at: now,
+                };
+                if let Some(w) = st.waiters.iter_mut().find(|w| w.id == id) {
+                    self.store.put_waiter(&row).await?;
+                    w.since = now;
+                    w.key = Some(row.id);
+                }
+            }
             rx
         };
         let mut rx = rx;
@@ -878,7 +978,16 @@ impl ResourceManager {
             // Granted just before we gave up: keep it.
             return Ok(view(&rec));
         }
+        let gone: Vec<String> = st
+            .waiters
+            .iter()
+            .filter(|w| w.grant.is_closed())
+            .filter_map(|w| w.key.clone())
+            .collect();
         st.waiters.retain(|w| !w.grant.is_closed());
+        if !gone.is_empty() {
+            self.store.drop_waiters(&gone).await?;
+        }
         let usage = st.usage();
         let mut s = st.check(&self.config, &usage, &usage, owner, req);
         s.waiting_ahead = st.waiting_for(req);
@@ -1232,7 +1341,7 @@ mod tests {
         fn never_over_capacity_and_everything_adds_back(workers in proptest::collection::vec(proptest::collection::vec(op(), 1..12), 2..6)) {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
-                let mgr = Arc::new(ResourceManager::new(Arc::new(crate::store::memory::MemoryStore::default()), &config()));
+                let mgr = Arc::new(ResourceManager::new(Arc::new(crate::store::memory::MemoryStore::default()), &config(), "test".into(), 15_000));
                 let mut handles = Vec::new();
                 for (w, ops) in workers.into_iter().enumerate() {
                     let mgr = mgr.clone();

@@ -316,6 +316,9 @@ impl SessionGraph {
     }
 }
 
+/// How often a wait re-reads a shared store for changes made by other processes.
+const SHARED_POLL: Duration = Duration::from_millis(200);
+
 /// Every task graph this process has loaded.
 pub struct TaskManager {
     store: Arc<dyn Store>,
@@ -2035,6 +2038,8 @@ impl TaskManager {
             tokio::select! {
                 _ = rx.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
+                // Another process may be running it: look at the store again.
+                _ = tokio::time::sleep(SHARED_POLL), if self.shared => {}
             }
         }
     }

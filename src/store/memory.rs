@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::{
     AllocationRecord, FINAL_TASK_STATUSES, ProjectQuery, ProjectRecord, RunExecutors, RunLease,
     RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult,
-    TaskRecord, TaskStats, WorkflowRecord,
+    TaskRecord, TaskStats, WaiterRecord, WorkflowRecord,
 };
 
 #[derive(Default)]
@@ -29,6 +29,7 @@ struct Inner {
     projects: HashMap<String, ProjectRecord>,
     /// Run id -> (lease owner, lease end, cancel requested).
     leases: HashMap<String, (Option<String>, i64, bool)>,
+    waiters: BTreeMap<String, WaiterRecord>,
 }
 
 impl MemoryStore {
@@ -531,6 +532,36 @@ impl Store for MemoryStore {
         }
         out.by_executor = by.into_iter().collect();
         Ok(out)
+    }
+
+    async fn put_waiter(&self, w: &WaiterRecord) -> StoreResult<()> {
+        self.lock()?.waiters.insert(w.id.clone(), w.clone());
+        Ok(())
+    }
+
+    async fn drop_waiters(&self, ids: &[String]) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        for id in ids {
+            g.waiters.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn waiters(&self) -> StoreResult<Vec<WaiterRecord>> {
+        let mut v: Vec<WaiterRecord> = self.lock()?.waiters.values().cloned().collect();
+        v.sort_by(|a, b| (a.since, &a.id).cmp(&(b.since, &b.id)));
+        Ok(v)
+    }
+
+    async fn touch_waiters(&self, node: &str, now: i64, stale_before: i64) -> StoreResult<()> {
+        let mut g = self.lock()?;
+        for w in g.waiters.values_mut() {
+            if w.node == node {
+                w.seen_at = now;
+            }
+        }
+        g.waiters.retain(|_, w| w.seen_at >= stale_before);
+        Ok(())
     }
 
     async fn sessions_with_open_tasks(&self) -> StoreResult<Vec<String>> {

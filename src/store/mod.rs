@@ -475,18 +475,27 @@ pub trait Store: Send + Sync + 'static {
     async fn unfinished_session_runs(&self, session_id: &str) -> StoreResult<Vec<String>>;
 
     /// Serialise allocation decisions across processes: lock, read the active
-    /// allocations, let `decide` choose the grants that fit beside them, store
+    /// allocations and every process's waiting requests, let `decide` choose
+    /// the grants that fit beside them (and the waiter rows they settle), store
     /// those, commit. Returns the grants.
-    async fn allocate(
-        &self,
-        decide: &mut (dyn FnMut(Vec<AllocationRecord>) -> Vec<AllocationRecord> + Send),
-    ) -> StoreResult<Vec<AllocationRecord>> {
-        let grants = decide(self.active_allocations().await?);
+    async fn allocate(&self, decide: &mut Decide<'_>) -> StoreResult<Vec<AllocationRecord>> {
+        let (grants, settled) = decide(self.active_allocations().await?, self.waiters().await?);
         if !grants.is_empty() {
             self.put_allocations(&grants).await?;
         }
+        self.drop_waiters(&settled).await?;
         Ok(grants)
     }
+
+    /// Record a request that waits for resources.
+    async fn put_waiter(&self, w: &WaiterRecord) -> StoreResult<()>;
+    /// Forget waiting requests (granted, or given up).
+    async fn drop_waiters(&self, ids: &[String]) -> StoreResult<()>;
+    /// Every waiting request of every process.
+    async fn waiters(&self) -> StoreResult<Vec<WaiterRecord>>;
+    /// Renew `node`'s waiting requests (`seen_at = now`) and remove every
+    /// request not seen since `stale_before` (its process died).
+    async fn touch_waiters(&self, node: &str, now: i64, stale_before: i64) -> StoreResult<()>;
 
     /// Sessions with ready auto tasks, or auto tasks whose executor's lease ended before `now`.
     async fn sessions_with_auto_work(&self, now: i64) -> StoreResult<Vec<String>>;
@@ -506,6 +515,30 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
         None
     }
+}
+
+/// What [`Store::allocate`] asks: given the active allocations and the waiting
+/// requests, the grants to store and the waiter rows to remove.
+pub type Decide<'a> = dyn FnMut(Vec<AllocationRecord>, Vec<WaiterRecord>) -> (Vec<AllocationRecord>, Vec<String>)
+    + Send
+    + 'a;
+
+/// A request waiting for resources, as other processes see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaiterRecord {
+    pub id: String,
+    /// The process that waits (and grants it).
+    pub node: String,
+    pub principal: String,
+    pub session_id: String,
+    pub holder: String,
+    /// JSON requirements.
+    pub requirements: String,
+    pub priority: String,
+    /// When it started waiting (ms).
+    pub since: i64,
+    /// Last renewed by its process (ms).
+    pub seen_at: i64,
 }
 
 /// Unfinished runs by executor, and those without one.
@@ -930,6 +963,51 @@ mod contract {
             store.unfinished_session_runs("ses_a").await.unwrap(),
             ["run_l1", "run_l2", "run_l3"]
         );
+        // c holds l1 until 700, b's leases on l2 and l3 ended at 500.
+        let ex = store.run_executors(600).await.unwrap();
+        assert_eq!(ex.by_executor, vec![("c".to_string(), 1)]);
+        assert_eq!((ex.unclaimed, ex.oldest_unclaimed_at), (2, Some(11)));
+
+        // Waiting requests: listed in arrival order, renewed by their process,
+        // removed when settled or when their process stopped renewing them.
+        let w = |id: &str, node: &str, since: i64| WaiterRecord {
+            id: id.into(),
+            node: node.into(),
+            principal: "p".into(),
+            session_id: "ses_a".into(),
+            holder: "h".into(),
+            requirements: "{\"cpu\":1}".into(),
+            priority: "normal".into(),
+            since,
+            seen_at: since,
+        };
+        store.put_waiter(&w("w2", "b", 20)).await.unwrap();
+        store.put_waiter(&w("w1", "a", 10)).await.unwrap();
+        store.put_waiter(&w("w3", "a", 30)).await.unwrap();
+        let ws = store.waiters().await.unwrap();
+        assert_eq!(
+            ws.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+            ["w1", "w2", "w3"]
+        );
+        store.touch_waiters("a", 100, 50).await.unwrap();
+        let ws = store.waiters().await.unwrap();
+        assert_eq!(
+            ws.iter()
+                .map(|w| (w.id.as_str(), w.seen_at))
+                .collect::<Vec<_>>(),
+            [("w1", 100), ("w3", 100)]
+        );
+        store.drop_waiters(&["w1".into()]).await.unwrap();
+        let granted = store
+            .allocate(&mut |active, waiters| {
+                assert!(active.is_empty());
+                assert_eq!(waiters.len(), 1);
+                (Vec::new(), vec![waiters[0].id.clone()])
+            })
+            .await
+            .unwrap();
+        assert!(granted.is_empty());
+        assert!(store.waiters().await.unwrap().is_empty());
     }
 
     /// Tasks: all-or-nothing inserts and updates, versions as optimistic locks.

@@ -14,9 +14,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{
-    AllocationRecord, ProjectQuery, ProjectRecord, RunExecutors, RunLease, RunQuery, RunRecord,
-    SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult, TaskRecord, TaskStats,
-    WorkflowRecord,
+    AllocationRecord, Decide, ProjectQuery, ProjectRecord, RunExecutors, RunLease, RunQuery,
+    RunRecord, SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult, TaskRecord,
+    TaskStats, WaiterRecord, WorkflowRecord,
 };
 
 pub struct PostgresStore {
@@ -395,10 +395,7 @@ super::rows::sql_store!(PostgresStore, {
         Some(self.events.subscribe())
     }
 
-    async fn allocate(
-        &self,
-        decide: &mut (dyn FnMut(Vec<AllocationRecord>) -> Vec<AllocationRecord> + Send),
-    ) -> StoreResult<Vec<AllocationRecord>> {
+    async fn allocate(&self, decide: &mut Decide<'_>) -> StoreResult<Vec<AllocationRecord>> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         // One row lock serialises every process's decisions.
         query("SELECT id FROM resource_guard WHERE id = 1 FOR UPDATE")
@@ -412,9 +409,23 @@ super::rows::sql_store!(PostgresStore, {
         .await
         .map_err(db_err)
         .and_then(|r| rows(r, allocation_from_row))?;
-        let grants = decide(active);
+        let waiters = query(AssertSqlSafe(format!(
+            "SELECT {WAITER_COLUMNS} FROM allocation_waiters ORDER BY since, id"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)
+        .and_then(|r| rows(r, waiter_from_row))?;
+        let (grants, settled) = decide(active, waiters);
         for a in &grants {
             upsert_allocation(&mut tx, a).await.map_err(db_err)?;
+        }
+        for id in &settled {
+            query("DELETE FROM allocation_waiters WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(grants)

@@ -137,6 +137,23 @@ macro_rules! shared_rows {
             )
         }
 
+        const WAITER_COLUMNS: &str =
+            "id, node, principal, session_id, holder, requirements, priority, since, seen_at";
+
+        fn waiter_from_row(r: &$row) -> Result<WaiterRecord, sqlx::Error> {
+            Ok(WaiterRecord {
+                id: r.try_get("id")?,
+                node: r.try_get("node")?,
+                principal: r.try_get("principal")?,
+                session_id: r.try_get("session_id")?,
+                holder: r.try_get("holder")?,
+                requirements: r.try_get("requirements")?,
+                priority: r.try_get("priority")?,
+                since: r.try_get("since")?,
+                seen_at: r.try_get("seen_at")?,
+            })
+        }
+
         const PROJECT_COLUMNS: &str =
             "id, principal, name, path, status, kind, template, tags, record, created_at, updated_at";
 
@@ -936,6 +953,65 @@ macro_rules! sql_store {
                         unclaimed: row.try_get::<i64, _>("n").map_err(db_err)? as u64,
                         oldest_unclaimed_at: row.try_get("oldest").map_err(db_err)?,
                     })
+                }
+
+
+                async fn put_waiter(&self, w: &WaiterRecord) -> StoreResult<()> {
+                    query(AssertSqlSafe(format!(
+                        "INSERT INTO allocation_waiters ({WAITER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                    )))
+                    .bind(&w.id)
+                    .bind(&w.node)
+                    .bind(&w.principal)
+                    .bind(&w.session_id)
+                    .bind(&w.holder)
+                    .bind(&w.requirements)
+                    .bind(&w.priority)
+                    .bind(w.since)
+                    .bind(w.seen_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    Ok(())
+                }
+
+
+                async fn drop_waiters(&self, ids: &[String]) -> StoreResult<()> {
+                    for id in ids {
+                        query("DELETE FROM allocation_waiters WHERE id = ?1")
+                            .bind(id)
+                            .execute(&self.pool)
+                            .await
+                            .map_err(db_err)?;
+                    }
+                    Ok(())
+                }
+
+
+                async fn waiters(&self) -> StoreResult<Vec<WaiterRecord>> {
+                    let r = query(AssertSqlSafe(format!(
+                        "SELECT {WAITER_COLUMNS} FROM allocation_waiters ORDER BY since, id"
+                    )))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    rows(r, waiter_from_row)
+                }
+
+
+                async fn touch_waiters(&self, node: &str, now: i64, stale_before: i64) -> StoreResult<()> {
+                    query("UPDATE allocation_waiters SET seen_at = ?2 WHERE node = ?1")
+                        .bind(node)
+                        .bind(now)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    query("DELETE FROM allocation_waiters WHERE seen_at < ?1")
+                        .bind(stale_before)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    Ok(())
                 }
 
 

@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, Row, query};
 use super::{
     AllocationRecord, ProjectQuery, ProjectRecord, RunExecutors, RunLease, RunQuery, RunRecord,
     SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult, TaskRecord, TaskStats,
-    WorkflowRecord,
+    WaiterRecord, WorkflowRecord,
 };
 
 pub struct SqliteStore {
