@@ -78,7 +78,11 @@ async fn main() {
         let secs = t.elapsed().as_secs_f64();
         println!(
             "{:<22} {:>12.0}",
-            if notify { "update + pg_notify" } else { "update" },
+            if notify {
+                "update + pg_notify"
+            } else {
+                "update"
+            },
             (conns * per_conn) as f64 / secs
         );
     }
