@@ -341,3 +341,142 @@ async fn sigterm_and_sigint_shut_down_gracefully() {
         assert!(status.success(), "SIG{sig}: {status:?}");
     }
 }
+
+/// One sample of a scrape: the value of `name` with these labels.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k).is_some_and(|x| x == *v))
+        })
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{name} is not a single value: {other:?}"),
+        })
+}
+
+/// `/metrics` is Prometheus text that a Prometheus parser reads: tool calls by
+/// name and outcome with latency histograms, runs, steps and tasks by state,
+/// queue depths, pool use and the store probe. Behind the tokens when there are some.
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let env = Env::new();
+    let cfg = token_config(&env);
+    let server = env.http(&["--config", cfg.to_str().unwrap()]).await;
+    let c = server.client(Era::Legacy, Some(ALICE)).await;
+    ok(&c, "create_session", json!({"name": "m"})).await;
+    err(
+        &c,
+        "get_session",
+        json!({"session_id": "ses_nope"}),
+        "NOT_FOUND",
+    )
+    .await;
+    ok(&c, "create_workflow", json!({"name": "two", "steps": [
+        {"name": "a", "module": "core", "action": "echo", "parameters": {}},
+        {"name": "b", "module": "core", "action": "echo", "parameters": {}, "dependencies": ["a"]},
+    ]}))
+    .await;
+    let run = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "two", "wait_seconds": 30}),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded");
+    ok(
+        &c,
+        "create_tasks",
+        json!({"tasks": [{"name": "for-an-agent"}]}),
+    )
+    .await;
+    ok(
+        &c,
+        "allocate_resources",
+        json!({"requirements": {"cpu": 1}}),
+    )
+    .await;
+
+    let url = format!("http://{}/metrics", server.addr);
+    let anonymous = reqwest::get(&url).await.unwrap();
+    assert_eq!(anonymous.status(), 401, "tokens are configured");
+    let r = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = r.text().await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text");
+    let calls = |tool: &str, outcome: &str| {
+        sample(
+            &scrape,
+            "myrmex_tool_calls_total",
+            &[("tool", tool), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(calls("create_session", "ok"), Some(1.0), "{text}");
+    assert_eq!(calls("get_session", "error"), Some(1.0), "{text}");
+    assert_eq!(calls("execute_workflow", "ok"), Some(1.0));
+    let h = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "myrmex_tool_call_duration_seconds"
+                && s.labels.get("tool") == Some("execute_workflow")
+        })
+        .expect("latency histogram");
+    match &h.value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            assert_eq!(buckets.last().unwrap().count, 1.0, "{buckets:?}");
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    assert_eq!(
+        sample(&scrape, "myrmex_runs", &[("status", "succeeded")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&scrape, "myrmex_tasks", &[("status", "ready")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&scrape, "myrmex_queue_depth", &[("queue", "ready_tasks")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&scrape, "myrmex_pool_allocated", &[("pool", "cpu")]),
+        Some(1.0)
+    );
+    assert!(sample(&scrape, "myrmex_pool_capacity", &[("pool", "cpu")]).unwrap() >= 1.0);
+    assert_eq!(sample(&scrape, "myrmex_store_up", &[]), Some(1.0));
+    assert!(sample(&scrape, "myrmex_store_probe_seconds", &[]).unwrap() >= 0.0);
+    assert_eq!(
+        sample(&scrape, "myrmex_sessions", &[("status", "active")]),
+        Some(2.0),
+        "the default session and 'm'"
+    );
+    // get_system_status reports the same numbers.
+    let st = ok(&c, "get_system_status", json!({})).await;
+    let pm = &st["performance_metrics"];
+    assert_eq!(pm["runs_by_status"]["succeeded"], 1, "{pm}");
+    assert_eq!(pm["queue_depths"]["ready_tasks"], 1, "{pm}");
+    assert_eq!(pm["pools"]["cpu"]["allocated"], 1, "{pm}");
+    assert_eq!(pm["store_up"], true);
+    assert!(pm["tool_calls"].as_u64().unwrap() >= 6, "{pm}");
+    assert!(pm["tool_errors"].as_u64().unwrap() >= 1, "{pm}");
+}

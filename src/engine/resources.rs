@@ -1169,12 +1169,16 @@ impl ResourceManager {
             .collect())
     }
 
-    pub async fn status(&self, principal: &str, session_id: &str) -> ResourceStatus {
+    /// Every pool's capacity, use and waiters, and how many requests wait in this process.
+    pub async fn pools(&self) -> (BTreeMap<String, PoolStatus>, usize) {
         let mut st = self.state.lock().await;
         if let Err(e) = self.refresh(&mut st).await {
             tracing::warn!(error = %e, "cannot read the allocations; showing this process's last view");
         }
-        let usage = st.usage();
+        (Self::pool_status(&st, &st.usage()), st.waiters.len())
+    }
+
+    fn pool_status(st: &State, usage: &Usage) -> BTreeMap<String, PoolStatus> {
         let mut pools = BTreeMap::new();
         for (p, cap) in &st.capacity {
             let used = usage.pools.get(p).copied().unwrap_or(0);
@@ -1197,6 +1201,16 @@ impl ResourceManager {
                 },
             );
         }
+        pools
+    }
+
+    pub async fn status(&self, principal: &str, session_id: &str) -> ResourceStatus {
+        let mut st = self.state.lock().await;
+        if let Err(e) = self.refresh(&mut st).await {
+            tracing::warn!(error = %e, "cannot read the allocations; showing this process's last view");
+        }
+        let usage = st.usage();
+        let pools = Self::pool_status(&st, &usage);
         let mut locks = BTreeMap::new();
         for (k, hs) in &usage.locks {
             locks.insert(

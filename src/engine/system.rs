@@ -94,6 +94,9 @@ pub struct SystemStatus {
     /// The session named by `session_id`, when one was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<Session>,
+    /// The numbers `/metrics` exposes: tool calls, runs, steps and tasks by
+    /// state, queue depths, pools and the store probe.
+    pub performance_metrics: super::metrics::PerformanceMetrics,
     /// Problems found by the health checks.
     pub issues: Vec<String>,
     /// What an operator could do about them.
@@ -373,6 +376,25 @@ impl Engine {
         {
             recommendations.push("A background task is not running as it should; see the server's log and restart it if this persists.".into());
         }
+        let performance_metrics = self.performance_metrics().await?;
+        let busy: Vec<&String> = performance_metrics
+            .pools
+            .iter()
+            .filter(|(_, p)| p.utilization > 0.9)
+            .map(|(n, _)| n)
+            .collect();
+        if !busy.is_empty() {
+            recommendations.push(format!(
+                "Pools {busy:?} are above 90% utilization: raise their capacity in [resources], or run less at once."
+            ));
+        }
+        if health
+            .components
+            .get("cluster")
+            .is_some_and(|c| c.status != HealthLevel::Healthy)
+        {
+            recommendations.push("Runs wait for an executor: start `myrmex worker` processes on this database, or raise [cluster] max_active_runs.".into());
+        }
         Ok(SystemStatus {
             overall_status: health.overall_status,
             timestamp: health.timestamp,
@@ -399,6 +421,7 @@ impl Engine {
                 .include_detailed_metrics
                 .then(|| self.metrics().snapshot()),
             session,
+            performance_metrics,
             issues: health.issues,
             recommendations,
         })

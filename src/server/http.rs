@@ -147,6 +147,27 @@ async fn healthz(State(engine): State<Engine>) -> Response {
         .into_response()
 }
 
+/// Prometheus scrape (text format 0.0.4). Behind the same bearer tokens as
+/// `/mcp` when tokens are configured.
+async fn metrics(State(engine): State<Engine>) -> Response {
+    match engine.prometheus_text().await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.code.as_str(),
+            &e.message,
+            &e.hint,
+        ),
+    }
+}
+
 /// Build the axum application (exposed for tests and embedding).
 pub fn app(
     engine: Engine,
@@ -190,6 +211,10 @@ pub fn app(
     );
     let mcp = axum::Router::new()
         .route_service("/mcp", mcp)
+        .route(
+            "/metrics",
+            axum::routing::get(metrics).with_state(engine.clone()),
+        )
         .layer(middleware::from_fn_with_state(tokens, authenticate));
     axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))

@@ -564,6 +564,28 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn count_runs_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
+        let g = self.lock()?;
+        let mut by: BTreeMap<String, u64> = BTreeMap::new();
+        for r in g.runs.values() {
+            *by.entry(r.status.clone()).or_default() += 1;
+        }
+        Ok(by.into_iter().collect())
+    }
+
+    async fn count_live_steps_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
+        let g = self.lock()?;
+        let mut by: BTreeMap<String, u64> = BTreeMap::new();
+        for r in g.runs.values() {
+            if matches!(r.status.as_str(), "pending" | "running") {
+                for s in g.steps.get(&r.id).into_iter().flatten() {
+                    *by.entry(s.status.clone()).or_default() += 1;
+                }
+            }
+        }
+        Ok(by.into_iter().collect())
+    }
+
     async fn sessions_with_open_tasks(&self) -> StoreResult<Vec<String>> {
         let mut v: Vec<String> = self
             .lock()?

@@ -500,6 +500,12 @@ pub trait Store: Send + Sync + 'static {
     /// Sessions with ready auto tasks, or auto tasks whose executor's lease ended before `now`.
     async fn sessions_with_auto_work(&self, now: i64) -> StoreResult<Vec<String>>;
 
+    /// Runs by status.
+    async fn count_runs_by_status(&self) -> StoreResult<Vec<(String, u64)>>;
+
+    /// Steps of unfinished runs by status.
+    async fn count_live_steps_by_status(&self) -> StoreResult<Vec<(String, u64)>>;
+
     /// Who executes unfinished runs now (leases not ended at `now`), and the
     /// unfinished runs nobody executes.
     async fn run_executors(&self, now: i64) -> StoreResult<RunExecutors>;

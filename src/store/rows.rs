@@ -154,6 +154,18 @@ macro_rules! shared_rows {
             })
         }
 
+        /// `(status, n)` rows of a counting query.
+        async fn status_counts(
+            pool: &sqlx::Pool<$db>,
+            sql: &'static str,
+        ) -> StoreResult<Vec<(String, u64)>> {
+            let r = query(sql).fetch_all(pool).await.map_err(db_err)?;
+            r.iter()
+                .map(|row| Ok((row.try_get::<String, _>("status")?, row.try_get::<i64, _>("n")? as u64)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(db_err)
+        }
+
         const PROJECT_COLUMNS: &str =
             "id, principal, name, path, status, kind, template, tags, record, created_at, updated_at";
 
@@ -1012,6 +1024,21 @@ macro_rules! sql_store {
                         .await
                         .map_err(db_err)?;
                     Ok(())
+                }
+
+
+                async fn count_runs_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
+                    status_counts(&self.pool, "SELECT status, COUNT(*) AS n FROM runs GROUP BY status ORDER BY status").await
+                }
+
+
+                async fn count_live_steps_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
+                    status_counts(
+                        &self.pool,
+                        "SELECT s.status, COUNT(*) AS n FROM run_steps s JOIN runs r ON r.id = s.run_id \
+                         WHERE r.status IN ('pending', 'running') GROUP BY s.status ORDER BY s.status",
+                    )
+                    .await
                 }
 
 
