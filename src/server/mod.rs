@@ -6,19 +6,22 @@
 pub mod args;
 pub mod catalog;
 pub mod http;
+pub mod prompts;
 pub mod sse;
 pub mod stdio;
 pub mod tools;
 
 use std::time::Instant;
 
+use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, Implementation, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult, Implementation,
+    ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
-use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
+use rmcp::{ErrorData, RoleServer, ServerHandler, prompt_handler, tool_handler};
 
 use crate::engine::{Engine, Principal};
 use crate::error::{Error, ErrorCode};
@@ -32,6 +35,7 @@ get_health_status and get_system_status describe the server.";
 pub struct MyrmexServer {
     engine: Engine,
     tool_router: ToolRouter<Self>,
+    prompt_router: PromptRouter<Self>,
 }
 
 impl MyrmexServer {
@@ -39,6 +43,7 @@ impl MyrmexServer {
         Self {
             engine,
             tool_router: Self::router(),
+            prompt_router: Self::prompt_router(),
         }
     }
 
@@ -70,14 +75,29 @@ pub(crate) fn principal(ctx: &RequestContext<RoleServer>) -> Result<Principal, E
 }
 
 #[tool_handler(router = self.tool_router)]
+#[prompt_handler(router = self.prompt_router)]
 impl ServerHandler for MyrmexServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(
-                Implementation::new("myrmex", env!("CARGO_PKG_VERSION"))
-                    .with_title("myrmex orchestration server"),
-            )
-            .with_instructions(INSTRUCTIONS)
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .enable_completions()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("myrmex", env!("CARGO_PKG_VERSION"))
+                .with_title("myrmex orchestration server"),
+        )
+        .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        self.completions(request, context).await
     }
 
     async fn call_tool(
