@@ -48,7 +48,7 @@ echo "== MCP Inspector CLI over stdio"
 for era in legacy modern; do
   SRV=("$BIN" --data-dir "$WORK/stdio-$era" serve)
   if inspector "${SRV[@]}" --protocol-era "$era" --method tools/list; then
-    expect_json "inspector stdio $era tools/list" "len(r['tools']) >= 6 and all('outputSchema' in t and 'annotations' in t for t in r['tools'])"
+    expect_json "inspector stdio $era tools/list" "len(r['tools']) >= 6 and all('inputSchema' in t and 'annotations' in t for t in r['tools'])"
   else fail "inspector stdio $era tools/list"; cat "$WORK/err.txt"; fi
   if inspector "${SRV[@]}" --protocol-era "$era" --method tools/call --tool-name create_session --tool-args-json '{"name":"inspector","mode":"parallel"}'; then
     expect_json "inspector stdio $era create_session" "r['structuredContent']['session_id'].startswith('ses_') and r['structuredContent']['mode']=='parallel'"

@@ -51,6 +51,28 @@ pub struct Config {
     pub mcp_servers: Vec<McpServerConfig>,
     pub projects: ProjectsConfig,
     pub cluster: ClusterConfig,
+    pub tools: ToolsConfig,
+}
+
+/// What `tools/list` offers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    /// `core` (running workflows and draining task graphs), `standard` (core plus the
+    /// original module's tool names), `all`, or a comma list of tool names. `--tools` overrides it.
+    pub profile: String,
+    /// Include each tool's full output JSON Schema in tools/list (about 114 KB for all tools);
+    /// off, results still carry structuredContent, and the schemas are in tool-schemas/.
+    pub output_schemas: bool,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            profile: "all".into(),
+            output_schemas: false,
+        }
+    }
 }
 
 /// Several processes on one PostgreSQL store: who executes work, and leases.
@@ -470,6 +492,7 @@ impl Default for Config {
             mcp_servers: Vec::new(),
             projects: ProjectsConfig::default(),
             cluster: ClusterConfig::default(),
+            tools: ToolsConfig::default(),
         }
     }
 }

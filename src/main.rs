@@ -47,6 +47,9 @@ enum Command {
         /// `myrmex worker` processes on the same PostgreSQL store do.
         #[arg(long)]
         no_execute: bool,
+        /// Tools offered: core, standard, all, or a comma list of tool names (default: `tools.profile`).
+        #[arg(long, value_name = "PROFILE")]
+        tools: Option<String>,
     },
     /// Execute workflow runs and auto tasks claimed from a PostgreSQL store that
     /// `myrmex serve` processes share; no MCP listener. Stops on SIGTERM/SIGINT
@@ -155,11 +158,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Some(Command::Serve { http, no_execute }) => {
+        Some(Command::Serve {
+            http,
+            no_execute,
+            tools,
+        }) => {
             let mut config = load_config(&cli)?;
             if *no_execute {
                 config.cluster.execute = false;
                 config.validate_cluster()?;
+            }
+            if let Some(t) = tools {
+                config.tools.profile = t.clone();
             }
             serve(config, http.clone())
         }
@@ -198,6 +208,7 @@ async fn open_engine(config: Config) -> anyhow::Result<Engine> {
 }
 
 fn serve(config: Config, http: Option<String>) -> anyhow::Result<ExitCode> {
+    server::profiles::select(&config.tools.profile).map_err(|e| anyhow::anyhow!(e))?;
     myrmex::telemetry::init(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

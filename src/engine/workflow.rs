@@ -116,16 +116,16 @@ pub enum OnFailure {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
-    /// Delay before the first retry, in milliseconds (default 1000).
+    /// Milliseconds before the first retry.
     #[serde(default = "default_initial_delay")]
     pub initial_delay_ms: u64,
-    /// Factor applied to the delay after each retry (1-10, default 2).
+    /// Factor applied to the delay after each retry (1-10).
     #[serde(default = "default_multiplier")]
     pub multiplier: f64,
-    /// Longest delay, in milliseconds (default 60000).
+    /// Longest delay in milliseconds.
     #[serde(default = "default_max_delay")]
     pub max_delay_ms: u64,
-    /// Randomise each delay by up to +/-50% so retries of many steps spread out (default true).
+    /// Randomise each delay by up to +/-50%, so that many retries spread out.
     #[serde(default = "default_true")]
     pub jitter: bool,
 }

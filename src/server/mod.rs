@@ -6,6 +6,7 @@
 pub mod args;
 pub mod catalog;
 pub mod http;
+pub mod profiles;
 pub mod prompts;
 pub mod sse;
 pub mod stdio;
@@ -41,8 +42,8 @@ pub struct MyrmexServer {
 impl MyrmexServer {
     pub fn new(engine: Engine) -> Self {
         Self {
+            tool_router: profiles::router(&engine.config().tools),
             engine,
-            tool_router: Self::router(),
             prompt_router: Self::prompt_router(),
         }
     }

@@ -263,7 +263,7 @@ pub struct DocsGenerated {
 impl MyrmexServer {
     #[tool(
         name = "create_project",
-        description = "Create a project from a template (or empty): folders, files and README/AGENTS docs built atomically inside a projects root, metadata in .myrmex/project.json. Optionally runs the template's first workflow. Returns status, project_id, project_path, template_used, files_created, workflow_executed, workflow_result, next_steps.",
+        description = "Create a project from a template (or empty): folders, files and README/AGENTS docs built atomically inside a projects root, metadata in .myrmex/project.json; optionally runs one of its workflows. Answers project_id, project_path, files_created, workflow_result, next_steps.",
         annotations(
             title = "Create project",
             read_only_hint = false,

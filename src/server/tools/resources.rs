@@ -115,7 +115,7 @@ pub struct AllocationPage {
 impl MyrmexServer {
     #[tool(
         name = "allocate_resources",
-        description = "Hold pool amounts (cpu, memory_mb, disk_mb, gpu, custom pools) and locks (read / write / exclusive) all or nothing, under quotas, with a renewable lease. Can wait (wait_seconds); waiters are served by priority then arrival. Answers the allocation, or RESOURCE_UNAVAILABLE with what is short and who holds it.",
+        description = "Hold pool amounts (cpu, memory_mb, disk_mb, gpu, custom) and locks (read/write/exclusive) all or nothing, under quotas, with a renewable lease. wait_seconds waits (priority, then arrival). Answers the allocation, or RESOURCE_UNAVAILABLE with what is short and who holds it.",
         annotations(
             title = "Allocate resources",
             read_only_hint = false,

@@ -67,7 +67,7 @@ impl MyrmexServer {
 
     #[tool(
         name = "get_system_status",
-        description = "Report server status: version, uptime, store, session counts by status, health issues; optionally your active sessions and per-tool metrics.",
+        description = "Server status: version, uptime, store, sessions, performance_metrics, health issues and recommendations; optionally your active sessions and per-tool metrics.",
         annotations(
             title = "System status",
             read_only_hint = true,

@@ -253,7 +253,7 @@ pub struct CreatedTasks {
 impl MyrmexServer {
     #[tool(
         name = "create_task",
-        description = "Add a task to the session's task graph. With module and action myrmex runs it when its dependencies have succeeded (higher priority first, within the session's parallelism); without them it is an agent task, handed out by next_task. Parameters may reference other tasks' results ({{tasks.<name>.result}}), which adds a dependency.",
+        description = "Add a task to the session's graph. With module and action myrmex runs it once its dependencies succeeded (by priority, within the session's parallelism); without, it is an agent task handed out by next_task. Parameters may reference {{tasks.<name>.result}} (a dependency).",
         annotations(
             title = "Create task",
             read_only_hint = false,
@@ -308,7 +308,7 @@ impl MyrmexServer {
 
     #[tool(
         name = "execute_task",
-        description = "Create a task that runs module.action and wait up to wait_seconds for it. Answers in the original shape: status, task_id, result, execution_time, retry_attempts, dependencies_satisfied, resource_allocation, error_message, metadata. A task still going answers with its status; follow it with get_task.",
+        description = "Create a task that runs module.action and wait up to wait_seconds for it. Answers the original shape (status, task_id, result, execution_time, retry_attempts, error_message, ...); a task still going answers its status: follow it with get_task.",
         annotations(
             title = "Execute task",
             read_only_hint = false,
@@ -529,7 +529,7 @@ impl MyrmexServer {
 
     #[tool(
         name = "next_task",
-        description = "Claim the most urgent ready agent task (priority, then age) with a lease, and say why it was chosen. Nothing ready: says so and counts what is blocked, running and claimed. Finish with complete_task or fail_task using the lease_id; renew long work with renew_task_lease.",
+        description = "Claim the most urgent ready agent task (priority, then age) with a lease. Nothing ready: counts what is blocked, running and claimed. Finish with complete_task or fail_task and the lease_id; renew_task_lease extends long work.",
         annotations(
             title = "Next task",
             read_only_hint = false,
@@ -599,7 +599,7 @@ impl MyrmexServer {
 
     #[tool(
         name = "fail_task",
-        description = "Report a claimed task failed. With retryable: true it goes back to ready while its max_retries allow; otherwise it fails and its dependents are skipped. Only the holder of the current lease may.",
+        description = "Report a claimed task failed (lease holder only). retryable: true puts it back to ready while max_retries allow; otherwise its dependents are skipped.",
         annotations(
             title = "Fail task",
             read_only_hint = false,

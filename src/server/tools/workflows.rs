@@ -295,7 +295,7 @@ impl Progress {
 impl MyrmexServer {
     #[tool(
         name = "create_workflow",
-        description = "Define (or replace) a workflow: a DAG of steps, each running module.action with templated parameters. Everything is validated first; returns the stored definition with its version and plan, or every problem found.",
+        description = "Define (or replace) a workflow: a DAG of steps, each running module.action with templated parameters. Validated first: answers the stored definition with version and plan, or every problem.",
         annotations(
             title = "Create workflow",
             read_only_hint = false,
@@ -345,7 +345,7 @@ impl MyrmexServer {
 
     #[tool(
         name = "list_workflows",
-        description = "List the workflows you can run: this session's, your global ones and the library's, with step counts and modules used. Paginated.",
+        description = "List the workflows you can run (session, global, library) with step counts and modules. Paginated.",
         annotations(
             title = "List workflows",
             read_only_hint = true,
@@ -415,7 +415,7 @@ impl MyrmexServer {
 
     #[tool(
         name = "execute_workflow",
-        description = "Run a workflow. Waits up to wait_seconds, then answers with the run: status (running while it goes on), run_id, per-step results, steps_completed of steps_total. Follow a running run with get_workflow_run. Sends progress notifications when given a progress token.",
+        description = "Run a workflow. Waits up to wait_seconds, then answers with the run (status, run_id, per-step results, steps_completed of steps_total); follow a running one with get_workflow_run. Progress notifications when given a progress token.",
         annotations(
             title = "Execute workflow",
             read_only_hint = false,
@@ -458,7 +458,7 @@ impl MyrmexServer {
 
     #[tool(
         name = "get_workflow_run",
-        description = "Read a run: status, per-step states, outputs and errors. With wait_seconds, waits (long-poll) until the run finishes or the time passes; sends progress notifications when given a progress token.",
+        description = "Read a run: status, per-step states, outputs and errors. wait_seconds long-polls until it finishes; progress notifications when given a progress token.",
         annotations(
             title = "Get workflow run",
             read_only_hint = true,
@@ -524,7 +524,7 @@ impl MyrmexServer {
 
     #[tool(
         name = "cancel_workflow_run",
-        description = "Cancel a running run: running steps are cancelled, the others marked cancelled. A run that already ended is an error that changes nothing.",
+        description = "Cancel a run wherever it executes: its unfinished steps end cancelled. A run that already ended is an error that changes nothing.",
         annotations(
             title = "Cancel workflow run",
             read_only_hint = false,
