@@ -470,6 +470,10 @@ pub struct LimitsConfig {
     pub default_page_size: u32,
     /// Largest page a list tool returns.
     pub max_page_size: u32,
+    /// Largest tool answer, as JSON bytes (about 4 bytes per token). Lists page and graphs
+    /// split to stay under it; an answer still larger becomes a RESULT_TOO_LARGE error that says
+    /// how to ask for less.
+    pub max_result_bytes: usize,
 }
 
 impl Default for Config {
@@ -536,6 +540,7 @@ impl Default for LimitsConfig {
             max_metadata_bytes: 16 * 1024,
             default_page_size: 50,
             max_page_size: 200,
+            max_result_bytes: 40_000,
         }
     }
 }
@@ -604,6 +609,9 @@ impl Config {
             if t.name.trim().is_empty() {
                 anyhow::bail!("auth tokens need a non-empty name");
             }
+        }
+        if self.limits.max_result_bytes < 4096 {
+            anyhow::bail!("limits.max_result_bytes must be at least 4096");
         }
         if self.limits.default_page_size == 0
             || self.limits.default_page_size > self.limits.max_page_size

@@ -49,6 +49,8 @@ pub enum ErrorCode {
     LeaseNotHeld,
     /// No project template with that name.
     TemplateNotFound,
+    /// The answer would be larger than `limits.max_result_bytes`.
+    ResultTooLarge,
     /// A bug or an unexpected condition inside myrmex.
     InternalError,
 }
@@ -74,6 +76,7 @@ impl ErrorCode {
         ErrorCode::Cancelled,
         ErrorCode::LeaseNotHeld,
         ErrorCode::TemplateNotFound,
+        ErrorCode::ResultTooLarge,
         ErrorCode::InternalError,
     ];
 
@@ -98,6 +101,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::LeaseNotHeld => "LEASE_NOT_HELD",
             ErrorCode::TemplateNotFound => "TEMPLATE_NOT_FOUND",
+            ErrorCode::ResultTooLarge => "RESULT_TOO_LARGE",
             ErrorCode::InternalError => "INTERNAL_ERROR",
         }
     }
@@ -129,6 +133,9 @@ impl ErrorCode {
                 "The caller does not hold the task's lease: it expired, was never granted, or is another agent's."
             }
             ErrorCode::TemplateNotFound => "No project template with that name.",
+            ErrorCode::ResultTooLarge => {
+                "The answer would exceed limits.max_result_bytes; ask for a smaller page or fewer fields."
+            }
             ErrorCode::InternalError => "An unexpected condition inside myrmex.",
         }
     }

@@ -724,7 +724,8 @@ async fn http_requests_follow_the_policy_on_every_hop() {
     let c = env
         .stdio_config(
             Era::Modern,
-            "[modules.http]\nenabled = true\nallowed_private = [\"127.0.0.1\"]\n",
+            // The 1 MB body below is read whole through get_task.
+            "[limits]\nmax_result_bytes = 4000000\n\n[modules.http]\nenabled = true\nallowed_private = [\"127.0.0.1\"]\n",
         )
         .await;
     let r = done(

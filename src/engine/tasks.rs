@@ -182,6 +182,9 @@ pub struct TaskView {
     /// finished_at - started_at, in milliseconds.
     pub execution_time_ms: Option<i64>,
     pub session_id: String,
+    /// Set when large fields were shortened to keep the answer small.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A task in a few fields (list_tasks without `detail`).
@@ -202,7 +205,8 @@ pub struct TaskBrief {
 /// A page of tasks.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct TaskPage {
-    /// Compact entries (or full ones with `detail: true`).
+    /// Compact entries (or full ones with `detail: true`); fewer than `limit`
+    /// when more would not fit the answer (`next_cursor` continues).
     pub tasks: Vec<Value>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
@@ -251,14 +255,21 @@ pub struct Edge {
     pub to: String,
 }
 
-/// Answer of get_task_graph.
+/// Answer of get_task_graph: one page of the graph, in creation order.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct TaskGraphView {
     pub nodes: Vec<TaskBrief>,
+    /// Dependency edges into this page's nodes.
     pub edges: Vec<Edge>,
+    /// A Mermaid flowchart of this page; empty when it would not fit (see `note`).
     pub mermaid: String,
     /// True when the graph has more nodes than were returned.
     pub truncated: bool,
+    /// Pass as `cursor` for the next nodes; null on the last page.
+    pub next_cursor: Option<String>,
+    /// Why the answer is shorter than the graph, and how to get the rest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub total_tasks: usize,
     pub counts: BTreeMap<String, usize>,
 }
@@ -593,6 +604,69 @@ pub fn view(t: &TaskRecord) -> TaskView {
             _ => None,
         },
         session_id: t.session_id.clone(),
+        note: None,
+    }
+}
+
+impl TaskView {
+    /// Fit the view in `budget` bytes of JSON: the largest of result,
+    /// parameters and metadata are replaced by previews until it fits.
+    pub fn fit(&mut self, budget: usize) {
+        let size = |v: &TaskView| serde_json::to_string(v).map_or(0, |s| s.len());
+        let mut cut = Vec::new();
+        for _ in 0..3 {
+            if size(self) <= budget {
+                break;
+            }
+            let sizes = [
+                self.result.as_ref().map_or(0, |v| v.to_string().len()),
+                Value::Object(self.parameters.clone()).to_string().len(),
+                Value::Object(self.metadata.clone()).to_string().len(),
+            ];
+            let Some((which, _)) = sizes.iter().enumerate().max_by_key(|(_, n)| **n) else {
+                break;
+            };
+            match which {
+                0 => {
+                    self.result = self.result.as_ref().map(super::workflows::shortened);
+                    cut.push("result");
+                }
+                1 => {
+                    let v = super::workflows::shortened(&Value::Object(std::mem::take(
+                        &mut self.parameters,
+                    )));
+                    self.parameters.insert("_shortened".into(), v);
+                    cut.push("parameters");
+                }
+                _ => {
+                    let v = super::workflows::shortened(&Value::Object(std::mem::take(
+                        &mut self.metadata,
+                    )));
+                    self.metadata.insert("_shortened".into(), v);
+                    cut.push("metadata");
+                }
+            }
+        }
+        if !cut.is_empty() {
+            self.note = Some(format!(
+                "{} shortened to keep the answer under {budget} bytes (limits.max_result_bytes); the task keeps them whole.",
+                cut.join(", ")
+            ));
+        }
+    }
+}
+
+impl From<&TaskView> for TaskBrief {
+    fn from(t: &TaskView) -> Self {
+        TaskBrief {
+            task_id: t.task_id.clone(),
+            name: t.name.clone(),
+            status: t.status.clone(),
+            priority: t.priority.clone(),
+            kind: t.kind.clone(),
+            dependency_count: t.dependencies.len(),
+            claimed_by: t.claimed_by.clone().filter(|_| t.status == CLAIMED),
+        }
     }
 }
 
@@ -1293,18 +1367,29 @@ impl TaskManager {
             Some(c) => super::workflows::decode_offset(c)?,
             None => 0,
         };
+        // As many as `limit` allows and fit the answer (at least one).
+        let budget = self.limits.max_result_bytes * 4 / 5;
+        let mut used = 0;
         let page: Vec<Value> = matching
             .iter()
             .skip(start)
             .take(limit as usize)
             .map(|t| {
                 if detail {
-                    serde_json::to_value(view(t))
+                    let mut v = view(t);
+                    v.fit(budget);
+                    serde_json::to_value(v)
                 } else {
                     serde_json::to_value(brief(t))
                 }
                 .expect("serializable")
             })
+            .enumerate()
+            .take_while(|(i, v)| {
+                used += v.to_string().len() + 1;
+                *i == 0 || used <= budget
+            })
+            .map(|(_, v)| v)
             .collect();
         let end = start + page.len();
         Ok(TaskPage {
@@ -1314,41 +1399,83 @@ impl TaskManager {
         })
     }
 
-    pub async fn graph(&self, session: &Session) -> Result<TaskGraphView> {
+    /// A page of the session's graph from `cursor`, at most `max_graph_nodes`
+    /// nodes and `budget` bytes of JSON (the Mermaid diagram only when it fits too).
+    pub async fn graph(
+        &self,
+        session: &Session,
+        cursor: Option<&str>,
+        budget: usize,
+    ) -> Result<TaskGraphView> {
         let sg = self.session_graph(&session.session_id);
         let g = self.lock(&sg, session.max_parallel_tasks).await?;
-        let max = self.config.max_graph_nodes;
-        let nodes: Vec<&TaskRecord> = g
-            .order
-            .iter()
-            .filter_map(|id| g.tasks.get(id))
-            .take(max)
-            .collect();
-        let shown: HashSet<&str> = nodes.iter().map(|t| t.id.as_str()).collect();
+        let from = match cursor {
+            Some(c) => super::workflows::decode_offset(c)?,
+            None => 0,
+        };
+        // Nodes and their incoming edges, while they fit in most of the budget.
+        let mut nodes = Vec::new();
         let mut edges = Vec::new();
+        let mut used = 512;
+        for t in g.order.iter().skip(from).filter_map(|id| g.tasks.get(id)) {
+            if nodes.len() >= self.config.max_graph_nodes {
+                break;
+            }
+            let b = brief(t);
+            let in_edges: Vec<Edge> = deps_of(t)
+                .into_iter()
+                .map(|d| Edge {
+                    from: d,
+                    to: t.id.clone(),
+                })
+                .collect();
+            let size = serde_json::to_string(&b).map_or(0, |s| s.len())
+                + serde_json::to_string(&in_edges).map_or(0, |s| s.len());
+            if used + size > budget * 4 / 5 && !nodes.is_empty() {
+                break;
+            }
+            used += size;
+            nodes.push(b);
+            edges.extend(in_edges);
+        }
+        let end = from + nodes.len();
         let mut mermaid = String::from("flowchart TD\n");
         for t in &nodes {
-            mermaid.push_str(&format!("    {}[\"{} ({})\"]\n", t.id, t.name, t.status));
+            mermaid.push_str(&format!(
+                "    {}[\"{} ({})\"]\n",
+                t.task_id, t.name, t.status
+            ));
         }
-        for t in &nodes {
-            for d in deps_of(t) {
-                if shown.contains(d.as_str()) {
-                    mermaid.push_str(&format!("    {d} --> {}\n", t.id));
-                    edges.push(Edge {
-                        from: d,
-                        to: t.id.clone(),
-                    });
-                }
-            }
+        for e in &edges {
+            mermaid.push_str(&format!("    {} --> {}\n", e.from, e.to));
+        }
+        let mut note = None;
+        if used + mermaid.len() > budget {
+            mermaid.clear();
+            note = Some(
+                "The Mermaid diagram was left out to keep the answer small; nodes and edges are complete for this page.".to_string(),
+            );
+        }
+        let more = end < g.order.len();
+        if more {
+            note = Some(format!(
+                "{}Nodes {}-{} of {}: pass next_cursor as cursor for the next ones, or use list_tasks with filters.",
+                note.map(|n| format!("{n} ")).unwrap_or_default(),
+                from + 1,
+                end,
+                g.order.len()
+            ));
         }
         let mut counts = BTreeMap::new();
         for t in g.tasks.values() {
             *counts.entry(t.status.clone()).or_insert(0) += 1;
         }
         Ok(TaskGraphView {
-            truncated: g.tasks.len() > nodes.len(),
+            truncated: more || from > 0,
+            next_cursor: more.then(|| super::workflows::encode_offset(end)),
+            note,
             total_tasks: g.tasks.len(),
-            nodes: nodes.into_iter().map(brief).collect(),
+            nodes,
             edges,
             mermaid,
             counts,

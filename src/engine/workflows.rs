@@ -174,6 +174,80 @@ pub struct RunView {
     /// The run whose `workflow.run` step started this one, and that step.
     pub parent_run_id: Option<String>,
     pub parent_step: Option<String>,
+    /// Set when outputs were shortened to keep the answer small, and how to read one in full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A large value's stand-in: `{shortened: true, bytes, preview}` (its first 200 bytes of JSON).
+pub fn shortened(v: &Value) -> Value {
+    let full = v.to_string();
+    let cut = full
+        .char_indices()
+        .map(|(k, _)| k)
+        .take_while(|k| *k <= 200)
+        .last()
+        .unwrap_or(0);
+    json!({"shortened": true, "bytes": full.len(), "preview": &full[..cut]})
+}
+
+impl RunView {
+    /// Keep only `step` with its full output (in `steps`; `workflow_results`
+    /// is left empty so that the output is not repeated), for reading one large output.
+    pub fn only_step(&mut self, step: &str) -> Result<()> {
+        if !self.steps.iter().any(|s| s.name == step) {
+            return Err(Error::not_found(
+                "step",
+                step,
+                format!(
+                    "The run's steps are: {}.",
+                    self.steps
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        // The output once, in the step (workflow_results would repeat it).
+        self.steps.retain(|s| s.name == step);
+        self.workflow_results.clear();
+        Ok(())
+    }
+
+    /// Fit the view in `budget` bytes of JSON: the largest step outputs are
+    /// replaced by a preview (largest first) until it fits, and `note` says
+    /// which and how to read one in full.
+    pub fn fit(&mut self, budget: usize) {
+        let size = |v: &RunView| serde_json::to_string(v).map_or(0, |s| s.len());
+        if size(self) <= budget {
+            return;
+        }
+        let mut outputs: Vec<(usize, usize)> = self
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.output.as_ref().map(|o| (o.to_string().len(), i)))
+            .collect();
+        outputs.sort_by(|a, b| b.cmp(a));
+        let mut cut = Vec::new();
+        for (len, i) in outputs {
+            if size(self) <= budget || len < 256 {
+                break;
+            }
+            let preview = shortened(&self.steps[i].output.take().unwrap_or_default());
+            let name = self.steps[i].name.clone();
+            self.workflow_results.insert(name.clone(), preview.clone());
+            self.steps[i].output = Some(preview);
+            cut.push(name);
+        }
+        if !cut.is_empty() {
+            self.note = Some(format!(
+                "The outputs of steps {} were shortened to keep this answer under {budget} bytes; get_workflow_run with step: \"<name>\" returns one in full.",
+                cut.join(", ")
+            ));
+        }
+    }
 }
 
 /// A page of runs.
@@ -1081,6 +1155,7 @@ fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
         retry_of: run.retry_of,
         parent_run_id: run.parent_run_id,
         parent_step: run.parent_step,
+        note: None,
     }
 }
 

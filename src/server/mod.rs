@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod http;
 pub mod profiles;
 pub mod prompts;
+pub mod resources;
 pub mod sse;
 pub mod stdio;
 pub mod tools;
@@ -60,6 +61,53 @@ impl MyrmexServer {
     }
 }
 
+impl MyrmexServer {
+    /// The last guard of `limits.max_result_bytes`: tools page and split their
+    /// answers to stay under it; one still larger is replaced by a
+    /// RESULT_TOO_LARGE error saying how to ask for less.
+    fn bounded(
+        &self,
+        tool: &str,
+        result: Result<CallToolResponse, ErrorData>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let cap = self.engine.config().limits.max_result_bytes;
+        let size = match &result {
+            Ok(CallToolResponse::Complete(r)) if r.is_error != Some(true) => r
+                .structured_content
+                .as_ref()
+                .map_or(0, |v| serde_json::to_string(v).map_or(0, |s| s.len())),
+            _ => 0,
+        };
+        if size <= cap {
+            return result;
+        }
+        // A call that changed state keeps its answer: an error would say it did not.
+        let read_only = self
+            .tool_router
+            .get(tool)
+            .and_then(|t| t.annotations.as_ref())
+            .and_then(|a| a.read_only_hint)
+            .unwrap_or(false);
+        if !read_only {
+            tracing::warn!(
+                tool,
+                size,
+                cap,
+                "answer of a changing call over the size limit"
+            );
+            return result;
+        }
+        tracing::warn!(tool, size, cap, "answer too large; replaced by an error");
+        use rmcp::handler::server::tool::IntoCallToolResult as _;
+        Error::new(
+            ErrorCode::ResultTooLarge,
+            format!("the answer of {tool} would be {size} bytes; the limit is {cap} (limits.max_result_bytes)"),
+            "Ask for less: a smaller limit, a cursor page, filters (status, tag), or fewer steps shown; get_* tools read one object in full.",
+        )
+        .into_call_tool_result()
+    }
+}
+
 /// The caller of this request. stdio requests carry no HTTP parts and are the
 /// local principal; HTTP requests carry the principal the auth layer set.
 pub(crate) fn principal(ctx: &RequestContext<RoleServer>) -> Result<Principal, Error> {
@@ -83,6 +131,7 @@ impl ServerHandler for MyrmexServer {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_prompts()
+                .enable_resources()
                 .enable_completions()
                 .build(),
         )
@@ -91,6 +140,30 @@ impl ServerHandler for MyrmexServer {
                 .with_title("myrmex orchestration server"),
         )
         .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
+        self.resource_list(request, context).await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourceTemplatesResult, ErrorData> {
+        Ok(self.resource_templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
+        Ok(self.resource_read(request, context).await?.into())
     }
 
     async fn complete(
@@ -119,6 +192,7 @@ impl ServerHandler for MyrmexServer {
                 Err(ErrorData::internal_error("the call was cancelled", None))
             }
         };
+        let result = self.bounded(&name, result);
         let ok = matches!(&result, Ok(CallToolResponse::Complete(r)) if r.is_error != Some(true));
         if self.tool_router.has_route(&name) {
             self.engine.metrics().record(&name, ok, started.elapsed());

@@ -19,8 +19,8 @@ use crate::engine::Principal;
 use crate::engine::workflow::WorkflowSpec;
 use crate::error::Error;
 
-/// A tool error as a protocol error of a prompt or completion request.
-fn protocol(e: Error) -> ErrorData {
+/// A tool error as a protocol error of a prompt, completion or resource request.
+pub(super) fn protocol(e: Error) -> ErrorData {
     ErrorData::invalid_params(
         format!("{}: {}", e.code.as_str(), e.message),
         Some(json!({"code": e.code.as_str(), "hint": e.hint})),
@@ -175,7 +175,7 @@ impl MyrmexServer {
         let graph = self
             .engine
             .tasks()
-            .graph(&session)
+            .graph(&session, None, 4096)
             .await
             .map_err(protocol)?;
         let agent = a.agent.unwrap_or_else(|| "agent".into());
@@ -274,17 +274,18 @@ impl MyrmexServer {
                 ("plan_workflow", "base_workflow") => self.workflow_names(&p).await?,
                 ("plan_workflow", "project") => self.project_names(&p).await?,
                 ("work_the_task_graph", "session_id") => self.session_ids(&p).await?,
-                ("kickoff_project", "template") => self
-                    .engine
-                    .list_templates()
-                    .templates
-                    .into_iter()
-                    .filter(|t| t.valid)
-                    .map(|t| t.name)
-                    .collect(),
+                ("kickoff_project", "template") => self.template_names(),
                 _ => Vec::new(),
             },
-            // Resource templates come with resources; nothing to offer yet.
+            Reference::Resource(r) => match (r.uri.as_str(), arg) {
+                ("myrmex://workflows/{name}", "name") => self.workflow_names(&p).await?,
+                ("myrmex://projects/{project_id}", "project_id") => self.project_ids(&p).await?,
+                ("myrmex://sessions/{session_id}", "session_id") => self.session_ids(&p).await?,
+                ("myrmex://templates/{name}", "name") => self.template_names(),
+                ("myrmex://runs/{run_id}", "run_id") => self.run_ids(&p).await?,
+                ("myrmex://tasks/{task_id}", "task_id") => self.task_ids(&p).await?,
+                _ => Vec::new(),
+            },
             _ => Vec::new(),
         };
         let values = rank(&req.argument.value, candidates);
@@ -300,15 +301,28 @@ impl MyrmexServer {
     }
 
     async fn workflow_names(&self, p: &Principal) -> Result<Vec<String>, ErrorData> {
+        Ok(self
+            .all_workflows(p)
+            .await
+            .map_err(protocol)?
+            .into_iter()
+            .map(|w| w.name)
+            .collect())
+    }
+
+    /// Every workflow the caller can run (at most 10,000).
+    pub(super) async fn all_workflows(
+        &self,
+        p: &Principal,
+    ) -> Result<Vec<crate::engine::workflows::WorkflowSummary>, Error> {
         let mut out = Vec::new();
         let mut cursor = None;
         loop {
             let page = self
                 .engine
                 .list_workflows(p, None, cursor.as_deref(), None)
-                .await
-                .map_err(protocol)?;
-            out.extend(page.workflows.into_iter().map(|w| w.name));
+                .await?;
+            out.extend(page.workflows);
             match page.next_cursor {
                 Some(c) if out.len() < 10_000 => cursor = Some(c),
                 _ => return Ok(out),
@@ -316,21 +330,88 @@ impl MyrmexServer {
         }
     }
 
-    async fn project_names(&self, p: &Principal) -> Result<Vec<String>, ErrorData> {
+    /// Every project of the caller (at most 10,000).
+    pub(super) async fn all_projects(
+        &self,
+        p: &Principal,
+    ) -> Result<Vec<crate::engine::projects::ProjectSummary>, Error> {
         let mut out = Vec::new();
         let mut cursor = None;
         loop {
             let page = self
                 .engine
                 .list_projects(p, None, None, None, cursor.as_deref(), None)
-                .await
-                .map_err(protocol)?;
-            out.extend(page.projects.into_iter().map(|w| w.name));
+                .await?;
+            out.extend(page.projects);
             match page.next_cursor {
                 Some(c) if out.len() < 10_000 => cursor = Some(c),
                 _ => return Ok(out),
             }
         }
+    }
+
+    fn template_names(&self) -> Vec<String> {
+        self.engine
+            .list_templates()
+            .templates
+            .into_iter()
+            .filter(|t| t.valid)
+            .map(|t| t.name)
+            .collect()
+    }
+
+    /// The caller's most recent runs (one page), newest first.
+    async fn run_ids(&self, p: &Principal) -> Result<Vec<String>, ErrorData> {
+        let page = self
+            .engine
+            .list_workflow_runs(
+                p,
+                None,
+                None,
+                None,
+                None,
+                Some(self.engine.config().limits.max_page_size),
+            )
+            .await
+            .map_err(protocol)?;
+        Ok(page.runs.into_iter().rev().map(|r| r.run_id).collect())
+    }
+
+    /// Tasks of the caller's default session (one page).
+    async fn task_ids(&self, p: &Principal) -> Result<Vec<String>, ErrorData> {
+        let session = self
+            .engine
+            .sessions()
+            .resolve(p, None)
+            .await
+            .map_err(protocol)?;
+        let page = self
+            .engine
+            .tasks()
+            .list(
+                &session,
+                &Default::default(),
+                None,
+                self.engine.config().limits.max_page_size,
+                false,
+            )
+            .await
+            .map_err(protocol)?;
+        Ok(page
+            .tasks
+            .into_iter()
+            .filter_map(|t| t["task_id"].as_str().map(String::from))
+            .collect())
+    }
+
+    async fn project_ids(&self, p: &Principal) -> Result<Vec<String>, ErrorData> {
+        let all = self.all_projects(p).await.map_err(protocol)?;
+        Ok(all.into_iter().map(|pr| pr.project_id).collect())
+    }
+
+    async fn project_names(&self, p: &Principal) -> Result<Vec<String>, ErrorData> {
+        let all = self.all_projects(p).await.map_err(protocol)?;
+        Ok(all.into_iter().map(|pr| pr.name).collect())
     }
 
     async fn session_ids(&self, p: &Principal) -> Result<Vec<String>, ErrorData> {

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::engine::tasks::{
-    Claim, ExecuteTaskResult, NewTask, TaskChanges, TaskFilter, TaskGraphView, TaskPage, TaskView,
+    Claim, ExecuteTaskResult, NewTask, TaskBrief, TaskChanges, TaskFilter, TaskGraphView, TaskPage,
+    TaskView,
 };
 use crate::engine::workflow::{Priority, RetryPolicy};
 use crate::error::Error;
@@ -187,6 +188,17 @@ pub struct SessionArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct GraphArgs {
+    /// The session; omit for your default session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// next_cursor of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NextTaskArgs {
     /// The session; omit for your default session.
     #[serde(default)]
@@ -246,7 +258,13 @@ pub struct RenewLeaseArgs {
 /// Tasks as created.
 #[derive(Debug, serde::Serialize, JsonSchema)]
 pub struct CreatedTasks {
-    pub tasks: Vec<TaskView>,
+    /// The new tasks in the order given, as many as fit the answer (get_task shows one in full).
+    pub tasks: Vec<TaskBrief>,
+    /// How many tasks were created.
+    pub created: usize,
+    /// Set when `tasks` does not list them all: how to see the rest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[tool_router(router = tasks_router, vis = "pub(crate)")]
@@ -301,8 +319,28 @@ impl MyrmexServer {
             .sessions()
             .resolve(&p, a.session_id.as_deref())
             .await?;
+        let created = self.engine.tasks().create(&session, a.tasks).await?;
+        let budget = self.engine.config().limits.max_result_bytes * 4 / 5;
+        let mut used = 0;
+        let tasks: Vec<TaskBrief> = created
+            .iter()
+            .map(TaskBrief::from)
+            .take_while(|b| {
+                used += serde_json::to_string(b).map_or(0, |s| s.len()) + 1;
+                used <= budget
+            })
+            .collect();
+        let note = (tasks.len() < created.len()).then(|| {
+            format!(
+                "All {} tasks were created; the first {} are listed. list_tasks (or get_task_graph) shows the rest.",
+                created.len(),
+                tasks.len()
+            )
+        });
         Ok(Json(CreatedTasks {
-            tasks: self.engine.tasks().create(&session, a.tasks).await?,
+            created: created.len(),
+            tasks,
+            note,
         }))
     }
 
@@ -372,12 +410,13 @@ impl MyrmexServer {
             None => std::time::Duration::ZERO,
             w => self.engine.wait_for(w)?,
         };
-        Ok(Json(
-            self.engine
-                .tasks()
-                .get(&self.engine, &p, &a.task_id, a.session_id.as_deref(), wait)
-                .await?,
-        ))
+        let mut v = self
+            .engine
+            .tasks()
+            .get(&self.engine, &p, &a.task_id, a.session_id.as_deref(), wait)
+            .await?;
+        v.fit(self.engine.config().limits.max_result_bytes * 9 / 10);
+        Ok(Json(v))
     }
 
     #[tool(
@@ -503,7 +542,7 @@ impl MyrmexServer {
 
     #[tool(
         name = "get_task_graph",
-        description = "The session's task graph: compact nodes, dependency edges, counts by status and a Mermaid diagram (bounded; `truncated` says when nodes were left out).",
+        description = "The session's task graph, a page at a time: compact nodes, dependency edges, counts by status and a Mermaid diagram when it fits; next_cursor gives the rest.",
         annotations(
             title = "Get task graph",
             read_only_hint = true,
@@ -514,7 +553,7 @@ impl MyrmexServer {
     )]
     async fn get_task_graph(
         &self,
-        Parameters(args): Parameters<Args<SessionArgs>>,
+        Parameters(args): Parameters<Args<GraphArgs>>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<TaskGraphView>, Error> {
         let p = principal(&ctx)?;
@@ -524,7 +563,13 @@ impl MyrmexServer {
             .sessions()
             .resolve(&p, a.session_id.as_deref())
             .await?;
-        Ok(Json(self.engine.tasks().graph(&session).await?))
+        let budget = self.engine.config().limits.max_result_bytes;
+        Ok(Json(
+            self.engine
+                .tasks()
+                .graph(&session, a.cursor.as_deref(), budget)
+                .await?,
+        ))
     }
 
     #[tool(

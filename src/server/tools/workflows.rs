@@ -124,16 +124,16 @@ pub struct ExecuteWorkflowArgs {
     /// Priority of the run.
     #[serde(default)]
     pub priority: Option<Priority>,
-    /// Resource requirements of the run, e.g. {"cpu": 2, "memory_mb": 4096}; stored with the run.
+    /// Resources held for the whole run, e.g. {"cpu": 2, "memory_mb": 4096}.
     #[serde(default)]
     pub resource_requirements: Option<Value>,
-    /// Steps that may run at once (default: the workflow's max_parallel, else the session's max_parallel_tasks).
+    /// Steps that may run at once (default: the workflow's, else the session's max_parallel_tasks).
     #[serde(default)]
     pub max_parallel: Option<u32>,
-    /// Run for a project (id or name): steps see {{project.path}}, {{project.name}} and {{project.config...}}, and shell/fs actions start in its folder.
+    /// Run for a project (id or name): steps see {{project.path|name|config...}} and shell/fs work in its folder.
     #[serde(default)]
     pub project: Option<String>,
-    /// Seconds to wait for the run before answering (default 5, at most 50); a run still going answers status "running".
+    /// Seconds to wait for the run (default 5, at most 50); a run still going answers "running".
     #[serde(default)]
     pub wait_seconds: Option<u64>,
 }
@@ -149,6 +149,22 @@ pub struct RunArgs {
     /// Optional; when given, the run must belong to this session.
     #[serde(default)]
     pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetRunArgs {
+    /// The run.
+    pub run_id: String,
+    /// Seconds to wait for the run to finish before answering (default 0, at most 50).
+    #[serde(default)]
+    pub wait_seconds: Option<u64>,
+    /// Optional; when given, the run must belong to this session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Only this step, its output in full (large outputs are otherwise shortened).
+    #[serde(default)]
+    pub step: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -288,6 +304,14 @@ impl Progress {
         if let Some(d) = self.drain.take() {
             let _ = d.await;
         }
+    }
+}
+
+impl MyrmexServer {
+    /// A run view shortened to fit the answer limit (with room for the envelope).
+    fn fit_run(&self, mut v: RunView) -> RunView {
+        v.fit(self.engine.config().limits.max_result_bytes * 9 / 10);
+        v
     }
 }
 
@@ -453,7 +477,7 @@ impl MyrmexServer {
             .execute_workflow(&p, req, wait, &mut |d, t, m| progress.report(d, t, m))
             .await;
         progress.flush().await;
-        Ok(Json(run?))
+        Ok(Json(self.fit_run(run?)))
     }
 
     #[tool(
@@ -469,7 +493,7 @@ impl MyrmexServer {
     )]
     async fn get_workflow_run(
         &self,
-        Parameters(args): Parameters<Args<RunArgs>>,
+        Parameters(args): Parameters<Args<GetRunArgs>>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<RunView>, Error> {
         let p = principal(&ctx)?;
@@ -487,7 +511,12 @@ impl MyrmexServer {
             )
             .await;
         progress.flush().await;
-        Ok(Json(v?))
+        let mut v = v?;
+        if let Some(step) = &a.step {
+            v.only_step(step)?;
+            return Ok(Json(v));
+        }
+        Ok(Json(self.fit_run(v)))
     }
 
     #[tool(
@@ -541,9 +570,11 @@ impl MyrmexServer {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         Ok(Json(
-            self.engine
-                .cancel_workflow_run(&p, &a.run_id, a.session_id.as_deref())
-                .await?,
+            self.fit_run(
+                self.engine
+                    .cancel_workflow_run(&p, &a.run_id, a.session_id.as_deref())
+                    .await?,
+            ),
         ))
     }
 
@@ -578,7 +609,7 @@ impl MyrmexServer {
             )
             .await;
         progress.flush().await;
-        Ok(Json(v?))
+        Ok(Json(self.fit_run(v?)))
     }
 
     #[tool(
@@ -638,6 +669,9 @@ impl MyrmexServer {
             .await;
         progress.flush().await;
         let (workflow, run) = r?;
-        Ok(Json(ComplexResult { workflow, run }))
+        Ok(Json(ComplexResult {
+            workflow,
+            run: self.fit_run(run),
+        }))
     }
 }
