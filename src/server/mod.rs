@@ -6,6 +6,7 @@
 pub mod args;
 pub mod catalog;
 pub mod http;
+pub mod logging;
 pub mod profiles;
 pub mod prompts;
 pub mod resources;
@@ -38,6 +39,8 @@ pub struct MyrmexServer {
     engine: Engine,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
+    /// The log level a 2025-11-25 client set for this session.
+    log: logging::ClientLog,
 }
 
 impl MyrmexServer {
@@ -46,6 +49,7 @@ impl MyrmexServer {
             tool_router: profiles::router(&engine.config().tools),
             engine,
             prompt_router: Self::prompt_router(),
+            log: logging::ClientLog::default(),
         }
     }
 
@@ -126,6 +130,7 @@ pub(crate) fn principal(ctx: &RequestContext<RoleServer>) -> Result<Principal, E
 #[tool_handler(router = self.tool_router)]
 #[prompt_handler(router = self.prompt_router)]
 impl ServerHandler for MyrmexServer {
+    #[allow(deprecated)] // enable_logging: MCP logging, see logging.rs
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -133,6 +138,7 @@ impl ServerHandler for MyrmexServer {
                 .enable_prompts()
                 .enable_resources()
                 .enable_completions()
+                .enable_logging()
                 .build(),
         )
         .with_server_info(
@@ -164,6 +170,16 @@ impl ServerHandler for MyrmexServer {
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
         Ok(self.resource_read(request, context).await?.into())
+    }
+
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.log.set(request.level);
+        Ok(())
     }
 
     async fn complete(

@@ -46,7 +46,7 @@ fn check_era(c: &Client, era: Era) {
     );
 }
 
-fn lifecycle(era: Era) -> ClientLifecycleMode {
+pub fn lifecycle(era: Era) -> ClientLifecycleMode {
     match era {
         Era::Legacy => ClientLifecycleMode::Initialize,
         Era::Modern => ClientLifecycleMode::Discover {

@@ -257,44 +257,66 @@ pub struct ComplexResult {
     pub run: RunView,
 }
 
-/// Sends `notifications/progress` when the caller asked for them: in order,
-/// and all of them before the call's answer (see [`Progress::flush`]).
+/// What a waiting call sends as its run goes on.
+#[allow(deprecated)] // MCP logging, see crate::server::logging
+enum Note {
+    Progress(ProgressNotificationParam),
+    Log(rmcp::model::LoggingMessageNotificationParam),
+}
+
+/// Sends `notifications/progress` when the caller asked for them, and step
+/// ends as log messages when it asked for those (see [`crate::server::logging`]):
+/// in order, and all of them before the call's answer (see [`Progress::flush`]).
 struct Progress {
     token: Option<rmcp::model::ProgressToken>,
-    send: Option<tokio::sync::mpsc::UnboundedSender<ProgressNotificationParam>>,
+    log: Option<crate::server::logging::Threshold>,
+    send: Option<tokio::sync::mpsc::UnboundedSender<Note>>,
     drain: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Progress {
-    fn new(ctx: &RequestContext<RoleServer>) -> Self {
+    fn new(server: &MyrmexServer, ctx: &RequestContext<RoleServer>) -> Self {
         let token = ctx.meta.get_progress_token();
-        if token.is_none() {
+        let log = server.log.threshold(ctx);
+        if token.is_none() && log.is_none() {
             return Self {
                 token,
+                log,
                 send: None,
                 drain: None,
             };
         }
-        let (send, mut recv) = tokio::sync::mpsc::unbounded_channel::<ProgressNotificationParam>();
+        let (send, mut recv) = tokio::sync::mpsc::unbounded_channel::<Note>();
         let peer = ctx.peer.clone();
         let drain = tokio::spawn(async move {
-            while let Some(p) = recv.recv().await {
-                let _ = peer.notify_progress(p).await;
+            while let Some(n) = recv.recv().await {
+                let _ = match n {
+                    Note::Progress(p) => peer.notify_progress(p).await,
+                    #[allow(deprecated)]
+                    Note::Log(m) => peer.notify_logging_message(m).await,
+                };
             }
         });
         Self {
             token,
+            log,
             send: Some(send),
             drain: Some(drain),
         }
     }
 
     fn report(&mut self, done: usize, total: usize, message: String) {
-        if let (Some(token), Some(send)) = (&self.token, &self.send) {
+        let Some(send) = &self.send else { return };
+        if let Some(t) = self.log
+            && let Some(m) = crate::server::logging::step_message(t, &message, done, total)
+        {
+            let _ = send.send(Note::Log(m));
+        }
+        if let Some(token) = &self.token {
             let mut p = ProgressNotificationParam::new(token.clone(), done as f64);
             p.total = Some(total as f64);
             p.message = Some(message);
-            let _ = send.send(p);
+            let _ = send.send(Note::Progress(p));
         }
     }
 
@@ -471,7 +493,7 @@ impl MyrmexServer {
                 None => None,
             },
         };
-        let mut progress = Progress::new(&ctx);
+        let mut progress = Progress::new(self, &ctx);
         let run = self
             .engine
             .execute_workflow(&p, req, wait, &mut |d, t, m| progress.report(d, t, m))
@@ -499,7 +521,7 @@ impl MyrmexServer {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let wait = self.engine.wait_for(Some(a.wait_seconds.unwrap_or(0)))?;
-        let mut progress = Progress::new(&ctx);
+        let mut progress = Progress::new(self, &ctx);
         let v = self
             .engine
             .get_workflow_run(
@@ -597,7 +619,7 @@ impl MyrmexServer {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let wait = self.engine.wait_for(a.wait_seconds)?;
-        let mut progress = Progress::new(&ctx);
+        let mut progress = Progress::new(self, &ctx);
         let v = self
             .engine
             .retry_workflow_run(
@@ -655,7 +677,7 @@ impl MyrmexServer {
             max_parallel: d.max_parallel,
             on_failure: d.on_failure,
         };
-        let mut progress = Progress::new(&ctx);
+        let mut progress = Progress::new(self, &ctx);
         let r = self
             .engine
             .create_complex_workflow(
