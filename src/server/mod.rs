@@ -41,6 +41,10 @@ pub struct MyrmexServer {
     prompt_router: PromptRouter<Self>,
     /// The log level a 2025-11-25 client set for this session.
     log: logging::ClientLog,
+    /// This session's `resources/subscribe`s (2025-11-25), by URI.
+    subscriptions: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
+    >,
 }
 
 impl MyrmexServer {
@@ -50,6 +54,7 @@ impl MyrmexServer {
             engine,
             prompt_router: Self::prompt_router(),
             log: logging::ClientLog::default(),
+            subscriptions: Default::default(),
         }
     }
 
@@ -137,6 +142,8 @@ impl ServerHandler for MyrmexServer {
                 .enable_tools()
                 .enable_prompts()
                 .enable_resources()
+                .enable_resources_subscribe()
+                .enable_resources_list_changed()
                 .enable_completions()
                 .enable_logging()
                 .build(),
@@ -170,6 +177,101 @@ impl ServerHandler for MyrmexServer {
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
         Ok(self.resource_read(request, context).await?.into())
+    }
+
+    /// 2025-11-25: `notifications/resources/updated` for `uri` as it changes,
+    /// until unsubscribed or the client goes.
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let p = principal(&context).map_err(prompts::protocol)?;
+        self.readable(&p, &request.uri).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        if let Some(old) = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request.uri.clone(), stop.clone())
+        {
+            old.cancel();
+        }
+        let (me, peer) = (self.clone(), context.peer.clone());
+        tokio::spawn(async move {
+            me.watch_resources(p, vec![request.uri], stop, |uri| {
+                let peer = peer.clone();
+                async move {
+                    peer.notify_resource_updated(
+                        rmcp::model::ResourceUpdatedNotificationParam::new(uri),
+                    )
+                    .await
+                    .is_ok()
+                }
+            })
+            .await;
+        });
+        Ok(())
+    }
+
+    #[allow(deprecated)] // legacy-only, as rmcp says; 2026-07-28 clients end a listen instead
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if let Some(t) = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&request.uri)
+        {
+            t.cancel();
+        }
+        Ok(())
+    }
+
+    /// 2026-07-28 `subscriptions/listen`: myrmex resources and the resource list.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        let mut f = rmcp::model::SubscriptionFilter::new();
+        f.resources_list_changed = requested.resources_list_changed;
+        f.resource_subscriptions = requested.resource_subscriptions.as_ref().map(|uris| {
+            uris.iter()
+                .filter(|u| u.starts_with("myrmex://"))
+                .cloned()
+                .collect()
+        });
+        Some(f)
+    }
+
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+        let p = principal(context.request_context()).map_err(prompts::protocol)?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let accepted = context.accepted().clone();
+        let sink = context.sink().clone();
+        let uris = accepted.resource_subscriptions.clone().unwrap_or_default();
+        let resources = self.watch_resources(p.clone(), uris, stop.clone(), |uri| {
+            let sink = sink.clone();
+            async move { sink.notify_resource_updated(uri).await.is_ok() }
+        });
+        let list = async {
+            if accepted.resources_list_changed == Some(true) {
+                self.watch_list(p.clone(), stop.clone(), || {
+                    let sink = sink.clone();
+                    async move { sink.notify_resource_list_changed().await.is_ok() }
+                })
+                .await;
+            }
+        };
+        let end = async {
+            context.cancelled().await;
+            stop.cancel();
+        };
+        tokio::join!(resources, list, end);
+        Ok(())
     }
 
     #[allow(deprecated)]

@@ -172,6 +172,12 @@ impl MyrmexServer {
     ) -> Result<ReadResourceResult, ErrorData> {
         let uri = req.uri.as_str();
         let p = principal(&ctx).map_err(super::prompts::protocol)?;
+        self.read_as(&p, uri).await
+    }
+
+    /// Read a resource as `p`.
+    async fn read_as(&self, p: &Principal, uri: &str) -> Result<ReadResourceResult, ErrorData> {
+        let p = p.clone();
         let Some((kind, id)) = parse(uri) else {
             return Err(ErrorData::resource_not_found(
                 format!("{uri} is not a myrmex resource"),
@@ -226,4 +232,108 @@ impl MyrmexServer {
 /// A lookup's value as JSON contents, or its error.
 fn lookup<T: Serialize>(uri: &str, r: Result<T, Error>) -> Result<ResourceContents, Error> {
     json_contents(uri, &r?)
+}
+
+/// How often a subscription looks at its resources.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl MyrmexServer {
+    /// What identifies a resource's state: for a run its status and each
+    /// step's status and attempts (its clock fields move all the time), for
+    /// the others their JSON. None when it cannot be read (gone, not visible).
+    async fn fingerprint(&self, p: &Principal, uri: &str) -> Option<String> {
+        if let Some(("runs", id)) = parse(uri) {
+            let mut quiet = |_: usize, _: usize, _: String| {};
+            let v = self
+                .engine
+                .get_workflow_run(p, id, None, std::time::Duration::ZERO, &mut quiet)
+                .await
+                .ok()?;
+            let steps: Vec<String> = v
+                .steps
+                .iter()
+                .map(|s| format!("{}:{}:{}", s.name, s.status, s.attempts))
+                .collect();
+            return Some(format!("{}|{}", v.status, steps.join(",")));
+        }
+        let r = self.read_as(p, uri).await.ok()?;
+        serde_json::to_string(&r.contents).ok()
+    }
+
+    /// Watch `uris` for `p` until `stop`: `changed(uri)` on every change
+    /// (false from it ends the watch: the client is gone).
+    pub(super) async fn watch_resources<F, Fut>(
+        &self,
+        p: Principal,
+        uris: Vec<String>,
+        stop: tokio_util::sync::CancellationToken,
+        mut changed: F,
+    ) where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut last: Vec<Option<String>> = Vec::new();
+        for u in &uris {
+            last.push(self.fingerprint(&p, u).await);
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(WATCH_EVERY) => {}
+            }
+            for (i, u) in uris.iter().enumerate() {
+                let now = self.fingerprint(&p, u).await;
+                if now != last[i] {
+                    last[i] = now;
+                    if !changed(u.clone()).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The set of the caller's listed resources, to notice additions and removals.
+    async fn listed(&self, p: &Principal) -> Option<Vec<String>> {
+        let mut v: Vec<String> = self
+            .all_resources(p)
+            .await
+            .ok()?
+            .into_iter()
+            .map(|r| r.uri)
+            .collect();
+        v.sort();
+        Some(v)
+    }
+
+    /// `resources/list_changed` on every change of the listed set, until `stop`.
+    pub(super) async fn watch_list<F, Fut>(
+        &self,
+        p: Principal,
+        stop: tokio_util::sync::CancellationToken,
+        mut changed: F,
+    ) where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut last = self.listed(&p).await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(WATCH_EVERY * 5) => {}
+            }
+            let now = self.listed(&p).await;
+            if now.is_some() && now != last {
+                last = now;
+                if !changed().await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether `uri` names a resource `p` may read now.
+    pub(super) async fn readable(&self, p: &Principal, uri: &str) -> Result<(), ErrorData> {
+        self.read_as(p, uri).await.map(|_| ())
+    }
 }
