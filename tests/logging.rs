@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -12,8 +11,7 @@ use rmcp::model::{
     CallToolRequestParams, LoggingLevel, LoggingMessageNotificationParam, RequestMetaObject,
     SetLevelRequestParams,
 };
-use rmcp::service::{ClientServiceExt, NotificationContext, RunningService};
-use rmcp::transport::TokioChildProcess;
+use rmcp::service::{NotificationContext, RunningService};
 use rmcp::{ClientHandler, RoleClient};
 use serde_json::{Value, json};
 
@@ -32,17 +30,8 @@ impl ClientHandler for Catcher {
 }
 
 async fn connect(env: &Env, era: Era) -> (RunningService<RoleClient, Catcher>, Catcher) {
-    let (proc, _) = TokioChildProcess::builder(env.command(&["serve"]))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let catcher = Catcher::default();
-    let c = catcher
-        .clone()
-        .serve_with_lifecycle(proc, lifecycle(era))
-        .await
-        .unwrap();
-    (c, catcher)
+    (env.stdio_with(era, &[], catcher.clone()).await, catcher)
 }
 
 async fn run(c: &RunningService<RoleClient, Catcher>, meta: Option<RequestMetaObject>) -> Value {

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,8 +13,7 @@ use rmcp::model::{
     CallToolRequestParams, ResourceUpdatedNotificationParam, ServerNotification,
     SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
-use rmcp::service::{ClientServiceExt, NotificationContext, RunningService};
-use rmcp::transport::TokioChildProcess;
+use rmcp::service::{NotificationContext, RunningService};
 use rmcp::{ClientHandler, RoleClient};
 use serde_json::{Value, json};
 
@@ -36,17 +34,8 @@ impl ClientHandler for Updates {
 type C = RunningService<RoleClient, Updates>;
 
 async fn connect(env: &Env, era: Era) -> (C, Updates) {
-    let (proc, _) = TokioChildProcess::builder(env.command(&["serve"]))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let u = Updates::default();
-    let c = u
-        .clone()
-        .serve_with_lifecycle(proc, lifecycle(era))
-        .await
-        .unwrap();
-    (c, u)
+    (env.stdio_with(era, &[], u.clone()).await, u)
 }
 
 async fn tool(c: &C, name: &str, args: Value) -> Value {

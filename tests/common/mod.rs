@@ -143,13 +143,24 @@ impl Env {
 
     /// A stdio client on `myrmex serve <extra>`.
     pub async fn stdio(&self, era: Era, extra: &[&str]) -> Client {
+        self.stdio_with(era, extra, ()).await
+    }
+
+    /// A stdio client with its own handler (to see notifications) on `myrmex serve <extra>`.
+    pub async fn stdio_with<H: rmcp::ClientHandler>(
+        &self,
+        era: Era,
+        extra: &[&str],
+        handler: H,
+    ) -> RunningService<RoleClient, H> {
         let mut args = vec!["serve"];
         args.extend_from_slice(extra);
         let (proc, _stderr) = TokioChildProcess::builder(self.command(&args))
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn myrmex");
-        ().serve_with_lifecycle(proc, lifecycle(era))
+        handler
+            .serve_with_lifecycle(proc, lifecycle(era))
             .await
             .expect("stdio client connects")
     }
