@@ -203,3 +203,25 @@ async fn large_task_fields_are_shortened_and_pages_shrink() {
     assert!(n < 121 && n > 0, "{n}");
     assert!(page["next_cursor"].is_string());
 }
+
+/// A changing call whose answer would be too large (execute_task with a big
+/// result) still answers, with its long strings cut and marked.
+#[tokio::test]
+async fn a_changing_call_answers_with_long_strings_cut() {
+    let env = Env::new();
+    let c = env.stdio(Era::Modern, &[]).await;
+    let r = ok(
+        &c,
+        "execute_task",
+        json!({"task_name": "big", "module": "core", "action": "echo",
+               "parameters": {"text": "k".repeat(100_000)}, "wait_seconds": 20}),
+    )
+    .await;
+    assert!(size(&r) <= 40_000, "{}", size(&r));
+    assert_eq!(r["status"], "succeeded");
+    let text = r["result"]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("kkkk") && text.contains("bytes cut"),
+        "{text}"
+    );
+}

@@ -98,13 +98,21 @@ impl MyrmexServer {
             .and_then(|a| a.read_only_hint)
             .unwrap_or(false);
         if !read_only {
+            // Its long strings are cut instead (types stay as declared).
+            let Ok(CallToolResponse::Complete(mut r)) = result else {
+                return result;
+            };
+            if let Some(v) = r.structured_content.as_mut() {
+                cut_strings(v, cap);
+                r.content = vec![rmcp::model::ContentBlock::text(v.to_string())];
+            }
             tracing::warn!(
                 tool,
                 size,
                 cap,
-                "answer of a changing call over the size limit"
+                "long strings of a changing call's answer cut"
             );
-            return result;
+            return Ok(CallToolResponse::Complete(r));
         }
         tracing::warn!(tool, size, cap, "answer too large; replaced by an error");
         use rmcp::handler::server::tool::IntoCallToolResult as _;
@@ -114,6 +122,38 @@ impl MyrmexServer {
             "Ask for less: a smaller limit, a cursor page, filters (status, tag), or fewer steps shown; get_* tools read one object in full.",
         )
         .into_call_tool_result()
+    }
+}
+
+/// Cut the longest strings of `v` (to 200 characters and a marker saying
+/// how much was cut) until it is at most `cap` bytes of JSON, or no string
+/// longer than 512 bytes is left.
+fn cut_strings(v: &mut serde_json::Value, cap: usize) {
+    fn longest(v: &mut serde_json::Value) -> Option<&mut String> {
+        match v {
+            serde_json::Value::String(s) => Some(s),
+            serde_json::Value::Array(a) => a.iter_mut().filter_map(longest).max_by_key(|s| s.len()),
+            serde_json::Value::Object(o) => {
+                o.values_mut().filter_map(longest).max_by_key(|s| s.len())
+            }
+            _ => None,
+        }
+    }
+    while v.to_string().len() > cap {
+        let Some(s) = longest(v).filter(|s| s.len() > 512) else {
+            return;
+        };
+        let keep = s
+            .char_indices()
+            .map(|(i, _)| i)
+            .take_while(|i| *i <= 200)
+            .last()
+            .unwrap_or(0);
+        let cut = s.len() - keep;
+        s.truncate(keep);
+        s.push_str(&format!(
+            "… [{cut} bytes cut: answers stay under limits.max_result_bytes; the full value is kept]"
+        ));
     }
 }
 
