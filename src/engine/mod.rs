@@ -372,6 +372,21 @@ fn node_name() -> String {
     format!("{host}:{}:{}", std::process::id(), &suffix[..8])
 }
 
+/// The longest prefix of `items` whose JSON fits in `budget` bytes, and at
+/// least the first item (an answer page that must not grow past the limit).
+pub fn fitting<T: Serialize>(items: impl IntoIterator<Item = T>, budget: usize) -> Vec<T> {
+    let mut used = 0;
+    items
+        .into_iter()
+        .enumerate()
+        .take_while(|(i, v)| {
+            used += serde_json::to_string(v).map_or(0, |s| s.len()) + 1;
+            *i == 0 || used <= budget
+        })
+        .map(|(_, v)| v)
+        .collect()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -194,8 +194,7 @@ pub struct AllocationView {
 }
 
 fn view(a: &AllocationRecord) -> AllocationView {
-    let req = Requirements::parse(&serde_json::from_str(&a.requirements).unwrap_or(json!({})))
-        .unwrap_or_default();
+    let req = parse_stored(&a.requirements);
     AllocationView {
         allocation_id: a.id.clone(),
         session_id: a.session_id.clone(),
@@ -413,6 +412,19 @@ impl State {
         s
     }
 
+    /// Forget the waiters whose caller stopped waiting; the keys of their
+    /// rows among every process's waiters (to remove).
+    fn drop_closed(&mut self) -> Vec<String> {
+        let gone = self
+            .waiters
+            .iter()
+            .filter(|w| w.grant.is_closed())
+            .filter_map(|w| w.key.clone())
+            .collect();
+        self.waiters.retain(|w| !w.grant.is_closed());
+        gone
+    }
+
     /// Waiting requests that want any of the same pools or locks.
     fn waiting_for(&self, req: &Requirements) -> usize {
         let overlaps = |w: &Requirements| {
@@ -612,9 +624,7 @@ impl ResourceManager {
                 });
                 continue;
             }
-            let req =
-                Requirements::parse(&serde_json::from_str(&rec.requirements).unwrap_or(json!({})))
-                    .unwrap_or_default();
+            let req = parse_stored(&rec.requirements);
             st.held.insert(rec.id.clone(), Held { rec, req });
         }
         if !stale.is_empty() {
@@ -738,13 +748,7 @@ impl ResourceManager {
             return self.hand_over(st, grants).await;
         }
         // Waiters whose caller left: their rows go.
-        let gone: Vec<String> = st
-            .waiters
-            .iter()
-            .filter(|w| w.grant.is_closed())
-            .filter_map(|w| w.key.clone())
-            .collect();
-        st.waiters.retain(|w| !w.grant.is_closed());
+        let gone = st.drop_closed();
         if st.waiters.is_empty() {
             if !gone.is_empty() {
                 self.store.drop_waiters(&gone).await?;
@@ -978,13 +982,7 @@ impl ResourceManager {
             // Granted just before we gave up: keep it.
             return Ok(view(&rec));
         }
-        let gone: Vec<String> = st
-            .waiters
-            .iter()
-            .filter(|w| w.grant.is_closed())
-            .filter_map(|w| w.key.clone())
-            .collect();
-        st.waiters.retain(|w| !w.grant.is_closed());
+        let gone = st.drop_closed();
         if !gone.is_empty() {
             self.store.drop_waiters(&gone).await?;
         }

@@ -300,10 +300,14 @@ impl RunManager {
         if self.shared {
             return self.claim_work().await;
         }
-        let now = now_ms();
+        self.claim_and_adopt(i64::MAX, u32::MAX).await
+    }
+
+    /// Claim up to `limit` runs whose lease is free or ended before `ended_before`, and execute them.
+    async fn claim_and_adopt(self: &Arc<Self>, ended_before: i64, limit: u32) -> Result<usize> {
         let leases = self
             .store
-            .claim_runs(&self.node, i64::MAX, self.lease_end(now), u32::MAX)
+            .claim_runs(&self.node, ended_before, self.lease_end(now_ms()), limit)
             .await?;
         let n = leases.len();
         for lease in leases {
@@ -322,16 +326,7 @@ impl RunManager {
         if free == 0 {
             return Ok(0);
         }
-        let now = now_ms();
-        let leases = self
-            .store
-            .claim_runs(&self.node, now, self.lease_end(now), free as u32)
-            .await?;
-        let n = leases.len();
-        for lease in leases {
-            self.adopt(lease).await?;
-        }
-        Ok(n)
+        self.claim_and_adopt(now_ms(), free as u32).await
     }
 
     /// Renew this process's leases; stop runs whose cancel was requested

@@ -415,7 +415,13 @@ impl Engine {
                 .metrics()
                 .sse_streams
                 .load(std::sync::atomic::Ordering::Relaxed),
-            resource_utilization: self.resources().health().await.0.into_iter().collect(),
+            // Read once, with the pools of performance_metrics.
+            resource_utilization: performance_metrics
+                .pools
+                .iter()
+                .filter(|(_, p)| p.capacity > 0)
+                .map(|(n, p)| (n.clone(), p.utilization))
+                .collect(),
             active_sessions,
             tool_calls: opts
                 .include_detailed_metrics

@@ -819,6 +819,23 @@ impl TaskManager {
         in_flight(&t.status) && (!self.shared || t.claimed_by.as_deref() == Some(&self.node))
     }
 
+    /// Apply a commit's records; with a shared store, a Conflict (another
+    /// process changed these tasks first) instead marks the graph to be read
+    /// again at its next lock. Whether the commit went through.
+    fn apply_or_reload(&self, g: &mut Graph, committed: Result<Vec<TaskRecord>>) -> Result<bool> {
+        match committed {
+            Ok(changed) => {
+                Self::apply(g, changed);
+                Ok(true)
+            }
+            Err(e) if self.shared && e.code == ErrorCode::Conflict => {
+                g.loaded = false;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Apply committed records to the graph.
     fn apply(g: &mut Graph, changed: Vec<TaskRecord>) {
         for t in changed {
@@ -1228,17 +1245,11 @@ impl TaskManager {
                 }
             }
         }
-        let changed = match txn.commit(&*self.store).await {
-            Ok(c) => c,
-            // Another process changed these tasks first (it may be running
-            // them): read the graph again at the next look.
-            Err(e) if self.shared && e.code == ErrorCode::Conflict => {
-                g.loaded = false;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        Self::apply(g, changed);
+        // Another process changed these tasks first (it may be running them).
+        let committed = txn.commit(&*self.store).await;
+        if !self.apply_or_reload(g, committed)? {
+            return Ok(());
+        }
         for (t, params) in plans {
             let cancel = self.shutdown.child_token();
             let stop = Arc::new(OnceLock::new());
@@ -1369,12 +1380,8 @@ impl TaskManager {
         };
         // As many as `limit` allows and fit the answer (at least one).
         let budget = self.limits.max_result_bytes * 4 / 5;
-        let mut used = 0;
-        let page: Vec<Value> = matching
-            .iter()
-            .skip(start)
-            .take(limit as usize)
-            .map(|t| {
+        let page: Vec<Value> = super::fitting(
+            matching.iter().skip(start).take(limit as usize).map(|t| {
                 if detail {
                     let mut v = view(t);
                     v.fit(budget);
@@ -1383,14 +1390,9 @@ impl TaskManager {
                     serde_json::to_value(brief(t))
                 }
                 .expect("serializable")
-            })
-            .enumerate()
-            .take_while(|(i, v)| {
-                used += v.to_string().len() + 1;
-                *i == 0 || used <= budget
-            })
-            .map(|(_, v)| v)
-            .collect();
+            }),
+            budget,
+        );
         let end = start + page.len();
         Ok(TaskPage {
             next_cursor: (end < matching.len()).then(|| super::workflows::encode_offset(end)),
@@ -1786,11 +1788,8 @@ impl TaskManager {
                 });
                 txn.edit(id).claimed_by = None;
             }
-            match txn.commit(&*self.store).await {
-                Ok(changed) => Self::apply(g, changed),
-                Err(e) if e.code == ErrorCode::Conflict => g.loaded = false,
-                Err(e) => return Err(e),
-            }
+            let committed = txn.commit(&*self.store).await;
+            self.apply_or_reload(g, committed)?;
             for id in &orphans {
                 self.resources
                     .release_owner("task", id, "the task's executor stopped; it acquires again")
@@ -2288,11 +2287,7 @@ impl TaskManager {
             let mut renew = Vec::new();
             for (id, r) in &g.running {
                 match g.tasks.get(id) {
-                    Some(t)
-                        if in_flight(&t.status) && t.claimed_by.as_deref() == Some(&self.node) =>
-                    {
-                        renew.push(id.clone());
-                    }
+                    Some(t) if self.ours(t) => renew.push(id.clone()),
                     Some(t) => {
                         // Cancelled elsewhere (recorded there), or another executor has it.
                         let why = if in_flight(&t.status) {
@@ -2313,12 +2308,9 @@ impl TaskManager {
             for id in &renew {
                 txn.edit(id).lease_expires_at = Some(lease_end);
             }
-            match txn.commit(&*self.store).await {
-                Ok(changed) => Self::apply(&mut g, changed),
-                // Changed meanwhile: the next heartbeat (well within the TTL) renews.
-                Err(e) if e.code == ErrorCode::Conflict => g.loaded = false,
-                Err(e) => return Err(e),
-            }
+            // Changed meanwhile: the next heartbeat (well within the TTL) renews.
+            let committed = txn.commit(&*self.store).await;
+            self.apply_or_reload(&mut g, committed)?;
         }
         Ok(())
     }

@@ -179,16 +179,19 @@ pub struct RunView {
     pub note: Option<String>,
 }
 
+/// At most the first `max` bytes of `s`, ending on a character boundary.
+pub fn char_prefix(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A large value's stand-in: `{shortened: true, bytes, preview}` (its first 200 bytes of JSON).
 pub fn shortened(v: &Value) -> Value {
     let full = v.to_string();
-    let cut = full
-        .char_indices()
-        .map(|(k, _)| k)
-        .take_while(|k| *k <= 200)
-        .last()
-        .unwrap_or(0);
-    json!({"shortened": true, "bytes": full.len(), "preview": &full[..cut]})
+    json!({"shortened": true, "bytes": full.len(), "preview": char_prefix(&full, 200)})
 }
 
 impl RunView {

@@ -143,12 +143,7 @@ fn cut_strings(v: &mut serde_json::Value, cap: usize) {
         let Some(s) = longest(v).filter(|s| s.len() > 512) else {
             return;
         };
-        let keep = s
-            .char_indices()
-            .map(|(i, _)| i)
-            .take_while(|i| *i <= 200)
-            .last()
-            .unwrap_or(0);
+        let keep = crate::engine::workflows::char_prefix(s, 200).len();
         let cut = s.len() - keep;
         s.truncate(keep);
         s.push_str(&format!(

@@ -177,7 +177,6 @@ impl MyrmexServer {
 
     /// Read a resource as `p`.
     async fn read_as(&self, p: &Principal, uri: &str) -> Result<ReadResourceResult, ErrorData> {
-        let p = p.clone();
         let Some((kind, id)) = parse(uri) else {
             return Err(ErrorData::resource_not_found(
                 format!("{uri} is not a myrmex resource"),
@@ -190,15 +189,15 @@ impl MyrmexServer {
         let no_wait = std::time::Duration::ZERO;
         let mut quiet = |_: usize, _: usize, _: String| {};
         let contents = match kind {
-            "workflows" => lookup(uri, e.get_workflow(&p, None, id).await),
+            "workflows" => lookup(uri, e.get_workflow(p, None, id).await),
             "runs" => lookup(
                 uri,
-                e.get_workflow_run(&p, id, None, no_wait, &mut quiet).await,
+                e.get_workflow_run(p, id, None, no_wait, &mut quiet).await,
             ),
-            "tasks" => lookup(uri, e.tasks().get(e, &p, id, None, no_wait).await),
-            "projects" => lookup(uri, e.get_project(&p, id).await),
+            "tasks" => lookup(uri, e.tasks().get(e, p, id, None, no_wait).await),
+            "projects" => lookup(uri, e.get_project(p, id).await),
             "templates" => lookup(uri, e.get_template(id)),
-            "sessions" => lookup(uri, e.sessions().get(&p, id).await),
+            "sessions" => lookup(uri, e.sessions().get(p, id).await),
             _ => {
                 return Err(ErrorData::resource_not_found(
                     format!("{uri}: no resource kind '{kind}'"),

@@ -286,18 +286,6 @@ impl Store for MemoryStore {
         Ok(v)
     }
 
-    async fn unfinished_runs(&self) -> StoreResult<Vec<RunRecord>> {
-        let g = self.lock()?;
-        let mut v: Vec<RunRecord> = g
-            .runs
-            .values()
-            .filter(|r| r.status == "pending" || r.status == "running")
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(v)
-    }
-
     async fn probe(&self, now: i64) -> StoreResult<()> {
         let mut g = self.lock()?;
         g.meta.insert("health_probe".into(), now.to_string());

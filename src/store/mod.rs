@@ -380,9 +380,6 @@ pub trait Store: Send + Sync + 'static {
     /// A page of runs in creation order.
     async fn list_runs(&self, q: &RunQuery<'_>) -> StoreResult<Vec<RunRecord>>;
 
-    /// Runs that are `pending` or `running` (to resume after a restart).
-    async fn unfinished_runs(&self) -> StoreResult<Vec<RunRecord>>;
-
     /// Write and read back a probe row: proves the store is reachable and writable.
     async fn probe(&self, now: i64) -> StoreResult<()>;
 
@@ -792,7 +789,10 @@ mod contract {
         let steps: Vec<StepRecord> = (0..n).map(|i| step(i, "pending")).collect();
         store.insert_run(&run, &steps).await.unwrap();
         assert_eq!(store.run_steps("run_1").await.unwrap(), steps);
-        assert_eq!(store.unfinished_runs().await.unwrap(), vec![run.clone()]);
+        assert_eq!(
+            store.unfinished_session_runs("ses_a").await.unwrap(),
+            ["run_1"]
+        );
         for i in 0..n {
             store.queue_step(&step(i, "running")).await.unwrap();
         }
@@ -813,7 +813,13 @@ mod contract {
             (0..n).map(|i| step(i, "succeeded")).collect::<Vec<_>>()
         );
         assert_eq!(store.get_run("run_1").await.unwrap(), Some(done.clone()));
-        assert!(store.unfinished_runs().await.unwrap().is_empty());
+        assert!(
+            store
+                .unfinished_session_runs("ses_a")
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         // A child run is found through its parent.
         let child = RunRecord {

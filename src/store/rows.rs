@@ -698,17 +698,6 @@ macro_rules! sql_store {
                 }
 
 
-                async fn unfinished_runs(&self) -> StoreResult<Vec<RunRecord>> {
-                    let r = query(AssertSqlSafe(format!(
-                        "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('pending', 'running') ORDER BY created_at, id"
-                    )))
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                    rows(r, run_from_row)
-                }
-
-
                 async fn probe(&self, now: i64) -> StoreResult<()> {
                     let v = now.to_string();
                     query(

@@ -320,16 +320,10 @@ impl MyrmexServer {
             .resolve(&p, a.session_id.as_deref())
             .await?;
         let created = self.engine.tasks().create(&session, a.tasks).await?;
-        let budget = self.engine.config().limits.max_result_bytes * 4 / 5;
-        let mut used = 0;
-        let tasks: Vec<TaskBrief> = created
-            .iter()
-            .map(TaskBrief::from)
-            .take_while(|b| {
-                used += serde_json::to_string(b).map_or(0, |s| s.len()) + 1;
-                used <= budget
-            })
-            .collect();
+        let tasks: Vec<TaskBrief> = crate::engine::fitting(
+            created.iter().map(TaskBrief::from),
+            self.engine.config().limits.max_result_bytes * 4 / 5,
+        );
         let note = (tasks.len() < created.len()).then(|| {
             format!(
                 "All {} tasks were created; the first {} are listed. list_tasks (or get_task_graph) shows the rest.",
