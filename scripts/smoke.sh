@@ -112,7 +112,7 @@ conf() {
   fi
 }
 for s in server-initialize server-session-lifecycle tools-list dns-rebinding-protection prompts-list completion-complete resources-list; do conf "$s" 2025-11-25; done
-for s in tools-list dns-rebinding-protection http-header-validation caching prompts-list completion-complete resources-list; do conf "$s" 2026-07-28; done
+for s in tools-list dns-rebinding-protection http-header-validation caching prompts-list completion-complete resources-list sep-2164-resource-not-found; do conf "$s" 2026-07-28; done
 
 echo "== official Python SDK client (mcp $PY_MCP_VERSION)"
 if "$TOOLS/venv/bin/python" scripts/py_client_smoke.py "$BIN" "$WORK/py" "$URL" "$SSE_URL" >"$WORK/py.log" 2>&1; then

@@ -52,6 +52,26 @@ pub struct Config {
     pub projects: ProjectsConfig,
     pub cluster: ClusterConfig,
     pub tools: ToolsConfig,
+    pub events: EventsConfig,
+}
+
+/// The event log (`get_events`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// How long events are kept, in hours (fractions allowed); older ones are pruned.
+    pub retention_hours: f64,
+    /// How often old events are pruned.
+    pub prune_interval_seconds: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: 168.0,
+            prune_interval_seconds: 300,
+        }
+    }
 }
 
 /// What `tools/list` offers.
@@ -64,6 +84,9 @@ pub struct ToolsConfig {
     /// Include each tool's full output JSON Schema in tools/list (about 114 KB for all tools);
     /// off, results still carry structuredContent, and the schemas are in tool-schemas/.
     pub output_schemas: bool,
+    /// How long an MCP task (execute_workflow and execute_task for clients with the
+    /// tasks extension) follows its run, and how long its result is kept after.
+    pub task_ttl_seconds: u64,
 }
 
 impl Default for ToolsConfig {
@@ -71,6 +94,7 @@ impl Default for ToolsConfig {
         Self {
             profile: "all".into(),
             output_schemas: false,
+            task_ttl_seconds: 86_400,
         }
     }
 }
@@ -497,6 +521,7 @@ impl Default for Config {
             projects: ProjectsConfig::default(),
             cluster: ClusterConfig::default(),
             tools: ToolsConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -590,6 +615,17 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.validate_cluster()?;
+        if self.tools.task_ttl_seconds == 0 {
+            anyhow::bail!("tools.task_ttl_seconds must be at least 1");
+        }
+        let ev = &self.events;
+        if !(ev.retention_hours > 0.0 && ev.retention_hours.is_finite())
+            || ev.prune_interval_seconds == 0
+        {
+            anyhow::bail!(
+                "events: retention_hours must be a positive number and prune_interval_seconds at least 1"
+            );
+        }
         for t in &self.auth.tokens {
             match (&t.token_sha256, &t.token_file) {
                 (Some(h), None) => {

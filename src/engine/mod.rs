@@ -9,6 +9,7 @@
 pub mod attempts;
 pub mod background;
 pub mod condition;
+pub mod events;
 pub mod host;
 pub mod library;
 pub mod metrics;
@@ -253,6 +254,22 @@ impl Engine {
             move || {
                 let resources = resources.clone();
                 async move { resources.expire().await.map(|_| ()) }
+            },
+        );
+        let engine = self.clone();
+        self.inner.background.spawn_periodic(
+            "event_pruner",
+            std::time::Duration::from_secs(self.inner.config.events.prune_interval_seconds),
+            shutdown.clone(),
+            move || {
+                let engine = engine.clone();
+                async move {
+                    let gone = engine.prune_events().await?;
+                    if gone > 0 {
+                        tracing::debug!(events = gone, "old events pruned");
+                    }
+                    Ok(())
+                }
             },
         );
         let engine = self.clone();

@@ -2090,8 +2090,18 @@ impl TaskManager {
         wait: Duration,
     ) -> Result<ExecuteTaskResult> {
         let created = self.create(session, vec![task]).await?;
-        let id = created[0].task_id.clone();
-        let t = self.wait_final(session, &id, wait).await?;
+        self.outcome(session, &created[0].task_id, wait).await
+    }
+
+    /// Wait up to `wait` for a task to reach a final state, and answer in
+    /// execute_task's shape.
+    pub async fn outcome(
+        self: &Arc<Self>,
+        session: &Session,
+        id: &str,
+        wait: Duration,
+    ) -> Result<ExecuteTaskResult> {
+        let t = self.wait_final(session, id, wait).await?;
         let sg = self.session_graph(&session.session_id);
         let dependencies_satisfied = {
             let g = self.lock(&sg, session.max_parallel_tasks).await?;

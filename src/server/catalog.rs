@@ -257,6 +257,11 @@ pub const DOCS: &[ToolDoc] = &[
         example: r#"{"name": "nightly-build", "mode": "parallel", "max_parallel_tasks": 8, "idle_ttl_seconds": 3600, "metadata": {"team": "infra"}}"#,
     },
     ToolDoc {
+        name: "get_events",
+        errors: &[NotFound],
+        example: r#"{"since": "0.1842", "session_id": "ses_0123456789abcdef0123456789abcdef", "kinds": ["run", "step"], "limit": 100}"#,
+    },
+    ToolDoc {
         name: "get_health_status",
         errors: &[NotFound],
         example: r#"{}"#,

@@ -12,6 +12,7 @@ pub mod prompts;
 pub mod resources;
 pub mod sse;
 pub mod stdio;
+pub mod tasks_ext;
 pub mod tools;
 
 use std::time::Instant;
@@ -181,6 +182,7 @@ impl ServerHandler for MyrmexServer {
                 .enable_resources_list_changed()
                 .enable_completions()
                 .enable_logging()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(
@@ -319,6 +321,22 @@ impl ServerHandler for MyrmexServer {
         Ok(())
     }
 
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        self.task_status(&request.task_id, &context)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.task_cancel(&request.task_id, &context)
+    }
+
     async fn complete(
         &self,
         request: CompleteRequestParams,
@@ -334,6 +352,16 @@ impl ServerHandler for MyrmexServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let started = Instant::now();
+        if self.wants_task(&name, &context) {
+            let result = self.call_as_task(request, context).await;
+            let ok = match &result {
+                Ok(CallToolResponse::Task(_)) => true,
+                Ok(CallToolResponse::Complete(r)) => r.is_error != Some(true),
+                _ => false,
+            };
+            self.engine.metrics().record(&name, ok, started.elapsed());
+            return result;
+        }
         // A call whose client went away (or cancelled it) stops waiting; work it
         // started (runs, tasks) goes on and can be followed with other calls.
         let cancelled = context.ct.clone();

@@ -25,7 +25,7 @@ pub const CORE: &[&str] = &[
     "get_system_status",
 ];
 
-/// `core` plus the tool names of the original module.
+/// `core` plus the tool names of the original module, and the event log.
 pub const STANDARD_EXTRA: &[&str] = &[
     "create_session",
     "create_complex_workflow",
@@ -35,6 +35,7 @@ pub const STANDARD_EXTRA: &[&str] = &[
     "manage_project",
     "list_projects",
     "get_health_status",
+    "get_events",
 ];
 
 /// The tool names a profile selects, or why it is not one.

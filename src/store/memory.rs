@@ -6,9 +6,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    AllocationRecord, FINAL_TASK_STATUSES, ProjectQuery, ProjectRecord, RunExecutors, RunLease,
-    RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult,
-    TaskRecord, TaskStats, WaiterRecord, WorkflowRecord,
+    AllocationRecord, EventCursor, EventRecord, EventWindow, FINAL_TASK_STATUSES, ProjectQuery,
+    ProjectRecord, RunExecutors, RunLease, RunQuery, RunRecord, SessionQuery, SessionRecord,
+    StepRecord, Store, StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, WaiterRecord,
+    WorkflowRecord,
 };
 
 #[derive(Default)]
@@ -30,6 +31,30 @@ struct Inner {
     /// Run id -> (lease owner, lease end, cancel requested).
     leases: HashMap<String, (Option<String>, i64, bool)>,
     waiters: BTreeMap<String, WaiterRecord>,
+    events: Vec<StoredEvent>,
+    last_seq: i64,
+}
+
+impl Inner {
+    /// Record an event (a step's principal and session come from its run).
+    fn record(&mut self, e: EventRecord) {
+        self.last_seq += 1;
+        let run = e.run_id.as_ref().and_then(|id| self.runs.get(id));
+        self.events.push(StoredEvent {
+            cursor: EventCursor {
+                xid: 0,
+                seq: self.last_seq,
+            },
+            at: e.at,
+            principal: e.principal.or_else(|| run.map(|r| r.principal.clone())),
+            session_id: e.session_id.or_else(|| run.map(|r| r.session_id.clone())),
+            run_id: e.run_id,
+            kind: e.kind.to_string(),
+            subject: e.subject,
+            status: e.status,
+            data: e.data,
+        });
+    }
 }
 
 impl MemoryStore {
@@ -67,6 +92,7 @@ impl Store for MemoryStore {
             )));
         }
         g.sessions.insert(s.id.clone(), s.clone());
+        g.record(EventRecord::session(s, s.updated_at));
         Ok(())
     }
 
@@ -110,6 +136,8 @@ impl Store for MemoryStore {
                 s.closed_at = Some(now);
                 s.updated_at = now;
                 s.close_reason = Some(reason.into());
+                let event = EventRecord::session_closed(id, s.principal.clone(), now, reason);
+                g.record(event);
                 Ok(true)
             }
             _ => Ok(false),
@@ -218,6 +246,7 @@ impl Store for MemoryStore {
         }
         g.runs.insert(run.id.clone(), run.clone());
         g.steps.insert(run.id.clone(), steps.to_vec());
+        g.record(EventRecord::run(run));
         Ok(())
     }
 
@@ -226,6 +255,7 @@ impl Store for MemoryStore {
         match g.runs.get_mut(&run.id) {
             Some(r) => {
                 *r = run.clone();
+                g.record(EventRecord::run(run));
                 Ok(())
             }
             None => Err(StoreError::Corrupt(format!(
@@ -246,6 +276,7 @@ impl Store for MemoryStore {
                 StoreError::Corrupt(format!("step {}/{} does not exist", step.run_id, step.name))
             })?;
         *slot = step.clone();
+        g.record(EventRecord::step(step, crate::engine::now_ms()));
         Ok(())
     }
 
@@ -314,6 +345,7 @@ impl Store for MemoryStore {
         }
         for t in tasks {
             g.tasks.insert(t.id.clone(), t.clone());
+            g.record(EventRecord::task(t));
         }
         Ok(())
     }
@@ -332,6 +364,9 @@ impl Store for MemoryStore {
             }
         }
         for t in tasks {
+            if let Some(e) = EventRecord::task_change(g.tasks.get(&t.id), t) {
+                g.record(e);
+            }
             g.tasks.insert(t.id.clone(), t.clone());
         }
         Ok(())
@@ -606,8 +641,10 @@ impl Store for MemoryStore {
 
     async fn put_allocations(&self, allocations: &[AllocationRecord]) -> StoreResult<()> {
         let mut g = self.lock()?;
+        let now = crate::engine::now_ms();
         for a in allocations {
             g.allocations.insert(a.id.clone(), a.clone());
+            g.record(EventRecord::allocation(a, now));
         }
         Ok(())
     }
@@ -628,6 +665,7 @@ impl Store for MemoryStore {
             return Err(StoreError::Conflict(format!("project '{}' exists", p.name)));
         }
         g.projects.insert(p.id.clone(), p.clone());
+        g.record(EventRecord::project(p));
         Ok(())
     }
 
@@ -636,6 +674,7 @@ impl Store for MemoryStore {
         match g.projects.get_mut(&p.id) {
             Some(x) => {
                 *x = p.clone();
+                g.record(EventRecord::project(p));
                 Ok(())
             }
             None => Err(StoreError::Conflict(format!("project {} is gone", p.id))),
@@ -682,7 +721,35 @@ impl Store for MemoryStore {
     }
 
     async fn delete_project(&self, id: &str) -> StoreResult<bool> {
-        Ok(self.lock()?.projects.remove(id).is_some())
+        let mut g = self.lock()?;
+        match g.projects.remove(id) {
+            Some(p) => {
+                g.record(EventRecord::project_deleted(
+                    id,
+                    p.principal,
+                    crate::engine::now_ms(),
+                ));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn events(&self, w: &EventWindow) -> StoreResult<Vec<StoredEvent>> {
+        let g = self.lock()?;
+        let from = g.events.partition_point(|e| e.cursor <= w.after);
+        Ok(g.events[from..]
+            .iter()
+            .take(w.scan as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn prune_events(&self, before: i64) -> StoreResult<u64> {
+        let mut g = self.lock()?;
+        let n = g.events.len();
+        g.events.retain(|e| e.at >= before);
+        Ok((n - g.events.len()) as u64)
     }
 
     async fn list_allocations(

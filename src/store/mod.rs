@@ -7,6 +7,7 @@
 //! [`memory::MemoryStore`] (tests, ephemeral use) and [`sqlite::SqliteStore`]
 //! (the embedded default: one WAL-mode file, migrations in `migrations/`).
 
+pub mod events;
 pub mod memory;
 pub mod postgres;
 mod rows;
@@ -17,6 +18,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::StoreSpec;
+
+pub use events::{EVENT_KINDS, EventCursor, EventRecord, EventWindow, StoredEvent};
 
 /// A failure of the store itself (not of the caller's request).
 #[derive(Debug, thiserror::Error)]
@@ -506,6 +509,14 @@ pub trait Store: Send + Sync + 'static {
     /// Who executes unfinished runs now (leases not ended at `now`), and the
     /// unfinished runs nobody executes.
     async fn run_executors(&self, now: i64) -> StoreResult<RunExecutors>;
+
+    /// The events after `w.after` in log order, at most `w.scan` (of every
+    /// principal). Only events whose position can no longer be preceded by a
+    /// later commit are returned, so a reader may continue from the last one.
+    async fn events(&self, w: &EventWindow) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Remove the events recorded before `before` (ms); how many went.
+    async fn prune_events(&self, before: i64) -> StoreResult<u64>;
 
     /// Tell the other processes on this store that `topic` changed (no-op
     /// for a store only one process uses).
@@ -1092,6 +1103,7 @@ mod contract {
             status: "succeeded".into(),
             started_at: Some(10),
             finished_at: Some(30),
+            updated_at: 30,
             version: 2,
             ..b.clone()
         };
@@ -1101,7 +1113,59 @@ mod contract {
         ));
         assert_eq!(store.get_task("tsk_b").await.unwrap(), Some(b));
         assert_eq!(store.get_task("tsk_a").await.unwrap(), Some(claimed));
-        store.update_tasks(&[b2]).await.unwrap();
+        store.update_tasks(std::slice::from_ref(&b2)).await.unwrap();
+        // Events: inserts and changes, none for the rolled-back batch or the
+        // failed insert, none for a lease renewal.
+        let renewed = TaskRecord {
+            lease_expires_at: Some(99),
+            updated_at: 50,
+            version: 3,
+            ..b2.clone()
+        };
+        store.update_tasks(&[renewed]).await.unwrap();
+        let events = store
+            .events(&EventWindow {
+                after: EventCursor::default(),
+                scan: 100,
+            })
+            .await
+            .unwrap();
+        let seen: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| (e.subject.as_str(), e.status.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("tsk_a", "ready"),
+                ("tsk_b", "ready"),
+                ("tsk_a", "claimed"),
+                ("tsk_b", "succeeded")
+            ]
+        );
+        assert!(events.windows(2).all(|w| w[0].cursor < w[1].cursor));
+        assert!(events.iter().all(|e| e.kind == "task"
+            && e.principal.as_deref() == Some("p")
+            && e.session_id.as_deref() == Some("ses_t")));
+        // Windows: from a cursor, at most `scan`.
+        let rest = store
+            .events(&EventWindow {
+                after: events[1].cursor,
+                scan: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(rest, events[2..3]);
+        // Pruning goes by time (these events carry their records' updated_at).
+        assert_eq!(store.prune_events(2).await.unwrap(), 3);
+        let left = store
+            .events(&EventWindow {
+                after: EventCursor::default(),
+                scan: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, events[3..]);
         let stats = store.task_stats().await.unwrap();
         assert_eq!(
             stats.by_status,

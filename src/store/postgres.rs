@@ -14,9 +14,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{
-    AllocationRecord, Decide, ProjectQuery, ProjectRecord, RunExecutors, RunLease, RunQuery,
-    RunRecord, SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult, TaskRecord,
-    TaskStats, WaiterRecord, WorkflowRecord,
+    AllocationRecord, Decide, EventCursor, EventRecord, EventWindow, ProjectQuery, ProjectRecord,
+    RunExecutors, RunLease, RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store,
+    StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, WaiterRecord, WorkflowRecord,
 };
 
 pub struct PostgresStore {
@@ -106,7 +106,17 @@ async fn commit_batch(conn: &mut sqlx::PgConnection, batch: &[Write]) -> Result<
             _ => {}
         }
     }
+    // Every write is a change with its event, in the order made.
+    let now = crate::engine::now_ms();
+    let events: Vec<EventRecord> = batch
+        .iter()
+        .map(|w| match &w.op {
+            WriteOp::Run(r) => EventRecord::run(r),
+            WriteOp::Step(s) => EventRecord::step(s, now),
+        })
+        .collect();
     let mut tx = conn.begin().await?;
+    insert_events(&mut tx, &events).await?;
     for r in runs {
         bind_run(query(AssertSqlSafe(run_sql.clone())), r)
             .execute(&mut *tx)
@@ -204,6 +214,9 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("cannot migrate PostgreSQL store {}: {e}", redact(url)))?;
+        event_defaults(&pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot prepare the event log in {}: {e}", redact(url)))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4 * GROUP_COMMIT_MAX);
         tokio::spawn(writer(pool.clone(), rx));
         let channel = format!("myrmex_{}", schema.as_deref().unwrap_or("public")).to_lowercase();
@@ -329,6 +342,60 @@ async fn upsert_allocation(
     Ok(())
 }
 
+/// The events of stored allocations.
+async fn allocation_events(
+    conn: &mut sqlx::PgConnection,
+    allocations: &[AllocationRecord],
+) -> Result<(), sqlx::Error> {
+    let now = crate::engine::now_ms();
+    let events: Vec<EventRecord> = allocations
+        .iter()
+        .map(|a| EventRecord::allocation(a, now))
+        .collect();
+    insert_events(conn, &events).await
+}
+
+/// Sequence numbers come from the column default (`events_seq`).
+async fn event_seq_base(_: &mut sqlx::PgConnection, _: usize) -> Result<Option<i64>, sqlx::Error> {
+    Ok(None)
+}
+
+/// Row locks are taken as rows are written.
+const BEGIN_WRITE: &str = "BEGIN";
+
+/// Only events of transactions older than every running one: a transaction
+/// still running may commit events that sort before the newest visible ones.
+const EVENTS_VISIBLE: &str = "AND xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+
+/// Give `events` its sequence and transaction-id defaults (PostgreSQL only,
+/// so not in the shared migrations). Idempotent; concurrent opens serialise
+/// on the table lock.
+async fn event_defaults(pool: &PgPool) -> Result<(), sqlx::Error> {
+    const CHECK: &str = "SELECT column_default IS NOT NULL AS set FROM information_schema.columns \
+        WHERE table_schema = current_schema() AND table_name = 'events' AND column_name = 'seq'";
+    let set: bool = query(CHECK).fetch_one(pool).await?.try_get("set")?;
+    if set {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let set: bool = query(CHECK).fetch_one(&mut *tx).await?.try_get("set")?;
+    if !set {
+        query("CREATE SEQUENCE IF NOT EXISTS events_seq")
+            .execute(&mut *tx)
+            .await?;
+        query(
+            "ALTER TABLE events ALTER COLUMN seq SET DEFAULT nextval('events_seq'), \
+             ALTER COLUMN xid SET DEFAULT (pg_current_xact_id()::text::bigint)",
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
 impl PostgresStore {
     /// Queue an update for the group-commit writer and wait until it is durable.
     async fn write(&self, op: WriteOp) -> StoreResult<()> {
@@ -367,6 +434,9 @@ super::rows::sql_store!(PostgresStore, {
             .map_err(db_err)?;
         let steps: Vec<&StepRecord> = steps.iter().collect();
         write_steps(&mut tx, false, &steps).await.map_err(db_err)?;
+        insert_events(&mut tx, &[EventRecord::run(run)])
+            .await
+            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)
     }
 
@@ -420,6 +490,7 @@ super::rows::sql_store!(PostgresStore, {
         for a in &grants {
             upsert_allocation(&mut tx, a).await.map_err(db_err)?;
         }
+        allocation_events(&mut tx, &grants).await.map_err(db_err)?;
         for id in &settled {
             query("DELETE FROM allocation_waiters WHERE id = ?1")
                 .bind(id)
@@ -436,6 +507,9 @@ super::rows::sql_store!(PostgresStore, {
         for a in allocations {
             upsert_allocation(&mut tx, a).await.map_err(db_err)?;
         }
+        allocation_events(&mut tx, allocations)
+            .await
+            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)
     }
 });

@@ -399,6 +399,62 @@ macro_rules! shared_rows {
             })
         }
 
+        const EVENT_COLUMNS: &str = "at, principal, session_id, run_id, kind, subject, status, data";
+
+        /// Rows per multi-row event insert (9 columns each).
+        const EVENT_ROWS_PER_STATEMENT: usize = 256;
+
+        /// Record `events` in the caller's transaction (see `super::events`).
+        async fn insert_events(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            events: &[EventRecord],
+        ) -> Result<(), sqlx::Error> {
+            if events.is_empty() {
+                return Ok(());
+            }
+            let first = event_seq_base(&mut *conn, events.len()).await?;
+            let mut next = first;
+            for chunk in events.chunks(EVENT_ROWS_PER_STATEMENT) {
+                let seq = if first.is_some() { "seq, " } else { "" };
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                    "INSERT INTO events ({seq}{EVENT_COLUMNS}) "
+                ));
+                qb.push_values(chunk.iter(), |mut b, e| {
+                    if let Some(n) = next.as_mut() {
+                        b.push_bind(*n);
+                        *n += 1;
+                    }
+                    b.push_bind(e.at)
+                        .push_bind(e.principal.clone())
+                        .push_bind(e.session_id.clone())
+                        .push_bind(e.run_id.clone())
+                        .push_bind(e.kind)
+                        .push_bind(e.subject.clone())
+                        .push_bind(e.status.clone())
+                        .push_bind(e.data.clone());
+                });
+                qb.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+
+        fn event_from_row(r: &$row) -> Result<StoredEvent, sqlx::Error> {
+            Ok(StoredEvent {
+                cursor: EventCursor {
+                    xid: r.try_get("xid")?,
+                    seq: r.try_get("seq")?,
+                },
+                at: r.try_get("at")?,
+                principal: r.try_get("principal")?,
+                session_id: r.try_get("session_id")?,
+                run_id: r.try_get("run_id")?,
+                kind: r.try_get("kind")?,
+                subject: r.try_get("subject")?,
+                status: r.try_get("status")?,
+                data: r.try_get("data")?,
+            })
+        }
+
         fn sessions_from_rows(rows: Vec<$row>) -> StoreResult<Vec<SessionRecord>> {
             rows.iter()
                 .map(|r| session_from_row(r).map_err(db_err))
@@ -420,6 +476,7 @@ macro_rules! sql_store {
 
 
                 async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await.map_err(db_err)?;
                     query(AssertSqlSafe(format!(
                         "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
                          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
@@ -441,10 +498,13 @@ macro_rules! sql_store {
                     .bind(s.last_active_at)
                     .bind(s.closed_at)
                     .bind(&s.close_reason)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                    Ok(())
+                    insert_events(&mut tx, &[EventRecord::session(s, s.updated_at)])
+                        .await
+                        .map_err(db_err)?;
+                    tx.commit().await.map_err(db_err)
                 }
 
 
@@ -494,17 +554,26 @@ macro_rules! sql_store {
 
 
                 async fn close_session(&self, id: &str, now: i64, reason: &str) -> StoreResult<bool> {
-                    let r = query(
+                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    let closed = query(
                         "UPDATE sessions SET status = 'closed', closed_at = ?2, updated_at = ?2, \
-                         close_reason = ?3 WHERE id = ?1 AND status = 'active'",
+                         close_reason = ?3 WHERE id = ?1 AND status = 'active' RETURNING principal",
                     )
                     .bind(id)
                     .bind(now)
                     .bind(reason)
-                    .execute(&self.pool)
+                    .fetch_optional(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                    Ok(r.rows_affected() == 1)
+                    let Some(row) = closed else {
+                        return Ok(false);
+                    };
+                    let principal: String = row.try_get("principal").map_err(db_err)?;
+                    insert_events(&mut tx, &[EventRecord::session_closed(id, principal, now, reason)])
+                        .await
+                        .map_err(db_err)?;
+                    tx.commit().await.map_err(db_err)?;
+                    Ok(true)
                 }
 
 
@@ -733,6 +802,8 @@ macro_rules! sql_store {
                             .await
                             .map_err(db_err)?;
                     }
+                    let events: Vec<EventRecord> = tasks.iter().map(EventRecord::task).collect();
+                    insert_events(&mut tx, &events).await.map_err(db_err)?;
                     tx.commit().await.map_err(db_err)
                 }
 
@@ -742,7 +813,29 @@ macro_rules! sql_store {
                         "UPDATE tasks SET ({TASK_COLUMNS}) = ({}) WHERE id = ?31 AND version = ?32",
                         task_placeholders()
                     );
-                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    // Reads first, then writes: on SQLite the transaction must hold the
+                    // write lock from its start (a later upgrade can fail as busy).
+                    let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
+                    // What the tasks were, for the events of what changed.
+                    let mut before = std::collections::HashMap::new();
+                    for chunk in tasks.chunks(256) {
+                        let marks = (1..=chunk.len()).map(|i| format!("?{i}")).collect::<Vec<_>>();
+                        let mut q = query(AssertSqlSafe(format!(
+                            "SELECT {TASK_COLUMNS} FROM tasks WHERE id IN ({})",
+                            marks.join(", ")
+                        )));
+                        for t in chunk {
+                            q = q.bind(&t.id);
+                        }
+                        let found = q.fetch_all(&mut *tx).await.map_err(db_err)?;
+                        for t in rows(found, task_from_row)? {
+                            before.insert(t.id.clone(), t);
+                        }
+                    }
+                    let events: Vec<EventRecord> = tasks
+                        .iter()
+                        .filter_map(|t| EventRecord::task_change(before.get(&t.id), t))
+                        .collect();
                     for t in tasks {
                         let r = bind_task(query(AssertSqlSafe(sql.clone())), t)
                             .bind(&t.id)
@@ -758,6 +851,7 @@ macro_rules! sql_store {
                             )));
                         }
                     }
+                    insert_events(&mut tx, &events).await.map_err(db_err)?;
                     tx.commit().await.map_err(db_err)
                 }
 
@@ -1087,6 +1181,7 @@ macro_rules! sql_store {
 
 
                 async fn insert_project(&self, p: &ProjectRecord) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await.map_err(db_err)?;
                     bind_project(
                         query(AssertSqlSafe(format!(
                             "INSERT INTO projects ({PROJECT_COLUMNS}) VALUES \
@@ -1094,14 +1189,16 @@ macro_rules! sql_store {
                         ))),
                         p,
                     )
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                    Ok(())
+                    insert_events(&mut tx, &[EventRecord::project(p)]).await.map_err(db_err)?;
+                    tx.commit().await.map_err(db_err)
                 }
 
 
                 async fn update_project(&self, p: &ProjectRecord) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await.map_err(db_err)?;
                     let r = bind_project(
                         query(AssertSqlSafe(format!(
                             "UPDATE projects SET ({PROJECT_COLUMNS}) = \
@@ -1109,13 +1206,14 @@ macro_rules! sql_store {
                         ))),
                         p,
                     )
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
                     if r.rows_affected() != 1 {
                         return Err(StoreError::Conflict(format!("project {} is gone", p.id)));
                     }
-                    Ok(())
+                    insert_events(&mut tx, &[EventRecord::project(p)]).await.map_err(db_err)?;
+                    tx.commit().await.map_err(db_err)
                 }
 
 
@@ -1166,12 +1264,51 @@ macro_rules! sql_store {
 
 
                 async fn delete_project(&self, id: &str) -> StoreResult<bool> {
-                    let r = query("DELETE FROM projects WHERE id = ?1")
+                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    let gone = query("DELETE FROM projects WHERE id = ?1 RETURNING principal")
                         .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    let Some(row) = gone else {
+                        return Ok(false);
+                    };
+                    let principal: String = row.try_get("principal").map_err(db_err)?;
+                    let event = EventRecord::project_deleted(id, principal, crate::engine::now_ms());
+                    insert_events(&mut tx, &[event]).await.map_err(db_err)?;
+                    tx.commit().await.map_err(db_err)?;
+                    Ok(true)
+                }
+
+
+                async fn events(&self, w: &EventWindow) -> StoreResult<Vec<StoredEvent>> {
+                    // Step events name their run only: principal and session come from it.
+                    let r = query(AssertSqlSafe(format!(
+                        "SELECT e.xid, e.seq, e.at, COALESCE(e.principal, r.principal) AS principal, \
+                           COALESCE(e.session_id, r.session_id) AS session_id, e.run_id, e.kind, \
+                           e.subject, e.status, e.data \
+                         FROM (SELECT * FROM events WHERE (xid, seq) > (?1, ?2) {EVENTS_VISIBLE} \
+                               ORDER BY xid, seq LIMIT ?3) e \
+                         LEFT JOIN runs r ON e.principal IS NULL AND r.id = e.run_id \
+                         ORDER BY e.xid, e.seq"
+                    )))
+                    .bind(w.after.xid)
+                    .bind(w.after.seq)
+                    .bind(w.scan as i64)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    rows(r, event_from_row)
+                }
+
+
+                async fn prune_events(&self, before: i64) -> StoreResult<u64> {
+                    let r = query("DELETE FROM events WHERE at < ?1")
+                        .bind(before)
                         .execute(&self.pool)
                         .await
                         .map_err(db_err)?;
-                    Ok(r.rows_affected() == 1)
+                    Ok(r.rows_affected())
                 }
 
 

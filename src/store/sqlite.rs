@@ -15,9 +15,9 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row, query};
 
 use super::{
-    AllocationRecord, ProjectQuery, ProjectRecord, RunExecutors, RunLease, RunQuery, RunRecord,
-    SessionQuery, SessionRecord, StepRecord, Store, StoreError, StoreResult, TaskRecord, TaskStats,
-    WaiterRecord, WorkflowRecord,
+    AllocationRecord, EventCursor, EventRecord, EventWindow, ProjectQuery, ProjectRecord,
+    RunExecutors, RunLease, RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store,
+    StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, WaiterRecord, WorkflowRecord,
 };
 
 pub struct SqliteStore {
@@ -96,7 +96,17 @@ async fn commit_batch(
             _ => {}
         }
     }
+    // Every write is a change with its event, in the order made.
+    let now = crate::engine::now_ms();
+    let events: Vec<EventRecord> = batch
+        .iter()
+        .map(|w| match &w.op {
+            WriteOp::Run(r) => EventRecord::run(r),
+            WriteOp::Step(s) => EventRecord::step(s, now),
+        })
+        .collect();
     let mut tx = conn.begin().await?;
+    insert_events(&mut tx, &events).await?;
     for r in runs {
         bind_run(query(AssertSqlSafe(run_sql.clone())), r)
             .execute(&mut *tx)
@@ -192,6 +202,26 @@ impl SqliteStore {
     }
 }
 
+/// The first of `n` event sequence numbers. Taken under SQLite's write lock,
+/// so sequence order is commit order.
+async fn event_seq_base(
+    conn: &mut sqlx::SqliteConnection,
+    n: usize,
+) -> Result<Option<i64>, sqlx::Error> {
+    let last: i64 = query("UPDATE event_counter SET last = last + ?1 WHERE id = 1 RETURNING last")
+        .bind(n as i64)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("last")?;
+    Ok(Some(last - n as i64 + 1))
+}
+
+/// A transaction that reads before it writes takes the write lock at once.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+/// Every committed event is visible in order.
+const EVENTS_VISIBLE: &str = "";
+
 /// SQLite serialises writers: a claim needs no row locks.
 const CLAIM_LOCK: &str = "";
 
@@ -216,6 +246,9 @@ super::rows::sql_store!(SqliteStore, {
             .map_err(db_err)?;
         let steps: Vec<&StepRecord> = steps.iter().collect();
         write_steps(&mut tx, "INSERT", &steps)
+            .await
+            .map_err(db_err)?;
+        insert_events(&mut tx, &[EventRecord::run(run)])
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)
@@ -244,6 +277,12 @@ super::rows::sql_store!(SqliteStore, {
                 .await
                 .map_err(db_err)?;
         }
+        let now = crate::engine::now_ms();
+        let events: Vec<EventRecord> = allocations
+            .iter()
+            .map(|a| EventRecord::allocation(a, now))
+            .collect();
+        insert_events(&mut tx, &events).await.map_err(db_err)?;
         tx.commit().await.map_err(db_err)
     }
 });

@@ -33,7 +33,7 @@ pub enum Era {
 pub const ERAS: [Era; 2] = [Era::Legacy, Era::Modern];
 
 /// The client really negotiated the era it was asked for.
-fn check_era(c: &Client, era: Era) {
+fn check_era<H: rmcp::ClientHandler>(c: &RunningService<RoleClient, H>, era: Era) {
     let info = c.peer_info().expect("server info");
     let want = match era {
         Era::Legacy => ProtocolVersion::V_2025_11_25,
@@ -222,15 +222,25 @@ impl HttpServer {
 
     /// An rmcp client, optionally with a bearer token.
     pub async fn client(&self, era: Era, token: Option<&str>) -> Client {
+        self.client_with(era, token, ()).await
+    }
+
+    /// An rmcp client with its own handler (capabilities, notifications).
+    pub async fn client_with<H: rmcp::ClientHandler>(
+        &self,
+        era: Era,
+        token: Option<&str>,
+        handler: H,
+    ) -> RunningService<RoleClient, H> {
         let mut cfg = StreamableHttpClientTransportConfig::with_uri(self.url.clone());
         if let Some(t) = token {
             cfg = cfg.auth_header(t.to_string());
         }
         let transport = StreamableHttpClientTransport::from_config(cfg);
-        let c =
-            ().serve_with_lifecycle(transport, lifecycle(era))
-                .await
-                .expect("http client connects");
+        let c = handler
+            .serve_with_lifecycle(transport, lifecycle(era))
+            .await
+            .expect("http client connects");
         check_era(&c, era);
         c
     }
@@ -346,6 +356,7 @@ pub const TOOLS: &[&str] = &[
     "execute_workflow",
     "fail_task",
     "generate_docs",
+    "get_events",
     "get_health_status",
     "get_project",
     "get_resource_status",

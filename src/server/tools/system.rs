@@ -6,6 +6,7 @@ use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::engine::events::{EventPage, EventQuery};
 use crate::engine::system::{HealthReport, StatusOptions, SystemStatus};
 use crate::error::Error;
 use crate::server::{MyrmexServer, args::Args, principal};
@@ -37,6 +38,38 @@ pub struct SystemStatusArgs {
     /// Also report this session (must be one of yours).
     #[serde(default)]
     pub session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(inline)]
+pub enum EventKind {
+    Session,
+    Run,
+    Step,
+    Task,
+    Allocation,
+    Project,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsArgs {
+    /// next_cursor of your last call; omit to start at the oldest kept event.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only this session's events (omit: all your sessions and projects).
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Only these kinds.
+    #[serde(default)]
+    pub kinds: Vec<EventKind>,
+    /// Only events about this id; a run id also matches its steps.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Most events (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
 }
 
 #[tool_router(router = system_router, vis = "pub(crate)")]
@@ -97,5 +130,56 @@ impl MyrmexServer {
             session_id: a.session_id,
         };
         Ok(Json(self.engine.system_status(&p, opts).await?))
+    }
+
+    #[tool(
+        name = "get_events",
+        description = "Catch up on what changed: state changes of your sessions, runs, steps, tasks, allocations and projects after a cursor, oldest first. Call again with next_cursor.",
+        annotations(
+            title = "Events",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn get_events(
+        &self,
+        Parameters(args): Parameters<Args<EventsArgs>>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<EventPage>, Error> {
+        let p = principal(&ctx)?;
+        let a = args.parse()?;
+        let limit = match a.limit {
+            None => 100,
+            Some(n @ 1..=1000) => n,
+            Some(n) => {
+                return Err(Error::invalid(
+                    format!("limit is {n}; it must be between 1 and 1000"),
+                    "Use a limit between 1 and 1000 and follow next_cursor.",
+                ));
+            }
+        };
+        let kinds = a
+            .kinds
+            .iter()
+            .map(|k| match k {
+                EventKind::Session => "session",
+                EventKind::Run => "run",
+                EventKind::Step => "step",
+                EventKind::Task => "task",
+                EventKind::Allocation => "allocation",
+                EventKind::Project => "project",
+            })
+            .map(str::to_string)
+            .collect();
+        let q = EventQuery {
+            session_id: a.session_id,
+            since: a.since,
+            kinds,
+            subject: a.subject,
+            limit,
+        };
+        Ok(Json(self.engine.events(&p, q).await?))
     }
 }

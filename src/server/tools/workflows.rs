@@ -331,7 +331,7 @@ impl Progress {
 
 impl MyrmexServer {
     /// A run view shortened to fit the answer limit (with room for the envelope).
-    fn fit_run(&self, mut v: RunView) -> RunView {
+    pub(crate) fn fit_run(&self, mut v: RunView) -> RunView {
         v.fit(self.engine.config().limits.max_result_bytes * 9 / 10);
         v
     }

@@ -1,0 +1,297 @@
+//! The event log: every change of a session, run, step, task, allocation or
+//! project is an event; get_events reads them from a cursor, filtered, and
+//! the cursor holds across a restart; old events are pruned.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn kinds_statuses(page: &Value) -> Vec<(String, String, String)> {
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["subject"].as_str().unwrap().to_string(),
+                e["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every event after `since`, following next_cursor.
+async fn drain(c: &Client, args: Value) -> (Vec<Value>, String) {
+    let mut args = args;
+    let mut all = Vec::new();
+    loop {
+        let page = ok(c, "get_events", args.clone()).await;
+        all.extend(page["events"].as_array().unwrap().iter().cloned());
+        args["since"] = page["next_cursor"].clone();
+        if page["more"] != json!(true) {
+            return (all, page["next_cursor"].as_str().unwrap().to_string());
+        }
+    }
+}
+
+async fn define(c: &Client) {
+    ok(
+        c,
+        "create_workflow",
+        json!({"name": "pair", "scope": "global", "steps": [
+            {"name": "a", "module": "core", "action": "echo", "parameters": {"x": 1}},
+            {"name": "b", "module": "core", "action": "echo", "parameters": {}, "dependencies": ["a"]}
+        ]}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_kind_of_change_is_an_event_in_order_and_filters_narrow_them() {
+    let env = Env::new();
+    let c = env.stdio(Era::Modern, &[]).await;
+    define(&c).await;
+    let s = ok(&c, "create_session", json!({"name": "watched"})).await;
+    let sid = s["session_id"].clone();
+    let run = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "pair", "session_id": sid, "wait_seconds": 30}),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded");
+    let rid = run["run_id"].as_str().unwrap().to_string();
+    let t = ok(
+        &c,
+        "create_task",
+        json!({"task": {"name": "manual"}, "session_id": sid}),
+    )
+    .await;
+    let tid = t["task_id"].as_str().unwrap().to_string();
+    let claim = ok(&c, "next_task", json!({"session_id": sid})).await;
+    ok(
+        &c,
+        "complete_task",
+        json!({"task_id": tid, "lease_id": claim["lease_id"], "result": {"ok": true}}),
+    )
+    .await;
+    let a = ok(
+        &c,
+        "allocate_resources",
+        json!({"requirements": {"cpu": 1}, "session_id": sid}),
+    )
+    .await;
+    ok(
+        &c,
+        "release_resources",
+        json!({"allocation_id": a["allocation_id"]}),
+    )
+    .await;
+    ok(&c, "close_session", json!({"session_id": sid})).await;
+
+    let (events, _) = drain(&c, json!({"session_id": sid, "limit": 3})).await;
+    let seen: Vec<(String, String, String)> = kinds_statuses(&json!({"events": events}));
+    let has =
+        |k: &str, subj: &str, st: &str| seen.iter().any(|(a, b, c)| a == k && b == subj && c == st);
+    let sid_s = sid.as_str().unwrap();
+    assert!(has("session", sid_s, "active"), "{seen:?}");
+    assert!(has("run", &rid, "pending"), "{seen:?}");
+    assert!(has("run", &rid, "running"), "{seen:?}");
+    assert!(has("run", &rid, "succeeded"), "{seen:?}");
+    assert!(
+        has("step", "a", "running") && has("step", "a", "succeeded"),
+        "{seen:?}"
+    );
+    assert!(has("step", "b", "succeeded"), "{seen:?}");
+    assert!(
+        has("task", &tid, "ready") || has("task", &tid, "pending"),
+        "{seen:?}"
+    );
+    assert!(has("task", &tid, "claimed"), "{seen:?}");
+    assert!(has("task", &tid, "succeeded"), "{seen:?}");
+    let aid = a["allocation_id"].as_str().unwrap();
+    assert!(
+        has("allocation", aid, "active") && has("allocation", aid, "released"),
+        "{seen:?}"
+    );
+    assert!(has("session", sid_s, "closed"), "{seen:?}");
+    // In the order things happened: a before b, the run ends after its steps, close last.
+    let pos = |k: &str, subj: &str, st: &str| {
+        seen.iter()
+            .position(|(a, b, c)| a == k && b == subj && c == st)
+            .unwrap()
+    };
+    assert!(pos("step", "a", "succeeded") < pos("step", "b", "running"));
+    assert!(pos("step", "b", "succeeded") < pos("run", &rid, "succeeded"));
+    assert_eq!(
+        seen.last().unwrap(),
+        &("session".into(), sid_s.into(), "closed".into())
+    );
+    // Every event names the session; step events their run; cursors grow.
+    for e in &events {
+        assert_eq!(e["session_id"], sid, "{e}");
+        if e["kind"] == "step" {
+            assert_eq!(e["run_id"], json!(rid));
+        }
+    }
+    let step_a_done = events
+        .iter()
+        .find(|e| e["kind"] == "step" && e["subject"] == "a" && e["status"] == "succeeded")
+        .unwrap();
+    assert_eq!(step_a_done["data"]["attempts"], 1);
+
+    // Filters: a run id matches the run and its steps; kinds narrow.
+    let (of_run, _) = drain(&c, json!({"subject": rid})).await;
+    assert!(!of_run.is_empty());
+    assert!(
+        of_run.iter().all(|e| e["run_id"] == json!(rid)),
+        "{of_run:?}"
+    );
+    let (steps, _) = drain(&c, json!({"subject": rid, "kinds": ["step"]})).await;
+    assert_eq!(
+        steps.len(),
+        of_run.iter().filter(|e| e["kind"] == "step").count()
+    );
+    assert!(steps.len() >= 4);
+    let (tasks, _) = drain(&c, json!({"kinds": ["task"], "session_id": sid})).await;
+    assert!(
+        tasks
+            .iter()
+            .all(|e| e["kind"] == "task" && e["subject"] == json!(tid))
+    );
+
+    // A page never repeats or skips: pages of 3 give the same events as one call.
+    let (one, _) = drain(&c, json!({"session_id": sid, "limit": 1000})).await;
+    assert_eq!(one, events);
+
+    // Bad input is refused with a hint.
+    err(
+        &c,
+        "get_events",
+        json!({"since": "yesterday"}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    err(&c, "get_events", json!({"limit": 0}), "INVALID_PARAMETERS").await;
+    err(
+        &c,
+        "get_events",
+        json!({"kinds": ["weather"]}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    err(
+        &c,
+        "get_events",
+        json!({"session_id": "ses_nope"}),
+        "NOT_FOUND",
+    )
+    .await;
+    c.cancel().await.ok();
+}
+
+#[tokio::test]
+async fn project_events_and_other_principals_see_nothing() {
+    let env = Env::new();
+    let (a, b) = (env.path().join("alice.tok"), env.path().join("bob.tok"));
+    std::fs::write(&a, "alice-secret-token-0123456789").unwrap();
+    std::fs::write(&b, "bob-secret-token-0123456789ab").unwrap();
+    let tokens = env.config(&format!(
+        "[[auth.tokens]]\nname = \"alice\"\ntoken_file = \"{}\"\n[[auth.tokens]]\nname = \"bob\"\ntoken_file = \"{}\"\n",
+        a.display(),
+        b.display()
+    ));
+    let srv = env.http(&["--config", tokens.to_str().unwrap()]).await;
+    let alice = srv
+        .client(Era::Legacy, Some("alice-secret-token-0123456789"))
+        .await;
+    let bob = srv
+        .client(Era::Modern, Some("bob-secret-token-0123456789ab"))
+        .await;
+    let p = ok(&alice, "create_project", json!({"name": format!("ev-{}", uuid::Uuid::new_v4().simple()), "template": "data_pipeline"})).await;
+    let pid = p["project_id"].as_str().unwrap().to_string();
+    let (mine, cursor) = drain(&alice, json!({"kinds": ["project"]})).await;
+    assert!(
+        mine.iter()
+            .any(|e| e["subject"] == json!(pid) && e["status"] == "planning"),
+        "{mine:?}"
+    );
+    assert!(mine.iter().all(|e| e.get("session_id").is_none()));
+    let (theirs, _) = drain(&bob, json!({})).await;
+    assert!(
+        theirs.iter().all(|e| e["subject"] != json!(pid)),
+        "bob sees alice's project: {theirs:?}"
+    );
+    // Only what came after the cursor.
+    let (after, _) = drain(&alice, json!({"since": cursor})).await;
+    assert!(after.is_empty(), "{after:?}");
+    drop(srv);
+}
+
+#[tokio::test]
+async fn a_cursor_holds_across_a_restart() {
+    let env = Env::new();
+    let (before, cursor) = {
+        let c = env.stdio(Era::Legacy, &[]).await;
+        define(&c).await;
+        let r = ok(
+            &c,
+            "execute_workflow",
+            json!({"workflow_name": "pair", "wait_seconds": 30}),
+        )
+        .await;
+        assert_eq!(r["status"], "succeeded");
+        let (events, cursor) = drain(&c, json!({})).await;
+        c.cancel().await.ok();
+        (events, cursor)
+    };
+    assert!(!before.is_empty());
+    let c = env.stdio(Era::Modern, &[]).await;
+    // Nothing new yet: the cursor of the last call still points at the end.
+    let (none, same) = drain(&c, json!({"since": cursor})).await;
+    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(same, cursor);
+    let r = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "pair", "wait_seconds": 30}),
+    )
+    .await;
+    let (after, _) = drain(&c, json!({"since": cursor})).await;
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|e| e["run_id"] == r["run_id"]),
+        "{after:?}"
+    );
+    // The events of the first server are still kept, in front.
+    let (all, _) = drain(&c, json!({})).await;
+    assert_eq!(&all[..before.len()], &before[..]);
+    assert_eq!(all.len(), before.len() + after.len());
+    c.cancel().await.ok();
+}
+
+#[tokio::test]
+async fn old_events_are_pruned() {
+    let env = Env::new();
+    let cfg = env.config("[events]\nretention_hours = 0.0003\nprune_interval_seconds = 1\n");
+    let c = env
+        .stdio(Era::Legacy, &["--config", cfg.to_str().unwrap()])
+        .await;
+    let s = ok(&c, "create_session", json!({"name": "short-lived"})).await;
+    let (first, _) = drain(&c, json!({"session_id": s["session_id"]})).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    // Retention ~1 s, pruned every second: the event goes (bounded wait, no timing assertion).
+    let mut gone = false;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (now, _) = drain(&c, json!({"session_id": s["session_id"]})).await;
+        if now.is_empty() {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the event was never pruned");
+    c.cancel().await.ok();
+}
