@@ -76,6 +76,14 @@ async fn profiles_stay_within_their_token_budgets() {
         let standard = env.stdio(era, &["--tools", "standard"]).await;
         let (std_bytes, std_names) = listed(&standard).await;
         assert!(bytes < std_bytes && std_bytes < all_bytes);
+        eprintln!(
+            "tools/list ({era:?}): core {bytes} B ≈ {} tokens, standard {} tools {std_bytes} B ≈ {} tokens, all {} tools {all_bytes} B ≈ {} tokens",
+            bytes / 4,
+            std_names.len(),
+            std_bytes / 4,
+            all_names.len(),
+            all_bytes / 4
+        );
         for original in [
             "create_session",
             "execute_workflow",

@@ -1248,6 +1248,67 @@ mod contract {
         }
     }
 
+    /// PostgreSQL: an event committed while an older transaction that wrote
+    /// events is still open stays unseen until that one ends, so a reader
+    /// following cursors cannot step past the older transaction's events.
+    #[tokio::test]
+    async fn postgres_events_wait_for_older_transactions() {
+        let base = std::env::var("TEST_MYRMEX_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("contract_{}_ev", uuid::Uuid::new_v4().simple());
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}schema={schema}");
+        let store = postgres::PostgresStore::open(&url).await.unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(
+                base.parse::<sqlx::postgres::PgConnectOptions>()
+                    .unwrap()
+                    .options([("search_path", schema.as_str())]),
+            )
+            .await
+            .unwrap();
+        let insert = "INSERT INTO events (at, kind, subject, status, data) \
+                      VALUES (1, 'session', $1, 'active', '{}')";
+        let mut older = pool.begin().await.unwrap();
+        sqlx::query(insert)
+            .bind("older")
+            .execute(&mut *older)
+            .await
+            .unwrap();
+        let mut newer = pool.begin().await.unwrap();
+        sqlx::query(insert)
+            .bind("newer")
+            .execute(&mut *newer)
+            .await
+            .unwrap();
+        newer.commit().await.unwrap();
+        let all = EventWindow {
+            after: EventCursor::default(),
+            scan: 10,
+        };
+        assert_eq!(store.events(&all).await.unwrap(), vec![]);
+        older.commit().await.unwrap();
+        // Other transactions of the cluster (parallel tests) may hold the horizon a moment longer.
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            seen = store.events(&all).await.unwrap();
+            if seen.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        let subjects: Vec<&str> = seen.iter().map(|e| e.subject.as_str()).collect();
+        assert_eq!(subjects, ["older", "newer"]);
+        assert!(seen[0].cursor < seen[1].cursor);
+        pool.close().await;
+        let admin = sqlx::PgPool::connect(&base).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+
     /// Projects: unique names, lookups by id and name, filtered pages, updates, deletes.
     async fn check_projects(store: Arc<dyn Store>) {
         let p = |id: &str, name: &str, at: i64, kind: &str, tags: &str| ProjectRecord {
