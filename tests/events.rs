@@ -195,21 +195,10 @@ async fn every_kind_of_change_is_an_event_in_order_and_filters_narrow_them() {
 #[tokio::test]
 async fn project_events_and_other_principals_see_nothing() {
     let env = Env::new();
-    let (a, b) = (env.path().join("alice.tok"), env.path().join("bob.tok"));
-    std::fs::write(&a, "alice-secret-token-0123456789").unwrap();
-    std::fs::write(&b, "bob-secret-token-0123456789ab").unwrap();
-    let tokens = env.config(&format!(
-        "[[auth.tokens]]\nname = \"alice\"\ntoken_file = \"{}\"\n[[auth.tokens]]\nname = \"bob\"\ntoken_file = \"{}\"\n",
-        a.display(),
-        b.display()
-    ));
+    let tokens = env.two_principals();
     let srv = env.http(&["--config", tokens.to_str().unwrap()]).await;
-    let alice = srv
-        .client(Era::Legacy, Some("alice-secret-token-0123456789"))
-        .await;
-    let bob = srv
-        .client(Era::Modern, Some("bob-secret-token-0123456789ab"))
-        .await;
+    let alice = srv.client(Era::Legacy, Some(ALICE_TOKEN)).await;
+    let bob = srv.client(Era::Modern, Some(BOB_TOKEN)).await;
     let p = ok(&alice, "create_project", json!({"name": format!("ev-{}", uuid::Uuid::new_v4().simple()), "template": "data_pipeline"})).await;
     let pid = p["project_id"].as_str().unwrap().to_string();
     let (mine, cursor) = drain(&alice, json!({"kinds": ["project"]})).await;

@@ -255,22 +255,11 @@ async fn clients_without_tasks_keep_the_synchronous_answer() {
 #[tokio::test]
 async fn tasks_over_http_are_found_across_requests_and_kept_per_principal() {
     let env = Env::new();
-    let (a, b) = (env.path().join("alice.tok"), env.path().join("bob.tok"));
-    std::fs::write(&a, "alice-secret-token-0123456789").unwrap();
-    std::fs::write(&b, "bob-secret-token-0123456789ab").unwrap();
-    let cfg = env.config(&format!(
-        "[[auth.tokens]]\nname = \"alice\"\ntoken_file = \"{}\"\n[[auth.tokens]]\nname = \"bob\"\ntoken_file = \"{}\"\n",
-        a.display(),
-        b.display()
-    ));
+    let cfg = env.two_principals();
     let srv = env.http(&["--config", cfg.to_str().unwrap()]).await;
     for era in ERAS {
-        let alice = srv
-            .client_with(era, Some("alice-secret-token-0123456789"), with_tasks())
-            .await;
-        let bob = srv
-            .client_with(era, Some("bob-secret-token-0123456789ab"), with_tasks())
-            .await;
+        let alice = srv.client_with(era, Some(ALICE_TOKEN), with_tasks()).await;
+        let bob = srv.client_with(era, Some(BOB_TOKEN), with_tasks()).await;
         define(&alice).await;
         let id = start_task(&alice, "execute_workflow", json!({"workflow_name": "long"})).await;
         for attempt in [

@@ -594,6 +594,10 @@ pub async fn open(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
 mod contract {
     use super::*;
 
+    async fn window(store: &dyn Store, after: EventCursor, scan: u32) -> Vec<StoredEvent> {
+        store.events(&EventWindow { after, scan }).await.unwrap()
+    }
+
     fn rec(id: &str, principal: &str, created_at: i64, is_default: bool) -> SessionRecord {
         SessionRecord {
             id: id.into(),
@@ -1123,13 +1127,7 @@ mod contract {
             ..b2.clone()
         };
         store.update_tasks(&[renewed]).await.unwrap();
-        let events = store
-            .events(&EventWindow {
-                after: EventCursor::default(),
-                scan: 100,
-            })
-            .await
-            .unwrap();
+        let events = window(&*store, EventCursor::default(), 100).await;
         let seen: Vec<(&str, &str)> = events
             .iter()
             .map(|e| (e.subject.as_str(), e.status.as_str()))
@@ -1148,23 +1146,11 @@ mod contract {
             && e.principal.as_deref() == Some("p")
             && e.session_id.as_deref() == Some("ses_t")));
         // Windows: from a cursor, at most `scan`.
-        let rest = store
-            .events(&EventWindow {
-                after: events[1].cursor,
-                scan: 1,
-            })
-            .await
-            .unwrap();
+        let rest = window(&*store, events[1].cursor, 1).await;
         assert_eq!(rest, events[2..3]);
         // Pruning goes by time (these events carry their records' updated_at).
         assert_eq!(store.prune_events(2).await.unwrap(), 3);
-        let left = store
-            .events(&EventWindow {
-                after: EventCursor::default(),
-                scan: 100,
-            })
-            .await
-            .unwrap();
+        let left = window(&*store, EventCursor::default(), 100).await;
         assert_eq!(left, events[3..]);
         let stats = store.task_stats().await.unwrap();
         assert_eq!(

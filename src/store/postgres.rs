@@ -32,18 +32,6 @@ pub struct PostgresStore {
     events: tokio::sync::broadcast::Sender<String>,
 }
 
-// Step writes are the hot path and runs are few: boxing either side only adds an allocation.
-#[allow(clippy::large_enum_variant)]
-enum WriteOp {
-    Run(RunRecord),
-    Step(StepRecord),
-}
-
-struct Write {
-    op: WriteOp,
-    done: tokio::sync::oneshot::Sender<Result<(), String>>,
-}
-
 /// Most updates committed in one transaction.
 const GROUP_COMMIT_MAX: usize = 512;
 
@@ -94,34 +82,15 @@ async fn write_steps(
 async fn commit_batch(conn: &mut sqlx::PgConnection, batch: &[Write]) -> Result<(), sqlx::Error> {
     use sqlx::Connection as _;
     let run_sql = upsert_run_sql();
-    // Rows are replaced whole, and the batch commits atomically: only the last
-    // write of each row in it needs to be applied, and the order between rows
-    // does not matter.
-    let mut seen = std::collections::HashSet::new();
-    let (mut runs, mut steps) = (Vec::new(), Vec::new());
-    for w in batch.iter().rev() {
-        match &w.op {
-            WriteOp::Run(r) if seen.insert((r.id.as_str(), "")) => runs.push(r),
-            WriteOp::Step(s) if seen.insert((s.run_id.as_str(), s.name.as_str())) => steps.push(s),
-            _ => {}
-        }
-    }
-    // Every write is a change with its event, in the order made.
-    let now = crate::engine::now_ms();
-    let events: Vec<EventRecord> = batch
-        .iter()
-        .map(|w| match &w.op {
-            WriteOp::Run(r) => EventRecord::run(r),
-            WriteOp::Step(s) => EventRecord::step(s, now),
-        })
-        .collect();
+    let (runs, steps) = latest(batch);
+    let events = batch_events(batch);
     let mut tx = conn.begin().await?;
-    insert_events(&mut tx, &events).await?;
     for r in runs {
         bind_run(query(AssertSqlSafe(run_sql.clone())), r)
             .execute(&mut *tx)
             .await?;
     }
+    insert_events(&mut tx, &events).await?;
     write_steps(&mut tx, true, &steps).await?;
     tx.commit().await
 }

@@ -412,10 +412,10 @@ macro_rules! shared_rows {
             if events.is_empty() {
                 return Ok(());
             }
-            let first = event_seq_base(&mut *conn, events.len()).await?;
-            let mut next = first;
+            // Numbered here when the store numbers them itself (SQLite).
+            let mut next = event_seq_base(&mut *conn, events.len()).await?;
+            let seq = if next.is_some() { "seq, " } else { "" };
             for chunk in events.chunks(EVENT_ROWS_PER_STATEMENT) {
-                let seq = if first.is_some() { "seq, " } else { "" };
                 let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
                     "INSERT INTO events ({seq}{EVENT_COLUMNS}) "
                 ));
@@ -436,6 +436,49 @@ macro_rules! shared_rows {
                 qb.build().execute(&mut *conn).await?;
             }
             Ok(())
+        }
+
+        /// The event of each write of a group commit, in the order made.
+        fn batch_events(batch: &[Write]) -> Vec<EventRecord> {
+            let now = crate::engine::now_ms();
+            batch
+                .iter()
+                .map(|w| match &w.op {
+                    WriteOp::Run(r) => EventRecord::run(r),
+                    WriteOp::Step(s) => EventRecord::step(s, now),
+                })
+                .collect()
+        }
+
+        /// The last write of each run and step in a batch: rows are replaced
+        /// whole and the batch commits atomically, so only those need applying,
+        /// and the order between rows does not matter.
+        fn latest(batch: &[Write]) -> (Vec<&RunRecord>, Vec<&StepRecord>) {
+            let mut seen = std::collections::HashSet::new();
+            let (mut runs, mut steps) = (Vec::new(), Vec::new());
+            for w in batch.iter().rev() {
+                match &w.op {
+                    WriteOp::Run(r) if seen.insert((r.id.as_str(), "")) => runs.push(r),
+                    WriteOp::Step(s) if seen.insert((s.run_id.as_str(), s.name.as_str())) => {
+                        steps.push(s)
+                    }
+                    _ => {}
+                }
+            }
+            (runs, steps)
+        }
+
+        // Step writes are the hot path and runs are few: boxing either side only adds an allocation.
+        #[allow(clippy::large_enum_variant)]
+        enum WriteOp {
+            Run(RunRecord),
+            Step(StepRecord),
+        }
+
+        /// One update queued for the group-commit writer.
+        struct Write {
+            op: WriteOp,
+            done: tokio::sync::oneshot::Sender<Result<(), String>>,
         }
 
         fn event_from_row(r: &$row) -> Result<StoredEvent, sqlx::Error> {

@@ -21,6 +21,10 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_myrmex")
 }
 
+/// Bearer tokens of [`Env::two_principals`].
+pub const ALICE_TOKEN: &str = "alice-secret-token-0123456789";
+pub const BOB_TOKEN: &str = "bob-secret-token-0123456789ab";
+
 /// Which protocol era a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Era {
@@ -109,6 +113,19 @@ impl Env {
         let p = self.dir.path().join("myrmex.toml");
         std::fs::write(&p, toml).expect("write config");
         p
+    }
+
+    /// A config with two bearer tokens: principals `alice` ([`ALICE_TOKEN`])
+    /// and `bob` ([`BOB_TOKEN`]). Returns its path.
+    pub fn two_principals(&self) -> PathBuf {
+        let (a, b) = (self.path().join("alice.tok"), self.path().join("bob.tok"));
+        std::fs::write(&a, ALICE_TOKEN).expect("write token");
+        std::fs::write(&b, BOB_TOKEN).expect("write token");
+        self.config(&format!(
+            "[[auth.tokens]]\nname = \"alice\"\ntoken_file = \"{}\"\n[[auth.tokens]]\nname = \"bob\"\ntoken_file = \"{}\"\n",
+            a.display(),
+            b.display()
+        ))
     }
 
     /// `myrmex --data-dir DIR <args>` with a clean MYRMEX_* environment. On
