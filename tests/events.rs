@@ -284,3 +284,28 @@ async fn old_events_are_pruned() {
     assert!(gone, "the event was never pruned");
     c.cancel().await.ok();
 }
+
+#[tokio::test]
+async fn a_page_of_events_stays_under_the_answer_limit() {
+    let env = Env::new();
+    let cfg = env.config("[limits]\nmax_result_bytes = 4096\n");
+    let c = env
+        .stdio(Era::Modern, &["--config", cfg.to_str().unwrap()])
+        .await;
+    let names: Vec<Value> = (0..120)
+        .map(|i| json!({"name": format!("task-with-a-longish-name-{i:03}")}))
+        .collect();
+    ok(&c, "create_tasks", json!({"tasks": names})).await;
+    let page = ok(&c, "get_events", json!({"kinds": ["task"], "limit": 1000})).await;
+    let n = page["events"].as_array().unwrap().len();
+    assert!(n > 0 && n < 120, "{n} events in one page");
+    assert_eq!(page["more"], true);
+    assert!(serde_json::to_string(&page).unwrap().len() <= 4096);
+    // Following next_cursor gets every one, each once.
+    let (all, _) = drain(&c, json!({"kinds": ["task"], "limit": 1000})).await;
+    assert_eq!(all.len(), 120);
+    let mut subjects: Vec<&str> = all.iter().map(|e| e["subject"].as_str().unwrap()).collect();
+    subjects.dedup();
+    assert_eq!(subjects.len(), 120);
+    c.cancel().await.ok();
+}
