@@ -352,29 +352,28 @@ impl ServerHandler for MyrmexServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let started = Instant::now();
-        if self.wants_task(&name, &context) {
-            let result = self.call_as_task(request, context).await;
-            let ok = match &result {
-                Ok(CallToolResponse::Task(_)) => true,
-                Ok(CallToolResponse::Complete(r)) => r.is_error != Some(true),
-                _ => false,
+        let result = if self.wants_task(&name, &context) {
+            // Answers at once with a task that follows the run (tasks_ext.rs).
+            self.call_as_task(request, context).await
+        } else {
+            // A call whose client went away (or cancelled it) stops waiting; work it
+            // started (runs, tasks) goes on and can be followed with other calls.
+            let cancelled = context.ct.clone();
+            let tcc = ToolCallContext::new(self, request, context);
+            let result = tokio::select! {
+                r = self.tool_router.call(tcc) => r,
+                _ = cancelled.cancelled() => {
+                    tracing::debug!(tool = %name, "tool call cancelled by the client");
+                    Err(ErrorData::internal_error("the call was cancelled", None))
+                }
             };
-            self.engine.metrics().record(&name, ok, started.elapsed());
-            return result;
-        }
-        // A call whose client went away (or cancelled it) stops waiting; work it
-        // started (runs, tasks) goes on and can be followed with other calls.
-        let cancelled = context.ct.clone();
-        let tcc = ToolCallContext::new(self, request, context);
-        let result = tokio::select! {
-            r = self.tool_router.call(tcc) => r,
-            _ = cancelled.cancelled() => {
-                tracing::debug!(tool = %name, "tool call cancelled by the client");
-                Err(ErrorData::internal_error("the call was cancelled", None))
-            }
+            self.bounded(&name, result)
         };
-        let result = self.bounded(&name, result);
-        let ok = matches!(&result, Ok(CallToolResponse::Complete(r)) if r.is_error != Some(true));
+        let ok = match &result {
+            Ok(CallToolResponse::Task(_)) => true,
+            Ok(CallToolResponse::Complete(r)) => r.is_error != Some(true),
+            _ => false,
+        };
         if self.tool_router.has_route(&name) {
             self.engine.metrics().record(&name, ok, started.elapsed());
         }
