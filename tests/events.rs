@@ -36,6 +36,31 @@ async fn drain(c: &Client, args: Value) -> (Vec<Value>, String) {
     }
 }
 
+/// [`drain`] once `done` holds for what it read. On PostgreSQL an event
+/// becomes visible once every older transaction of the database server has
+/// ended (a moment under load); it is never skipped (bounded wait).
+async fn drain_until(
+    c: &Client,
+    args: Value,
+    done: impl Fn(&[Value]) -> bool,
+) -> (Vec<Value>, String) {
+    for _ in 0..400 {
+        let r = drain(c, args.clone()).await;
+        if done(&r.0) {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the expected events never became visible: {args}");
+}
+
+/// Is there an event of this kind, subject and status?
+fn has(events: &[Value], kind: &str, subject: &Value, status: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e["kind"] == kind && e["subject"] == *subject && e["status"] == status)
+}
+
 async fn define(c: &Client) {
     ok(
         c,
@@ -91,7 +116,10 @@ async fn every_kind_of_change_is_an_event_in_order_and_filters_narrow_them() {
     .await;
     ok(&c, "close_session", json!({"session_id": sid})).await;
 
-    let (events, _) = drain(&c, json!({"session_id": sid, "limit": 3})).await;
+    let (events, _) = drain_until(&c, json!({"session_id": sid, "limit": 3}), |e| {
+        has(e, "session", &sid, "closed")
+    })
+    .await;
     let seen: Vec<(String, String, String)> = kinds_statuses(&json!({"events": events}));
     let has =
         |k: &str, subj: &str, st: &str| seen.iter().any(|(a, b, c)| a == k && b == subj && c == st);
@@ -201,7 +229,10 @@ async fn project_events_and_other_principals_see_nothing() {
     let bob = srv.client(Era::Modern, Some(BOB_TOKEN)).await;
     let p = ok(&alice, "create_project", json!({"name": format!("ev-{}", uuid::Uuid::new_v4().simple()), "template": "data_pipeline"})).await;
     let pid = p["project_id"].as_str().unwrap().to_string();
-    let (mine, cursor) = drain(&alice, json!({"kinds": ["project"]})).await;
+    let (mine, cursor) = drain_until(&alice, json!({"kinds": ["project"]}), |e| {
+        has(e, "project", &json!(pid), "planning")
+    })
+    .await;
     assert!(
         mine.iter()
             .any(|e| e["subject"] == json!(pid) && e["status"] == "planning"),
@@ -232,7 +263,8 @@ async fn a_cursor_holds_across_a_restart() {
         )
         .await;
         assert_eq!(r["status"], "succeeded");
-        let (events, cursor) = drain(&c, json!({})).await;
+        let (events, cursor) =
+            drain_until(&c, json!({}), |e| has(e, "run", &r["run_id"], "succeeded")).await;
         c.cancel().await.ok();
         (events, cursor)
     };
@@ -248,7 +280,10 @@ async fn a_cursor_holds_across_a_restart() {
         json!({"workflow_name": "pair", "wait_seconds": 30}),
     )
     .await;
-    let (after, _) = drain(&c, json!({"since": cursor})).await;
+    let (after, _) = drain_until(&c, json!({"since": cursor}), |e| {
+        has(e, "run", &r["run_id"], "succeeded")
+    })
+    .await;
     assert!(!after.is_empty());
     assert!(
         after.iter().all(|e| e["run_id"] == r["run_id"]),
@@ -269,7 +304,10 @@ async fn old_events_are_pruned() {
         .stdio(Era::Legacy, &["--config", cfg.to_str().unwrap()])
         .await;
     let s = ok(&c, "create_session", json!({"name": "short-lived"})).await;
-    let (first, _) = drain(&c, json!({"session_id": s["session_id"]})).await;
+    let (first, _) = drain_until(&c, json!({"session_id": s["session_id"]}), |e| {
+        !e.is_empty()
+    })
+    .await;
     assert_eq!(first.len(), 1, "{first:?}");
     // Retention ~1 s, pruned every second: the event goes (bounded wait, no timing assertion).
     let mut gone = false;
@@ -296,13 +334,17 @@ async fn a_page_of_events_stays_under_the_answer_limit() {
         .map(|i| json!({"name": format!("task-with-a-longish-name-{i:03}")}))
         .collect();
     ok(&c, "create_tasks", json!({"tasks": names})).await;
+    // Following next_cursor gets every one, each once.
+    let (all, _) = drain_until(&c, json!({"kinds": ["task"], "limit": 1000}), |e| {
+        e.len() == 120
+    })
+    .await;
     let page = ok(&c, "get_events", json!({"kinds": ["task"], "limit": 1000})).await;
     let n = page["events"].as_array().unwrap().len();
     assert!(n > 0 && n < 120, "{n} events in one page");
     assert_eq!(page["more"], true);
     assert!(serde_json::to_string(&page).unwrap().len() <= 4096);
-    // Following next_cursor gets every one, each once.
-    let (all, _) = drain(&c, json!({"kinds": ["task"], "limit": 1000})).await;
+
     assert_eq!(all.len(), 120);
     let mut subjects: Vec<&str> = all.iter().map(|e| e["subject"].as_str().unwrap()).collect();
     subjects.dedup();
