@@ -119,15 +119,13 @@ impl Engine {
                 break;
             }
         }
-        let views: Vec<EventView> = found.into_iter().map(view).collect();
+        let cursors: Vec<EventCursor> = found.iter().map(|e| e.cursor).collect();
         let budget = self.config().limits.max_result_bytes * 9 / 10;
-        let n = views.len();
-        let events = super::fitting(views, budget);
-        if events.len() < n {
+        let events = super::fitting(found.into_iter().map(view), budget);
+        if events.len() < cursors.len() {
+            // Fitting keeps at least one: continue after the last one answered.
             more = true;
-            if let Some(last) = events.last() {
-                pos = last.cursor.parse().unwrap_or(pos);
-            }
+            pos = cursors[events.len() - 1];
         }
         Ok(EventPage {
             events,

@@ -14,9 +14,6 @@ use std::fmt;
 
 use super::{AllocationRecord, ProjectRecord, RunRecord, SessionRecord, StepRecord, TaskRecord};
 
-/// The kinds of events, as callers filter them.
-pub const EVENT_KINDS: &[&str] = &["session", "run", "step", "task", "allocation", "project"];
-
 /// One event to record. `principal` and `session_id` are None for step
 /// events (they come from the step's run when read).
 #[derive(Debug, Clone, PartialEq)]

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 
 use crate::config::StoreSpec;
 
-pub use events::{EVENT_KINDS, EventCursor, EventRecord, EventWindow, StoredEvent};
+pub use events::{EventCursor, EventRecord, EventWindow, StoredEvent};
 
 /// A failure of the store itself (not of the caller's request).
 #[derive(Debug, thiserror::Error)]

@@ -311,19 +311,6 @@ async fn upsert_allocation(
     Ok(())
 }
 
-/// The events of stored allocations.
-async fn allocation_events(
-    conn: &mut sqlx::PgConnection,
-    allocations: &[AllocationRecord],
-) -> Result<(), sqlx::Error> {
-    let now = crate::engine::now_ms();
-    let events: Vec<EventRecord> = allocations
-        .iter()
-        .map(|a| EventRecord::allocation(a, now))
-        .collect();
-    insert_events(conn, &events).await
-}
-
 /// Sequence numbers come from the column default (`events_seq`).
 async fn event_seq_base(_: &mut sqlx::PgConnection, _: usize) -> Result<Option<i64>, sqlx::Error> {
     Ok(None)

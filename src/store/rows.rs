@@ -438,6 +438,19 @@ macro_rules! shared_rows {
             Ok(())
         }
 
+        /// Record the events of stored allocations in the caller's transaction.
+        async fn allocation_events(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            allocations: &[AllocationRecord],
+        ) -> Result<(), sqlx::Error> {
+            let now = crate::engine::now_ms();
+            let events: Vec<EventRecord> = allocations
+                .iter()
+                .map(|a| EventRecord::allocation(a, now))
+                .collect();
+            insert_events(conn, &events).await
+        }
+
         /// The event of each write of a group commit, in the order made.
         fn batch_events(batch: &[Write]) -> Vec<EventRecord> {
             let now = crate::engine::now_ms();

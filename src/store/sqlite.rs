@@ -246,12 +246,9 @@ super::rows::sql_store!(SqliteStore, {
                 .await
                 .map_err(db_err)?;
         }
-        let now = crate::engine::now_ms();
-        let events: Vec<EventRecord> = allocations
-            .iter()
-            .map(|a| EventRecord::allocation(a, now))
-            .collect();
-        insert_events(&mut tx, &events).await.map_err(db_err)?;
+        allocation_events(&mut tx, allocations)
+            .await
+            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)
     }
 });

@@ -150,16 +150,13 @@ impl MyrmexServer {
     ) -> Result<Json<EventPage>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        let limit = match a.limit {
-            None => 100,
-            Some(n @ 1..=1000) => n,
-            Some(n) => {
-                return Err(Error::invalid(
-                    format!("limit is {n}; it must be between 1 and 1000"),
-                    "Use a limit between 1 and 1000 and follow next_cursor.",
-                ));
-            }
-        };
+        let limit = crate::engine::session::bounded(
+            "limit",
+            a.limit.map(u64::from),
+            100,
+            1000,
+            "Use a limit between 1 and 1000 and follow next_cursor.",
+        )? as u32;
         let kinds = a
             .kinds
             .iter()
