@@ -15,11 +15,7 @@ use crate::engine::{Engine, Principal};
 pub fn validate(config: &Config, file: &Path) -> anyhow::Result<bool> {
     let spec = parse_file(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let registry = crate::actions::Registry::new(config);
-    let limits = crate::engine::workflow::Limits {
-        max_steps: config.workflows.max_steps,
-        max_definition_bytes: config.workflows.max_definition_bytes,
-        max_nesting_depth: config.workflows.max_nesting_depth,
-    };
+    let limits = crate::engine::workflow::Limits::from_config(&config.workflows);
     match crate::engine::workflow::validate(&spec, &registry, &limits) {
         Ok(plan) => {
             println!(

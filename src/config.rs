@@ -387,8 +387,20 @@ pub struct WorkflowsConfig {
     pub max_steps: usize,
     /// Largest definition, serialized, in bytes.
     pub max_definition_bytes: usize,
-    /// Deepest nesting of step parameters.
+    /// Deepest nesting of step parameters, and of parentheses and `!` in a `when` condition.
     pub max_nesting_depth: usize,
+    /// Longest `when` condition, in bytes.
+    pub max_condition_bytes: usize,
+    /// Longest time limit (`timeout_seconds`) of a step, a workflow or a run.
+    pub max_timeout_seconds: u64,
+    /// Largest parameters of one step once their templates are rendered, in bytes.
+    pub max_rendered_bytes: usize,
+    /// Largest output of one step, and all stored step outputs of one run together, in bytes.
+    /// A step past either fails with LIMIT_EXCEEDED and nothing past the bound is stored.
+    pub max_step_output_bytes: usize,
+    pub max_run_output_bytes: usize,
+    /// Deepest nesting of a rendered parameter value or a step output.
+    pub max_value_depth: usize,
     /// How long execute_workflow waits for the run when the call does not say.
     pub default_wait_seconds: u64,
     /// Longest wait a call may ask for (keep it under the ~60 s clients time out at).
@@ -401,6 +413,12 @@ impl Default for WorkflowsConfig {
             max_steps: 20_000,
             max_definition_bytes: 8 * 1024 * 1024,
             max_nesting_depth: 32,
+            max_condition_bytes: 16 * 1024,
+            max_timeout_seconds: 30 * 24 * 3600,
+            max_rendered_bytes: 16 * 1024 * 1024,
+            max_step_output_bytes: 16 * 1024 * 1024,
+            max_run_output_bytes: 64 * 1024 * 1024,
+            max_value_depth: 64,
             default_wait_seconds: 5,
             max_wait_seconds: 50,
         }
@@ -667,6 +685,20 @@ impl Config {
         if self.workflows.default_wait_seconds > self.workflows.max_wait_seconds {
             anyhow::bail!(
                 "workflows.default_wait_seconds must not exceed workflows.max_wait_seconds"
+            );
+        }
+        let w = &self.workflows;
+        if w.max_nesting_depth == 0 || w.max_nesting_depth > 100 {
+            anyhow::bail!("workflows.max_nesting_depth must be between 1 and 100");
+        }
+        if w.max_value_depth < w.max_nesting_depth || w.max_value_depth > 120 {
+            anyhow::bail!(
+                "workflows.max_value_depth must be between workflows.max_nesting_depth and 120 (JSON read back from the store nests at most 128 levels)"
+            );
+        }
+        if w.max_timeout_seconds == 0 || w.max_step_output_bytes > w.max_run_output_bytes {
+            anyhow::bail!(
+                "workflows.max_timeout_seconds must be at least 1, and workflows.max_step_output_bytes must not exceed workflows.max_run_output_bytes"
             );
         }
         if self.http.max_body_bytes < 1024 {

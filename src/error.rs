@@ -141,6 +141,29 @@ impl ErrorCode {
     }
 }
 
+/// Longest excerpt of caller input that a message quotes, in bytes.
+pub const EXCERPT_BYTES: usize = 120;
+
+/// At most the first `max` bytes of `s`, ending on a character boundary.
+pub fn char_prefix(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `s` as a message may quote it: whole when short, else its first
+/// [`EXCERPT_BYTES`] and how much was left out. Messages never repeat what a
+/// caller sent in full (an 8 MiB name comes back as 120 bytes and a count).
+pub fn excerpt(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= EXCERPT_BYTES {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let head = char_prefix(s, EXCERPT_BYTES);
+    std::borrow::Cow::Owned(format!("{head}… (+{} bytes)", s.len() - head.len()))
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -97,10 +97,19 @@ pub async fn run(
             plan.action.clone(),
             plan.params.clone(),
         );
-        let mut fut = Box::pin(async move { registry.call(&module, &action, p, ctx).await });
+        // A panic inside an action fails this attempt (INTERNAL_ERROR, not
+        // retried), never the run driver or the server.
+        let mut fut = Box::pin(async move {
+            use futures::FutureExt as _;
+            let name = format!("{module}.{action}");
+            std::panic::AssertUnwindSafe(registry.call(&module, &action, p, ctx))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(panicked(&name, panic.as_ref())))
+        });
         let deadline = plan
             .timeout_seconds
-            .map(|t| tokio::time::Instant::now() + Duration::from_secs(t));
+            .map(|t| super::bounds::deadline_after(Duration::from_secs(t)));
         let outcome = tokio::select! {
             r = &mut fut => Outcome::Done(r),
             _ = sleep_until(deadline) => Outcome::Timeout,
@@ -147,7 +156,11 @@ pub async fn run(
         let timed_out = code == ErrorCode::TimeoutExceeded;
         let retryable = !matches!(
             code,
-            ErrorCode::InvalidParameters | ErrorCode::ModuleNotFound | ErrorCode::PermissionDenied
+            ErrorCode::InvalidParameters
+                | ErrorCode::ModuleNotFound
+                | ErrorCode::PermissionDenied
+                | ErrorCode::LimitExceeded
+                | ErrorCode::InternalError
         );
         if attempt >= max_attempts || !retryable {
             return Ok((
@@ -168,6 +181,23 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The error of an action that panicked, with the panic's message.
+pub fn panicked(what: &str, panic: &(dyn std::any::Any + Send)) -> ActionError {
+    let why = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    tracing::error!(action = what, panic = %why, "an action panicked");
+    ActionError::new(
+        ErrorCode::InternalError,
+        format!(
+            "{what} failed inside myrmex ({}); this is a bug, the rest of the run goes on",
+            crate::error::excerpt(&why)
+        ),
+    )
 }
 
 enum Outcome {

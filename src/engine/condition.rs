@@ -5,18 +5,27 @@
 //! `|| && ! == != < <= > >=` and parentheses; literals: strings ('..' or ".."),
 //! numbers, `true`, `false`, `null`. A lone value is tested for truthiness
 //! (null, false, 0, "", [] and {} are false).
+//!
+//! Input is bounded before it is used: a condition longer than
+//! `workflows.max_condition_bytes` is refused before it is read, `&&`/`||`
+//! chains are n-ary (a chain of any length is one level), and parentheses
+//! and `!` may nest at most `max_depth` levels (`workflows.max_nesting_depth`),
+//! so neither parsing, evaluating nor dropping an expression can exhaust the stack.
 
 use serde_json::Value;
 
 use super::template::{Ref, Scope, lookup, parse_ref};
+use crate::error::excerpt;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     Lit(Value),
     Ref(Ref, String),
     Not(Box<Expr>),
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    /// Every operand is true (evaluated left to right, stopping at the first false).
+    And(Vec<Expr>),
+    /// Some operand is true (evaluated left to right, stopping at the first true).
+    Or(Vec<Expr>),
     Cmp(Box<Expr>, Op, Box<Expr>),
 }
 
@@ -42,14 +51,45 @@ enum Tok {
     Close,
 }
 
-pub fn parse(src: &str) -> Result<Expr, String> {
+/// How large and how deeply nested a condition may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Longest condition in bytes (`workflows.max_condition_bytes`).
+    pub max_bytes: usize,
+    /// Deepest nesting of parentheses and `!` (`workflows.max_nesting_depth`).
+    pub max_depth: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            max_bytes: 16 * 1024,
+            max_depth: 32,
+        }
+    }
+}
+
+pub fn parse(src: &str, bounds: Bounds) -> Result<Expr, String> {
+    if src.len() > bounds.max_bytes {
+        return Err(format!(
+            "the condition is {} bytes; the limit is {} (workflows.max_condition_bytes)",
+            src.len(),
+            bounds.max_bytes
+        ));
+    }
     let toks = lex(src)?;
-    let mut p = Parser { toks, i: 0 };
+    let mut p = Parser {
+        toks,
+        i: 0,
+        depth: 0,
+        max_depth: bounds.max_depth,
+    };
     let e = p.or()?;
     if p.i != p.toks.len() {
         return Err(format!(
-            "unexpected '{}' in condition \"{src}\"",
-            describe(&p.toks[p.i])
+            "unexpected '{}' in condition \"{}\"",
+            describe(&p.toks[p.i]),
+            excerpt(src)
         ));
     }
     Ok(e)
@@ -57,8 +97,8 @@ pub fn parse(src: &str) -> Result<Expr, String> {
 
 fn describe(t: &Tok) -> String {
     match t {
-        Tok::Val(v) => v.to_string(),
-        Tok::Ref(_, raw) => raw.clone(),
+        Tok::Val(v) => excerpt(&v.to_string()).into_owned(),
+        Tok::Ref(_, raw) => excerpt(raw).into_owned(),
         Tok::Op(o) => format!("{o:?}"),
         Tok::And => "&&".into(),
         Tok::Or => "||".into(),
@@ -89,7 +129,7 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
             _ if two == "{{" => {
                 let end = s[i + 2..]
                     .find("}}")
-                    .ok_or_else(|| format!("'{{{{' without '}}}}' in \"{src}\""))?
+                    .ok_or_else(|| format!("'{{{{' without '}}}}' in \"{}\"", excerpt(src)))?
                     + i
                     + 2;
                 let raw = &s[i..end + 2];
@@ -127,7 +167,7 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
             b'\'' | b'"' => {
                 let end = s[i + 1..]
                     .find(c as char)
-                    .ok_or_else(|| format!("unterminated string in \"{src}\""))?
+                    .ok_or_else(|| format!("unterminated string in \"{}\"", excerpt(src)))?
                     + i
                     + 1;
                 out.push(Tok::Val(Value::String(s[i + 1..end].to_string())));
@@ -144,14 +184,14 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
                     i += 1;
                 }
                 let n: Value = serde_json::from_str(&s[start..i])
-                    .map_err(|_| format!("bad number '{}'", &s[start..i]))?;
+                    .map_err(|_| format!("bad number '{}'", excerpt(&s[start..i])))?;
                 out.push(Tok::Val(n));
             }
             _ if c.is_ascii_alphabetic() || c == b'_' || c == b'$' => {
                 if two == "${" {
                     let end = s[i..]
                         .find('}')
-                        .ok_or_else(|| format!("'${{' without '}}' in \"{src}\""))?
+                        .ok_or_else(|| format!("'${{' without '}}' in \"{}\"", excerpt(src)))?
                         + i;
                     let raw = &s[i..=end];
                     out.push(Tok::Ref(
@@ -176,7 +216,13 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
                     _ => Tok::Ref(parse_ref(word, false)?, word.to_string()),
                 });
             }
-            _ => return Err(format!("unexpected '{}' in condition \"{src}\"", c as char)),
+            _ => {
+                let c = s[i..].chars().next().unwrap_or('?');
+                return Err(format!(
+                    "unexpected '{c}' in condition \"{}\"",
+                    excerpt(src)
+                ));
+            }
         }
     }
     Ok(out)
@@ -185,6 +231,9 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
 struct Parser {
     toks: Vec<Tok>,
     i: usize,
+    /// Parentheses and `!` open around the current position.
+    depth: usize,
+    max_depth: usize,
 }
 
 impl Parser {
@@ -193,21 +242,41 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Expr, String> {
-        let mut l = self.and()?;
+        let first = self.and()?;
+        if self.peek() != Some(&Tok::Or) {
+            return Ok(first);
+        }
+        let mut all = vec![first];
         while self.peek() == Some(&Tok::Or) {
             self.i += 1;
-            l = Expr::Or(Box::new(l), Box::new(self.and()?));
+            all.push(self.and()?);
         }
-        Ok(l)
+        Ok(Expr::Or(all))
     }
 
     fn and(&mut self) -> Result<Expr, String> {
-        let mut l = self.cmp()?;
+        let first = self.cmp()?;
+        if self.peek() != Some(&Tok::And) {
+            return Ok(first);
+        }
+        let mut all = vec![first];
         while self.peek() == Some(&Tok::And) {
             self.i += 1;
-            l = Expr::And(Box::new(l), Box::new(self.cmp()?));
+            all.push(self.cmp()?);
         }
-        Ok(l)
+        Ok(Expr::And(all))
+    }
+
+    /// One more level of `(` or `!`, refused past the limit.
+    fn deeper(&mut self) -> Result<(), String> {
+        self.depth += 1;
+        if self.depth > self.max_depth {
+            return Err(format!(
+                "the condition nests parentheses and '!' deeper than {} levels (workflows.max_nesting_depth)",
+                self.max_depth
+            ));
+        }
+        Ok(())
     }
 
     fn cmp(&mut self) -> Result<Expr, String> {
@@ -223,15 +292,20 @@ impl Parser {
         match self.toks.get(self.i).cloned() {
             Some(Tok::Not) => {
                 self.i += 1;
-                Ok(Expr::Not(Box::new(self.unary()?)))
+                self.deeper()?;
+                let e = Expr::Not(Box::new(self.unary()?));
+                self.depth -= 1;
+                Ok(e)
             }
             Some(Tok::Open) => {
                 self.i += 1;
+                self.deeper()?;
                 let e = self.or()?;
                 if self.peek() != Some(&Tok::Close) {
                     return Err("missing ')' in condition".into());
                 }
                 self.i += 1;
+                self.depth -= 1;
                 Ok(e)
             }
             Some(Tok::Val(v)) => {
@@ -255,7 +329,8 @@ impl Expr {
             Expr::Lit(_) => {}
             Expr::Ref(r, _) => out.push(r.clone()),
             Expr::Not(e) => e.refs(out),
-            Expr::And(a, b) | Expr::Or(a, b) | Expr::Cmp(a, _, b) => {
+            Expr::And(all) | Expr::Or(all) => all.iter().for_each(|e| e.refs(out)),
+            Expr::Cmp(a, _, b) => {
                 a.refs(out);
                 b.refs(out);
             }
@@ -265,10 +340,24 @@ impl Expr {
     pub fn eval(&self, scope: &dyn Scope) -> Result<Value, String> {
         Ok(match self {
             Expr::Lit(v) => v.clone(),
-            Expr::Ref(r, raw) => lookup(r, raw, scope)?,
+            Expr::Ref(r, raw) => lookup(r, raw, scope)?.into_owned(),
             Expr::Not(e) => Value::Bool(!truthy(&e.eval(scope)?)),
-            Expr::And(a, b) => Value::Bool(truthy(&a.eval(scope)?) && truthy(&b.eval(scope)?)),
-            Expr::Or(a, b) => Value::Bool(truthy(&a.eval(scope)?) || truthy(&b.eval(scope)?)),
+            Expr::And(all) => {
+                for e in all {
+                    if !truthy(&e.eval(scope)?) {
+                        return Ok(Value::Bool(false));
+                    }
+                }
+                Value::Bool(true)
+            }
+            Expr::Or(all) => {
+                for e in all {
+                    if truthy(&e.eval(scope)?) {
+                        return Ok(Value::Bool(true));
+                    }
+                }
+                Value::Bool(false)
+            }
             Expr::Cmp(a, op, b) => Value::Bool(compare(&a.eval(scope)?, *op, &b.eval(scope)?)?),
         })
     }
@@ -332,7 +421,7 @@ mod tests {
         let s = S(
             json!({"env": "prod", "n": 5, "flag": false, "list": [], "a_out": {"ok": true, "v": 2}}),
         );
-        Ok(truthy(&parse(src)?.eval(&s)?))
+        Ok(truthy(&parse(src, Bounds::default())?.eval(&s)?))
     }
 
     #[test]
@@ -364,5 +453,49 @@ mod tests {
             assert!(ev(bad).is_err(), "{bad}");
         }
         assert!(ev("params.missing").is_err());
+    }
+
+    #[test]
+    fn bombs_are_refused_or_flat() {
+        let b = Bounds::default();
+        let deep = format!("{}true{}", "(".repeat(2000), ")".repeat(2000));
+        let e = parse(
+            &deep,
+            Bounds {
+                max_bytes: 1 << 20,
+                ..b
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("workflows.max_nesting_depth"), "{e}");
+        let nots = format!("{}true", "!".repeat(10_000));
+        let e = parse(
+            &nots,
+            Bounds {
+                max_bytes: 1 << 20,
+                ..b
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("workflows.max_nesting_depth"), "{e}");
+        // A long chain is one level: it parses and evaluates without recursion.
+        let chain = "true && ".repeat(100_000) + "true";
+        let e = parse(&chain, b).unwrap_err();
+        assert!(e.contains("workflows.max_condition_bytes"), "{e}");
+        let big = Bounds {
+            max_bytes: 1 << 20,
+            ..b
+        };
+        let x = parse(&chain, big).unwrap();
+        assert!(matches!(&x, Expr::And(all) if all.len() == 100_001));
+        assert!(truthy(&x.eval(&S(json!({}))).unwrap()));
+        // Exactly at the limit parses; one more level does not.
+        let at = format!("{}true{}", "(".repeat(32), ")".repeat(32));
+        assert!(parse(&at, b).is_ok());
+        let over = format!("{}true{}", "(".repeat(33), ")".repeat(33));
+        assert!(parse(&over, b).is_err());
+        // Errors quote a prefix of the condition, not all of it.
+        let long = format!("{} ?", "x".repeat(5000));
+        assert!(parse(&long, big).unwrap_err().len() < 400);
     }
 }

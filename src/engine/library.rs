@@ -28,6 +28,17 @@ pub struct Library {
 
 /// Parse a definition file by its extension (`.json`, `.yaml`, `.yml`).
 pub fn parse_file(path: &Path) -> Result<WorkflowSpec, String> {
+    // Bounded before it is read: a definition larger than the largest
+    // accepted one (with room for YAML's comments) is refused unread.
+    const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read: {e}"))?
+        .len();
+    if size > MAX_FILE_BYTES {
+        return Err(format!(
+            "the file has {size} bytes; workflow files are at most {MAX_FILE_BYTES}"
+        ));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
     parse_text(
         &text,
@@ -36,15 +47,85 @@ pub fn parse_file(path: &Path) -> Result<WorkflowSpec, String> {
 }
 
 pub fn parse_text(text: &str, ext: &str) -> Result<WorkflowSpec, String> {
-    match ext {
-        "json" => serde_json::from_str(text).map_err(|e| format!("invalid JSON definition: {e}")),
-        "yaml" | "yml" => {
-            serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML definition: {e}"))
+    // Parsed as the definition (messages with line numbers), and as a value
+    // whose shape is checked against the published schema.
+    let (spec, value): (WorkflowSpec, serde_json::Value) = match ext {
+        "json" => (
+            serde_json::from_str(text).map_err(|e| format!("invalid JSON definition: {e}"))?,
+            serde_json::from_str(text).map_err(|e| format!("invalid JSON definition: {e}"))?,
+        ),
+        "yaml" | "yml" if yaml_flow_depth(text) > MAX_YAML_FLOW_DEPTH => {
+            return Err(format!(
+                "invalid YAML definition: brackets nest deeper than {MAX_YAML_FLOW_DEPTH} levels"
+            ));
         }
-        other => Err(format!(
-            "unknown extension '.{other}': use .json, .yaml or .yml"
-        )),
+        "yaml" | "yml" => (
+            serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML definition: {e}"))?,
+            serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML definition: {e}"))?,
+        ),
+        other => {
+            return Err(format!(
+                "unknown extension '.{other}': use .json, .yaml or .yml"
+            ));
+        }
+    };
+    super::bounds::check_shape::<WorkflowSpec>(&value)
+        .map_err(|e| format!("invalid definition: {e}"))?;
+    Ok(spec)
+}
+
+/// Deepest `[`/`{` nesting a YAML file may have. The YAML parser takes time
+/// quadratic in the nesting (100,000 levels: a minute) before its own depth
+/// limit applies, so the nesting is measured first.
+const MAX_YAML_FLOW_DEPTH: usize = 128;
+
+/// The deepest nesting of flow brackets in YAML text, outside quoted strings
+/// and comments (an overestimate where plain scalars hold brackets).
+fn yaml_flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    let mut prev_blank = true;
+    while let Some(c) = chars.next() {
+        match c {
+            '#' if prev_blank => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '\'' => {
+                while let Some(c) = chars.next() {
+                    if c == '\'' {
+                        if chars.peek() == Some(&'\'') {
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev_blank = c.is_whitespace();
     }
+    deepest
 }
 
 /// The project workflows that ship with myrmex (templates name them); a file
@@ -190,5 +271,49 @@ impl Library {
             reason,
         });
         false
+    }
+}
+
+#[cfg(test)]
+mod bomb_tests {
+    use super::parse_text;
+
+    #[test]
+    fn yaml_and_json_bombs_are_refused() {
+        // Nested far past any sane definition.
+        let deep = format!(
+            "name: w\nsteps: {}1{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let e = parse_text(&deep, "yaml").unwrap_err();
+        assert!(e.contains("nest deeper than 128"), "{e}");
+        let deep = format!(
+            "{{\"name\": \"w\", \"steps\": {}1{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(parse_text(&deep, "json").is_err());
+        // Brackets in strings and comments are not nesting.
+        let quoted = format!(
+            "name: w # {}\nsteps: [{{name: a, module: core, action: echo, parameters: {{x: '{}', y: \"{}\"}}}}]\n",
+            "[".repeat(500),
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(
+            parse_text(&quoted, "yaml").is_ok(),
+            "{:?}",
+            parse_text(&quoted, "yaml")
+        );
+        // Aliases expanding exponentially ("billion laughs").
+        let mut laughs = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for (prev, next) in ('a'..'i').zip('b'..='i') {
+            laughs.push_str(&format!("{next}: &{next} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+        }
+        laughs.push_str("name: w\nsteps: *i\n");
+        assert!(parse_text(&laughs, "yaml").is_err());
     }
 }

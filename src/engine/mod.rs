@@ -8,6 +8,7 @@
 
 pub mod attempts;
 pub mod background;
+pub mod bounds;
 pub mod condition;
 pub mod events;
 pub mod host;
@@ -105,6 +106,7 @@ impl Engine {
             stopping.clone(),
             node.clone(),
             &config.cluster,
+            limits.clone(),
         ));
         let tasks = Arc::new(tasks::TaskManager::new(
             store.clone(),
@@ -370,11 +372,7 @@ impl Engine {
 }
 
 fn workflow_limits(config: &Config) -> workflow::Limits {
-    workflow::Limits {
-        max_steps: config.workflows.max_steps,
-        max_definition_bytes: config.workflows.max_definition_bytes,
-        max_nesting_depth: config.workflows.max_nesting_depth,
-    }
+    workflow::Limits::from_config(&config.workflows)
 }
 
 /// This process's name in leases: host, pid and a random suffix (a restarted

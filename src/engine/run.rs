@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::attempts::{self, abandon_note, sleep_until};
 use super::condition;
 use super::resources::{Owner, Requirements, ResourceManager};
-use super::template::{Scope, render_value};
+use super::template::{Budget, RenderError, Scope, render_value_within};
 use super::workflow::{OnFailure, Priority, StepSpec, TriggerRule, WorkflowSpec};
 use super::{new_id, now_ms};
 use crate::actions::Registry;
@@ -76,6 +76,10 @@ struct Active {
     stop: OnceLock<Stop>,
     changed: watch::Sender<u64>,
     progress: Mutex<Progress>,
+    /// Bytes of step outputs the run has stored (`workflows.max_run_output_bytes`).
+    output_bytes: std::sync::atomic::AtomicUsize,
+    /// The step the driver works on now (named if the driver fails).
+    at_step: Mutex<Option<String>>,
 }
 
 /// How far a run is, kept in memory so waiting callers need not read every step.
@@ -91,6 +95,14 @@ pub struct Progress {
 impl Active {
     fn bump(&self) {
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The driver works on this step now.
+    fn at(&self, step: &str) {
+        let mut at = self.at_step.lock().unwrap_or_else(|p| p.into_inner());
+        if at.as_deref() != Some(step) {
+            *at = Some(step.to_string());
+        }
     }
 
     fn step_done(&self, rec: &StepRecord) {
@@ -116,6 +128,8 @@ pub struct RunManager {
     shared: bool,
     /// When the leases were last renewed (ms; 0: not yet).
     renewed_at: std::sync::atomic::AtomicI64,
+    /// Bounds of conditions, rendered parameters and outputs (`[workflows]`).
+    limits: super::workflow::Limits,
 }
 
 fn err_json(code: ErrorCode, message: impl Into<String>) -> Option<String> {
@@ -134,8 +148,10 @@ impl RunManager {
         shutdown: CancellationToken,
         node: String,
         cluster: &ClusterConfig,
+        limits: super::workflow::Limits,
     ) -> Self {
         Self {
+            limits,
             shared: store.kind() == "postgres",
             store,
             registry,
@@ -447,6 +463,8 @@ impl RunManager {
             stop: OnceLock::new(),
             changed: tx,
             progress: Mutex::new(Progress::default()),
+            output_bytes: std::sync::atomic::AtomicUsize::new(0),
+            at_step: Mutex::new(None),
         });
         if cancel_requested {
             let _ = active.stop.set(Stop::Cancelled);
@@ -465,8 +483,30 @@ impl RunManager {
         };
         let mgr = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = mgr.drive(&run_id, &active, slot).await {
-                tracing::error!(run = %run_id, error = %e, "run driver failed");
+            use futures::FutureExt as _;
+            let driven = std::panic::AssertUnwindSafe(mgr.drive(&run_id, &active, slot))
+                .catch_unwind()
+                .await;
+            let failure = match driven {
+                Ok(Ok(())) => None,
+                // The store is unreachable: the run stays for the next start or executor.
+                Ok(Err(e)) if e.code == ErrorCode::StoreUnavailable => {
+                    tracing::error!(run = %run_id, error = %e, "run driver stopped: the store is unavailable");
+                    None
+                }
+                Ok(Err(e)) => Some(e.message),
+                Err(panic) => Some(
+                    attempts::panicked(&format!("the driver of run {run_id}"), panic.as_ref())
+                        .message,
+                ),
+            };
+            if let Some(why) = failure
+                && !active.stop.get().is_some_and(|s| s.leaves_state())
+            {
+                tracing::error!(run = %run_id, error = %why, "run driver failed; the run ends failed");
+                if let Err(e) = mgr.driver_failed(&run_id, &active, &why).await {
+                    tracing::error!(run = %run_id, error = %e, "cannot record the run's failure");
+                }
             }
             // Taken over: what the run holds now is its new executor's.
             if active.stop.get() != Some(&Stop::LeaseLost) {
@@ -507,6 +547,13 @@ impl RunManager {
             .and_then(|p| serde_json::from_str(p).ok())
             .map(Arc::new);
         let mut steps = store.run_steps(run_id).await?;
+        active.output_bytes.store(
+            steps
+                .iter()
+                .filter_map(|s| s.output.as_ref().map(String::len))
+                .sum(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         {
             let mut p = active.progress.lock().unwrap_or_else(|p| p.into_inner());
             p.total = steps.len();
@@ -605,10 +652,13 @@ impl RunManager {
         };
         let by_priority = matches!(run.mode.as_str(), "priority" | "resource_aware");
         let deadline = run.timeout_seconds.map(|t| {
-            tokio::time::Instant::now()
-                + Duration::from_millis(
-                    ((run.started_at.unwrap_or(now) + t as i64 * 1000) - now).max(0) as u64,
-                )
+            let end = run
+                .started_at
+                .unwrap_or(now)
+                .saturating_add(super::bounds::secs_to_ms(t));
+            super::bounds::deadline_after(Duration::from_millis(
+                end.saturating_sub(now).max(0) as u64
+            ))
         });
 
         // What templates and conditions can see.
@@ -650,6 +700,8 @@ impl RunManager {
         // Steps pushed on the heap since the last `ready` marks were written.
         let mut just_ready: Vec<usize> = Vec::new();
         let mut running: JoinSet<(usize, StepRecord)> = JoinSet::new();
+        // Which step each task runs, to name the step of a task that panicked.
+        let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
         let mut in_flight = 0usize;
         let resource_aware = run.mode == "resource_aware";
         // resource_aware: ready steps waiting for a release, and the releases.
@@ -659,47 +711,50 @@ impl RunManager {
             // Settle steps whose dependencies are all final: skip, cancel, fail or make ready.
             while let Some(i) = settle.pop_front() {
                 let s = &spec.steps[i];
+                active.at(&s.name);
                 let bad_dep = deps[i].iter().find(|&&d| dep_failed(&steps[d]));
-                let decision =
-                    if let (TriggerRule::AllSuccess, Some(&d)) = (s.trigger_rule, bad_dep) {
-                        Some((
-                            SKIPPED,
-                            err_json(
-                                ErrorCode::DependencyFailed,
-                                format!("dependency '{}' {}", spec.steps[d].name, steps[d].status),
-                            ),
-                        ))
-                    } else if halted && s.trigger_rule != TriggerRule::AllDone {
-                        Some((
-                            CANCELLED,
-                            err_json(
-                                ErrorCode::Cancelled,
-                                "not started: an earlier step failed and on_failure is fail_fast",
-                            ),
-                        ))
-                    } else if let Some(w) = &s.when {
-                        let table = shared.read().unwrap_or_else(|p| p.into_inner());
-                        let scope = RunScope {
-                            params: &params,
-                            table: &table,
-                            run_id: &run.id,
-                            session_id: &run.session_id,
-                            project: project.as_deref(),
-                        };
-                        match condition::parse(w).and_then(|e| e.eval(&scope)) {
-                            Ok(v) if condition::truthy(&v) => None,
-                            Ok(_) => Some((
-                                SKIPPED,
-                                err_json_code("CONDITION_FALSE", format!("when '{w}' is false")),
-                            )),
-                            Err(e) => Some((
-                                FAILED,
-                                err_json(ErrorCode::InvalidParameters, format!("when '{w}': {e}")),
-                            )),
-                        }
-                    } else {
-                        None
+                let decision = if let (TriggerRule::AllSuccess, Some(&d)) =
+                    (s.trigger_rule, bad_dep)
+                {
+                    Some((
+                        SKIPPED,
+                        err_json(
+                            ErrorCode::DependencyFailed,
+                            format!("dependency '{}' {}", spec.steps[d].name, steps[d].status),
+                        ),
+                    ))
+                } else if halted && s.trigger_rule != TriggerRule::AllDone {
+                    Some((
+                        CANCELLED,
+                        err_json(
+                            ErrorCode::Cancelled,
+                            "not started: an earlier step failed and on_failure is fail_fast",
+                        ),
+                    ))
+                } else if let Some(w) = &s.when {
+                    let table = shared.read().unwrap_or_else(|p| p.into_inner());
+                    let scope = RunScope {
+                        params: &params,
+                        table: &table,
+                        run_id: &run.id,
+                        session_id: &run.session_id,
+                        project: project.as_deref(),
                     };
+                    match condition::parse(w, self.limits.condition()).and_then(|e| e.eval(&scope))
+                    {
+                        Ok(v) if condition::truthy(&v) => None,
+                        Ok(_) => Some((
+                            SKIPPED,
+                            err_json_code("CONDITION_FALSE", format!("when '{w}' is false")),
+                        )),
+                        Err(e) => Some((
+                            FAILED,
+                            err_json(ErrorCode::InvalidParameters, format!("when '{w}': {e}")),
+                        )),
+                    }
+                } else {
+                    None
+                };
                 match decision {
                     Some((st, error)) => {
                         let rec = &mut steps[i];
@@ -772,7 +827,8 @@ impl RunManager {
                     active: active.clone(),
                     project: project.clone(),
                 };
-                running.spawn(async move { (i, task.run().await) });
+                let handle = running.spawn(async move { (i, task.run().await) });
+                task_step.insert(handle.id(), i);
             }
             if !settle.is_empty() {
                 continue;
@@ -799,7 +855,21 @@ impl RunManager {
                     }
                     false
                 }
-                joined = running.join_next(), if in_flight > 0 => {
+                joined = running.join_next_with_id(), if in_flight > 0 => {
+                    let joined = match joined {
+                        Some(Ok((id, done))) => {
+                            task_step.remove(&id);
+                            Some(Ok(done))
+                        }
+                        Some(Err(e)) if e.is_panic() => {
+                            // A bug while running the step: the step fails, the run goes on.
+                            let i = task_step.remove(&e.id()).ok_or_else(|| crate::error::Error::internal("a step task of an unknown step panicked"))?;
+                            let why = attempts::panicked(&format!("step '{}'", steps[i].name), e.into_panic().as_ref()).message;
+                            Some(Ok((i, self.step_panicked(&run.id, &steps[i], why).await)))
+                        }
+                        Some(Err(e)) => Some(Err(e)),
+                        None => None,
+                    };
                     match joined {
                         Some(Ok((i, rec))) => {
                             in_flight -= 1;
@@ -850,6 +920,7 @@ impl RunManager {
                         steps[i] = rec;
                     }
                 }
+                task_step.clear();
                 return self.finish_stopped(&mut run, &mut steps, active).await;
             }
         }
@@ -879,6 +950,67 @@ impl RunManager {
         store.update_run(&run).await?;
         tracing::info!(run = %run.id, status = %run.status, "run finished");
         Ok(())
+    }
+
+    /// A step's task panicked: the step is recorded failed with INTERNAL_ERROR
+    /// (what it held is released); the run goes on as after any failure.
+    async fn step_panicked(&self, run_id: &str, rec: &StepRecord, message: String) -> StepRecord {
+        let mut rec = rec.clone();
+        rec.status = FAILED.into();
+        rec.error = err_json(ErrorCode::InternalError, message);
+        rec.finished_at = Some(now_ms());
+        if let Err(e) = self.store.update_step(&rec).await {
+            tracing::error!(run = %run_id, step = %rec.name, error = %e, "cannot record the step's failure");
+        }
+        let key = format!("{run_id}/{}", rec.name);
+        if let Err(e) = self
+            .resources
+            .release_owner("step", &key, "the step failed")
+            .await
+        {
+            tracing::error!(run = %run_id, step = %rec.name, error = %e, "cannot release the step's resources");
+        }
+        rec
+    }
+
+    /// The driver of a run failed (a panic, or an error that is not the
+    /// store's): the run ends `failed` with INTERNAL_ERROR naming the step it
+    /// was at, so that no later start runs into the same failure again.
+    async fn driver_failed(&self, run_id: &str, active: &Active, why: &str) -> Result<()> {
+        let Some(mut run) = self.store.get_run(run_id).await? else {
+            return Ok(());
+        };
+        if is_terminal(&run.status) {
+            return Ok(());
+        }
+        let mut steps = self.store.run_steps(run_id).await?;
+        let at = active
+            .at_step
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let now = now_ms();
+        if let Some(st) = at
+            .as_deref()
+            .and_then(|n| steps.iter_mut().find(|s| s.name == n))
+            .filter(|s| !is_terminal(&s.status))
+        {
+            st.status = FAILED.into();
+            st.error = err_json(
+                ErrorCode::InternalError,
+                format!("the run's driver failed here: {why}"),
+            );
+            st.finished_at = Some(now);
+            self.store.queue_step(st).await?;
+        }
+        let msg = match &at {
+            Some(step) => {
+                format!("the run's driver failed at step '{step}': {why}; this is a bug in myrmex")
+            }
+            None => format!("the run's driver failed: {why}; this is a bug in myrmex"),
+        };
+        self.end_run(&mut run, &mut steps, FAILED, ErrorCode::InternalError, &msg)
+            .await
     }
 
     /// The run's token was cancelled: record why, unless the server is stopping.
@@ -1174,17 +1306,35 @@ impl StepTask {
                 session_id: &self.session_id,
                 project: self.project.as_deref(),
             };
-            render_value(&Value::Object(self.spec.parameters.clone()), &scope)
+            let mut budget = Budget::new(self.mgr.limits.max_rendered_bytes);
+            render_value_within(
+                &Value::Object(self.spec.parameters.clone()),
+                &scope,
+                &mut budget,
+            )
         };
         let now = now_ms();
+        let max_depth = self.mgr.limits.max_value_depth;
+        let resolved = resolved.and_then(|p| {
+            if super::bounds::value_depth(&p, max_depth) > max_depth {
+                return Err(RenderError::TooLarge(format!(
+                    "the rendered parameters nest deeper than {max_depth} levels (workflows.max_value_depth)"
+                )));
+            }
+            Ok(p)
+        });
         let params = match resolved {
             Ok(p) => p,
             Err(e) => {
+                let (code, message) = match e {
+                    RenderError::Invalid(m) => (
+                        ErrorCode::InvalidParameters,
+                        format!("cannot resolve parameters: {m}"),
+                    ),
+                    RenderError::TooLarge(m) => (ErrorCode::LimitExceeded, m),
+                };
                 self.rec.status = FAILED.into();
-                self.rec.error = err_json(
-                    ErrorCode::InvalidParameters,
-                    format!("cannot resolve parameters: {e}"),
-                );
+                self.rec.error = err_json(code, message);
                 self.rec.started_at.get_or_insert(now);
                 self.rec.finished_at = Some(now);
                 return self.save().await;
@@ -1228,9 +1378,19 @@ impl StepTask {
         self.rec.attempts = attempt;
         match ending {
             attempts::Ending::Succeeded(out) => {
-                self.rec.status = SUCCEEDED.into();
-                self.rec.output = Some(out.to_string());
-                self.rec.error = None;
+                match self.admit_output(&out) {
+                    Ok(text) => {
+                        self.rec.status = SUCCEEDED.into();
+                        self.rec.output = Some(text);
+                        self.rec.error = None;
+                    }
+                    Err(why) => {
+                        // Nothing past the bound is stored.
+                        self.rec.status = FAILED.into();
+                        self.rec.output = None;
+                        self.rec.error = err_json(ErrorCode::LimitExceeded, why);
+                    }
+                }
                 self.rec.finished_at = Some(now_ms());
                 self.save().await
             }
@@ -1256,6 +1416,38 @@ impl StepTask {
                 self.stopped(when, abandoned).await
             }
         }
+    }
+}
+
+impl StepTask {
+    /// The output as it is stored, once it fits its bounds: its depth
+    /// (`workflows.max_value_depth`), its size (`workflows.max_step_output_bytes`)
+    /// and what the run has stored so far (`workflows.max_run_output_bytes`).
+    fn admit_output(&self, out: &Value) -> std::result::Result<String, String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let l = &self.mgr.limits;
+        if super::bounds::value_depth(out, l.max_value_depth) > l.max_value_depth {
+            return Err(format!(
+                "the step's output nests deeper than {} levels (workflows.max_value_depth); it was not stored",
+                l.max_value_depth
+            ));
+        }
+        let size = super::bounds::json_size(out);
+        if size > l.max_step_output_bytes {
+            return Err(format!(
+                "the step's output is {size} bytes; the limit is {} (workflows.max_step_output_bytes); it was not stored",
+                l.max_step_output_bytes
+            ));
+        }
+        let before = self.active.output_bytes.fetch_add(size, Relaxed);
+        if before + size > l.max_run_output_bytes {
+            self.active.output_bytes.fetch_sub(size, Relaxed);
+            return Err(format!(
+                "the run has stored {before} bytes of step outputs; this step's {size} would pass the limit of {} (workflows.max_run_output_bytes); it was not stored",
+                l.max_run_output_bytes
+            ));
+        }
+        Ok(out.to_string())
     }
 }
 

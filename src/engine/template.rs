@@ -83,9 +83,9 @@ impl Template {
                 text.push_str("{{");
                 rest = r;
             } else if let Some(r) = rest.strip_prefix("{{") {
-                let end = r
-                    .find("}}")
-                    .ok_or_else(|| format!("'{{{{' without '}}}}' in \"{s}\""))?;
+                let end = r.find("}}").ok_or_else(|| {
+                    format!("'{{{{' without '}}}}' in \"{}\"", crate::error::excerpt(s))
+                })?;
                 let expr = &r[..end];
                 let reference = parse_ref(expr.trim(), false)?;
                 if !text.is_empty() {
@@ -94,9 +94,9 @@ impl Template {
                 pieces.push(Piece::Ref(reference, format!("{{{{{expr}}}}}")));
                 rest = &r[end + 2..];
             } else if let Some(r) = rest.strip_prefix("${") {
-                let end = r
-                    .find('}')
-                    .ok_or_else(|| format!("'${{' without '}}' in \"{s}\""))?;
+                let end = r.find('}').ok_or_else(|| {
+                    format!("'${{' without '}}' in \"{}\"", crate::error::excerpt(s))
+                })?;
                 let expr = &r[..end];
                 let reference = parse_ref(expr.trim(), true)?;
                 if !text.is_empty() {
@@ -129,20 +129,88 @@ impl Template {
 
     /// Render: one whole reference keeps its JSON type; otherwise text.
     pub fn render(&self, scope: &dyn Scope) -> Result<Value, String> {
+        self.render_within(scope, &mut Budget::unlimited())
+            .map_err(RenderError::into_message)
+    }
+
+    /// Render, taking what it produces from `budget`.
+    fn render_within(&self, scope: &dyn Scope, budget: &mut Budget) -> Result<Value, RenderError> {
         if let [Piece::Ref(r, raw)] = self.pieces.as_slice() {
-            return lookup(r, raw, scope);
+            let v = lookup(r, raw, scope).map_err(RenderError::Invalid)?;
+            budget.take(super::bounds::json_size(&v))?;
+            return Ok(v.into_owned());
         }
         let mut out = String::new();
         for p in &self.pieces {
             match p {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Ref(r, raw) => match lookup(r, raw, scope)? {
-                    Value::String(s) => out.push_str(&s),
-                    v => out.push_str(&v.to_string()),
+                Piece::Text(t) => {
+                    budget.take(t.len())?;
+                    out.push_str(t);
+                }
+                Piece::Ref(r, raw) => match lookup(r, raw, scope).map_err(RenderError::Invalid)? {
+                    std::borrow::Cow::Borrowed(Value::String(s)) => {
+                        budget.take(s.len())?;
+                        out.push_str(s);
+                    }
+                    std::borrow::Cow::Owned(Value::String(s)) => {
+                        budget.take(s.len())?;
+                        out.push_str(&s);
+                    }
+                    v => {
+                        budget.take(super::bounds::json_size(&v))?;
+                        out.push_str(&v.to_string());
+                    }
                 },
             }
         }
         Ok(Value::String(out))
+    }
+}
+
+/// What rendering may produce: bytes (as JSON) in total.
+pub struct Budget {
+    left: usize,
+    max: usize,
+}
+
+impl Budget {
+    /// At most `max` bytes of rendered values (`workflows.max_rendered_bytes`).
+    pub fn new(max: usize) -> Self {
+        Self { left: max, max }
+    }
+
+    fn unlimited() -> Self {
+        Self::new(usize::MAX)
+    }
+
+    fn take(&mut self, n: usize) -> Result<(), RenderError> {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(RenderError::TooLarge(format!(
+                "the rendered parameters would exceed {} bytes (workflows.max_rendered_bytes); nothing was run",
+                self.max
+            ))),
+        }
+    }
+}
+
+/// Why rendering failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RenderError {
+    /// A reference that cannot be resolved.
+    Invalid(String),
+    /// The rendered value would pass its size bound.
+    TooLarge(String),
+}
+
+impl RenderError {
+    pub fn into_message(self) -> String {
+        match self {
+            RenderError::Invalid(m) | RenderError::TooLarge(m) => m,
+        }
     }
 }
 
@@ -156,7 +224,8 @@ pub fn parse_ref(expr: &str, dollar: bool) -> Result<Ref, String> {
     };
     let bad = || {
         format!(
-            "'{expr}' is not a reference: use params.<name>, steps.<step>.output[.path], steps.<step>.status, tasks.<task>.result[.path], run.id, session.id or project.<path|name|config...>"
+            "'{}' is not a reference: use params.<name>, steps.<step>.output[.path], steps.<step>.status, tasks.<task>.result[.path], run.id, session.id or project.<path|name|config...>",
+            crate::error::excerpt(expr)
         )
     };
     match key(0) {
@@ -199,7 +268,7 @@ pub fn parse_ref(expr: &str, dollar: bool) -> Result<Ref, String> {
 }
 
 fn parse_path(expr: &str) -> Result<Vec<Seg>, String> {
-    let bad = |why: &str| format!("bad reference '{expr}': {why}");
+    let bad = |why: &str| format!("bad reference '{}': {why}", crate::error::excerpt(expr));
     let mut segs = Vec::new();
     let b = expr.as_bytes();
     let mut i = 0;
@@ -259,42 +328,51 @@ fn walk<'v>(mut v: &'v Value, path: &[Seg]) -> Option<&'v Value> {
     Some(v)
 }
 
-/// The value a reference points at (`raw` is its source text, for messages).
-pub fn lookup(r: &Ref, raw: &str, scope: &dyn Scope) -> Result<Value, String> {
+/// The value a reference points at (`raw` is its source text, for messages),
+/// borrowed from the scope where it can be.
+pub fn lookup<'s>(
+    r: &Ref,
+    raw: &str,
+    scope: &'s dyn Scope,
+) -> Result<std::borrow::Cow<'s, Value>, String> {
+    use std::borrow::Cow;
+    let raw = crate::error::excerpt(raw);
+    let x = |s: &str| crate::error::excerpt(s).into_owned();
     match r {
-        Ref::RunId => Ok(Value::String(scope.run_id().into())),
-        Ref::SessionId => Ok(Value::String(scope.session_id().into())),
+        Ref::RunId => Ok(Cow::Owned(Value::String(scope.run_id().into()))),
+        Ref::SessionId => Ok(Cow::Owned(Value::String(scope.session_id().into()))),
         Ref::Project { path } => {
             let p = scope.project().ok_or_else(|| {
                 format!("{raw}: this run has no project; run the workflow with execute_workflow's `project`")
             })?;
             walk(p, path)
-                .cloned()
+                .map(Cow::Borrowed)
                 .ok_or_else(|| format!("{raw}: the project has no such field (see get_project)"))
         }
         Ref::Param { name, path } => {
             let v = scope
                 .param(name)
-                .ok_or_else(|| format!("{raw}: parameter '{name}' has no value"))?;
+                .ok_or_else(|| format!("{raw}: parameter '{}' has no value", x(name)))?;
             walk(v, path)
-                .cloned()
-                .ok_or_else(|| format!("{raw}: path not found in parameter '{name}'"))
+                .map(Cow::Borrowed)
+                .ok_or_else(|| format!("{raw}: path not found in parameter '{}'", x(name)))
         }
         Ref::StepStatus { step } => {
             let (status, _) = scope
                 .step(step)
-                .ok_or_else(|| format!("{raw}: no step '{step}'"))?;
-            Ok(Value::String(status))
+                .ok_or_else(|| format!("{raw}: no step '{}'", x(step)))?;
+            Ok(Cow::Owned(Value::String(status)))
         }
         Ref::StepOutput { step, path } => {
             let (status, output) = scope
                 .step(step)
-                .ok_or_else(|| format!("{raw}: no step '{step}'"))?;
-            let output = output
-                .ok_or_else(|| format!("{raw}: step '{step}' has no output (it is {status})"))?;
+                .ok_or_else(|| format!("{raw}: no step '{}'", x(step)))?;
+            let output = output.ok_or_else(|| {
+                format!("{raw}: step '{}' has no output (it is {status})", x(step))
+            })?;
             walk(output, path)
-                .cloned()
-                .ok_or_else(|| format!("{raw}: path not found in the output of step '{step}'"))
+                .map(Cow::Borrowed)
+                .ok_or_else(|| format!("{raw}: path not found in the output of step '{}'", x(step)))
         }
     }
 }
@@ -324,23 +402,37 @@ pub fn templates_in(v: &Value, at: &str, out: &mut Vec<(String, Result<Template,
     }
 }
 
-/// Render every template string inside a JSON value.
+/// Render every template string inside a JSON value (no size bound).
 pub fn render_value(v: &Value, scope: &dyn Scope) -> Result<Value, String> {
+    render_value_within(v, scope, &mut Budget::unlimited()).map_err(RenderError::into_message)
+}
+
+/// Render every template string inside a JSON value, within `budget` bytes
+/// of rendered values. The value's own nesting was bounded when it was
+/// accepted (`workflows.max_nesting_depth`), so the recursion is too.
+pub fn render_value_within(
+    v: &Value,
+    scope: &dyn Scope,
+    budget: &mut Budget,
+) -> Result<Value, RenderError> {
     Ok(match v {
-        Value::String(s) if s.contains("{{") || s.contains("${") => {
-            Template::parse(s)?.render(scope)?
-        }
+        Value::String(s) if s.contains("{{") || s.contains("${") => Template::parse(s)
+            .map_err(RenderError::Invalid)?
+            .render_within(scope, budget)?,
         Value::Array(a) => Value::Array(
             a.iter()
-                .map(|x| render_value(x, scope))
+                .map(|x| render_value_within(x, scope, budget))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(o) => Value::Object(
             o.iter()
-                .map(|(k, x)| Ok((k.clone(), render_value(x, scope)?)))
-                .collect::<Result<_, String>>()?,
+                .map(|(k, x)| Ok((k.clone(), render_value_within(x, scope, budget)?)))
+                .collect::<Result<_, RenderError>>()?,
         ),
-        other => other.clone(),
+        other => {
+            budget.take(super::bounds::json_size(other))?;
+            other.clone()
+        }
     })
 }
 

@@ -260,12 +260,24 @@ pub struct Plan {
     pub order: Vec<String>,
 }
 
-/// Explicit limits of definitions.
+/// Explicit limits of definitions and of what their runs produce (the
+/// `[workflows]` configuration; each refusal names its key).
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_steps: usize,
     pub max_definition_bytes: usize,
+    /// Parameters of a step, and parentheses/`!` of a condition.
     pub max_nesting_depth: usize,
+    pub max_condition_bytes: usize,
+    /// Longest step, run and workflow time limit.
+    pub max_timeout_seconds: u64,
+    /// A step's parameters once their templates are rendered.
+    pub max_rendered_bytes: usize,
+    /// One step's output, and every stored output of one run together.
+    pub max_step_output_bytes: usize,
+    pub max_run_output_bytes: usize,
+    /// Deepest nesting of a rendered parameter or a step output.
+    pub max_value_depth: usize,
 }
 
 impl Default for Limits {
@@ -274,7 +286,74 @@ impl Default for Limits {
             max_steps: 20_000,
             max_definition_bytes: 8 * 1024 * 1024,
             max_nesting_depth: 32,
+            max_condition_bytes: 16 * 1024,
+            max_timeout_seconds: 30 * 24 * 3600,
+            max_rendered_bytes: 16 * 1024 * 1024,
+            max_step_output_bytes: 16 * 1024 * 1024,
+            max_run_output_bytes: 64 * 1024 * 1024,
+            max_value_depth: 64,
         }
+    }
+}
+
+impl Limits {
+    pub fn from_config(w: &crate::config::WorkflowsConfig) -> Self {
+        Self {
+            max_steps: w.max_steps,
+            max_definition_bytes: w.max_definition_bytes,
+            max_nesting_depth: w.max_nesting_depth,
+            max_condition_bytes: w.max_condition_bytes,
+            max_timeout_seconds: w.max_timeout_seconds,
+            max_rendered_bytes: w.max_rendered_bytes,
+            max_step_output_bytes: w.max_step_output_bytes,
+            max_run_output_bytes: w.max_run_output_bytes,
+            max_value_depth: w.max_value_depth,
+        }
+    }
+
+    pub fn condition(&self) -> condition::Bounds {
+        condition::Bounds {
+            max_bytes: self.max_condition_bytes,
+            max_depth: self.max_nesting_depth,
+        }
+    }
+
+    /// A time limit in seconds (0 and past `workflows.max_timeout_seconds` refused).
+    pub fn timeout_problem(&self, t: Option<u64>) -> Option<String> {
+        match t {
+            Some(0) => Some("timeout_seconds must be at least 1".into()),
+            Some(t) if t > self.max_timeout_seconds => Some(format!(
+                "timeout_seconds is {t}; the limit is {} (workflows.max_timeout_seconds)",
+                self.max_timeout_seconds
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Longest problem message, in bytes (the rest is cut and counted).
+const MAX_PROBLEM_BYTES: usize = 1000;
+
+impl Problem {
+    /// The problem as an answer may carry it: step and field quoted as
+    /// excerpts, the message at most [`MAX_PROBLEM_BYTES`].
+    fn bounded(mut self) -> Self {
+        let cut = |s: &mut String, max: usize| {
+            if s.len() > max {
+                let head = crate::error::char_prefix(s, max).len();
+                let rest = s.len() - head;
+                s.truncate(head);
+                s.push_str(&format!("… (+{rest} bytes)"));
+            }
+        };
+        if let Some(st) = self.step.as_mut() {
+            cut(st, crate::error::EXCERPT_BYTES);
+        }
+        if let Some(f) = self.field.as_mut() {
+            cut(f, crate::error::EXCERPT_BYTES);
+        }
+        cut(&mut self.message, MAX_PROBLEM_BYTES);
+        self
     }
 }
 
@@ -306,14 +385,6 @@ pub fn valid_workflow_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
-fn depth(v: &Value) -> usize {
-    match v {
-        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
 /// Validate a definition. Returns the plan, or every problem found.
 pub fn validate(
     spec: &WorkflowSpec,
@@ -328,7 +399,7 @@ pub fn validate(
             Some("name"),
             format!(
                 "workflow name '{}' must be 1-128 letters, digits, '_', '-' or '.'",
-                spec.name
+                crate::error::excerpt(&spec.name)
             ),
         ));
     }
@@ -341,7 +412,7 @@ pub fn validate(
             None,
             None,
             format!(
-                "the definition is {size} bytes; the limit is {}",
+                "the definition is {size} bytes; the limit is {} (workflows.max_definition_bytes)",
                 limits.max_definition_bytes
             ),
         ));
@@ -360,20 +431,15 @@ pub fn validate(
             None,
             Some("steps"),
             format!(
-                "{} steps; the limit is {}",
+                "{} steps; the limit is {} (workflows.max_steps)",
                 spec.steps.len(),
                 limits.max_steps
             ),
         ));
-        return Err(p);
+        return Err(p.into_iter().map(Problem::bounded).collect());
     }
-    if spec.timeout_seconds == Some(0) {
-        p.push(problem(
-            "INVALID_VALUE",
-            None,
-            Some("timeout_seconds"),
-            "timeout_seconds must be at least 1",
-        ));
+    if let Some(why) = limits.timeout_problem(spec.timeout_seconds) {
+        p.push(problem("INVALID_VALUE", None, Some("timeout_seconds"), why));
     }
     if spec.max_parallel == Some(0) {
         p.push(problem(
@@ -414,7 +480,7 @@ pub fn validate(
                 Some("name"),
                 format!(
                     "step name '{}' must be 1-64 characters of a-z, 0-9, '_' and '-'",
-                    s.name
+                    crate::error::excerpt(&s.name)
                 ),
             ));
         }
@@ -468,11 +534,23 @@ pub fn validate(
     for scc in tarjan_scc(&g) {
         if scc.len() > 1 {
             let path = cycle_path(&g, &scc, spec);
+            // A long cycle is shown by its first and last steps and its length.
+            let message = if path.len() > 12 {
+                format!(
+                    "dependency cycle of {} steps: {} -> ... ({} more) -> {}",
+                    path.len() - 1,
+                    path[..8].join(" -> "),
+                    path.len() - 11,
+                    path[path.len() - 3..].join(" -> ")
+                )
+            } else {
+                format!("dependency cycle: {}", path.join(" -> "))
+            };
             p.push(problem(
                 "CYCLE_DETECTED",
                 Some(&path[0]),
                 Some("dependencies"),
-                format!("dependency cycle: {}", path.join(" -> ")),
+                message,
             ));
         }
     }
@@ -480,13 +558,19 @@ pub fn validate(
     // Actions, parameters, templates, conditions.
     for (i, s) in spec.steps.iter().enumerate() {
         let step = Some(s.name.as_str());
-        if depth(&Value::Object(s.parameters.clone())) > limits.max_nesting_depth {
+        let nesting = s
+            .parameters
+            .values()
+            .map(|v| 1 + super::bounds::value_depth(v, limits.max_nesting_depth))
+            .max()
+            .unwrap_or(1);
+        if nesting > limits.max_nesting_depth {
             p.push(problem(
                 "LIMIT_EXCEEDED",
                 step,
                 Some("parameters"),
                 format!(
-                    "parameters are nested deeper than {} levels",
+                    "parameters are nested deeper than {} levels (workflows.max_nesting_depth)",
                     limits.max_nesting_depth
                 ),
             ));
@@ -511,7 +595,7 @@ pub fn validate(
             }
         }
         if let Some(w) = &s.when {
-            match condition::parse(w) {
+            match condition::parse(w, limits.condition()) {
                 Ok(e) => {
                     let mut rs = Vec::new();
                     e.refs(&mut rs);
@@ -608,13 +692,8 @@ pub fn validate(
         {
             p.push(problem("INVALID_VALUE", step, Some("resources"), e.message));
         }
-        if s.timeout_seconds == Some(0) {
-            p.push(problem(
-                "INVALID_VALUE",
-                step,
-                Some("timeout_seconds"),
-                "timeout_seconds must be at least 1",
-            ));
+        if let Some(why) = limits.timeout_problem(s.timeout_seconds) {
+            p.push(problem("INVALID_VALUE", step, Some("timeout_seconds"), why));
         }
         if s.max_retries > 100 {
             p.push(problem(
@@ -638,7 +717,7 @@ pub fn validate(
         }
     }
     if !p.is_empty() {
-        return Err(p);
+        return Err(p.into_iter().map(Problem::bounded).collect());
     }
     Ok(plan(&g, spec))
 }

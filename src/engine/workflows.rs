@@ -179,14 +179,7 @@ pub struct RunView {
     pub note: Option<String>,
 }
 
-/// At most the first `max` bytes of `s`, ending on a character boundary.
-pub fn char_prefix(s: &str, max: usize) -> &str {
-    let mut end = max.min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+pub use crate::error::char_prefix;
 
 /// A large value's stand-in: `{shortened: true, bytes, preview}` (its first 200 bytes of JSON).
 pub fn shortened(v: &Value) -> Value {
@@ -656,13 +649,12 @@ impl Engine {
         }
         let params = bind_params(&spec, &req.parameters)
             .map_err(|e| problems_error(e, "the parameters do not fit the workflow"))?;
-        if let Some(t) = req.timeout_seconds
-            && t == 0
-        {
+        if let Some(why) = self.workflow_limits().timeout_problem(req.timeout_seconds) {
             return Err(Error::invalid(
-                "timeout_seconds must be at least 1",
-                "Omit timeout_seconds or pass a positive number of seconds.",
-            ));
+                why,
+                "Omit timeout_seconds or pass a positive number of seconds within the limit.",
+            )
+            .with_details(json!({"field": "timeout_seconds"})));
         }
         // What can never be granted is refused now, not left waiting.
         if let Some(r) = &req.resource_requirements {

@@ -39,25 +39,13 @@ impl<T: JsonSchema> JsonSchema for Args<T> {
     }
 }
 
-impl<T: DeserializeOwned> Args<T> {
+impl<T: DeserializeOwned + JsonSchema> Args<T> {
     /// Parse into `T`; unknown fields, missing fields and wrong types become
-    /// `INVALID_PARAMETERS` with the offending field's path.
+    /// `INVALID_PARAMETERS` with the offending field's path. What serde would
+    /// accept but the published schema does not (an array for an object) is
+    /// refused too.
     pub fn parse(self) -> Result<T, Error> {
-        let value = serde_json::Value::Object(self.raw);
-        serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let message = if path == "." || path.is_empty() {
-                format!("invalid arguments: {inner}")
-            } else {
-                format!("invalid argument '{path}': {inner}")
-            };
-            Error::invalid(
-                message,
-                "Check the arguments against this tool's inputSchema (tools/list); unknown fields are refused.",
-            )
-            .with_details(serde_json::json!({ "field": path }))
-        })
+        crate::engine::bounds::parse_value(serde_json::Value::Object(self.raw))
     }
 }
 

@@ -81,10 +81,13 @@ pub struct SessionRecord {
 impl SessionRecord {
     /// When the session becomes due for closing by the sweeper, and why.
     pub fn expiry(&self) -> (i64, &'static str) {
-        let idle = self.last_active_at + (self.idle_ttl_seconds as i64) * 1000;
+        let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let idle = self
+            .last_active_at
+            .saturating_add(ms(self.idle_ttl_seconds));
         match self.timeout_seconds {
-            Some(t) if self.created_at + (t as i64) * 1000 < idle => {
-                (self.created_at + (t as i64) * 1000, "timeout")
+            Some(t) if self.created_at.saturating_add(ms(t)) < idle => {
+                (self.created_at.saturating_add(ms(t)), "timeout")
             }
             _ => (idle, "idle_timeout"),
         }
