@@ -171,6 +171,10 @@ pub struct ShellConfig {
     pub max_output_bytes: usize,
     /// Commands inherit the server's environment (plus the step's `env`).
     pub inherit_env: bool,
+    /// Names of the variables a step's `env` may set. Empty: any, except (while
+    /// allowed_commands is set) those that change what a program runs or loads
+    /// (PATH, LD_*, DYLD_*, BASH_ENV, ENV, PYTHON*, PERL5*, RUBYOPT, NODE_OPTIONS, GIT_*, ...).
+    pub allowed_env: Vec<String>,
 }
 
 impl Default for ShellConfig {
@@ -184,6 +188,7 @@ impl Default for ShellConfig {
             default_max_output_bytes: 1024 * 1024,
             max_output_bytes: 16 * 1024 * 1024,
             inherit_env: true,
+            allowed_env: Vec::new(),
         }
     }
 }
@@ -229,7 +234,9 @@ impl Default for HttpModuleConfig {
 pub struct FsConfig {
     /// The `fs` actions work only when this is true.
     pub enabled: bool,
-    /// Directories the `fs` actions are confined to. Empty: the projects roots.
+    /// Directories the `fs` actions are confined to, shared by every principal
+    /// (`{principal}` in one stands for the caller's folder name). Empty: each
+    /// principal reaches its work area `<data_dir>/work/<principal>` and its projects' folders.
     /// Relative paths in a step resolve against the first root.
     pub roots: Vec<PathBuf>,
     /// Largest file `fs.read` returns and `fs.write` writes, in bytes.
@@ -459,6 +466,22 @@ pub struct HttpConfig {
     /// The legacy HTTP+SSE transport (protocol 2024-11-05): its event stream and its POST path.
     pub legacy_sse_path: String,
     pub legacy_messages_path: String,
+    /// Most open connections; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Seconds a request's headers may take to arrive (also closes a keep-alive
+    /// connection that sends no next request within it).
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a request's body may take to arrive whole (408 after).
+    pub body_read_timeout_seconds: u64,
+    /// A connection with no request in flight and no traffic for this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// Streamable HTTP transport sessions (`Mcp-Session-Id`) open at once, in all and per
+    /// principal (a principal's least recently used one is closed for a new one; past the
+    /// total, new ones get 503), and how long an unused one lives. Legacy SSE streams count
+    /// against the same caps (past them, a new stream gets 429).
+    pub max_sessions: usize,
+    pub max_sessions_per_principal: usize,
+    pub session_idle_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -468,6 +491,10 @@ pub struct AuthConfig {
     /// When empty, HTTP callers are the local principal, and only a
     /// loopback bind is allowed.
     pub tokens: Vec<TokenConfig>,
+    /// Principals that may see every principal's activity: `/metrics`, and other
+    /// principals' lock keys, holders and waiters in get_resource_status. Others see
+    /// their own and counts of the rest.
+    pub admin_principals: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -516,6 +543,9 @@ pub struct LimitsConfig {
     /// split to stay under it; an answer still larger becomes a RESULT_TOO_LARGE error that says
     /// how to ask for less.
     pub max_result_bytes: usize,
+    /// Largest JSON-RPC message (one line) read over stdio; longer lines are skipped unread
+    /// and answered with an error. HTTP bodies are bounded by `http.max_body_bytes`.
+    pub max_message_bytes: usize,
 }
 
 impl Default for Config {
@@ -558,6 +588,13 @@ impl Default for HttpConfig {
             sse_keep_alive_seconds: 15,
             legacy_sse_path: "/sse".into(),
             legacy_messages_path: "/messages".into(),
+            max_connections: 512,
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 30,
+            idle_timeout_seconds: 120,
+            max_sessions: 1000,
+            max_sessions_per_principal: 64,
+            session_idle_seconds: 300,
         }
     }
 }
@@ -584,6 +621,7 @@ impl Default for LimitsConfig {
             default_page_size: 50,
             max_page_size: 200,
             max_result_bytes: 40_000,
+            max_message_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -664,6 +702,9 @@ impl Config {
                 anyhow::bail!("auth tokens need a non-empty name");
             }
         }
+        if self.limits.max_message_bytes < 4096 {
+            anyhow::bail!("limits.max_message_bytes must be at least 4096");
+        }
         if self.limits.max_result_bytes < 4096 {
             anyhow::bail!("limits.max_result_bytes must be at least 4096");
         }
@@ -699,6 +740,23 @@ impl Config {
         if w.max_timeout_seconds == 0 || w.max_step_output_bytes > w.max_run_output_bytes {
             anyhow::bail!(
                 "workflows.max_timeout_seconds must be at least 1, and workflows.max_step_output_bytes must not exceed workflows.max_run_output_bytes"
+            );
+        }
+        let h = &self.http;
+        if h.max_connections == 0
+            || h.header_read_timeout_seconds == 0
+            || h.body_read_timeout_seconds == 0
+            || h.max_sessions == 0
+            || h.max_sessions_per_principal == 0
+            || h.session_idle_seconds == 0
+        {
+            anyhow::bail!(
+                "http: max_connections, header_read_timeout_seconds, body_read_timeout_seconds, max_sessions, max_sessions_per_principal and session_idle_seconds must be at least 1"
+            );
+        }
+        if h.idle_timeout_seconds <= self.workflows.max_wait_seconds {
+            anyhow::bail!(
+                "http.idle_timeout_seconds must be longer than workflows.max_wait_seconds (a waiting call keeps its connection busy, but its client may reuse the connection right after)"
             );
         }
         if self.http.max_body_bytes < 1024 {

@@ -29,10 +29,15 @@ fn sha(t: &str) -> String {
 }
 
 fn token_config(env: &Env) -> std::path::PathBuf {
+    token_config_with(env, "")
+}
+
+/// Tokens for alice and bob, and `extra` TOML before them.
+fn token_config_with(env: &Env, extra: &str) -> std::path::PathBuf {
     let bob_file = env.path().join("bob.token");
     std::fs::write(&bob_file, format!("{BOB}\n")).unwrap();
     env.config(&format!(
-        "[[auth.tokens]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n\n[[auth.tokens]]\nname = \"bob\"\ntoken_file = \"{}\"\n",
+        "{extra}\n[[auth.tokens]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n\n[[auth.tokens]]\nname = \"bob\"\ntoken_file = \"{}\"\n",
         sha(ALICE),
         bob_file.display()
     ))
@@ -367,7 +372,8 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 #[tokio::test]
 async fn metrics_are_prometheus_text() {
     let env = Env::new();
-    let cfg = token_config(&env);
+    // bob administers: he may scrape what alice did; alice may not.
+    let cfg = token_config_with(&env, "[auth]\nadmin_principals = [\"bob\"]\n");
     let server = env.http(&["--config", cfg.to_str().unwrap()]).await;
     let c = server.client(Era::Legacy, Some(ALICE)).await;
     ok(&c, "create_session", json!({"name": "m"})).await;
@@ -406,9 +412,16 @@ async fn metrics_are_prometheus_text() {
     let url = format!("http://{}/metrics", server.addr);
     let anonymous = reqwest::get(&url).await.unwrap();
     assert_eq!(anonymous.status(), 401, "tokens are configured");
-    let r = reqwest::Client::new()
+    let not_admin = reqwest::Client::new()
         .get(&url)
         .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_admin.status(), 403, "alice is no administrator");
+    let r = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(BOB)
         .send()
         .await
         .unwrap();

@@ -299,7 +299,8 @@ async fn sse_has_the_same_protections_as_mcp() {
 #[tokio::test]
 async fn keep_alives_flow_and_dropped_streams_leave_nothing_behind() {
     let env = Env::new();
-    let cfg = env.config("[http]\nsse_keep_alive_seconds = 1\n");
+    // 200 streams of one principal: past the default per-principal cap of 64.
+    let cfg = env.config("[http]\nsse_keep_alive_seconds = 1\nmax_sessions_per_principal = 250\n");
     let server = env.http(&["--config", cfg.to_str().unwrap()]).await;
     let c = server.client(Era::Legacy, None).await;
     let mut s = Stream::open(&server.addr, None).await;

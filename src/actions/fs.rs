@@ -1,14 +1,23 @@
-//! `fs`: read, write, list, create and delete files, confined to the roots
-//! of `[modules.fs]` (the projects folder by default).
+//! `fs`: read, write, list, create and delete files, confined to roots.
+//!
+//! Without `[modules.fs] roots`, a principal's steps reach only what it owns:
+//! its work area `<data_dir>/work/<principal>` and its projects' folders.
+//! Configured roots are shared by every principal (an operator's choice;
+//! `{principal}` in a root gives each principal its own).
 //!
 //! A path is relative to the first root, or absolute inside one of them.
 //! `..` components are refused outright; the existing part of every path is
 //! resolved (symlinks included) and must stay inside the root, so a symlink
-//! pointing out of the root is refused too. Writes are atomic: a temporary
-//! file in the same folder, synced, then renamed over the target.
+//! pointing out of the root is refused too. The operation itself then opens
+//! the path beneath a handle of the root (cap-std: `openat2` with
+//! `RESOLVE_BENEATH`, or a checked component walk), so a folder swapped for
+//! a symlink after the check still cannot lead out. Writes are atomic: a
+//! temporary file in the same folder handle, synced, then renamed over the target.
 
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
+
+use cap_std::fs::Dir;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -37,6 +46,14 @@ fn denied(msg: impl Into<String>) -> ActionError {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> ActionError {
+    if e.kind() == std::io::ErrorKind::PermissionDenied
+        && e.to_string().contains("outside of the filesystem")
+    {
+        return denied(format!(
+            "{what} {}: the path leads outside its root (through a symlink)",
+            path.display()
+        ));
+    }
     let code = match e.kind() {
         std::io::ErrorKind::NotFound => ErrorCode::NotFound,
         std::io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
@@ -138,8 +155,8 @@ impl Fs {
     pub fn new(config: &Config) -> Self {
         let c = &config.modules.fs;
         let (roots, no_roots, default_root) = if c.roots.is_empty() {
-            match config.projects_roots() {
-                Ok(r) => (r, None, true),
+            match config.data_dir() {
+                Ok(d) => (vec![d.join("work")], None, true),
                 Err(e) => (vec![], Some(e.to_string()), true),
             }
         } else {
@@ -154,6 +171,37 @@ impl Fs {
             max_write: c.max_write_bytes,
             max_list: c.max_list_entries,
         }
+    }
+
+    /// The roots for one call of `principal`'s. Configured roots are shared
+    /// (`{principal}` in one stands for the caller's folder name). Without
+    /// configured roots a principal reaches only its own: its work area
+    /// `<data_dir>/work/<principal>` (created on first use, where relative
+    /// paths start) and the folders of its projects.
+    async fn roots_for(&self, ctx: &ActionCtx) -> Result<Fs, ActionError> {
+        let mut this = self.clone();
+        let me = principal_dir(&ctx.principal);
+        if self.default_root {
+            if let Some(base) = self.roots.first() {
+                this.roots = vec![base.join(&me)];
+            }
+            if let Some(host) = &ctx.host {
+                this.roots
+                    .extend(host.principal_folders(&ctx.principal).await?);
+            }
+        } else {
+            for r in &mut this.roots {
+                if let Some(s) = r.to_str().filter(|s| s.contains("{principal}")) {
+                    *r = PathBuf::from(s.replace("{principal}", &me));
+                }
+            }
+        }
+        // A project run works in its project folder: the first root of the call.
+        if let Some(dir) = &ctx.workdir {
+            this.roots.insert(0, dir.clone());
+            this.default_root = false;
+        }
+        Ok(this)
     }
 
     /// The roots, resolved (the default one is created when missing).
@@ -172,58 +220,87 @@ impl Fs {
         Ok(out)
     }
 
-    /// Resolve a path given by a step and check that it stays inside a root.
-    fn resolve(&self, given: &str) -> Result<Target, ActionError> {
-        confine(&self.roots, &self.real_roots()?, given)
+    /// Resolve a path given by a step: checked against the roots (with
+    /// messages that say which rule it broke), then opened beneath a handle
+    /// of its root, so that a symlink swapped in after the check still
+    /// cannot lead out of it.
+    fn place(&self, given: &str) -> Result<Place, ActionError> {
+        let t = confine(&self.roots, &self.real_roots()?, given)?;
+        let rel = t
+            .path
+            .strip_prefix(&t.root)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let dir = Dir::open_ambient_dir(&t.root, cap_std::ambient_authority())
+            .map_err(|e| io_err("cannot open the root", &t.root, e))?;
+        Ok(Place {
+            root: t.root,
+            dir,
+            rel,
+        })
     }
 
     fn read(&self, p: &Value) -> Result<Value, ActionError> {
-        let t = self.resolve(str_param(p, "path")?)?;
+        let t = self.place(str_param(p, "path")?)?;
+        let path = t.shown();
         let limit = p
             .get("max_bytes")
             .and_then(Value::as_u64)
             .unwrap_or(self.max_read)
             .min(self.max_read);
-        let meta = std::fs::metadata(&t.path).map_err(|e| io_err("cannot read", &t.path, e))?;
+        let file = t
+            .dir
+            .open(t.here())
+            .map_err(|e| io_err("cannot read", &path, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| io_err("cannot read", &path, e))?;
         if !meta.is_file() {
             return Err(ActionError::new(
                 ErrorCode::InvalidParameters,
-                format!(
-                    "{} is not a file (use fs.list for folders)",
-                    t.path.display()
-                ),
+                format!("{} is not a file (use fs.list for folders)", path.display()),
             ));
         }
-        if meta.len() > limit {
-            return Err(ActionError::new(
+        let too_big = |n: u64| {
+            ActionError::new(
                 ErrorCode::LimitExceeded,
                 format!(
-                    "{} has {} bytes; the limit is {limit} (max_bytes, [modules.fs] max_read_bytes)",
-                    t.path.display(),
-                    meta.len()
+                    "{} has {n} bytes; the limit is {limit} (max_bytes, [modules.fs] max_read_bytes)",
+                    path.display()
                 ),
-            ));
+            )
+        };
+        if meta.len() > limit {
+            return Err(too_big(meta.len()));
         }
-        let bytes = std::fs::read(&t.path).map_err(|e| io_err("cannot read", &t.path, e))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)
+            .map_err(|e| io_err("cannot read", &path, e))?;
+        if bytes.len() as u64 > limit {
+            // It grew since it was measured.
+            return Err(too_big(bytes.len() as u64));
+        }
         let encoding = p.get("encoding").and_then(Value::as_str).unwrap_or("utf8");
+        let size = bytes.len();
         let content = if encoding == "base64" {
             base64::engine::general_purpose::STANDARD.encode(&bytes)
         } else {
-            String::from_utf8(bytes.clone()).map_err(|_| {
+            String::from_utf8(bytes).map_err(|_| {
                 ActionError::new(
                     ErrorCode::InvalidParameters,
                     format!(
                         "{} is not UTF-8 text; read it with encoding: base64",
-                        t.path.display()
+                        path.display()
                     ),
                 )
             })?
         };
-        Ok(json!({"path": t.path, "size": bytes.len(), "encoding": encoding, "content": content}))
+        Ok(json!({"path": path, "size": size, "encoding": encoding, "content": content}))
     }
 
     fn write(&self, p: &Value) -> Result<Value, ActionError> {
-        let t = self.resolve(str_param(p, "path")?)?;
+        let t = self.place(str_param(p, "path")?)?;
+        let path = t.shown();
         let content = str_param(p, "content")?;
         let bytes = match p.get("encoding").and_then(Value::as_str).unwrap_or("utf8") {
             "base64" => base64::engine::general_purpose::STANDARD
@@ -246,21 +323,28 @@ impl Fs {
                 ),
             ));
         }
-        if t.path == t.root {
+        let Some(name) = t.rel.file_name().map(|n| n.to_owned()) else {
             return Err(denied("cannot write over an fs root"));
-        }
-        let parent = t.path.parent().unwrap_or(&t.root).to_path_buf();
+        };
+        let parent_rel = t.rel.parent().map(Path::to_path_buf).unwrap_or_default();
+        let parent_shown = t.root.join(&parent_rel);
         if p.get("create_dirs")
             .and_then(Value::as_bool)
             .unwrap_or(true)
+            && !parent_rel.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(&parent).map_err(|e| io_err("cannot create", &parent, e))?;
+            t.dir
+                .create_dir_all(&parent_rel)
+                .map_err(|e| io_err("cannot create", &parent_shown, e))?;
         }
-        let existed = match std::fs::symlink_metadata(&t.path) {
+        let parent = t
+            .open_dir(&parent_rel)
+            .map_err(|e| io_err("cannot write in", &parent_shown, e))?;
+        let existed = match parent.symlink_metadata(&name) {
             Ok(m) if m.is_dir() => {
                 return Err(ActionError::new(
                     ErrorCode::Conflict,
-                    format!("{} is a folder", t.path.display()),
+                    format!("{} is a folder", path.display()),
                 ));
             }
             Ok(_) => true,
@@ -269,23 +353,31 @@ impl Fs {
         if existed && !p.get("overwrite").and_then(Value::as_bool).unwrap_or(true) {
             return Err(ActionError::new(
                 ErrorCode::Conflict,
-                format!("{} exists and overwrite is false", t.path.display()),
+                format!("{} exists and overwrite is false", path.display()),
             ));
         }
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".myrmex-write-")
-            .tempfile_in(&parent)
-            .map_err(|e| io_err("cannot create a temporary file in", &parent, e))?;
-        tmp.write_all(&bytes)
-            .and_then(|_| tmp.as_file().sync_all())
-            .map_err(|e| io_err("cannot write", &t.path, e))?;
-        tmp.persist(&t.path)
-            .map_err(|e| io_err("cannot move the new content to", &t.path, e.error))?;
-        Ok(json!({"path": t.path, "bytes_written": bytes.len(), "created": !existed}))
+        // A temporary file beside the target, synced, then renamed over it:
+        // both inside the same folder handle.
+        let tmp = format!(".myrmex-write-{}", uuid::Uuid::new_v4().simple());
+        let written = (|| {
+            let mut f = parent.open_with(
+                &tmp,
+                cap_std::fs::OpenOptions::new().write(true).create_new(true),
+            )?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            parent.rename(&tmp, &parent, &name)
+        })();
+        if let Err(e) = written {
+            let _ = parent.remove_file(&tmp);
+            return Err(io_err("cannot write", &path, e));
+        }
+        Ok(json!({"path": path, "bytes_written": bytes.len(), "created": !existed}))
     }
 
     fn list(&self, p: &Value) -> Result<Value, ActionError> {
-        let t = self.resolve(p.get("path").and_then(Value::as_str).unwrap_or("."))?;
+        let t = self.place(p.get("path").and_then(Value::as_str).unwrap_or("."))?;
+        let path = t.shown();
         let recursive = p.get("recursive").and_then(Value::as_bool).unwrap_or(false);
         let limit = p
             .get("max_entries")
@@ -293,18 +385,26 @@ impl Fs {
             .map(|n| n as usize)
             .unwrap_or(self.max_list)
             .min(self.max_list);
-        if !t.path.is_dir() {
-            return Err(ActionError::new(
-                ErrorCode::InvalidParameters,
-                format!("{} is not a folder", t.path.display()),
-            ));
-        }
+        let start = match t.dir.metadata(t.here()) {
+            Ok(m) if m.is_dir() => t
+                .open_dir(&t.rel)
+                .map_err(|e| io_err("cannot list", &path, e))?,
+            Ok(_) => {
+                return Err(ActionError::new(
+                    ErrorCode::InvalidParameters,
+                    format!("{} is not a folder", path.display()),
+                ));
+            }
+            Err(e) => return Err(io_err("cannot list", &path, e)),
+        };
         let mut entries = Vec::new();
         let mut truncated = false;
-        let mut stack = vec![t.path.clone()];
-        'walk: while let Some(dir) = stack.pop() {
-            let mut items: Vec<_> = std::fs::read_dir(&dir)
-                .map_err(|e| io_err("cannot list", &dir, e))?
+        // Folders are entered by handle, beneath the root; listed symlinks are not entered.
+        let mut stack = vec![(start, PathBuf::new())];
+        'walk: while let Some((dir, prefix)) = stack.pop() {
+            let mut items: Vec<_> = dir
+                .entries()
+                .map_err(|e| io_err("cannot list", &path.join(&prefix), e))?
                 .filter_map(|e| e.ok())
                 .collect();
             items.sort_by_key(|e| e.file_name());
@@ -313,102 +413,108 @@ impl Fs {
                     truncated = true;
                     break 'walk;
                 }
-                let meta = match item.path().symlink_metadata() {
-                    Ok(m) => m,
-                    Err(_) => continue,
-                };
-                let kind = if meta.file_type().is_symlink() {
+                let Ok(meta) = item.metadata() else { continue };
+                let ft = meta.file_type();
+                let kind = if ft.is_symlink() {
                     "symlink"
-                } else if meta.is_dir() {
+                } else if ft.is_dir() {
                     "dir"
                 } else {
                     "file"
                 };
-                let rel = item
-                    .path()
-                    .strip_prefix(&t.path)
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|_| item.path());
+                let name = item.file_name();
+                let rel = prefix.join(&name);
                 let modified = meta
                     .modified()
                     .ok()
-                    .map(|m| chrono::DateTime::<chrono::Utc>::from(m).to_rfc3339());
+                    .map(|m| chrono::DateTime::<chrono::Utc>::from(m.into_std()).to_rfc3339());
                 entries.push(
                     json!({"path": rel, "type": kind, "size": meta.len(), "modified": modified}),
                 );
-                if recursive && kind == "dir" {
-                    stack.push(item.path());
+                if recursive
+                    && kind == "dir"
+                    && let Ok(sub) = dir.open_dir(&name)
+                {
+                    stack.push((sub, rel));
                 }
             }
         }
-        Ok(json!({"path": t.path, "entries": entries, "truncated": truncated}))
+        Ok(json!({"path": path, "entries": entries, "truncated": truncated}))
     }
 
     fn mkdir(&self, p: &Value) -> Result<Value, ActionError> {
-        let t = self.resolve(str_param(p, "path")?)?;
-        let existed = t.path.is_dir();
-        let r = if p.get("parents").and_then(Value::as_bool).unwrap_or(true) {
-            std::fs::create_dir_all(&t.path)
-        } else if existed {
+        let t = self.place(str_param(p, "path")?)?;
+        let path = t.shown();
+        let existed = t.dir.metadata(t.here()).is_ok_and(|m| m.is_dir());
+        let r = if t.rel.as_os_str().is_empty() || existed {
             Ok(())
+        } else if p.get("parents").and_then(Value::as_bool).unwrap_or(true) {
+            t.dir.create_dir_all(&t.rel)
         } else {
-            std::fs::create_dir(&t.path)
+            t.dir.create_dir(&t.rel)
         };
-        r.map_err(|e| io_err("cannot create", &t.path, e))?;
-        Ok(json!({"path": t.path, "created": !existed}))
+        r.map_err(|e| io_err("cannot create", &path, e))?;
+        Ok(json!({"path": path, "created": !existed}))
     }
 
     fn delete(&self, given: &Value) -> Result<Value, ActionError> {
         let raw = str_param(given, "path")?;
-        // A symlink is removed itself, never what it points to: resolve only its folder.
-        let link = {
-            let p = Path::new(raw);
-            match (p.parent(), p.file_name()) {
-                (Some(parent), Some(name)) => {
-                    let parent = if parent.as_os_str().is_empty() {
-                        "."
-                    } else {
-                        parent.to_str().unwrap_or(".")
-                    };
-                    let dir = self.resolve(parent)?;
-                    let candidate = dir.path.join(name);
-                    candidate
-                        .symlink_metadata()
-                        .ok()
-                        .filter(|m| m.file_type().is_symlink())
-                        .map(|_| candidate)
-                }
-                _ => None,
-            }
-        };
-        if let Some(l) = link {
-            std::fs::remove_file(&l).map_err(|e| io_err("cannot delete", &l, e))?;
-            return Ok(json!({"path": l, "deleted": true, "type": "symlink"}));
-        }
-        let t = self.resolve(raw)?;
         let missing_ok = given
             .get("missing_ok")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        if t.path == t.root {
-            return Err(denied("cannot delete an fs root"));
-        }
-        let meta = match std::fs::symlink_metadata(&t.path) {
+        // The folder is resolved, the last component never followed: a
+        // symlink is removed itself, never what it points to.
+        let p = Path::new(raw);
+        let name = match p.file_name() {
+            Some(n)
+                if p.components()
+                    .next_back()
+                    .is_some_and(|c| matches!(c, Component::Normal(_))) =>
+            {
+                n.to_owned()
+            }
+            _ => {
+                // `.`, `/`, a root itself.
+                let t = self.place(raw)?;
+                if t.rel.as_os_str().is_empty() {
+                    return Err(denied("cannot delete an fs root"));
+                }
+                t.rel.file_name().map(|n| n.to_owned()).unwrap_or_default()
+            }
+        };
+        let parent_given = match p.parent() {
+            Some(pp) if !pp.as_os_str().is_empty() => pp.to_str().unwrap_or("."),
+            _ => ".",
+        };
+        let t = self.place(parent_given)?;
+        let shown = t.shown().join(&name);
+        let parent = t
+            .open_dir(&t.rel)
+            .map_err(|e| io_err("cannot delete", &shown, e))?;
+        let meta = match parent.symlink_metadata(&name) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing_ok => {
-                return Ok(json!({"path": t.path, "deleted": false, "type": null}));
+                return Ok(json!({"path": shown, "deleted": false, "type": null}));
             }
-            Err(e) => return Err(io_err("cannot delete", &t.path, e)),
+            Err(e) => return Err(io_err("cannot delete", &shown, e)),
         };
-        if meta.is_dir() {
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            parent
+                .remove_file(&name)
+                .map_err(|e| io_err("cannot delete", &shown, e))?;
+            return Ok(json!({"path": shown, "deleted": true, "type": "symlink"}));
+        }
+        if ft.is_dir() {
             if given
                 .get("recursive")
                 .and_then(Value::as_bool)
                 .unwrap_or(false)
             {
-                std::fs::remove_dir_all(&t.path)
+                parent.remove_dir_all(&name)
             } else {
-                std::fs::remove_dir(&t.path)
+                parent.remove_dir(&name)
             }
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::DirectoryNotEmpty {
@@ -416,19 +522,77 @@ impl Fs {
                         ErrorCode::Conflict,
                         format!(
                             "{} is a folder that is not empty; pass recursive: true",
-                            t.path.display()
+                            shown.display()
                         ),
                     )
                 } else {
-                    io_err("cannot delete", &t.path, e)
+                    io_err("cannot delete", &shown, e)
                 }
             })?;
-            Ok(json!({"path": t.path, "deleted": true, "type": "dir"}))
+            Ok(json!({"path": shown, "deleted": true, "type": "dir"}))
         } else {
-            std::fs::remove_file(&t.path).map_err(|e| io_err("cannot delete", &t.path, e))?;
-            Ok(json!({"path": t.path, "deleted": true, "type": "file"}))
+            parent
+                .remove_file(&name)
+                .map_err(|e| io_err("cannot delete", &shown, e))?;
+            Ok(json!({"path": shown, "deleted": true, "type": "file"}))
         }
     }
+}
+
+/// A checked path: the root's real location, a handle of it, and the path
+/// beneath it (empty: the root itself).
+struct Place {
+    root: PathBuf,
+    dir: Dir,
+    rel: PathBuf,
+}
+
+impl Place {
+    /// The path as answers show it.
+    fn shown(&self) -> PathBuf {
+        self.root.join(&self.rel)
+    }
+
+    /// The path beneath the root, `.` for the root itself.
+    fn here(&self) -> &Path {
+        if self.rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &self.rel
+        }
+    }
+
+    /// A handle of a folder beneath the root (the root for an empty path).
+    fn open_dir(&self, rel: &Path) -> std::io::Result<Dir> {
+        if rel.as_os_str().is_empty() {
+            self.dir.try_clone()
+        } else {
+            self.dir.open_dir(rel)
+        }
+    }
+}
+
+/// A principal's folder name: its name where that is a plain file name,
+/// else a sanitized form with a hash (two principals never share one).
+pub fn principal_dir(principal: &str) -> String {
+    let plain = !principal.is_empty()
+        && principal.len() <= 64
+        && principal != "."
+        && principal != ".."
+        && principal
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if plain {
+        return principal.to_string();
+    }
+    use sha2::Digest as _;
+    let hash = hex::encode(sha2::Sha256::digest(principal.as_bytes()));
+    let safe: String = principal
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .take(32)
+        .collect();
+    format!("{safe}-{}", &hash[..12])
 }
 
 fn str_param<'a>(p: &'a Value, key: &str) -> Result<&'a str, ActionError> {
@@ -461,7 +625,7 @@ impl Module for Fs {
     }
 
     fn description(&self) -> &'static str {
-        "Files and folders inside the configured roots (the projects folder by default)."
+        "Files and folders inside the configured roots (by default the caller's work area and its projects' folders)."
     }
 
     fn disabled(&self) -> Option<String> {
@@ -564,13 +728,8 @@ impl Module for Fs {
     }
 
     async fn call(&self, action: &str, p: Value, ctx: ActionCtx) -> Result<Value, ActionError> {
-        // File system calls block: keep them off the async workers. A project
-        // run works in its project folder: it is the first root for the call.
-        let mut this = self.clone();
-        if let Some(dir) = &ctx.workdir {
-            this.roots.insert(0, dir.clone());
-            this.default_root = false;
-        }
+        // File system calls block: keep them off the async workers.
+        let this = self.roots_for(&ctx).await?;
         let action = action.to_string();
         tokio::task::spawn_blocking(move || match action.as_str() {
             "read" => this.read(&p),

@@ -352,9 +352,11 @@ impl Http {
                     format!("bad redirect Location '{loc}': {e}"),
                 )
             })?;
-            if next.host_str() != url.host_str() {
-                // Credentials are for the host they were given for.
+            if next.origin() != url.origin() {
+                // Credentials are for the origin (scheme, host and port) they were
+                // given for: another port of the same host is another server.
                 headers.remove(reqwest::header::AUTHORIZATION);
+                headers.remove(reqwest::header::PROXY_AUTHORIZATION);
                 headers.remove(reqwest::header::COOKIE);
             }
             if status == reqwest::StatusCode::SEE_OTHER

@@ -117,6 +117,12 @@ pub trait Host: Send + Sync + 'static {
     async fn agent_step(&self, ctx: &ActionCtx, params: Value) -> Result<Value, ActionError>;
     /// `docs.generate`: regenerate a project's docs (the run's project by default).
     async fn project_docs(&self, ctx: &ActionCtx, params: Value) -> Result<Value, ActionError>;
+    /// The folders of the projects `principal` owns (what its fs steps may reach
+    /// besides its work area when no fs roots are configured).
+    async fn principal_folders(
+        &self,
+        principal: &str,
+    ) -> Result<Vec<std::path::PathBuf>, ActionError>;
 }
 
 /// Why an action failed.

@@ -126,14 +126,87 @@ impl Shell {
                 ),
             ));
         }
-        if env.contains_key("PATH") {
+        if let Some(name) = env.keys().find(|k| injects(k)) {
             return Err(ActionError::new(
                 ErrorCode::PermissionDenied,
-                "env may not set PATH while [modules.shell] allowed_commands is set (it would change which program runs)",
+                format!(
+                    "env may not set {} while [modules.shell] allowed_commands is set: it changes which program runs or what code it loads (refused: {})",
+                    crate::error::excerpt(name),
+                    INJECTING_ENV.join(", ")
+                ),
             ));
         }
         Ok(())
     }
+
+    /// `[modules.shell] allowed_env`, when set, names every variable a step may set.
+    fn check_env(&self, env: &serde_json::Map<String, Value>) -> Result<(), ActionError> {
+        let allowed = &self.config.allowed_env;
+        if allowed.is_empty() {
+            return Ok(());
+        }
+        match env.keys().find(|k| !allowed.contains(k)) {
+            Some(k) => Err(ActionError::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "env may not set {}: [modules.shell] allowed_env lists {}",
+                    crate::error::excerpt(k),
+                    allowed.join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Variables that make an allowed program run other code: the dynamic
+/// loader's, shells' start-up files, interpreters' option and module paths,
+/// pagers and helpers that programs start. `*` ends a prefix.
+pub const INJECTING_ENV: &[&str] = &[
+    "PATH",
+    "LD_*",
+    "DYLD_*",
+    "GLIBC_TUNABLES",
+    "GCONV_PATH",
+    "NLSPATH",
+    "BASH_ENV",
+    "ENV",
+    "BASH_FUNC_*",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "IFS",
+    "PYTHON*",
+    "PERL5*",
+    "PERLLIB",
+    "PERL_MB_OPT",
+    "RUBYOPT",
+    "RUBYLIB",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "CLASSPATH",
+    "GIT_*",
+    "LESSOPEN",
+    "LESSCLOSE",
+    "PAGER",
+    "EDITOR",
+    "VISUAL",
+    "BROWSER",
+    "SSH_ASKPASS",
+    "HOSTALIASES",
+];
+
+/// Does setting `name` let a step change what an allowed program runs?
+fn injects(name: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    INJECTING_ENV.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == *p,
+    })
 }
 
 fn show_paths(p: &[PathBuf]) -> String {
@@ -244,7 +317,14 @@ impl Module for Shell {
                 ));
             }
         };
-        self.check_program(&argv[0], &env)?;
+        let Some(program) = argv.first() else {
+            return Err(ActionError::new(
+                ErrorCode::InvalidParameters,
+                "argv is empty: give the program and its arguments",
+            ));
+        };
+        self.check_program(program, &env)?;
+        self.check_env(&env)?;
         let cwd = self.working_dir(p.get("cwd").and_then(Value::as_str), ctx.workdir.as_ref())?;
         let timeout = p
             .get("timeout_seconds")

@@ -84,6 +84,37 @@ impl Host for EngineHost {
         let (project_id, report) = engine.generate_project_docs(&principal, &key).await?;
         Ok(json!({"project_id": project_id, "written": report.written, "kept": report.kept}))
     }
+
+    async fn principal_folders(
+        &self,
+        principal: &str,
+    ) -> Result<Vec<std::path::PathBuf>, ActionError> {
+        let engine = self.engine()?;
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = engine
+                .store()
+                .list_projects(&crate::store::ProjectQuery {
+                    principal,
+                    status: None,
+                    kind: None,
+                    tag: None,
+                    after: after.clone(),
+                    limit: 500,
+                })
+                .await
+                .map_err(Error::from)?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.created_at, last.id.clone()));
+            let full = page.len() == 500;
+            out.extend(page.into_iter().map(|r| std::path::PathBuf::from(r.path)));
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl Engine {

@@ -212,12 +212,26 @@ fn view(a: &AllocationRecord) -> AllocationView {
     }
 }
 
+/// A holder label as `viewer` may see it: its own by name, another
+/// principal's only as such (labels and lock keys can carry private names).
+fn shown_holder<'a>(holder: &'a str, owner: &str, viewer: &str) -> &'a str {
+    if owner == viewer {
+        holder
+    } else {
+        OTHER_PRINCIPAL
+    }
+}
+
+/// What another principal's holder is shown as.
+pub const OTHER_PRINCIPAL: &str = "(another principal)";
+
 /// What keeps a request from being granted now.
 #[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 pub struct Shortage {
     /// Pools short: pool -> {requested, available, capacity}.
     pub pools: BTreeMap<String, Value>,
-    /// Locks held in a conflicting mode: key -> holders (holder label and mode).
+    /// Locks held in a conflicting mode: key -> holders (holder label and mode;
+    /// another principal's holder is not named).
     pub locks: BTreeMap<String, Vec<Value>>,
     /// Quotas that would be exceeded.
     pub quotas: Vec<String>,
@@ -298,7 +312,8 @@ struct State {
 #[derive(Default)]
 struct Usage {
     pools: BTreeMap<String, u64>,
-    locks: HashMap<String, Vec<(LockMode, String)>>,
+    /// Lock key -> (mode, holder label, holder's principal).
+    locks: HashMap<String, Vec<(LockMode, String, String)>>,
     by_principal: HashMap<String, (usize, BTreeMap<String, u64>)>,
     by_session: HashMap<String, (usize, BTreeMap<String, u64>)>,
 }
@@ -315,10 +330,11 @@ impl Usage {
             *self.pools.entry(p.clone()).or_insert(0) += n;
         }
         for l in &req.locks {
-            self.locks
-                .entry(l.key.clone())
-                .or_default()
-                .push((l.mode, holder.to_string()));
+            self.locks.entry(l.key.clone()).or_default().push((
+                l.mode,
+                holder.to_string(),
+                owner_principal.to_string(),
+            ));
         }
         for (map, key) in [
             (&mut self.by_principal, owner_principal),
@@ -368,8 +384,8 @@ impl State {
             if let Some(hs) = usage.locks.get(&l.key) {
                 let bad: Vec<Value> = hs
                     .iter()
-                    .filter(|(m, _)| !l.mode.compatible(*m))
-                    .map(|(m, h)| json!({"holder": h, "mode": m}))
+                    .filter(|(m, _, _)| !l.mode.compatible(*m))
+                    .map(|(m, h, p)| json!({"holder": shown_holder(h, p, &owner.principal), "mode": m}))
                     .collect();
                 if !bad.is_empty() {
                     s.locks.insert(l.key.clone(), bad);
@@ -511,8 +527,10 @@ pub struct PoolStatus {
 pub struct LockStatus {
     /// The strongest mode held.
     pub mode: LockMode,
-    /// Holder labels with their mode.
+    /// Your holders' labels with their mode (every holder's for an administrator).
     pub holders: Vec<Value>,
+    /// Holders of other principals, counted, not named.
+    pub other_holders: usize,
     pub waiters: usize,
 }
 
@@ -529,7 +547,10 @@ pub struct QuotaUse {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ResourceStatus {
     pub pools: BTreeMap<String, PoolStatus>,
+    /// Locks your principal holds (every held lock for an administrator, `auth.admin_principals`).
     pub locks: BTreeMap<String, LockStatus>,
+    /// Locks held only by other principals: counted, their keys not shown.
+    pub locks_held_by_others: usize,
     pub active_allocations: usize,
     pub waiting_requests: usize,
     /// The caller's principal.
@@ -1202,7 +1223,10 @@ impl ResourceManager {
         pools
     }
 
-    pub async fn status(&self, principal: &str, session_id: &str) -> ResourceStatus {
+    /// What `principal` may see of the allocations: pools in full; its own
+    /// locks with their holders, others' holders as counts and others' lock
+    /// keys not at all, unless `admin` (`auth.admin_principals`).
+    pub async fn status(&self, principal: &str, session_id: &str, admin: bool) -> ResourceStatus {
         let mut st = self.state.lock().await;
         if let Err(e) = self.refresh(&mut st).await {
             tracing::warn!(error = %e, "cannot read the allocations; showing this process's last view");
@@ -1210,15 +1234,27 @@ impl ResourceManager {
         let usage = st.usage();
         let pools = Self::pool_status(&st, &usage);
         let mut locks = BTreeMap::new();
+        let mut locks_held_by_others = 0;
         for (k, hs) in &usage.locks {
+            let visible = |owner: &str| admin || owner == principal;
+            if !hs.iter().any(|(_, _, o)| visible(o)) {
+                locks_held_by_others += 1;
+                continue;
+            }
             locks.insert(
                 k.clone(),
                 LockStatus {
-                    mode: hs.iter().map(|(m, _)| *m).max().unwrap_or(LockMode::Read),
+                    mode: hs
+                        .iter()
+                        .map(|(m, _, _)| *m)
+                        .max()
+                        .unwrap_or(LockMode::Read),
                     holders: hs
                         .iter()
-                        .map(|(m, h)| json!({"holder": h, "mode": m}))
+                        .filter(|(_, _, o)| visible(o))
+                        .map(|(m, h, _)| json!({"holder": h, "mode": m}))
                         .collect(),
+                    other_holders: hs.iter().filter(|(_, _, o)| !visible(o)).count(),
                     waiters: st
                         .waiters
                         .iter()
@@ -1249,6 +1285,7 @@ impl ResourceManager {
         ResourceStatus {
             pools,
             locks,
+            locks_held_by_others,
             active_allocations: st.held.len(),
             waiting_requests: st.waiters.len(),
             principal_quota: quota(
@@ -1285,8 +1322,8 @@ impl ResourceManager {
             }
         }
         for (k, hs) in &usage.locks {
-            for (i, (a, _)) in hs.iter().enumerate() {
-                if hs.iter().skip(i + 1).any(|(b, _)| !a.compatible(*b)) {
+            for (i, (a, _, _)) in hs.iter().enumerate() {
+                if hs.iter().skip(i + 1).any(|(b, _, _)| !a.compatible(*b)) {
                     broken.push(format!("lock {k} is held in incompatible modes"));
                     break;
                 }
@@ -1402,7 +1439,7 @@ mod tests {
                         let _ = mgr.release("p", &id, "done").await;
                     }
                 }
-                let s = mgr.status("p", "ses_0").await;
+                let s = mgr.status("p", "ses_0", false).await;
                 for (name, p) in &s.pools {
                     assert_eq!(p.allocated, 0, "pool {name} does not add back up");
                     assert_eq!(p.available, p.capacity);

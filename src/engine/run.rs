@@ -1306,7 +1306,10 @@ impl StepTask {
                 session_id: &self.session_id,
                 project: self.project.as_deref(),
             };
-            let mut budget = Budget::new(self.mgr.limits.max_rendered_bytes);
+            let mut budget = Budget::new(
+                self.mgr.limits.max_rendered_bytes,
+                "workflows.max_rendered_bytes",
+            );
             render_value_within(
                 &Value::Object(self.spec.parameters.clone()),
                 &scope,

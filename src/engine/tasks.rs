@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::attempts;
 use super::resources::{Owner, Requirements, ResourceManager};
 use super::session::Session;
-use super::template::{Ref, Scope, render_value, templates_in};
+use super::template::{Budget, Ref, RenderError, Scope, render_value_within, templates_in};
 use super::workflow::{Priority, RetryPolicy};
 use super::{Engine, Principal, iso, new_id, now_ms};
 use crate::actions::Registry;
@@ -337,6 +337,9 @@ pub struct TaskManager {
     resources: Arc<ResourceManager>,
     config: TasksConfig,
     limits: crate::config::LimitsConfig,
+    /// Auto tasks run actions as steps do, within the steps' bounds
+    /// (`[workflows]`: rendered parameters, output size and depth).
+    action_limits: super::workflow::Limits,
     shutdown: CancellationToken,
     graphs: Mutex<HashMap<String, Arc<SessionGraph>>>,
     /// Other processes may write the same tasks (a shared database): every
@@ -740,6 +743,7 @@ impl TaskManager {
             resources,
             config: config.tasks.clone(),
             limits: config.limits.clone(),
+            action_limits: super::workflow::Limits::from_config(&config.workflows),
             shutdown,
             graphs: Mutex::new(HashMap::new()),
             store,
@@ -982,13 +986,41 @@ impl TaskManager {
         Ok(())
     }
 
+    /// A value nests at most `workflows.max_value_depth` levels.
+    fn check_value_depth(&self, v: &Value, what: &str) -> Result<()> {
+        let max = self.action_limits.max_value_depth;
+        if super::bounds::value_depth(v, max) > max {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("{what} nest deeper than {max} levels (workflows.max_value_depth)"),
+                "Flatten the value, or store it elsewhere and pass a reference.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// An auto task's result is at most `workflows.max_step_output_bytes`.
+    fn check_output(&self, v: &Value) -> Result<()> {
+        let n = super::bounds::json_size(v);
+        let max = self.action_limits.max_step_output_bytes;
+        if n > max {
+            return Err(Error::new(
+                ErrorCode::LimitExceeded,
+                format!("the result is {n} bytes; the limit is {max} (workflows.max_step_output_bytes); it was not stored"),
+                "Have the action return less (max_output_bytes, max_response_bytes), or write large data to a file.",
+            ));
+        }
+        Ok(())
+    }
+
     fn check_payload(&self, task: &str, field: &str, v: &Value) -> Result<()> {
         let n = v.to_string().len();
         if n > self.config.max_payload_bytes {
             return Err(Error::new(
                 ErrorCode::LimitExceeded,
                 format!(
-                    "task '{task}': {field} is {n} bytes; the limit is {} bytes",
+                    "task '{}': {field} is {n} bytes; the limit is {} bytes (tasks.max_payload_bytes)",
+                    crate::error::excerpt(task),
                     self.config.max_payload_bytes
                 ),
                 "Store large data elsewhere (a file, an object store) and pass a reference to it.",
@@ -1218,7 +1250,18 @@ impl TaskManager {
                 scope.results.insert(d, r);
             }
             let params: Map<String, Value> = parse_json(Some(&t.parameters));
-            match render_value(&Value::Object(params), &scope) {
+            let mut budget = Budget::new(
+                self.action_limits.max_rendered_bytes,
+                "workflows.max_rendered_bytes",
+            );
+            let rendered = render_value_within(&Value::Object(params), &scope, &mut budget)
+                .map_err(RenderError::into_message)
+                .and_then(|p| {
+                    self.check_value_depth(&p, "the rendered parameters")
+                        .map(|()| p)
+                        .map_err(|e| e.message)
+                });
+            match rendered {
                 Ok(p) => {
                     let lease_end = now + self.cluster.lease_ttl_ms as i64;
                     let shared = self.shared;
@@ -2567,9 +2610,22 @@ impl Job {
                 t.attempts = attempt;
                 match ending {
                     attempts::Ending::Succeeded(out) => {
-                        t.status = SUCCEEDED.into();
-                        t.result = Some(out.to_string());
-                        t.error = None;
+                        // Bounded like a step's output; nothing past the bound is stored.
+                        match self
+                            .mgr
+                            .check_output(&out)
+                            .and_then(|()| self.mgr.check_value_depth(&out, "the result"))
+                        {
+                            Ok(()) => {
+                                t.status = SUCCEEDED.into();
+                                t.result = Some(out.to_string());
+                                t.error = None;
+                            }
+                            Err(e) => {
+                                t.status = FAILED.into();
+                                t.error = err_json(e.code.as_str(), e.message);
+                            }
+                        }
                     }
                     attempts::Ending::Failed {
                         code,

@@ -171,16 +171,22 @@ impl Template {
 pub struct Budget {
     left: usize,
     max: usize,
+    /// The configuration key of the bound, for the refusal.
+    key: &'static str,
 }
 
 impl Budget {
-    /// At most `max` bytes of rendered values (`workflows.max_rendered_bytes`).
-    pub fn new(max: usize) -> Self {
-        Self { left: max, max }
+    /// At most `max` bytes of rendered values, configured as `key`.
+    pub fn new(max: usize, key: &'static str) -> Self {
+        Self {
+            left: max,
+            max,
+            key,
+        }
     }
 
     fn unlimited() -> Self {
-        Self::new(usize::MAX)
+        Self::new(usize::MAX, "")
     }
 
     fn take(&mut self, n: usize) -> Result<(), RenderError> {
@@ -190,8 +196,8 @@ impl Budget {
                 Ok(())
             }
             None => Err(RenderError::TooLarge(format!(
-                "the rendered parameters would exceed {} bytes (workflows.max_rendered_bytes); nothing was run",
-                self.max
+                "the rendered parameters would exceed {} bytes ({}); nothing was run",
+                self.max, self.key
             ))),
         }
     }
@@ -402,11 +408,6 @@ pub fn templates_in(v: &Value, at: &str, out: &mut Vec<(String, Result<Template,
     }
 }
 
-/// Render every template string inside a JSON value (no size bound).
-pub fn render_value(v: &Value, scope: &dyn Scope) -> Result<Value, String> {
-    render_value_within(v, scope, &mut Budget::unlimited()).map_err(RenderError::into_message)
-}
-
 /// Render every template string inside a JSON value, within `budget` bytes
 /// of rendered values. The value's own nesting was bounded when it was
 /// accepted (`workflows.max_nesting_depth`), so the recursion is too.
@@ -547,10 +548,38 @@ mod tests {
     }
 
     #[test]
+    fn rendering_stays_within_its_budget() {
+        // A string that references a value twice, doubling it, is refused
+        // once the budget is spent, before the text is built.
+        let v = json!({"a": "{{steps.a.output}} {{steps.a.output}}"});
+        let size = render_value_within(&v, &scope(), &mut Budget::new(1 << 20, "k"))
+            .unwrap()
+            .to_string()
+            .len();
+        let e = render_value_within(
+            &v,
+            &scope(),
+            &mut Budget::new(size / 2, "workflows.max_rendered_bytes"),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, RenderError::TooLarge(m) if m.contains("workflows.max_rendered_bytes")),
+            "{e:?}"
+        );
+        let e = render_value_within(
+            &json!("{{params.nope}}"),
+            &scope(),
+            &mut Budget::new(100, "k"),
+        )
+        .unwrap_err();
+        assert!(matches!(e, RenderError::Invalid(_)));
+    }
+
+    #[test]
     fn values_render_recursively() {
         let v = json!({"a": ["{{params.n}}", {"b": "x{{params.env}}"}], "c": 1});
         assert_eq!(
-            render_value(&v, &scope()).unwrap(),
+            render_value_within(&v, &scope(), &mut Budget::new(1000, "k")).unwrap(),
             json!({"a": [2, {"b": "xprod"}], "c": 1})
         );
         let mut found = Vec::new();

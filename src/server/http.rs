@@ -16,9 +16,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use rmcp::transport::streamable_http_server::{
-    StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
-};
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -148,8 +146,19 @@ async fn healthz(State(engine): State<Engine>) -> Response {
 }
 
 /// Prometheus scrape (text format 0.0.4). Behind the same bearer tokens as
-/// `/mcp` when tokens are configured.
-async fn metrics(State(engine): State<Engine>) -> Response {
+/// `/mcp`; with tokens configured only `auth.admin_principals` may read it
+/// (it counts every principal's calls).
+async fn metrics(State(engine): State<Engine>, req: Request) -> Response {
+    let tokens = !engine.config().auth.tokens.is_empty();
+    let principal = req.extensions().get::<Principal>();
+    if tokens && !principal.is_some_and(|p| engine.is_admin(p)) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "/metrics counts every principal's work; this principal is not an administrator",
+            "Scrape with the token of a principal listed in auth.admin_principals.",
+        );
+    }
     match engine.prometheus_text().await {
         Ok(text) => (
             [(
@@ -183,48 +192,60 @@ pub fn app(
     }
     let keep_alive =
         (cfg.sse_keep_alive_seconds > 0).then(|| Duration::from_secs(cfg.sse_keep_alive_seconds));
-    let legacy = super::sse::SseState::new(engine.clone(), hosts.clone(), ct.clone());
+    let legacy = super::sse::SseState::new(engine.clone(), ct.clone());
     let legacy = axum::Router::new()
         .route(&cfg.legacy_sse_path, axum::routing::get(super::sse::open))
         .route(
             &cfg.legacy_messages_path,
             axum::routing::post(super::sse::post),
         )
-        .layer(middleware::from_fn_with_state(
-            legacy.clone(),
-            super::sse::guard,
-        ))
         .layer(middleware::from_fn_with_state(tokens.clone(), authenticate))
         .with_state(legacy);
+    // rmcp checks Host and Origin itself too; the guard layer below does it for every route.
     let rmcp_config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(hosts)
+        .with_allowed_hosts(hosts.clone())
         .with_allowed_origins(cfg.allowed_origins.clone())
         .enforce_origin_validation()
         .with_max_request_body_bytes(cfg.max_body_bytes)
         .with_sse_keep_alive(keep_alive)
         .with_cancellation_token(ct);
+    let sessions = super::mcp_sessions::Sessions::new(cfg);
     let factory_engine = engine.clone();
     let mcp = StreamableHttpService::new(
         move || Ok(MyrmexServer::new(factory_engine.clone())),
-        LocalSessionManager::default().into(),
+        sessions.manager(),
         rmcp_config,
     );
     let mcp = axum::Router::new()
         .route_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(
+            sessions,
+            super::mcp_sessions::bind,
+        ))
         .route(
             "/metrics",
             axum::routing::get(metrics).with_state(engine.clone()),
         )
         .layer(middleware::from_fn_with_state(tokens, authenticate));
+    let guard = super::guard::Guard::new(hosts, cfg);
     axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))
         .with_state(engine)
         .merge(mcp)
         .merge(legacy)
+        // One layer over every route, this one and any added later.
+        .layer(middleware::from_fn_with_state(guard, super::guard::check))
 }
 
 /// Serve until `shutdown` is cancelled; then stop accepting, let open
 /// requests finish (at most 5 s) and return.
+///
+/// Connections are bounded: at most `http.max_connections` at once (more are
+/// answered 503 and closed), request headers must arrive within
+/// `http.header_read_timeout_seconds` (which also closes a keep-alive
+/// connection that sends nothing), a connection with no request in flight
+/// and no traffic for `http.idle_timeout_seconds` is closed, and bodies are
+/// bounded by the guard layer.
 pub async fn serve(
     engine: Engine,
     bind: SocketAddr,
@@ -247,15 +268,40 @@ pub async fn serve(
         messages = %engine.config().http.legacy_messages_path,
         "serving the legacy HTTP+SSE transport"
     );
+    let cfg = engine.config().http.clone();
     let app = app(engine, tokens, local, shutdown.child_token());
-    let graceful = shutdown.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { graceful.cancelled().await });
-    let server = tokio::spawn(async move { server.await });
-    shutdown.cancelled().await;
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(joined) => joined??,
-        Err(_) => tracing::warn!("open HTTP connections did not finish within 5 s; exiting anyway"),
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(super::conn::refuse(stream, cfg.max_connections));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = super::conn::Conn::new(&cfg, app.clone(), &graceful);
+        tokio::spawn(async move {
+            conn.serve(stream, peer).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open HTTP connections did not finish within 5 s; exiting anyway");
     }
     Ok(())
 }

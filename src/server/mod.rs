@@ -5,8 +5,11 @@
 
 pub mod args;
 pub mod catalog;
+pub mod conn;
+pub mod guard;
 pub mod http;
 pub mod logging;
+pub mod mcp_sessions;
 pub mod profiles;
 pub mod prompts;
 pub mod resources;
@@ -167,6 +170,30 @@ pub(crate) fn principal(ctx: &RequestContext<RoleServer>) -> Result<Principal, E
         }),
     }
 }
+
+/// MCP's request methods (a request to one of them that rmcp could not
+/// parse has bad params, not an unknown method).
+const STANDARD_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "server/discover",
+    "prompts/get",
+    "prompts/list",
+    "resources/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "resources/templates/list",
+    "subscriptions/listen",
+    "tools/call",
+    "tools/list",
+    "completion/complete",
+    "logging/setLevel",
+    "tasks/get",
+    "tasks/list",
+    "tasks/result",
+    "tasks/cancel",
+];
 
 #[tool_handler(router = self.tool_router)]
 #[prompt_handler(router = self.prompt_router)]
@@ -343,6 +370,49 @@ impl ServerHandler for MyrmexServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
         self.completions(request, context).await
+    }
+
+    /// rmcp hands over as "custom" a request whose params do not fit the
+    /// method's shape (`tools/call` with `arguments: [1]`): for MCP's own
+    /// methods that is -32602 invalid params, naming what is wrong.
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CustomResult, ErrorData> {
+        let params = request.params.unwrap_or(serde_json::Value::Null);
+        let why = match request.method.as_str() {
+            "tools/call" => serde_json::from_value::<CallToolRequestParams>(params).err(),
+            "prompts/get" => {
+                serde_json::from_value::<rmcp::model::GetPromptRequestParams>(params).err()
+            }
+            "resources/read" => {
+                serde_json::from_value::<rmcp::model::ReadResourceRequestParams>(params).err()
+            }
+            "completion/complete" => serde_json::from_value::<CompleteRequestParams>(params).err(),
+            m if STANDARD_METHODS.contains(&m) => None,
+            _ => {
+                return Err(ErrorData::new(
+                    rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                    format!(
+                        "method not found: {}",
+                        crate::error::excerpt(&request.method)
+                    ),
+                    None,
+                ));
+            }
+        };
+        Err(ErrorData::invalid_params(
+            format!(
+                "invalid params for {}: {}",
+                request.method,
+                why.map_or_else(
+                    || "they do not match the request's schema".to_string(),
+                    |e| crate::error::excerpt(&e.to_string()).into_owned()
+                )
+            ),
+            None,
+        ))
     }
 
     async fn call_tool(

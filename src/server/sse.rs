@@ -6,8 +6,8 @@
 //! Each stream is bridged to the same [`MyrmexServer`] handler and engine as
 //! Streamable HTTP, through a pair of channels (rmcp takes any sink and
 //! stream of JSON-RPC messages as a transport). The same bearer tokens,
-//! Host and Origin checks and body limit apply; a POST must come from the
-//! principal that opened the stream. When the client goes away the bridge
+//! Host and Origin checks (one layer over every route, `guard.rs`) and body
+//! limit apply; a POST must come from the principal that opened the stream. When the client goes away the bridge
 //! is removed and the MCP service cancelled, which cancels its in-flight calls.
 
 use std::collections::HashMap;
@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::channel::mpsc;
@@ -50,19 +49,15 @@ pub struct SseState {
     messages_path: String,
     keep_alive: Option<Duration>,
     shutdown: CancellationToken,
-    hosts: Arc<Vec<String>>,
-    origins: Arc<Vec<String>>,
 }
 
 impl SseState {
-    pub fn new(engine: Engine, hosts: Vec<String>, shutdown: CancellationToken) -> Self {
+    pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
         let cfg = &engine.config().http;
         Self {
             messages_path: cfg.legacy_messages_path.clone(),
             keep_alive: (cfg.sse_keep_alive_seconds > 0)
                 .then(|| Duration::from_secs(cfg.sse_keep_alive_seconds)),
-            origins: Arc::new(cfg.allowed_origins.clone()),
-            hosts: Arc::new(hosts),
             engine,
             bridges: Arc::new(Mutex::new(HashMap::new())),
             shutdown,
@@ -104,6 +99,31 @@ pub async fn open(State(state): State<SseState>, req: Request) -> Response {
             "Send a bearer token.",
         );
     };
+    // Streams count against the transport session caps.
+    let cfg = &state.engine.config().http;
+    let (mine, all) = {
+        let b = state.bridges();
+        (
+            b.values().filter(|b| b.principal == principal).count(),
+            b.len(),
+        )
+    };
+    if mine >= cfg.max_sessions_per_principal || all >= cfg.max_sessions {
+        let (n, key) = if mine >= cfg.max_sessions_per_principal {
+            (
+                cfg.max_sessions_per_principal,
+                "http.max_sessions_per_principal",
+            )
+        } else {
+            (cfg.max_sessions, "http.max_sessions")
+        };
+        return error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "LIMIT_EXCEEDED",
+            &format!("{n} SSE streams are open, the limit ({key})"),
+            "Close a stream you no longer use, or use Streamable HTTP at /mcp.",
+        );
+    }
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (in_tx, in_rx) = mpsc::channel::<RxJsonRpcMessage<RoleServer>>(INBOUND_QUEUE);
     let (out_tx, out_rx) = mpsc::channel::<TxJsonRpcMessage<RoleServer>>(INBOUND_QUEUE);
@@ -254,83 +274,4 @@ pub async fn post(
         );
     }
     StatusCode::ACCEPTED.into_response()
-}
-
-/// Host and Origin checks for the SSE routes, with the same lists as `/mcp`.
-pub async fn guard(State(state): State<SseState>, req: Request, next: Next) -> Response {
-    let refused = if !host_allowed(req.headers(), &state.hosts) {
-        Some((
-            "Host header is not allowed",
-            "Add the host to http.allowed_hosts.",
-        ))
-    } else if !origin_allowed(req.headers(), &state.origins) {
-        Some((
-            "Origin header is not allowed",
-            "Add the origin to http.allowed_origins.",
-        ))
-    } else {
-        None
-    };
-    match refused {
-        Some((message, hint)) => {
-            error_response(StatusCode::FORBIDDEN, "PERMISSION_DENIED", message, hint)
-        }
-        None => next.run(req).await,
-    }
-}
-
-fn split_host_port(s: &str) -> (String, Option<u16>) {
-    let s = s.trim();
-    if let Some(rest) = s.strip_prefix('[') {
-        let (h, after) = rest.split_once(']').unwrap_or((rest, ""));
-        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-        return (h.to_ascii_lowercase(), port);
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h.to_ascii_lowercase(), p.parse().ok()),
-        _ => (s.to_ascii_lowercase(), None),
-    }
-}
-
-fn host_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    if allowed.is_empty() {
-        return true;
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let (h, port) = split_host_port(host);
-    allowed.iter().any(|a| {
-        let (ah, ap) = split_host_port(a);
-        ah == h && ap.is_none_or(|p| Some(p) == port)
-    })
-}
-
-/// Requests without Origin (non-browser clients) pass.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let parse = |s: &str| -> Option<(String, String, Option<u16>)> {
-        let (scheme, rest) = s.trim().split_once("://")?;
-        let (h, p) = split_host_port(rest.trim_end_matches('/'));
-        Some((scheme.to_ascii_lowercase(), h, p))
-    };
-    parse(origin).is_some_and(|(scheme, host, port)| {
-        let default = match scheme.as_str() {
-            "http" => Some(80),
-            "https" => Some(443),
-            _ => None,
-        };
-        allowed.iter().any(|a| {
-            let (a, any_port) = match a.strip_suffix(":*") {
-                Some(base) => (base, true),
-                None => (a.as_str(), false),
-            };
-            parse(a).is_some_and(|(s, h, p)| {
-                s == scheme && h == host && (any_port || p.is_none() || p == port.or(default))
-            })
-        })
-    })
 }

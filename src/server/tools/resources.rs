@@ -295,7 +295,7 @@ impl MyrmexServer {
 
     #[tool(
         name = "get_resource_status",
-        description = "Every pool's capacity, allocated, available, utilization and waiters; every held lock's holders and mode; your principal's and session's quota use.",
+        description = "Every pool's capacity, allocated, available, utilization and waiters; your held locks' holders and mode (other principals' as counts); your principal's and session's quota use.",
         annotations(
             title = "Resource status",
             read_only_hint = true,
@@ -318,7 +318,7 @@ impl MyrmexServer {
         Ok(Json(
             self.engine
                 .resources()
-                .status(p.name(), &session.session_id)
+                .status(p.name(), &session.session_id, self.engine.is_admin(&p))
                 .await,
         ))
     }
