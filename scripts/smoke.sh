@@ -2,7 +2,8 @@
 # Drive the real myrmex binary with official MCP clients:
 #   - the MCP Inspector CLI (stdio and HTTP, legacy and modern protocol eras),
 #   - the generic scenarios of the MCP conformance suite over HTTP (both spec versions),
-#   - the official Python SDK client (scripts/py_client_smoke.py).
+#   - the official Python SDK client (scripts/py_client_smoke.py),
+#   - a schema-driven fuzzer of every tool through that client (scripts/fuzz_tools.py).
 # Installs what it needs (pinned) into the git-ignored .tools/ folder (scripts/install-tools.sh).
 # Usage: scripts/smoke.sh [path/to/myrmex]   (default: target/debug/myrmex)
 set -euo pipefail
@@ -120,6 +121,14 @@ if "$TOOLS/venv/bin/python" scripts/py_client_smoke.py "$BIN" "$WORK/py" "$URL" 
   pass "python mcp client (stdio, http in all connect modes, sse_client)"
 else
   fail "python mcp client"; cat "$WORK/py.log"
+fi
+
+echo "== schema-driven fuzzing of every tool (hypothesis-jsonschema over each inputSchema)"
+if "$TOOLS/venv/bin/python" scripts/fuzz_tools.py "$BIN" "$(mktemp -d -p "$WORK")" "${FUZZ_EXAMPLES:-100}" >"$WORK/fuzz.log" 2>"$WORK/fuzz.err"; then
+  grep '^fuzz tools' "$WORK/fuzz.log" || true
+  pass "tool fuzzing: every generated call answered, the server healthy after"
+else
+  fail "tool fuzzing"; cat "$WORK/fuzz.log"; grep -v ' INFO \| DEBUG ' "$WORK/fuzz.err" | tail -40
 fi
 
 echo "== graceful shutdown"

@@ -141,6 +141,9 @@ impl ErrorCode {
     }
 }
 
+/// Longest message or hint an error answer carries, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 2000;
+
 /// Longest excerpt of caller input that a message quotes, in bytes.
 pub const EXCERPT_BYTES: usize = 120;
 
@@ -218,13 +221,22 @@ impl Error {
         )
     }
 
-    /// The JSON body sent to callers.
+    /// The JSON body sent to callers. Message and hint are cut at
+    /// [`MAX_MESSAGE_BYTES`] (what they quote of a caller's input is an
+    /// excerpt already; this is the last guard).
     pub fn to_body(&self) -> Value {
+        let cut = |s: &str| -> String {
+            if s.len() <= MAX_MESSAGE_BYTES {
+                return s.to_string();
+            }
+            let head = char_prefix(s, MAX_MESSAGE_BYTES);
+            format!("{head}… (+{} bytes)", s.len() - head.len())
+        };
         serde_json::json!({
             "error": {
                 "code": self.code,
-                "message": self.message,
-                "hint": self.hint,
+                "message": cut(&self.message),
+                "hint": cut(&self.hint),
                 "details": self.details,
             }
         })

@@ -18,6 +18,8 @@ pub struct Metrics {
     ops: Mutex<BTreeMap<String, OpStats>>,
     /// Open legacy HTTP+SSE streams.
     pub sse_streams: std::sync::atomic::AtomicUsize,
+    /// Open Streamable HTTP transport sessions.
+    pub http_sessions: std::sync::atomic::AtomicUsize,
     registry: Registry,
     calls: IntCounterVec,
     latency: HistogramVec,
@@ -70,6 +72,7 @@ impl Default for Metrics {
         Self {
             ops: Mutex::default(),
             sse_streams: Default::default(),
+            http_sessions: Default::default(),
             registry,
             calls,
             latency,
@@ -254,6 +257,13 @@ impl Engine {
             "myrmex_runs_executing",
             "Runs this process executes now.",
             m.runs_executing_here as f64,
+        );
+        g.one(
+            "myrmex_http_sessions",
+            "Open Streamable HTTP transport sessions.",
+            self.metrics()
+                .http_sessions
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
         );
         g.one(
             "myrmex_sse_streams",

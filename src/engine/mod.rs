@@ -78,8 +78,14 @@ struct EngineInner {
 
 impl Engine {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
+        let registry = Registry::new(&config);
+        Self::with_registry(config, store, registry)
+    }
+
+    /// An engine whose steps run the actions of `registry` (tests add modules to it).
+    pub fn with_registry(config: Config, store: Arc<dyn Store>, registry: Registry) -> Self {
         let sessions = SessionRegistry::new(store.clone(), &config);
-        let registry = Arc::new(Registry::new(&config));
+        let registry = Arc::new(registry);
         let limits = workflow_limits(&config);
         let library = library::Library::load(&config.workflows_dirs, &registry, &limits);
         let templates = projects::Templates::load(

@@ -1523,3 +1523,159 @@ pub fn priority_from_str(s: &str) -> Priority {
         _ => Priority::Normal,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::{ActionCtx, ActionError, ActionSpec, Module};
+    use crate::config::Config;
+    use crate::engine::workflows::{ExecuteRequest, Scope};
+    use crate::engine::{Engine, Principal};
+
+    /// A module with a bug: its action panics.
+    struct Buggy;
+
+    #[async_trait::async_trait]
+    impl Module for Buggy {
+        fn name(&self) -> &'static str {
+            "buggy"
+        }
+        fn description(&self) -> &'static str {
+            "An action that panics."
+        }
+        fn actions(&self) -> Vec<ActionSpec> {
+            vec![ActionSpec {
+                module: "buggy",
+                action: "panic",
+                description: "Panics.",
+                params_schema: json!({"type": "object"}),
+                output_schema: json!({}),
+            }]
+        }
+        async fn call(&self, _: &str, _: Value, _: ActionCtx) -> Result<Value, ActionError> {
+            panic!("index out of bounds: a bug in an action");
+        }
+    }
+
+    async fn engine(store: Arc<dyn Store>, dir: &std::path::Path) -> Engine {
+        let config = Config {
+            data_dir: Some(dir.to_path_buf()),
+            store: "memory".into(),
+            ..Config::default()
+        };
+        let mut registry = Registry::new(&config);
+        registry.register(Arc::new(Buggy));
+        let e = Engine::with_registry(config, store, registry);
+        e.start_background(CancellationToken::new()).await.unwrap();
+        e
+    }
+
+    fn spec(v: Value) -> WorkflowSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    async fn execute(e: &Engine, name: &str, wait: u64) -> super::super::workflows::RunView {
+        let req = ExecuteRequest {
+            workflow_name: name.into(),
+            parameters: Map::new(),
+            session_id: None,
+            mode: None,
+            timeout_seconds: None,
+            priority: None,
+            resource_requirements: None,
+            max_parallel: None,
+            parent: None,
+            project: None,
+        };
+        e.execute_workflow(
+            &Principal::local(),
+            req,
+            Duration::from_secs(wait),
+            &mut |_, _, _| {},
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_action_fails_its_step_and_the_run_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::default());
+        let e = engine(store, dir.path()).await;
+        let wf = spec(json!({"name": "w", "on_failure": "continue", "steps": [
+            {"name": "bad", "module": "buggy", "action": "panic", "max_retries": 3},
+            {"name": "after", "module": "core", "action": "echo", "dependencies": ["bad"]},
+            {"name": "other", "module": "core", "action": "echo"}
+        ]}));
+        e.create_workflow(&Principal::local(), None, wf, Scope::Session)
+            .await
+            .unwrap();
+        let run = execute(&e, "w", 20).await;
+        assert_eq!(run.status, "failed");
+        let by: HashMap<&str, &super::super::workflows::StepView> =
+            run.steps.iter().map(|s| (s.name.as_str(), s)).collect();
+        assert_eq!(by["bad"].status, "failed");
+        let err = serde_json::to_value(&by["bad"].error).unwrap();
+        assert_eq!(err["code"], "INTERNAL_ERROR", "{err}");
+        assert!(
+            err["message"].as_str().unwrap().contains("buggy.panic"),
+            "{err}"
+        );
+        // A bug is not retried.
+        assert_eq!(by["bad"].attempts, 1);
+        assert_eq!(by["after"].status, "skipped");
+        assert_eq!(by["other"].status, "succeeded");
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_driver_fails_ends_failed_and_is_not_resumed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::default());
+        let e = engine(store.clone(), dir.path()).await;
+        let wf = spec(json!({"name": "slow", "steps": [
+            {"name": "wait", "module": "core", "action": "sleep", "parameters": {"ms": 60000}}
+        ]}));
+        e.create_workflow(&Principal::local(), None, wf, Scope::Session)
+            .await
+            .unwrap();
+        let run = execute(&e, "slow", 0).await;
+        // The server stops with the run in flight; its record is damaged meanwhile.
+        e.stop();
+        e.wait_idle(Duration::from_secs(5)).await;
+        let mut rec = store.get_run(&run.run_id).await.unwrap().unwrap();
+        assert!(!status::is_terminal(&rec.status), "{}", rec.status);
+        rec.definition = "{not a definition".into();
+        store.update_run(&rec).await.unwrap();
+        // The next start resumes it: its driver fails, the run ends failed.
+        let e2 = engine(store.clone(), dir.path()).await;
+        let mut rec = store.get_run(&run.run_id).await.unwrap().unwrap();
+        for _ in 0..200 {
+            if status::is_terminal(&rec.status) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            rec = store.get_run(&run.run_id).await.unwrap().unwrap();
+        }
+        assert_eq!(rec.status, FAILED);
+        let err: Value = serde_json::from_str(rec.error.as_deref().unwrap()).unwrap();
+        assert_eq!(err["code"], "INTERNAL_ERROR", "{err}");
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap()
+                .contains("corrupt definition"),
+            "{err}"
+        );
+        let steps = store.run_steps(&run.run_id).await.unwrap();
+        assert!(
+            steps.iter().all(|s| status::is_terminal(&s.status)),
+            "{steps:?}"
+        );
+        e2.stop();
+        e2.wait_idle(Duration::from_secs(5)).await;
+        // And a later start has nothing to resume.
+        let e3 = engine(store.clone(), dir.path()).await;
+        assert_eq!(e3.runs().active_count(), 0);
+        assert_eq!(e3.runs().resume_all().await.unwrap(), 0);
+    }
+}

@@ -83,6 +83,8 @@ pub struct SystemStatus {
     pub tasks: TaskStatsView,
     /// Open streams of the legacy HTTP+SSE transport.
     pub sse_streams: usize,
+    /// Open Streamable HTTP transport sessions (`http.max_sessions` at most).
+    pub http_sessions: usize,
     /// Utilization (allocated / capacity) of every non-empty pool.
     pub resource_utilization: BTreeMap<String, f64>,
     /// The caller's active sessions (with `include_active_sessions`; at most one page).
@@ -414,6 +416,10 @@ impl Engine {
             sse_streams: self
                 .metrics()
                 .sse_streams
+                .load(std::sync::atomic::Ordering::Relaxed),
+            http_sessions: self
+                .metrics()
+                .http_sessions
                 .load(std::sync::atomic::Ordering::Relaxed),
             // Read once, with the pools of performance_metrics.
             resource_utilization: performance_metrics

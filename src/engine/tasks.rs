@@ -1006,7 +1006,9 @@ impl TaskManager {
         if n > max {
             return Err(Error::new(
                 ErrorCode::LimitExceeded,
-                format!("the result is {n} bytes; the limit is {max} (workflows.max_step_output_bytes); it was not stored"),
+                format!(
+                    "the result is {n} bytes; the limit is {max} (workflows.max_step_output_bytes); it was not stored"
+                ),
                 "Have the action return less (max_output_bytes, max_response_bytes), or write large data to a file.",
             ));
         }
@@ -2471,14 +2473,16 @@ fn batch_cycle(records: &[TaskRecord], deps: &HashMap<String, Vec<String>>) -> O
         .iter()
         .map(|r| (r.id.as_str(), r.name.as_str()))
         .collect();
-    petgraph::algo::tarjan_scc(&graph)
+    // Kosaraju's walk is iterative: a batch of any size cannot exhaust the stack.
+    petgraph::algo::kosaraju_scc(&graph)
         .into_iter()
         .find(|c| c.len() > 1)
-        .map(|mut c| {
-            c.reverse();
-            let mut names: Vec<&str> = c.iter().map(|id| name[id]).collect();
-            names.push(names[0]);
-            names.join(" -> ")
+        .map(|c| {
+            super::workflow::cycle_in(&c, |n| graph.neighbors(n), |n| name[n])
+                .iter()
+                .map(|id| name[id])
+                .collect::<Vec<_>>()
+                .join(" -> ")
         })
 }
 

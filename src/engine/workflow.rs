@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use petgraph::algo::{has_path_connecting, tarjan_scc, toposort};
+use petgraph::algo::{DfsSpace, has_path_connecting, kosaraju_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -531,7 +531,8 @@ pub fn validate(
             }
         }
     }
-    for scc in tarjan_scc(&g) {
+    // Kosaraju's walk is iterative: a 20,000-step chain cannot exhaust the stack.
+    for scc in kosaraju_scc(&g) {
         if scc.len() > 1 {
             let path = cycle_path(&g, &scc, spec);
             // A long cycle is shown by its first and last steps and its length.
@@ -556,6 +557,7 @@ pub fn validate(
     }
 
     // Actions, parameters, templates, conditions.
+    let mut space = DfsSpace::new(&g);
     for (i, s) in spec.steps.iter().enumerate() {
         let step = Some(s.name.as_str());
         let nesting = s
@@ -638,7 +640,10 @@ pub fn validate(
                         format!("step '{up}' refers to its own output"),
                     )),
                     Some(&j) => {
-                        if !has_path_connecting(&g, nodes[j], nodes[i], None) {
+                        // A direct dependency needs no search.
+                        let direct = s.dependencies.iter().any(|d| d == up);
+                        if !direct && !has_path_connecting(&g, nodes[j], nodes[i], Some(&mut space))
+                        {
                             p.push(problem("NOT_UPSTREAM", step, Some(&field), format!(
                                 "step '{}' reads step '{up}', which is not upstream of it: add '{up}' to its dependencies", s.name)));
                         }
@@ -724,27 +729,42 @@ pub fn validate(
 
 /// One cycle inside a strongly connected component, as step names `a -> b -> a`.
 fn cycle_path(g: &DiGraph<usize, ()>, scc: &[NodeIndex], spec: &WorkflowSpec) -> Vec<String> {
-    let in_scc: HashSet<NodeIndex> = scc.iter().copied().collect();
-    let start = *scc
-        .iter()
-        .min_by_key(|n| spec.steps[g[**n]].name.clone())
-        .expect("non-empty");
-    // Walk forward inside the component until a node repeats.
+    cycle_in(scc, |n| g.neighbors(n), |n| spec.steps[g[n]].name.as_str())
+        .into_iter()
+        .map(|n| spec.steps[g[n]].name.clone())
+        .collect()
+}
+
+/// A cycle through a strongly connected component (`scc`, as an SCC
+/// algorithm found it): from its least node by `name`, always on to the
+/// least successor inside the component, until a node repeats. The first
+/// node is repeated at the end (`a, b, a`). Iterative: any size is safe.
+pub fn cycle_in<'n, N, I>(
+    scc: &[N],
+    successors: impl Fn(N) -> I,
+    name: impl Fn(N) -> &'n str,
+) -> Vec<N>
+where
+    N: Copy + Eq + std::hash::Hash,
+    I: Iterator<Item = N>,
+{
+    let in_scc: HashSet<N> = scc.iter().copied().collect();
+    let Some(&start) = scc.iter().min_by_key(|n| name(**n)) else {
+        return Vec::new();
+    };
     let mut path = vec![start];
-    let mut pos: HashMap<NodeIndex, usize> = HashMap::from([(start, 0)]);
+    let mut pos: HashMap<N, usize> = HashMap::from([(start, 0)]);
     let mut cur = start;
     loop {
-        let next = g
-            .neighbors(cur)
+        let Some(next) = successors(cur)
             .filter(|n| in_scc.contains(n))
-            .min_by_key(|n| spec.steps[g[*n]].name.clone())
-            .expect("a node of a cycle has a successor in it");
+            .min_by_key(|n| name(*n))
+        else {
+            return path;
+        };
         if let Some(&i) = pos.get(&next) {
-            let mut cyc: Vec<String> = path[i..]
-                .iter()
-                .map(|n| spec.steps[g[*n]].name.clone())
-                .collect();
-            cyc.push(spec.steps[g[next]].name.clone());
+            let mut cyc = path.split_off(i);
+            cyc.push(next);
             return cyc;
         }
         pos.insert(next, path.len());

@@ -98,8 +98,11 @@ pub struct BrokenFileView {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ValidationReport {
     pub valid: bool,
-    /// Every problem found, each with code, step and field.
+    /// The problems found, each with code, step and field: all of them, or as
+    /// many as fit the answer limit (`limits.max_result_bytes`).
     pub problems: Vec<Problem>,
+    /// How many problems there are in all.
+    pub problems_total: usize,
     /// The execution plan when the definition is valid.
     pub plan: Option<Plan>,
 }
@@ -292,22 +295,45 @@ fn summary(spec: &WorkflowSpec) -> (usize, Vec<String>) {
     (spec.steps.len(), modules)
 }
 
-fn problems_error(problems: Vec<Problem>, what: &str) -> Error {
-    let first = problems
-        .first()
-        .map(|p| p.message.clone())
-        .unwrap_or_default();
-    let code = if problems.iter().any(|p| p.code == "CYCLE_DETECTED") && problems.len() == 1 {
-        ErrorCode::CycleDetected
-    } else {
-        ErrorCode::InvalidParameters
-    };
-    Error::new(
-        code,
-        format!("{what}: {} problem(s); first: {first}", problems.len()),
-        "Fix every problem listed in details.problems (each names its step and field) and call again; nothing was stored.",
-    )
-    .with_details(json!({ "problems": problems }))
+/// The problems an answer of at most `budget` bytes can list (at least the
+/// first), and how many there are in all.
+fn fit_problems(problems: Vec<Problem>, budget: usize) -> (Vec<Problem>, usize) {
+    let total = problems.len();
+    (super::fitting(problems, budget), total)
+}
+
+impl Engine {
+    /// Room for a problem list in an answer: the answer limit less the envelope.
+    fn problems_budget(&self) -> usize {
+        self.config().limits.max_result_bytes.saturating_sub(2048)
+    }
+
+    fn problems_error(&self, problems: Vec<Problem>, what: &str) -> Error {
+        let first = problems
+            .first()
+            .map(|p| p.message.clone())
+            .unwrap_or_default();
+        let code = if problems.iter().any(|p| p.code == "CYCLE_DETECTED") && problems.len() == 1 {
+            ErrorCode::CycleDetected
+        } else {
+            ErrorCode::InvalidParameters
+        };
+        let (problems, total) = fit_problems(problems, self.problems_budget());
+        let listed = if problems.len() < total {
+            format!(
+                " ({} of them listed; fix those and validate again for the rest)",
+                problems.len()
+            )
+        } else {
+            String::new()
+        };
+        Error::new(
+            code,
+            format!("{what}: {total} problem(s){listed}; first: {first}"),
+            "Fix every problem listed in details.problems (each names its step and field) and call again; nothing was stored.",
+        )
+        .with_details(json!({ "problems": problems, "problems_total": total }))
+    }
 }
 
 /// A definition resolved by name.
@@ -326,13 +352,18 @@ impl Engine {
             Ok(plan) => ValidationReport {
                 valid: true,
                 problems: vec![],
+                problems_total: 0,
                 plan: Some(plan),
             },
-            Err(problems) => ValidationReport {
-                valid: false,
-                problems,
-                plan: None,
-            },
+            Err(problems) => {
+                let (problems, problems_total) = fit_problems(problems, self.problems_budget());
+                ValidationReport {
+                    valid: false,
+                    problems,
+                    problems_total,
+                    plan: None,
+                }
+            }
         }
     }
 
@@ -345,7 +376,7 @@ impl Engine {
         scope: Scope,
     ) -> Result<WorkflowView> {
         let plan = validate(&spec, self.registry(), &self.workflow_limits())
-            .map_err(|e| problems_error(e, "the workflow is invalid"))?;
+            .map_err(|e| self.problems_error(e, "the workflow is invalid"))?;
         let session = self.sessions().resolve(p, session_id).await?;
         let owner = match scope {
             Scope::Session => session.session_id.clone(),
@@ -448,7 +479,7 @@ impl Engine {
         let session = self.sessions().resolve(p, session_id).await?;
         let r = self.resolve_workflow(p, &session, name).await?;
         let plan = validate(&r.spec, self.registry(), &self.workflow_limits())
-            .map_err(|e| problems_error(e, "the stored workflow no longer validates"))?;
+            .map_err(|e| self.problems_error(e, "the stored workflow no longer validates"))?;
         Ok(view(
             r.spec,
             r.version,
@@ -617,7 +648,7 @@ impl Engine {
         req: ExecuteRequest,
     ) -> Result<String> {
         validate(&spec, self.registry(), &self.workflow_limits())
-            .map_err(|e| problems_error(e, "the workflow is invalid"))?;
+            .map_err(|e| self.problems_error(e, "the workflow is invalid"))?;
         let session = self.sessions().resolve(p, session_id).await?;
         self.start_run(p, &session, spec, 1, "file", req, None, Vec::new())
             .await
@@ -648,7 +679,7 @@ impl Engine {
             }
         }
         let params = bind_params(&spec, &req.parameters)
-            .map_err(|e| problems_error(e, "the parameters do not fit the workflow"))?;
+            .map_err(|e| self.problems_error(e, "the parameters do not fit the workflow"))?;
         if let Some(why) = self.workflow_limits().timeout_problem(req.timeout_seconds) {
             return Err(Error::invalid(
                 why,

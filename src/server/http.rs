@@ -209,7 +209,7 @@ pub fn app(
         .with_max_request_body_bytes(cfg.max_body_bytes)
         .with_sse_keep_alive(keep_alive)
         .with_cancellation_token(ct);
-    let sessions = super::mcp_sessions::Sessions::new(cfg);
+    let sessions = super::mcp_sessions::Sessions::new(engine.clone());
     let factory_engine = engine.clone();
     let mcp = StreamableHttpService::new(
         move || Ok(MyrmexServer::new(factory_engine.clone())),

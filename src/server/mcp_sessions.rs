@@ -31,6 +31,7 @@ struct Owned {
 
 /// Who owns which transport session, and the caps.
 pub struct Sessions {
+    engine: crate::engine::Engine,
     manager: Arc<LocalSessionManager>,
     owners: Mutex<HashMap<String, Owned>>,
     per_principal: usize,
@@ -38,7 +39,8 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn new(cfg: &crate::config::HttpConfig) -> Arc<Self> {
+    pub fn new(engine: crate::engine::Engine) -> Arc<Self> {
+        let cfg = &engine.config().http;
         let mut manager = LocalSessionManager::default();
         manager.session_config.keep_alive =
             Some(std::time::Duration::from_secs(cfg.session_idle_seconds));
@@ -47,6 +49,7 @@ impl Sessions {
             owners: Mutex::new(HashMap::new()),
             per_principal: cfg.max_sessions_per_principal,
             total: cfg.max_sessions,
+            engine: engine.clone(),
         })
     }
 
@@ -58,9 +61,13 @@ impl Sessions {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Open transport sessions (those rmcp still has).
-    pub async fn count(&self) -> usize {
-        self.manager.sessions.read().await.len()
+    /// Publish the number of sessions (get_system_status, /metrics).
+    fn counted(&self) {
+        let n = self.owners().len();
+        self.engine
+            .metrics()
+            .http_sessions
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Make room for one more session of `p`: forget sessions rmcp has
@@ -95,6 +102,7 @@ impl Sessions {
             let _ = self.manager.close_session(&Arc::from(id.as_str())).await;
             self.owners().remove(id);
         }
+        self.counted();
         self.owners().len() < self.total
     }
 }
@@ -138,6 +146,7 @@ pub async fn bind(State(s): State<Arc<Sessions>>, req: Request, next: Next) -> R
         let response = next.run(req).await;
         if delete && response.status().is_success() {
             s.owners().remove(&id);
+            s.counted();
         }
         return response;
     }
@@ -171,6 +180,7 @@ pub async fn bind(State(s): State<Arc<Sessions>>, req: Request, next: Next) -> R
                 last_used: Instant::now(),
             },
         );
+        s.counted();
     }
     response
 }

@@ -84,6 +84,7 @@ impl MyrmexServer {
         result: Result<CallToolResponse, ErrorData>,
     ) -> Result<CallToolResponse, ErrorData> {
         let cap = self.engine.config().limits.max_result_bytes;
+        let result = bound_error(result, cap);
         let size = match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error != Some(true) => r
                 .structured_content
@@ -127,6 +128,35 @@ impl MyrmexServer {
         )
         .into_call_tool_result()
     }
+}
+
+/// An error answer stays under the answer limit too: its details give way
+/// first (message and hint are bounded when the error is made).
+fn bound_error(
+    result: Result<CallToolResponse, ErrorData>,
+    cap: usize,
+) -> Result<CallToolResponse, ErrorData> {
+    let Ok(CallToolResponse::Complete(mut r)) = result else {
+        return result;
+    };
+    if r.is_error == Some(true) {
+        let size: usize = r
+            .content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.len()))
+            .sum();
+        if size > cap
+            && let Some(text) = r.content.first().and_then(|c| c.as_text())
+            && let Ok(mut body) = serde_json::from_str::<serde_json::Value>(&text.text)
+        {
+            body["error"]["details"] = serde_json::json!({
+                "omitted": format!("the details were {size} bytes, more than limits.max_result_bytes ({cap})")
+            });
+            cut_strings(&mut body, cap);
+            r.content = vec![rmcp::model::ContentBlock::text(body.to_string())];
+        }
+    }
+    Ok(CallToolResponse::Complete(r))
 }
 
 /// Cut the longest strings of `v` (to 200 characters and a marker saying
