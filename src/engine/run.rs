@@ -745,11 +745,17 @@ impl RunManager {
                         Ok(v) if condition::truthy(&v) => None,
                         Ok(_) => Some((
                             SKIPPED,
-                            err_json_code("CONDITION_FALSE", format!("when '{w}' is false")),
+                            err_json_code(
+                                "CONDITION_FALSE",
+                                format!("when '{}' is false", crate::error::excerpt(w)),
+                            ),
                         )),
                         Err(e) => Some((
                             FAILED,
-                            err_json(ErrorCode::InvalidParameters, format!("when '{w}': {e}")),
+                            err_json(
+                                ErrorCode::InvalidParameters,
+                                format!("when '{}': {e}", crate::error::excerpt(w)),
+                            ),
                         )),
                     }
                 } else {

@@ -282,17 +282,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_steps: 20_000,
-            max_definition_bytes: 8 * 1024 * 1024,
-            max_nesting_depth: 32,
-            max_condition_bytes: 16 * 1024,
-            max_timeout_seconds: 30 * 24 * 3600,
-            max_rendered_bytes: 16 * 1024 * 1024,
-            max_step_output_bytes: 16 * 1024 * 1024,
-            max_run_output_bytes: 64 * 1024 * 1024,
-            max_value_depth: 64,
-        }
+        Self::from_config(&crate::config::WorkflowsConfig::default())
     }
 }
 

@@ -109,9 +109,11 @@ impl Sessions {
 
 /// Is this body an `initialize` request (the only one that opens a session)?
 fn is_initialize(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .is_some_and(|v| v.get("method").and_then(|m| m.as_str()) == Some("initialize"))
+    // Most requests are not: look for the word before parsing.
+    body.windows(12).any(|w| w == b"\"initialize\"")
+        && serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .is_some_and(|v| v.get("method").and_then(|m| m.as_str()) == Some("initialize"))
 }
 
 fn not_found() -> Response {
