@@ -30,6 +30,10 @@ pub struct Config {
     /// fsync per commit: survives a crash of myrmex, may lose the last commits
     /// on power loss; several times faster for step-heavy workloads).
     pub sqlite_synchronous: SqliteSync,
+    /// How long an SQLite write waits for the write lock another connection or
+    /// process holds, in milliseconds (several processes on one data directory
+    /// take turns; past it the call fails with STORE_UNAVAILABLE).
+    pub sqlite_busy_timeout_ms: u64,
     /// A tracing filter: `error`, `warn`, `info`, `debug`, `trace`, or a
     /// directive list such as `myrmex=debug,sqlx=warn`.
     pub log_level: String,
@@ -112,6 +116,9 @@ pub struct ClusterConfig {
     pub lease_ttl_ms: u64,
     /// How often an executor looks for unclaimed work when no notification came.
     pub poll_interval_ms: u64,
+    /// SQLite: how often a process reads the store's change stamp to see other
+    /// processes' notifications (PostgreSQL uses LISTEN/NOTIFY).
+    pub signal_poll_ms: u64,
     /// Most runs one process executes at once.
     pub max_active_runs: u32,
 }
@@ -122,6 +129,7 @@ impl Default for ClusterConfig {
             execute: true,
             lease_ttl_ms: 15_000,
             poll_interval_ms: 1000,
+            signal_poll_ms: 100,
             max_active_runs: 256,
         }
     }
@@ -554,6 +562,7 @@ impl Default for Config {
             data_dir: None,
             store: "sqlite".into(),
             sqlite_synchronous: SqliteSync::Full,
+            sqlite_busy_timeout_ms: 10_000,
             log_level: "info,rmcp=warn,sqlx=warn".into(),
             log_format: LogFormat::Text,
             workflows_dirs: Vec::new(),
@@ -775,10 +784,17 @@ impl Config {
             );
         }
         let c = &self.cluster;
-        if c.lease_ttl_ms < 300 || c.poll_interval_ms == 0 || c.max_active_runs == 0 {
+        if c.lease_ttl_ms < 300
+            || c.poll_interval_ms == 0
+            || c.signal_poll_ms == 0
+            || c.max_active_runs == 0
+        {
             anyhow::bail!(
-                "cluster: lease_ttl_ms must be at least 300, poll_interval_ms and max_active_runs at least 1"
+                "cluster: lease_ttl_ms must be at least 300, poll_interval_ms, signal_poll_ms and max_active_runs at least 1"
             );
+        }
+        if self.sqlite_busy_timeout_ms == 0 {
+            anyhow::bail!("sqlite_busy_timeout_ms must be at least 1");
         }
         Ok(())
     }

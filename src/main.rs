@@ -147,8 +147,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             let ok = runtime.block_on(async move {
                 let engine = open_engine(config).await?;
+                // A peer of the servers on the same store: its run is leased and
+                // heartbeated like theirs; it takes no other work over.
+                let shutdown = CancellationToken::new();
+                engine
+                    .start_background(shutdown.clone(), myrmex::engine::peers::Role::Run)
+                    .await?;
                 let ok = myrmex::cli::run(&engine, file, params).await;
+                shutdown.cancel();
                 engine.stop();
+                engine.wait_idle(std::time::Duration::from_secs(3)).await;
+                engine.leave().await;
                 ok
             })?;
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
@@ -202,7 +211,7 @@ async fn open_engine(config: Config) -> anyhow::Result<Engine> {
     let data_dir = config.data_dir()?;
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
-    let store = myrmex::store::open(&config.store_spec()?).await?;
+    let store = myrmex::store::open_configured(&config).await?;
     tracing::info!(store = store.kind(), location = %store.location(), "store open");
     Ok(Engine::new(config, store))
 }
@@ -230,7 +239,12 @@ fn serve(config: Config, http: Option<String>) -> anyhow::Result<ExitCode> {
         let engine = open_engine(config).await?;
         let engine_stop = engine.clone();
         let shutdown = CancellationToken::new();
-        engine.start_background(shutdown.clone()).await?;
+        let role = if bind.is_some() {
+            myrmex::engine::peers::Role::ServeHttp
+        } else {
+            myrmex::engine::peers::Role::Serve
+        };
+        engine.start_background(shutdown.clone(), role).await?;
         tokio::spawn(watch_signals(shutdown.clone()));
         let served = match bind {
             Some(addr) => server::http::serve(engine, addr, shutdown.clone()).await,
@@ -241,6 +255,7 @@ fn serve(config: Config, http: Option<String>) -> anyhow::Result<ExitCode> {
         engine_stop
             .wait_idle(std::time::Duration::from_secs(3))
             .await;
+        engine_stop.leave().await;
         served
     });
     // Do not wait for the blocking stdin reader: end the process now.
@@ -256,13 +271,16 @@ fn worker(config: Config) -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(async move {
         let engine = open_engine(config).await?;
         let shutdown = CancellationToken::new();
-        engine.start_background(shutdown.clone()).await?;
+        engine
+            .start_background(shutdown.clone(), myrmex::engine::peers::Role::Worker)
+            .await?;
         tracing::info!(node = engine.runs().node(), "worker started");
         watch_signals(shutdown.clone()).await;
         shutdown.cancel();
         engine.stop();
         // Let the drivers give their leases up.
         engine.wait_idle(std::time::Duration::from_secs(5)).await;
+        engine.leave().await;
         anyhow::Ok(())
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));

@@ -14,6 +14,7 @@ pub mod events;
 pub mod host;
 pub mod library;
 pub mod metrics;
+pub mod peers;
 pub mod projects;
 pub mod resources;
 pub mod run;
@@ -72,6 +73,8 @@ struct EngineInner {
     stopping: tokio_util::sync::CancellationToken,
     metrics: metrics::Metrics,
     background: background::Background,
+    /// This process among the store's processes.
+    peers: peers::Peers,
     started: Instant,
     started_at: i64,
 }
@@ -120,8 +123,9 @@ impl Engine {
             resources.clone(),
             &config,
             stopping.clone(),
-            node,
+            node.clone(),
         ));
+        let peers = peers::Peers::new(store.clone(), node, config.cluster.lease_ttl_ms);
         let engine = Self {
             inner: Arc::new(EngineInner {
                 tasks,
@@ -136,6 +140,7 @@ impl Engine {
                 stopping,
                 metrics: metrics::Metrics::default(),
                 background: background::Background::default(),
+                peers,
                 started: Instant::now(),
                 started_at: now_ms(),
             }),
@@ -212,12 +217,29 @@ impl Engine {
         &self.inner.background
     }
 
-    /// Start the engine's background work: resume unfinished runs, and the
-    /// session sweeper. It stops when `shutdown` is cancelled.
+    /// The processes on this store.
+    pub fn peers(&self) -> &peers::Peers {
+        &self.inner.peers
+    }
+
+    /// Start the engine's background work as a process of kind `role`: join
+    /// the store's processes, resume unfinished runs (a `run` process only
+    /// executes its own), and the sweepers. It stops when `shutdown` is cancelled.
     pub async fn start_background(
         &self,
         shutdown: tokio_util::sync::CancellationToken,
+        role: peers::Role,
     ) -> crate::error::Result<()> {
+        let shared = self.inner.store.shared();
+        if shared {
+            let reaped = self.inner.peers.join(role).await?;
+            if reaped > 0 {
+                tracing::info!(
+                    processes = reaped,
+                    "work of processes that died is taken over"
+                );
+            }
+        }
         let held = self.inner.resources.load().await?;
         if held > 0 {
             tracing::info!(allocations = held, "resource allocations loaded");
@@ -225,6 +247,10 @@ impl Engine {
         let found = self.register_projects_on_disk().await?;
         if found > 0 {
             tracing::info!(projects = found, "projects found on disk registered");
+        }
+        if !role.adopts() {
+            self.inner.runs.adopt_nothing();
+            self.inner.tasks.adopt_nothing();
         }
         let resumed = self.inner.runs.resume_all().await?;
         if resumed > 0 {
@@ -243,7 +269,7 @@ impl Engine {
             on_shutdown.cancelled().await;
             stopping.cancel();
         });
-        if self.inner.store.kind() == "postgres" {
+        if shared {
             self.start_cluster(shutdown.clone());
         }
         let tasks = self.inner.tasks.clone();
@@ -313,25 +339,36 @@ impl Engine {
 }
 
 impl Engine {
-    /// Several processes share the store: renew leases (heartbeat), look for
+    /// This process stops: leave the store's process list (after the run
+    /// drivers gave their leases up).
+    pub async fn leave(&self) {
+        if self.inner.store.shared() {
+            self.inner.peers.leave().await;
+        }
+    }
+
+    /// Several processes share the store: renew leases and this process's row
+    /// (heartbeat), take over the work of processes that died, look for
     /// unclaimed work, and act on other processes' notifications.
     fn start_cluster(&self, shutdown: tokio_util::sync::CancellationToken) {
         let cluster = &self.inner.config.cluster;
-        let (runs, tasks, resources) = (
-            self.inner.runs.clone(),
-            self.inner.tasks.clone(),
-            self.inner.resources.clone(),
-        );
+        let engine = self.clone();
         self.inner.background.spawn_periodic(
             "lease_heartbeat",
             std::time::Duration::from_millis((cluster.lease_ttl_ms / 3).max(100)),
             shutdown.clone(),
             move || {
-                let (runs, tasks, resources) = (runs.clone(), tasks.clone(), resources.clone());
+                let engine = engine.clone();
                 async move {
-                    runs.heartbeat().await?;
-                    tasks.heartbeat().await?;
-                    resources.heartbeat().await
+                    let inner = &engine.inner;
+                    inner.runs.heartbeat().await?;
+                    inner.tasks.heartbeat().await?;
+                    inner.resources.heartbeat().await?;
+                    if inner.peers.heartbeat().await? > 0 {
+                        // A peer died: its work is free now.
+                        engine.look_for_work("*").await?;
+                    }
+                    Ok(())
                 }
             },
         );

@@ -614,7 +614,7 @@ impl ResourceManager {
             capacity.insert(k.clone(), *v);
         }
         Self {
-            shared: store.kind() == "postgres",
+            shared: store.shared(),
             node,
             lease_ttl_ms: lease_ttl_ms as i64,
             store,

@@ -90,6 +90,22 @@ pub struct Progress {
     pub total: usize,
     /// The step that reached a final state last, and how.
     pub last: String,
+    /// The latest step ends (at most [`RECENT_ENDS`]), each with the count of
+    /// steps done after it: a waiter that wakes after several ends reports each.
+    pub recent: std::collections::VecDeque<(usize, String)>,
+    /// Step ends recorded so far (the position of `recent`'s last entry).
+    pub ends: u64,
+}
+
+/// Step ends a run keeps for waiters.
+const RECENT_ENDS: usize = 256;
+
+impl Progress {
+    /// The ends after the first `seen` ones (as many as are still kept).
+    pub fn ends_since(&self, seen: u64) -> impl Iterator<Item = &(usize, String)> {
+        let new = self.ends.saturating_sub(seen).min(self.recent.len() as u64) as usize;
+        self.recent.iter().skip(self.recent.len() - new)
+    }
 }
 
 impl Active {
@@ -109,6 +125,12 @@ impl Active {
         let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
         p.done += 1;
         p.last = format!("step '{}' {}", rec.name, rec.status);
+        let entry = (p.done, p.last.clone());
+        p.recent.push_back(entry);
+        if p.recent.len() > RECENT_ENDS {
+            p.recent.pop_front();
+        }
+        p.ends += 1;
     }
 }
 
@@ -123,9 +145,11 @@ pub struct RunManager {
     /// This process, as named in run leases.
     node: String,
     cluster: ClusterConfig,
-    /// Other processes share the store (PostgreSQL): leases are renewed and
-    /// unclaimed runs looked for.
+    /// Other processes share the store (SQLite file, PostgreSQL): leases are
+    /// renewed and unclaimed runs looked for.
     shared: bool,
+    /// This process takes over unclaimed runs (not `myrmex run`).
+    adopts: std::sync::atomic::AtomicBool,
     /// When the leases were last renewed (ms; 0: not yet).
     renewed_at: std::sync::atomic::AtomicI64,
     /// Bounds of conditions, rendered parameters and outputs (`[workflows]`).
@@ -152,7 +176,8 @@ impl RunManager {
     ) -> Self {
         Self {
             limits,
-            shared: store.kind() == "postgres",
+            shared: store.shared(),
+            adopts: std::sync::atomic::AtomicBool::new(true),
             store,
             registry,
             resources,
@@ -309,10 +334,23 @@ impl RunManager {
         self.active.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Execute only the runs started here (`myrmex run`): take nothing over.
+    pub fn adopt_nothing(&self) {
+        self.adopts
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn adopts(&self) -> bool {
+        self.adopts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Pick up unfinished runs after a start. A store only this process uses:
     /// every one of them (whoever held it before was this process). A shared
     /// store: those whose executor's lease ended.
     pub async fn resume_all(self: &Arc<Self>) -> Result<usize> {
+        if !self.adopts() {
+            return Ok(0);
+        }
         if self.shared {
             return self.claim_work().await;
         }
@@ -335,7 +373,7 @@ impl RunManager {
     /// Claim unfinished runs nobody executes (new ones from servers that do not
     /// execute, or ones whose executor died), up to this process's capacity.
     pub async fn claim_work(self: &Arc<Self>) -> Result<usize> {
-        if !self.cluster.execute || self.shutdown.is_cancelled() {
+        if !self.cluster.execute || !self.adopts() || self.shutdown.is_cancelled() {
             return Ok(0);
         }
         let free = (self.cluster.max_active_runs as usize).saturating_sub(self.active_count());
@@ -1572,7 +1610,9 @@ mod tests {
         let mut registry = Registry::new(&config);
         registry.register(Arc::new(Buggy));
         let e = Engine::with_registry(config, store, registry);
-        e.start_background(CancellationToken::new()).await.unwrap();
+        e.start_background(CancellationToken::new(), crate::engine::peers::Role::Serve)
+            .await
+            .unwrap();
         e
     }
 

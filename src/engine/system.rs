@@ -85,6 +85,9 @@ pub struct SystemStatus {
     pub sse_streams: usize,
     /// Open Streamable HTTP transport sessions (`http.max_sessions` at most).
     pub http_sessions: usize,
+    /// The live processes on this store (several servers, workers and
+    /// `myrmex run` may share an SQLite data directory or a PostgreSQL database).
+    pub processes: Vec<super::peers::ProcessView>,
     /// Utilization (allocated / capacity) of every non-empty pool.
     pub resource_utilization: BTreeMap<String, f64>,
     /// The caller's active sessions (with `include_active_sessions`; at most one page).
@@ -265,7 +268,7 @@ impl Engine {
                 }),
             },
         );
-        if self.store().kind() == "postgres" {
+        if self.store().shared() {
             components.insert("cluster".to_string(), self.cluster_health().await);
         }
         for t in self.background().states() {
@@ -334,6 +337,7 @@ impl Engine {
             .into_iter()
             .collect();
         let stats = self.store().task_stats().await?;
+        let processes = self.peers().live().await?;
         let task_counts: BTreeMap<String, u64> = stats.by_status.into_iter().collect();
         let count = |s: &str| task_counts.get(s).copied().unwrap_or(0);
         let ended = count("succeeded") + count("failed") + count("timed_out");
@@ -421,6 +425,7 @@ impl Engine {
                 .metrics()
                 .http_sessions
                 .load(std::sync::atomic::Ordering::Relaxed),
+            processes,
             // Read once, with the pools of performance_metrics.
             resource_utilization: performance_metrics
                 .pools

@@ -345,6 +345,8 @@ pub struct TaskManager {
     /// Other processes may write the same tasks (a shared database): every
     /// lock compares the store's stamp of the session and reloads when it moved.
     shared: bool,
+    /// This process takes over other processes' auto tasks (not `myrmex run`).
+    adopts: std::sync::atomic::AtomicBool,
     /// This process's name in auto tasks' executor leases.
     node: String,
     cluster: crate::config::ClusterConfig,
@@ -736,7 +738,8 @@ impl TaskManager {
         node: String,
     ) -> Self {
         Self {
-            shared: store.kind() == "postgres",
+            shared: store.shared(),
+            adopts: std::sync::atomic::AtomicBool::new(true),
             node,
             cluster: config.cluster.clone(),
             registry,
@@ -2264,7 +2267,16 @@ impl TaskManager {
 
     /// After a restart: load graphs with unfinished tasks, run interrupted
     /// auto tasks again (their attempt stays counted), keep claims and leases.
+    /// Run only the auto tasks of graphs this process works on: take nothing over.
+    pub fn adopt_nothing(&self) {
+        self.adopts
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub async fn resume_all(self: &Arc<Self>) -> Result<usize> {
+        if !self.adopts.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(0);
+        }
         if self.shared {
             // Others may be running tasks: only those whose executor's lease ended go again.
             return self.claim_work().await;
@@ -2304,7 +2316,10 @@ impl TaskManager {
     /// load them and run what is ready here (another process may win a task;
     /// then it is its). Returns the sessions looked at.
     pub async fn claim_work(self: &Arc<Self>) -> Result<usize> {
-        if !self.cluster.execute || self.shutdown.is_cancelled() {
+        if !self.cluster.execute
+            || !self.adopts.load(std::sync::atomic::Ordering::Relaxed)
+            || self.shutdown.is_cancelled()
+        {
             return Ok(0);
         }
         let sessions = self.store.sessions_with_auto_work(now_ms()).await?;

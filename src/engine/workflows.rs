@@ -813,16 +813,26 @@ impl Engine {
         wait: Duration,
         progress: &mut (dyn FnMut(usize, usize, String) + Send),
     ) -> Result<RunView> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = super::bounds::deadline_after(wait);
         let mut last_done: Option<usize> = None;
+        // Step ends reported so far (runs driven here).
+        let mut seen_ends: Option<u64> = None;
         loop {
             let mut rx = self.runs().watch(run_id);
             match self.runs().progress(run_id) {
-                // Driven here: report progress from memory, read the steps once at the end.
+                // Driven here: report every step end from memory, read the steps once at the end.
                 Some(p) => {
-                    if last_done != Some(p.done) && (last_done.is_some() || p.done > 0) {
-                        progress(p.done, p.total, p.last.clone());
+                    match seen_ends {
+                        // The first look: where the run is.
+                        None if p.done > 0 => progress(p.done, p.total, p.last.clone()),
+                        None => {}
+                        Some(seen) => {
+                            for (done, text) in p.ends_since(seen) {
+                                progress(*done, p.total, text.clone());
+                            }
+                        }
                     }
+                    seen_ends = Some(p.ends);
                     last_done = Some(p.done);
                 }
                 // Not driven here (finished, or driven by another process): read the run.

@@ -306,8 +306,16 @@ pub struct SessionQuery<'a> {
 /// Durable state. Every method is atomic on its own.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// `memory` or `sqlite` (later `postgres`).
+    /// `memory`, `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
+
+    /// Several processes may use this store at once (an SQLite file, a
+    /// PostgreSQL database): runs and auto tasks are leased and taken over,
+    /// allocation decisions are made inside the store, task graphs are checked
+    /// against it, and processes wake each other through [`Store::notify`].
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// Where the data lives, for status output (a path, or `memory`).
     fn location(&self) -> String;
@@ -521,6 +529,25 @@ pub trait Store: Send + Sync + 'static {
     /// Remove the events recorded before `before` (ms); how many went.
     async fn prune_events(&self, before: i64) -> StoreResult<u64>;
 
+    // ---- processes on a shared store ---------------------------------------
+
+    /// Register this process, or renew its heartbeat (same `node`).
+    async fn put_process(&self, _p: &ProcessRecord) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Every registered process, live or not (by `heartbeat_at`).
+    async fn processes(&self) -> StoreResult<Vec<ProcessRecord>> {
+        Ok(Vec::new())
+    }
+
+    /// `node` is gone: its run leases and auto task leases end now (its work
+    /// can be taken over at once), its waiting requests and its row go. With
+    /// `clean` (the process stopped itself) nothing of its work is touched.
+    async fn drop_process(&self, _node: &str, _clean: bool) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Tell the other processes on this store that `topic` changed (no-op
     /// for a store only one process uses).
     async fn notify(&self, _topic: &str) -> StoreResult<()> {
@@ -558,6 +585,21 @@ pub struct WaiterRecord {
     pub seen_at: i64,
 }
 
+/// A process working on a shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRecord {
+    /// Its name in leases (`host:pid:random`).
+    pub node: String,
+    /// Host name and pid namespace: where `pid` identifies it.
+    pub locality: String,
+    pub pid: i64,
+    /// `serve` (stdio), `serve-http`, `worker` or `run`.
+    pub kind: String,
+    pub version: String,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+}
+
 /// Unfinished runs by executor, and those without one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunExecutors {
@@ -581,13 +623,34 @@ pub struct RunLease {
 pub const FINAL_TASK_STATUSES: &[&str] =
     &["succeeded", "failed", "skipped", "cancelled", "timed_out"];
 
-/// Open (and migrate) the store a spec names.
+/// Open (and migrate) the store a spec names, with default tuning.
 pub async fn open(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
+    open_spec(spec, &sqlite::SqliteOptions::default()).await
+}
+
+/// Open (and migrate) the store a configuration names, tuned as it says.
+pub async fn open_configured(config: &crate::config::Config) -> anyhow::Result<Arc<dyn Store>> {
+    let options = sqlite::SqliteOptions {
+        synchronous: config.sqlite_synchronous,
+        busy_timeout: std::time::Duration::from_millis(config.sqlite_busy_timeout_ms),
+        signal_poll: std::time::Duration::from_millis(config.cluster.signal_poll_ms),
+    };
+    open_spec(&config.store_spec()?, &options).await
+}
+
+async fn open_spec(spec: &StoreSpec, o: &sqlite::SqliteOptions) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match spec {
         StoreSpec::Memory => Arc::new(memory::MemoryStore::default()),
-        StoreSpec::Sqlite(path, sync) => {
-            Arc::new(sqlite::SqliteStore::open_with(path, *sync).await?)
-        }
+        StoreSpec::Sqlite(path, sync) => Arc::new(
+            sqlite::SqliteStore::open_tuned(
+                path,
+                &sqlite::SqliteOptions {
+                    synchronous: *sync,
+                    ..o.clone()
+                },
+            )
+            .await?,
+        ),
         StoreSpec::Postgres(url) => Arc::new(postgres::PostgresStore::open(url).await?),
     })
 }

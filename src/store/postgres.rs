@@ -14,9 +14,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{
-    AllocationRecord, Decide, EventCursor, EventRecord, EventWindow, ProjectQuery, ProjectRecord,
-    RunExecutors, RunLease, RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store,
-    StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, WaiterRecord, WorkflowRecord,
+    AllocationRecord, Decide, EventCursor, EventRecord, EventWindow, ProcessRecord, ProjectQuery,
+    ProjectRecord, RunExecutors, RunLease, RunQuery, RunRecord, SessionQuery, SessionRecord,
+    StepRecord, Store, StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, WaiterRecord,
+    WorkflowRecord,
 };
 
 pub struct PostgresStore {
@@ -369,6 +370,9 @@ impl PostgresStore {
 /// Concurrent claims skip the rows another claim holds instead of waiting for them.
 const CLAIM_LOCK: &str = "FOR UPDATE SKIP LOCKED";
 
+/// One row lock serialises every process's allocation decisions.
+const GUARD_LOCK: &str = "SELECT id FROM resource_guard WHERE id = 1 FOR UPDATE";
+
 super::rows::sql_store!(PostgresStore, {
     fn kind(&self) -> &'static str {
         "postgres"
@@ -419,53 +423,5 @@ super::rows::sql_store!(PostgresStore, {
 
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
         Some(self.events.subscribe())
-    }
-
-    async fn allocate(&self, decide: &mut Decide<'_>) -> StoreResult<Vec<AllocationRecord>> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        // One row lock serialises every process's decisions.
-        query("SELECT id FROM resource_guard WHERE id = 1 FOR UPDATE")
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let active = query(AssertSqlSafe(format!(
-            "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE status = 'active'"
-        )))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)
-        .and_then(|r| rows(r, allocation_from_row))?;
-        let waiters = query(AssertSqlSafe(format!(
-            "SELECT {WAITER_COLUMNS} FROM allocation_waiters ORDER BY since, id"
-        )))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)
-        .and_then(|r| rows(r, waiter_from_row))?;
-        let (grants, settled) = decide(active, waiters);
-        for a in &grants {
-            upsert_allocation(&mut tx, a).await.map_err(db_err)?;
-        }
-        allocation_events(&mut tx, &grants).await.map_err(db_err)?;
-        for id in &settled {
-            query("DELETE FROM allocation_waiters WHERE id = ?1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        }
-        tx.commit().await.map_err(db_err)?;
-        Ok(grants)
-    }
-
-    async fn put_allocations(&self, allocations: &[AllocationRecord]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        for a in allocations {
-            upsert_allocation(&mut tx, a).await.map_err(db_err)?;
-        }
-        allocation_events(&mut tx, allocations)
-            .await
-            .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)
     }
 });

@@ -532,7 +532,7 @@ macro_rules! sql_store {
 
 
                 async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
                     query(AssertSqlSafe(format!(
                         "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
                          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
@@ -610,7 +610,7 @@ macro_rules! sql_store {
 
 
                 async fn close_session(&self, id: &str, now: i64, reason: &str) -> StoreResult<bool> {
-                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
                     let closed = query(
                         "UPDATE sessions SET status = 'closed', closed_at = ?2, updated_at = ?2, \
                          close_reason = ?3 WHERE id = ?1 AND status = 'active' RETURNING principal",
@@ -851,7 +851,7 @@ macro_rules! sql_store {
                         "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({})",
                         task_placeholders()
                     );
-                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
                     for t in tasks {
                         bind_task(query(AssertSqlSafe(sql.clone())), t)
                             .execute(&mut *tx)
@@ -1237,7 +1237,7 @@ macro_rules! sql_store {
 
 
                 async fn insert_project(&self, p: &ProjectRecord) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
                     bind_project(
                         query(AssertSqlSafe(format!(
                             "INSERT INTO projects ({PROJECT_COLUMNS}) VALUES \
@@ -1254,7 +1254,7 @@ macro_rules! sql_store {
 
 
                 async fn update_project(&self, p: &ProjectRecord) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
                     let r = bind_project(
                         query(AssertSqlSafe(format!(
                             "UPDATE projects SET ({PROJECT_COLUMNS}) = \
@@ -1320,7 +1320,7 @@ macro_rules! sql_store {
 
 
                 async fn delete_project(&self, id: &str) -> StoreResult<bool> {
-                    let mut tx = self.pool.begin().await.map_err(db_err)?;
+                    let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
                     let gone = query("DELETE FROM projects WHERE id = ?1 RETURNING principal")
                         .bind(id)
                         .fetch_optional(&mut *tx)
@@ -1390,6 +1390,129 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_err)?;
                     rows(r, allocation_from_row)
+                }
+
+                fn shared(&self) -> bool {
+                    true
+                }
+
+                async fn allocate(&self, decide: &mut Decide<'_>) -> StoreResult<Vec<AllocationRecord>> {
+                    let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
+                    if !GUARD_LOCK.is_empty() {
+                        query(GUARD_LOCK).execute(&mut *tx).await.map_err(db_err)?;
+                    }
+                    let active = query(AssertSqlSafe(format!(
+                        "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE status = 'active'"
+                    )))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)
+                    .and_then(|r| rows(r, allocation_from_row))?;
+                    let waiters = query(AssertSqlSafe(format!(
+                        "SELECT {WAITER_COLUMNS} FROM allocation_waiters ORDER BY since, id"
+                    )))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)
+                    .and_then(|r| rows(r, waiter_from_row))?;
+                    let (grants, settled) = decide(active, waiters);
+                    for a in &grants {
+                        upsert_allocation(&mut tx, a).await.map_err(db_err)?;
+                    }
+                    allocation_events(&mut tx, &grants).await.map_err(db_err)?;
+                    for id in &settled {
+                        query("DELETE FROM allocation_waiters WHERE id = ?1")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                    }
+                    tx.commit().await.map_err(db_err)?;
+                    Ok(grants)
+                }
+
+                async fn put_allocations(&self, allocations: &[AllocationRecord]) -> StoreResult<()> {
+                    let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
+                    for a in allocations {
+                        upsert_allocation(&mut tx, a).await.map_err(db_err)?;
+                    }
+                    allocation_events(&mut tx, allocations).await.map_err(db_err)?;
+                    tx.commit().await.map_err(db_err)
+                }
+
+                async fn put_process(&self, p: &ProcessRecord) -> StoreResult<()> {
+                    query(
+                        "INSERT INTO processes (node, locality, pid, kind, version, started_at, heartbeat_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                         ON CONFLICT (node) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                    )
+                    .bind(&p.node)
+                    .bind(&p.locality)
+                    .bind(p.pid)
+                    .bind(&p.kind)
+                    .bind(&p.version)
+                    .bind(p.started_at)
+                    .bind(p.heartbeat_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    Ok(())
+                }
+
+                async fn processes(&self) -> StoreResult<Vec<ProcessRecord>> {
+                    let r = query(
+                        "SELECT node, locality, pid, kind, version, started_at, heartbeat_at \
+                         FROM processes ORDER BY started_at, node",
+                    )
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    rows(r, |r| {
+                        Ok(ProcessRecord {
+                            node: r.try_get("node")?,
+                            locality: r.try_get("locality")?,
+                            pid: r.try_get("pid")?,
+                            kind: r.try_get("kind")?,
+                            version: r.try_get("version")?,
+                            started_at: r.try_get("started_at")?,
+                            heartbeat_at: r.try_get("heartbeat_at")?,
+                        })
+                    })
+                }
+
+                async fn drop_process(&self, node: &str, clean: bool) -> StoreResult<()> {
+                    let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
+                    if !clean {
+                        // Its leases end now: another executor takes its work over.
+                        query(
+                            "UPDATE runs SET lease_expires_at = 0 WHERE lease_owner = ?1 \
+                             AND status IN ('pending', 'running')",
+                        )
+                        .bind(node)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                        // Auto tasks it ran (a new version: other processes reread them).
+                        query(
+                            "UPDATE tasks SET lease_expires_at = 0, version = version + 1 \
+                             WHERE claimed_by = ?1 AND status = 'running'",
+                        )
+                        .bind(node)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                        query("DELETE FROM allocation_waiters WHERE node = ?1")
+                            .bind(node)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                    }
+                    query("DELETE FROM processes WHERE node = ?1")
+                        .bind(node)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    tx.commit().await.map_err(db_err)
                 }
         }
     };

@@ -15,14 +15,17 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row, query};
 
 use super::{
-    AllocationRecord, EventCursor, EventRecord, EventWindow, ProjectQuery, ProjectRecord,
-    RunExecutors, RunLease, RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store,
-    StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, WaiterRecord, WorkflowRecord,
+    AllocationRecord, Decide, EventCursor, EventRecord, EventWindow, ProcessRecord, ProjectQuery,
+    ProjectRecord, RunExecutors, RunLease, RunQuery, RunRecord, SessionQuery, SessionRecord,
+    StepRecord, Store, StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, WaiterRecord,
+    WorkflowRecord,
 };
 
 pub struct SqliteStore {
     pool: SqlitePool,
     path: PathBuf,
+    /// Topics other processes (and this one) signalled, seen by the poller.
+    events: tokio::sync::broadcast::Sender<String>,
     /// Run and step updates go through one writer that commits whatever is
     /// queued in a single transaction (group commit): one fsync for many updates.
     writes: tokio::sync::mpsc::Sender<Write>,
@@ -74,7 +77,7 @@ async fn commit_batch(
     let run_sql = upsert_run_sql();
     let (runs, steps) = latest(batch);
     let events = batch_events(batch);
-    let mut tx = conn.begin().await?;
+    let mut tx = conn.begin_with(BEGIN_WRITE).await?;
     insert_events(&mut tx, &events).await?;
     for r in runs {
         bind_run(query(AssertSqlSafe(run_sql.clone())), r)
@@ -111,14 +114,107 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations"
 
 super::rows::shared_rows!(sqlx::Sqlite, SqliteRow, sqlx::sqlite::SqliteArguments);
 
+/// How an SQLite store is opened.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub synchronous: crate::config::SqliteSync,
+    /// How long a write waits for another connection's (or process's) write
+    /// lock before it fails (`sqlite_busy_timeout_ms`).
+    pub busy_timeout: Duration,
+    /// How often the change stamp is read for other processes' signals
+    /// (`cluster.signal_poll_ms`).
+    pub signal_poll: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: crate::config::SqliteSync::Full,
+            busy_timeout: Duration::from_secs(10),
+            signal_poll: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Watch for other processes' signals: `PRAGMA data_version` changes when
+/// another connection commits, and only then is the (tiny) signals table
+/// read; every topic whose counter moved is sent to the subscribers.
+async fn watch_signals(
+    mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    every: Duration,
+    events: tokio::sync::broadcast::Sender<String>,
+) {
+    let mut version: Option<i64> = None;
+    let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let mut first = true;
+    loop {
+        tokio::time::sleep(every).await;
+        if events.receiver_count() == 0 && !first {
+            continue;
+        }
+        let v: Result<i64, sqlx::Error> = query("PRAGMA data_version")
+            .fetch_one(&mut *conn)
+            .await
+            .and_then(|r| r.try_get(0));
+        let v = match v {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the SQLite change stamp; everything is looked at");
+                let _ = events.send("*".into());
+                continue;
+            }
+        };
+        if version == Some(v) {
+            continue;
+        }
+        version = Some(v);
+        let rows = match query("SELECT topic, counter FROM signals")
+            .fetch_all(&mut *conn)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the signals; everything is looked at");
+                let _ = events.send("*".into());
+                continue;
+            }
+        };
+        for r in rows {
+            let (Ok(topic), Ok(counter)) = (
+                r.try_get::<String, _>("topic"),
+                r.try_get::<i64, _>("counter"),
+            ) else {
+                continue;
+            };
+            if seen.insert(topic.clone(), counter) != Some(counter) && !first {
+                let _ = events.send(topic);
+            }
+        }
+        first = false;
+    }
+}
+
 impl SqliteStore {
     /// Open or create the database file, then apply pending migrations.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
-        Self::open_with(path, crate::config::SqliteSync::Full).await
+        Self::open_tuned(path, &SqliteOptions::default()).await
     }
 
     /// Open with a chosen durability level.
     pub async fn open_with(path: &Path, sync: crate::config::SqliteSync) -> anyhow::Result<Self> {
+        Self::open_tuned(
+            path,
+            &SqliteOptions {
+                synchronous: sync,
+                ..SqliteOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Open with every option chosen.
+    pub async fn open_tuned(path: &Path, o: &SqliteOptions) -> anyhow::Result<Self> {
+        let sync = o.synchronous;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 anyhow::anyhow!("cannot create data directory {}: {e}", dir.display())
@@ -132,10 +228,11 @@ impl SqliteStore {
                 crate::config::SqliteSync::Full => SqliteSynchronous::Full,
                 crate::config::SqliteSync::Normal => SqliteSynchronous::Normal,
             })
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(o.busy_timeout)
             .foreign_keys(true);
+        // The writer and the signal watcher hold one connection each.
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(6)
             .connect_with(opts)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open SQLite store {}: {e}", path.display()))?;
@@ -149,10 +246,17 @@ impl SqliteStore {
             .await
             .map_err(|e| anyhow::anyhow!("cannot open SQLite store {}: {e}", path.display()))?;
         tokio::spawn(writer(conn, rx));
+        let (events, _) = tokio::sync::broadcast::channel(256);
+        let watcher = pool
+            .acquire()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open SQLite store {}: {e}", path.display()))?;
+        tokio::spawn(watch_signals(watcher, o.signal_poll, events.clone()));
         Ok(Self {
             pool,
             path: path.to_path_buf(),
             writes: tx,
+            events,
         })
     }
 }
@@ -194,6 +298,27 @@ const EVENTS_VISIBLE: &str = "";
 /// SQLite serialises writers: a claim needs no row locks.
 const CLAIM_LOCK: &str = "";
 
+/// `BEGIN IMMEDIATE` takes the database's write lock: allocation decisions of
+/// every process are serialised by it.
+const GUARD_LOCK: &str = "";
+
+/// Insert or replace one allocation.
+async fn upsert_allocation(
+    conn: &mut sqlx::SqliteConnection,
+    a: &AllocationRecord,
+) -> Result<(), sqlx::Error> {
+    bind_allocation(
+        query(AssertSqlSafe(format!(
+            "REPLACE INTO allocations ({ALLOCATION_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ))),
+        a,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 super::rows::sql_store!(SqliteStore, {
     fn kind(&self) -> &'static str {
         "sqlite"
@@ -203,8 +328,24 @@ super::rows::sql_store!(SqliteStore, {
         self.path.display().to_string()
     }
 
+    async fn notify(&self, topic: &str) -> StoreResult<()> {
+        query(
+            "INSERT INTO signals (topic, counter) VALUES (?1, 1) \
+             ON CONFLICT (topic) DO UPDATE SET counter = counter + 1",
+        )
+        .bind(topic)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        Some(self.events.subscribe())
+    }
+
     async fn insert_run(&self, run: &RunRecord, steps: &[StepRecord]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
         let sql = format!(
             "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
@@ -232,23 +373,5 @@ super::rows::sql_store!(SqliteStore, {
             })
             .await
             .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))
-    }
-
-    async fn put_allocations(&self, allocations: &[AllocationRecord]) -> StoreResult<()> {
-        let sql = format!(
-            "REPLACE INTO allocations ({ALLOCATION_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-        );
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        for a in allocations {
-            bind_allocation(query(AssertSqlSafe(sql.clone())), a)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        }
-        allocation_events(&mut tx, allocations)
-            .await
-            .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)
     }
 });
