@@ -508,10 +508,15 @@ impl RunManager {
             let _ = active.stop.set(Stop::Cancelled);
             active.cancel.cancel();
         }
-        self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(run_id.clone(), active.clone());
+        {
+            // One driver per run: the lease taken by `start` and a claim of the
+            // same run by this process's work poll may meet here.
+            let mut act = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if act.contains_key(&run_id) {
+                return;
+            }
+            act.insert(run_id.clone(), active.clone());
+        }
         let slot = {
             let mut slots = self.session_slots.lock().unwrap_or_else(|p| p.into_inner());
             slots
@@ -745,6 +750,11 @@ impl RunManager {
         // resource_aware: ready steps waiting for a release, and the releases.
         let mut aside: Vec<usize> = Vec::new();
         let mut released = self.resources.watch();
+        // Step ends queued but maybe not durable yet. Before a step starts,
+        // the ends before it are: a dependent never runs while its
+        // dependency's success could still be lost, so a process that takes
+        // the run over never runs a succeeded step again.
+        let mut unflushed = false;
         loop {
             // Settle steps whose dependencies are all final: skip, cancel, fail or make ready.
             while let Some(i) = settle.pop_front() {
@@ -806,6 +816,7 @@ impl RunManager {
                         rec.error = error;
                         rec.finished_at = Some(now_ms());
                         store.queue_step(rec).await?;
+                        unflushed = true;
                         shared.write().unwrap_or_else(|p| p.into_inner()).set(rec);
                         active.step_done(rec);
                         if st == FAILED && spec.on_failure == OnFailure::FailFast {
@@ -855,6 +866,10 @@ impl RunManager {
                             continue;
                         }
                     }
+                }
+                if unflushed {
+                    store.flush().await?;
+                    unflushed = false;
                 }
                 steps[i].status = RUNNING.into();
                 in_flight += 1;
@@ -937,6 +952,7 @@ impl RunManager {
                             let done = is_terminal(&rec.status);
                             if done {
                                 active.step_done(&rec);
+                                unflushed = true;
                             }
                             steps[i] = rec;
                             // A stop that arrives with this step's end wins: the

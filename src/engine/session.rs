@@ -184,8 +184,11 @@ impl SessionRegistry {
     /// Create a session owned by `principal`.
     pub async fn create(&self, principal: &Principal, req: NewSession) -> Result<Session> {
         let rec = self.build(principal, req, false)?;
-        self.check_quota(principal).await?;
-        self.store.insert_session(&rec).await?;
+        match self.insert_within_quota(&rec).await {
+            Ok(()) => {}
+            Err(StoreError::Full(n)) => return Err(self.quota_error(principal, n)),
+            Err(e) => return Err(e.into()),
+        }
         tracing::info!(session = %rec.id, principal = %principal.name(), "session created");
         to_session(rec)
     }
@@ -288,14 +291,14 @@ impl SessionRegistry {
                 ..Default::default()
             };
             let rec = self.build(principal, req, true)?;
-            self.check_quota(principal).await?;
-            match self.store.insert_session(&rec).await {
+            match self.insert_within_quota(&rec).await {
                 Ok(()) => {
                     tracing::info!(session = %rec.id, principal = %principal.name(), "default session created");
                     return Ok(rec);
                 }
                 // Another call created it at the same moment: read theirs.
                 Err(StoreError::Conflict(_)) => continue,
+                Err(StoreError::Full(n)) => return Err(self.quota_error(principal, n)),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -306,18 +309,22 @@ impl SessionRegistry {
         ))
     }
 
-    async fn check_quota(&self, principal: &Principal) -> Result<()> {
-        let active = self.store.count_active_sessions(principal.name()).await?;
+    /// Insert a session within the principal's quota of active sessions
+    /// (counted inside the store's insert, so concurrent creates of several
+    /// processes never pass it).
+    async fn insert_within_quota(&self, rec: &SessionRecord) -> Result<(), StoreError> {
         let max = self.sessions.max_active_per_principal as u64;
-        if active >= max {
-            return Err(Error::new(
-                ErrorCode::LimitExceeded,
-                format!("principal '{}' already has {active} active sessions (limit {max})", principal.name()),
-                "Close sessions you no longer need with close_session, or raise sessions.max_active_per_principal.",
-            )
-            .with_details(serde_json::json!({ "active": active, "limit": max })));
-        }
-        Ok(())
+        self.store.insert_session(rec, Some(max)).await
+    }
+
+    fn quota_error(&self, principal: &Principal, active: u64) -> Error {
+        let max = self.sessions.max_active_per_principal as u64;
+        Error::new(
+            ErrorCode::LimitExceeded,
+            format!("principal '{}' already has {active} active sessions (limit {max}, sessions.max_active_per_principal)", principal.name()),
+            "Close sessions you no longer need with close_session, or raise sessions.max_active_per_principal.",
+        )
+        .with_details(serde_json::json!({ "active": active, "limit": max }))
     }
 
     /// Validate a request and build the row. Nothing is written here.

@@ -1873,11 +1873,20 @@ impl TaskManager {
         lease_seconds: Option<u64>,
     ) -> Result<Claim> {
         // A claim another process made first fails the version check; the
-        // graph is read again and the next task is tried.
+        // graph is read again and the next task is tried. Agents that lost a
+        // race spread over the most urgent tasks instead of all trying the same
+        // one again, and back off a little: some claim wins every round.
         let mut tries = 0;
         loop {
-            match self.next_once(session, agent, tags, lease_seconds).await {
-                Err(e) if e.code == ErrorCode::Conflict && self.shared && tries < 8 => tries += 1,
+            match self
+                .next_once(session, agent, tags, lease_seconds, tries)
+                .await
+            {
+                Err(e) if e.code == ErrorCode::Conflict && self.shared && tries < 64 => {
+                    tries += 1;
+                    let pause = rand::random_range(0..=(2 * tries.min(10)) as u64);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
                 other => return other,
             }
         }
@@ -1889,6 +1898,7 @@ impl TaskManager {
         agent: &str,
         tags: &[String],
         lease_seconds: Option<u64>,
+        lost: usize,
     ) -> Result<Claim> {
         let lease = self.lease_seconds(lease_seconds)?;
         let sg = self.session_graph(&session.session_id);
@@ -1914,6 +1924,15 @@ impl TaskManager {
             }
         }
         candidates.sort_by_key(|t| (std::cmp::Reverse(priority_rank(&t.priority)), t.seq));
+        if lost > 0 && candidates.len() > 1 {
+            // After lost races: one of the first few of the most urgent class.
+            let top = candidates
+                .iter()
+                .take_while(|t| t.priority == candidates[0].priority)
+                .count();
+            let pick = rand::random_range(0..top.min(lost + 1));
+            candidates[..top].rotate_left(pick);
+        }
         // The most urgent candidate whose resources (if any) can be held now.
         let mut best = None;
         for t in &candidates {

@@ -75,8 +75,18 @@ impl Store for MemoryStore {
         "memory".into()
     }
 
-    async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
+    async fn insert_session(&self, s: &SessionRecord, max_active: Option<u64>) -> StoreResult<()> {
         let mut g = self.lock()?;
+        if let Some(max) = max_active {
+            let n = g
+                .sessions
+                .values()
+                .filter(|o| o.principal == s.principal && o.status == "active")
+                .count() as u64;
+            if n >= max {
+                return Err(StoreError::Full(n));
+            }
+        }
         if g.sessions.contains_key(&s.id) {
             return Err(StoreError::Conflict(format!("session {} exists", s.id)));
         }

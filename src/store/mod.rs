@@ -32,6 +32,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A quota counted inside the store is reached: this many are held.
+    #[error("quota reached: {0} held")]
+    Full(u64),
 }
 
 impl From<StoreError> for crate::error::Error {
@@ -49,6 +52,11 @@ impl From<StoreError> for crate::error::Error {
                 "Nothing was changed. Retry shortly; get_health_status shows the store's state.",
             ),
             StoreError::Corrupt(m) => Error::internal(format!("stored data is corrupt: {m}")),
+            StoreError::Full(n) => Error::new(
+                ErrorCode::LimitExceeded,
+                format!("a quota is reached ({n} held)"),
+                "Release or close what you no longer need.",
+            ),
         }
     }
 }
@@ -321,8 +329,11 @@ pub trait Store: Send + Sync + 'static {
     fn location(&self) -> String;
 
     /// Insert a new session. A second active default session for the same
-    /// principal is refused with [`StoreError::Conflict`].
-    async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()>;
+    /// principal is refused with [`StoreError::Conflict`]; with `max_active`,
+    /// a principal that already holds that many active sessions gets
+    /// [`StoreError::Full`] (counted and inserted under one lock, so
+    /// concurrent creates in several processes never pass the quota).
+    async fn insert_session(&self, s: &SessionRecord, max_active: Option<u64>) -> StoreResult<()>;
 
     async fn get_session(&self, id: &str) -> StoreResult<Option<SessionRecord>>;
 
@@ -529,6 +540,12 @@ pub trait Store: Send + Sync + 'static {
     /// Remove the events recorded before `before` (ms); how many went.
     async fn prune_events(&self, before: i64) -> StoreResult<u64>;
 
+    /// Wait until every step and run update queued so far (`queue_step`) is
+    /// durable.
+    async fn flush(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     // ---- processes on a shared store ---------------------------------------
 
     /// Register this process, or renew its heartbeat (same `node`).
@@ -704,25 +721,27 @@ mod contract {
         let mut a = rec("ses_a", "p", 1_000, false);
         a.timeout_seconds = Some(5);
         a.metadata = r#"{"x":1}"#.into();
-        store.insert_session(&a).await.unwrap();
+        store.insert_session(&a, None).await.unwrap();
         assert_eq!(store.get_session("ses_a").await.unwrap(), Some(a.clone()));
         assert_eq!(store.get_session("ses_missing").await.unwrap(), None);
         assert!(matches!(
-            store.insert_session(&a).await,
+            store.insert_session(&a, None).await,
             Err(StoreError::Conflict(_))
         ));
 
         // At most one active default session per principal.
         store
-            .insert_session(&rec("ses_d1", "p", 2_000, true))
+            .insert_session(&rec("ses_d1", "p", 2_000, true), None)
             .await
             .unwrap();
         assert!(matches!(
-            store.insert_session(&rec("ses_d2", "p", 2_001, true)).await,
+            store
+                .insert_session(&rec("ses_d2", "p", 2_001, true), None)
+                .await,
             Err(StoreError::Conflict(_))
         ));
         store
-            .insert_session(&rec("ses_q", "q", 2_000, true))
+            .insert_session(&rec("ses_q", "q", 2_000, true), None)
             .await
             .unwrap();
         assert_eq!(
@@ -744,13 +763,13 @@ mod contract {
         );
         assert_eq!(store.default_session("p").await.unwrap(), None);
         store
-            .insert_session(&rec("ses_d3", "p", 4_000, true))
+            .insert_session(&rec("ses_d3", "p", 4_000, true), None)
             .await
             .unwrap();
 
         // Pages in (created_at, id) order, per principal, with status filter.
         store
-            .insert_session(&rec("ses_b", "p", 1_000, false))
+            .insert_session(&rec("ses_b", "p", 1_000, false), None)
             .await
             .unwrap();
         let page = |after, status, limit| {

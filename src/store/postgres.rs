@@ -85,6 +85,10 @@ async fn commit_batch(conn: &mut sqlx::PgConnection, batch: &[Write]) -> Result<
     let run_sql = upsert_run_sql();
     let (runs, steps) = latest(batch);
     let events = batch_events(batch);
+    if runs.is_empty() && steps.is_empty() {
+        // Only barriers: what was queued before them is committed already.
+        return Ok(());
+    }
     let mut tx = conn.begin().await?;
     for r in runs {
         bind_run(query(AssertSqlSafe(run_sql.clone())), r)
@@ -369,6 +373,9 @@ impl PostgresStore {
 
 /// Concurrent claims skip the rows another claim holds instead of waiting for them.
 const CLAIM_LOCK: &str = "FOR UPDATE SKIP LOCKED";
+
+/// Serialises one principal's quota counts across processes (released at commit).
+const PRINCIPAL_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext(?1))";
 
 /// One row lock serialises every process's allocation decisions.
 const GUARD_LOCK: &str = "SELECT id FROM resource_guard WHERE id = 1 FOR UPDATE";

@@ -5,6 +5,10 @@
 
 /// Define the shared items for one sqlx database: `$db` (e.g. `sqlx::Sqlite`),
 /// its row type and its arguments type.
+/// What a write that waited for the database's write lock in vain reports.
+pub const BUSY: &str =
+    "another process held the database's write lock for longer than sqlite_busy_timeout_ms";
+
 macro_rules! shared_rows {
     ($db:ty, $row:ty, $args:ty) => {
         const SESSION_COLUMNS: &str = "id, principal, name, description, mode, max_parallel_tasks, \
@@ -14,6 +18,12 @@ macro_rules! shared_rows {
         fn db_err(e: sqlx::Error) -> StoreError {
             match &e {
                 sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(d.to_string()),
+                // SQLite's busy and locked codes (PostgreSQL's are SQLSTATEs, never these).
+                sqlx::Error::Database(d)
+                    if matches!(d.code().as_deref(), Some("5" | "6" | "261" | "262" | "517" | "773")) =>
+                {
+                    StoreError::Unavailable($crate::store::rows::BUSY.into())
+                }
                 sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
                     StoreError::Corrupt(e.to_string())
                 }
@@ -456,9 +466,10 @@ macro_rules! shared_rows {
             let now = crate::engine::now_ms();
             batch
                 .iter()
-                .map(|w| match &w.op {
-                    WriteOp::Run(r) => EventRecord::run(r),
-                    WriteOp::Step(s) => EventRecord::step(s, now),
+                .filter_map(|w| match &w.op {
+                    WriteOp::Run(r) => Some(EventRecord::run(r)),
+                    WriteOp::Step(s) => Some(EventRecord::step(s, now)),
+                    WriteOp::Barrier => None,
                 })
                 .collect()
         }
@@ -486,6 +497,8 @@ macro_rules! shared_rows {
         enum WriteOp {
             Run(RunRecord),
             Step(StepRecord),
+            /// Writes nothing: answered once everything queued before it is durable.
+            Barrier,
         }
 
         /// One update queued for the group-commit writer.
@@ -531,8 +544,23 @@ macro_rules! sql_store {
             $($own)*
 
 
-                async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
+                async fn insert_session(&self, s: &SessionRecord, max_active: Option<u64>) -> StoreResult<()> {
                     let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
+                    if let Some(max) = max_active {
+                        // Counted under the principal's lock (SQLite: the write lock).
+                        if !PRINCIPAL_LOCK.is_empty() {
+                            query(PRINCIPAL_LOCK).bind(&s.principal).execute(&mut *tx).await.map_err(db_err)?;
+                        }
+                        let n: i64 = query("SELECT COUNT(*) AS n FROM sessions WHERE principal = ?1 AND status = 'active'")
+                            .bind(&s.principal)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .and_then(|r| r.try_get("n"))
+                            .map_err(db_err)?;
+                        if n as u64 >= max {
+                            return Err(StoreError::Full(n as u64));
+                        }
+                    }
                     query(AssertSqlSafe(format!(
                         "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
                          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
@@ -1513,6 +1541,10 @@ macro_rules! sql_store {
                         .await
                         .map_err(db_err)?;
                     tx.commit().await.map_err(db_err)
+                }
+
+                async fn flush(&self) -> StoreResult<()> {
+                    self.write(WriteOp::Barrier).await
                 }
         }
     };

@@ -77,6 +77,10 @@ async fn commit_batch(
     let run_sql = upsert_run_sql();
     let (runs, steps) = latest(batch);
     let events = batch_events(batch);
+    if runs.is_empty() && steps.is_empty() {
+        // Only barriers: what was queued before them is committed already.
+        return Ok(());
+    }
     let mut tx = conn.begin_with(BEGIN_WRITE).await?;
     insert_events(&mut tx, &events).await?;
     for r in runs {
@@ -101,9 +105,21 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let result = commit_batch(&mut conn, &batch)
-            .await
-            .map_err(|e| e.to_string());
+        // Queued step states must not be lost to a busy database: the batch
+        // is tried again (each try waits up to the busy timeout) before it fails.
+        let mut tries = 0;
+        let result = loop {
+            match commit_batch(&mut conn, &batch).await.map_err(db_err) {
+                Err(StoreError::Unavailable(m)) if m == super::rows::BUSY && tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(
+                        tries,
+                        "the SQLite write lock stayed busy; the batch is tried again"
+                    );
+                }
+                other => break other.map_err(|e| e.to_string()),
+            }
+        };
         for w in batch {
             let _ = w.done.send(result.clone());
         }
@@ -301,6 +317,9 @@ const CLAIM_LOCK: &str = "";
 /// `BEGIN IMMEDIATE` takes the database's write lock: allocation decisions of
 /// every process are serialised by it.
 const GUARD_LOCK: &str = "";
+
+/// The write lock serialises per-principal quota counts too.
+const PRINCIPAL_LOCK: &str = "";
 
 /// Insert or replace one allocation.
 async fn upsert_allocation(

@@ -172,14 +172,34 @@ impl Env {
     ) -> RunningService<RoleClient, H> {
         let mut args = vec!["serve"];
         args.extend_from_slice(extra);
+        let stderr = match std::env::var("TEST_MYRMEX_STDERR_DIR") {
+            Ok(d) => Stdio::from(
+                std::fs::File::create(format!("{d}/{}.log", uuid::Uuid::new_v4().simple()))
+                    .expect("log file"),
+            ),
+            Err(_) => Stdio::null(),
+        };
         let (proc, _stderr) = TokioChildProcess::builder(self.command(&args))
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn myrmex");
         handler
             .serve_with_lifecycle(proc, lifecycle(era))
             .await
             .expect("stdio client connects")
+    }
+
+    /// A stdio client on `myrmex serve <extra>`, and the server's pid.
+    pub async fn stdio_pid(&self, era: Era, extra: &[&str]) -> (Client, u32) {
+        let mut args = vec!["serve"];
+        args.extend_from_slice(extra);
+        let (proc, _stderr) = TokioChildProcess::builder(self.command(&args))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn myrmex");
+        let pid = proc.id().expect("a pid");
+        let c = ().serve_with_lifecycle(proc, lifecycle(era)).await.expect("stdio client connects");
+        (c, pid)
     }
 
     /// A stdio client on `myrmex serve --config <myrmex.toml with `toml`> --store memory`.

@@ -1,0 +1,454 @@
+//! Several processes on one store behave as one server: three `myrmex serve`
+//! stdio processes (what two or three MCP clients on one machine start) and
+//! `myrmex run`, on one SQLite data directory — or, with
+//! TEST_MYRMEX_STORE=postgres, on one PostgreSQL database.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Leases short enough that a takeover is quick; shell steps count executions.
+fn config(env: &Env) -> std::path::PathBuf {
+    env.config(
+        "[modules.shell]\nenabled = true\n\n[cluster]\nlease_ttl_ms = 3000\npoll_interval_ms = 200\nsignal_poll_ms = 50\n\n[sessions]\nmax_active_per_principal = 2000\n",
+    )
+}
+
+async fn three(env: &Env) -> Vec<Client> {
+    let cfg = config(env);
+    let cfg = cfg.to_str().unwrap().to_string();
+    let mut out = Vec::new();
+    for era in [Era::Legacy, Era::Modern, Era::Legacy] {
+        out.push(env.stdio(era, &["--config", &cfg]).await);
+    }
+    out
+}
+
+/// A step that appends `<run>/<name>` to `log` (then sleeps `pause` seconds).
+fn counted(n: &str, deps: &[&str], log: &std::path::Path, pause: u32) -> Value {
+    json!({"name": n, "module": "shell", "action": "run", "dependencies": deps,
+           "parameters": {"command": format!("echo {{{{run.id}}}}/{n} >> {}; sleep {pause}", log.display()), "shell": true}})
+}
+
+/// A diamond whose every step appends `<run>/<step>` to `log`.
+fn counting(name: &str, log: &std::path::Path) -> Value {
+    json!({"name": name, "scope": "global", "steps": [
+        counted("a", &[], log, 0), counted("b", &["a"], log, 0),
+        counted("c", &["a"], log, 0), counted("d", &["b", "c"], log, 0)]})
+}
+
+fn executions(log: &std::path::Path) -> HashMap<String, usize> {
+    let mut n = HashMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        *n.entry(line.to_string()).or_default() += 1;
+    }
+    n
+}
+
+/// Runs started in any of three servers, and by `myrmex run`, execute once in
+/// all: every step of every run appends its line exactly once. The servers
+/// list one another.
+#[tokio::test]
+async fn runs_started_anywhere_execute_exactly_once() {
+    let env = Env::new();
+    let log = env.path().join("executions.log");
+    let cs = three(&env).await;
+    ok(&cs[0], "create_workflow", counting("count", &log)).await;
+    // `myrmex run` on the same store, meanwhile.
+    let file = env.path().join("count.json");
+    let mut def = counting("count-cli", &log);
+    def.as_object_mut().unwrap().remove("scope");
+    std::fs::write(&file, def.to_string()).unwrap();
+    let cfg = config(&env);
+    let cli = env
+        .command(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            file.to_str().unwrap(),
+        ])
+        .output();
+    let mut runs = Vec::new();
+    for round in 0..4 {
+        for c in &cs {
+            let r = ok(
+                c,
+                "execute_workflow",
+                json!({"workflow_name": "count", "wait_seconds": 0, "parameters": {}}),
+            )
+            .await;
+            runs.push((round, r["run_id"].as_str().unwrap().to_string()));
+        }
+    }
+    let st = ok(&cs[1], "get_system_status", json!({})).await;
+    let kinds: Vec<&str> = st["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.iter().filter(|k| **k == "serve").count() >= 3,
+        "{kinds:?}"
+    );
+    assert_eq!(st["processes"][0]["this_process"], true);
+    let out = cli.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli_run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (i, (_, id)) in runs.iter().enumerate() {
+        let v = finish(&cs[i % 3], &json!(id)).await;
+        assert_eq!(v["status"], "succeeded", "{v}");
+    }
+    let n = executions(&log);
+    for id in runs
+        .iter()
+        .map(|(_, id)| id.clone())
+        .chain([cli_run["run_id"].as_str().unwrap().to_string()])
+    {
+        for step in ["a", "b", "c", "d"] {
+            assert_eq!(
+                n.get(&format!("{id}/{step}")),
+                Some(&1),
+                "{id}/{step}: {n:?}"
+            );
+        }
+    }
+    assert_eq!(n.values().sum::<usize>(), 4 * 13, "{n:?}");
+}
+
+/// Agents on three servers drain 200 agent tasks created in all three: each
+/// task is handed out once, no `next_task` answers CONFLICT, and a task made
+/// in one server is claimed through the others.
+#[tokio::test]
+async fn agents_on_three_servers_drain_one_graph() {
+    let env = Env::new();
+    let cs: Vec<Arc<Client>> = three(&env).await.into_iter().map(Arc::new).collect();
+    let mut made: HashMap<String, usize> = HashMap::new();
+    for (i, c) in cs.iter().enumerate() {
+        let n = if i == 0 { 100 } else { 50 };
+        let tasks: Vec<Value> = (0..n)
+            .map(|k| json!({"name": format!("p{i}-{k}"), "description": "work"}))
+            .collect();
+        let v = ok(c, "create_tasks", json!({"tasks": tasks})).await;
+        for t in v["tasks"].as_array().unwrap() {
+            made.insert(t["task_id"].as_str().unwrap().to_string(), i);
+        }
+    }
+    assert_eq!(made.len(), 200);
+    let conflicts = Arc::new(AtomicUsize::new(0));
+    let mut agents = Vec::new();
+    for (i, c) in cs.iter().enumerate() {
+        let (c, conflicts) = (c.clone(), conflicts.clone());
+        agents.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claim = match call(&c, "next_task", json!({"agent": format!("agent{i}")})).await
+                {
+                    Ok(v) => v,
+                    Err(e) => {
+                        if e["code"] == "CONFLICT" {
+                            conflicts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        panic!("next_task failed: {e}");
+                    }
+                };
+                let Some(id) = claim["task"]["task_id"].as_str().map(String::from) else {
+                    break;
+                };
+                ok(
+                    &c,
+                    "complete_task",
+                    json!({"task_id": id, "lease_id": claim["lease_id"], "result": {"by": i}}),
+                )
+                .await;
+                mine.push(id);
+            }
+            mine
+        }));
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut across = 0;
+    for (i, h) in agents.into_iter().enumerate() {
+        for id in h.await.unwrap() {
+            if made[&id] != i {
+                across += 1;
+            }
+            assert!(
+                seen.insert(id.clone(), i).is_none(),
+                "{id} handed out twice"
+            );
+        }
+    }
+    assert_eq!(conflicts.load(Ordering::Relaxed), 0);
+    assert_eq!(seen.len(), 200, "every task handed out");
+    assert!(
+        across > 0,
+        "tasks made in one server were claimed through another"
+    );
+    for c in &cs {
+        let page = ok(
+            c,
+            "list_tasks",
+            json!({"status": "succeeded", "limit": 200}),
+        )
+        .await;
+        assert_eq!(page["tasks"].as_array().unwrap().len(), 200);
+    }
+}
+
+/// kill -9 of the server executing a run, mid-step: another one finishes it;
+/// the steps that had succeeded do not run again, the interrupted one does.
+#[tokio::test]
+async fn a_killed_servers_run_is_finished_by_another() {
+    let env = Env::new();
+    let log = env.path().join("executions.log");
+    let cfg = config(&env);
+    let cfg = cfg.to_str().unwrap().to_string();
+    let (a, pid) = env.stdio_pid(Era::Legacy, &["--config", &cfg]).await;
+    let b = env.stdio(Era::Modern, &["--config", &cfg]).await;
+    let c = env.stdio(Era::Legacy, &["--config", &cfg]).await;
+    ok(
+        &a,
+        "create_workflow",
+        json!({"name": "slow", "scope": "global", "steps": [
+        counted("a", &[], &log, 0), counted("b", &["a"], &log, 4), counted("c", &["b"], &log, 0)]}),
+    )
+    .await;
+    let run = ok(
+        &a,
+        "execute_workflow",
+        json!({"workflow_name": "slow", "wait_seconds": 0}),
+    )
+    .await;
+    let id = run["run_id"].clone();
+    let rid = id.as_str().unwrap().to_string();
+    // Killed while b sleeps: a has succeeded, b has begun.
+    for _ in 0..400 {
+        if executions(&log).contains_key(&format!("{rid}/b")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    signal(pid as i32, "KILL");
+    let done = finish(&b, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let n = executions(&log);
+    assert_eq!(
+        n[&format!("{rid}/a")],
+        1,
+        "a succeeded before the kill: {n:?}"
+    );
+    assert_eq!(
+        n[&format!("{rid}/b")],
+        2,
+        "b was interrupted and attempted again: {n:?}"
+    );
+    assert_eq!(n[&format!("{rid}/c")], 1, "{n:?}");
+    let steps = steps_by_name(&done);
+    assert_eq!(steps["b"]["attempts"], 2);
+    assert_eq!(steps["a"]["attempts"], 1);
+    // The dead process is gone from the list.
+    let st = ok(&c, "get_system_status", json!({})).await;
+    assert!(
+        st["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["pid"] != json!(pid)),
+        "{}",
+        st["processes"]
+    );
+}
+
+/// An exclusive lock is held by one process's session at a time (each holder
+/// checks that nobody else holds it), and a waiter in another process gets
+/// it when it is released.
+#[tokio::test]
+async fn an_exclusive_lock_is_held_by_one_process_at_a_time() {
+    let env = Env::new();
+    let cs: Vec<Arc<Client>> = three(&env).await.into_iter().map(Arc::new).collect();
+    let held = Arc::new(AtomicBool::new(false));
+    let grants = Arc::new(AtomicUsize::new(0));
+    let mut holders = Vec::new();
+    for (i, c) in cs.iter().enumerate() {
+        let (c, held, grants) = (c.clone(), held.clone(), grants.clone());
+        holders.push(tokio::spawn(async move {
+            for round in 0..5 {
+                let a = ok(
+                    &c,
+                    "allocate_resources",
+                    json!({"requirements": {"locks": [{"key": "repo:main", "mode": "exclusive"}]},
+                           "user_id": format!("p{i}-{round}"), "wait_seconds": 40}),
+                )
+                .await;
+                assert!(
+                    !held.swap(true, Ordering::SeqCst),
+                    "process {i} was granted the lock while another held it"
+                );
+                grants.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                held.store(false, Ordering::SeqCst);
+                ok(
+                    &c,
+                    "release_resources",
+                    json!({"allocation_id": a["allocation_id"]}),
+                )
+                .await;
+            }
+        }));
+    }
+    for h in holders {
+        h.await.unwrap();
+    }
+    assert_eq!(grants.load(Ordering::SeqCst), 15);
+
+    // A holds it; B waits; A releases; B gets it.
+    let a = ok(
+        &cs[0],
+        "allocate_resources",
+        json!({"requirements": {"locks": [{"key": "repo:main", "mode": "exclusive"}]}}),
+    )
+    .await;
+    let b = cs[1].clone();
+    let waiter = tokio::spawn(async move {
+        ok(
+            &b,
+            "allocate_resources",
+            json!({"requirements": {"locks": [{"key": "repo:main", "mode": "exclusive"}]}, "wait_seconds": 40}),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "B waits while A holds the lock");
+    ok(
+        &cs[0],
+        "release_resources",
+        json!({"allocation_id": a["allocation_id"]}),
+    )
+    .await;
+    let got = waiter.await.unwrap();
+    assert_eq!(got["status"], "active", "{got}");
+}
+
+/// A thousand writes at once from three processes: none fails, none reports
+/// a locked database.
+#[tokio::test]
+async fn a_thousand_concurrent_writes_from_three_processes() {
+    let env = Env::new();
+    let cs: Vec<Arc<Client>> = three(&env).await.into_iter().map(Arc::new).collect();
+    // A session each (allocations count against a session's quota of 200).
+    let mut sessions = Vec::new();
+    for c in &cs {
+        sessions
+            .push(ok(c, "create_session", json!({"name": "writer"})).await["session_id"].clone());
+    }
+    let mut calls = Vec::new();
+    for k in 0..1000 {
+        let c = cs[k % 3].clone();
+        let sid = sessions[k % 3].clone();
+        calls.push(tokio::spawn(async move {
+            let r = match k % 4 {
+                0 => {
+                    call(
+                        &c,
+                        "create_task",
+                        json!({"task": {"name": format!("w{k}")}}),
+                    )
+                    .await
+                }
+                1 => {
+                    call(
+                        &c,
+                        "create_workflow",
+                        json!({"name": format!("w{k}"), "steps": [
+                    {"name": "a", "module": "core", "action": "echo"}]}),
+                    )
+                    .await
+                }
+                2 => match call(
+                    &c,
+                    "allocate_resources",
+                    json!({"session_id": sid, "requirements": {"locks": [
+                        {"key": format!("k{k}"), "mode": "exclusive"}]}, "ttl_seconds": 60}),
+                )
+                .await
+                {
+                    Ok(a) => {
+                        call(
+                            &c,
+                            "release_resources",
+                            json!({"allocation_id": a["allocation_id"]}),
+                        )
+                        .await
+                    }
+                    e => e,
+                },
+                _ => match call(&c, "create_session", json!({"name": format!("s{k}")})).await {
+                    Ok(s) => {
+                        call(&c, "close_session", json!({"session_id": s["session_id"]})).await
+                    }
+                    e => e,
+                },
+            };
+            (k, r)
+        }));
+    }
+    let mut failed = Vec::new();
+    for h in calls {
+        let (k, r) = h.await.unwrap();
+        if let Err(e) = r {
+            failed.push(format!("{k}: {e}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}
+
+/// A quota counted across processes holds: 180 concurrent create_session
+/// calls through three servers never leave more than the limit active.
+#[tokio::test]
+async fn a_quota_holds_across_processes() {
+    let env = Env::new();
+    let cfg = env.config("[sessions]\nmax_active_per_principal = 50\n");
+    let cfg = cfg.to_str().unwrap().to_string();
+    let mut cs = Vec::new();
+    for era in [Era::Legacy, Era::Modern, Era::Legacy] {
+        cs.push(Arc::new(env.stdio(era, &["--config", &cfg]).await));
+    }
+    let mut calls = Vec::new();
+    for k in 0..180 {
+        let c = cs[k % 3].clone();
+        calls.push(tokio::spawn(async move {
+            call(&c, "create_session", json!({"name": format!("q{k}")})).await
+        }));
+    }
+    let mut created = 0;
+    for h in calls {
+        match h.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(e) => assert_eq!(e["code"], "LIMIT_EXCEEDED", "{e}"),
+        }
+    }
+    assert_eq!(created, 50, "exactly the quota was created");
+    let page = ok(
+        &cs[0],
+        "list_sessions",
+        json!({"status": "active", "limit": 200}),
+    )
+    .await;
+    assert_eq!(page["sessions"].as_array().unwrap().len(), 50, "{page}");
+}
