@@ -1,4 +1,5 @@
-//! What the benchmarks that drive the real server over MCP share.
+//! What the benchmarks that drive the real server over MCP share (each uses a part).
+#![allow(dead_code)]
 
 use rmcp::RoleClient;
 use rmcp::model::CallToolRequestParams;

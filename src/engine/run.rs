@@ -750,11 +750,13 @@ impl RunManager {
         // resource_aware: ready steps waiting for a release, and the releases.
         let mut aside: Vec<usize> = Vec::new();
         let mut released = self.resources.watch();
-        // Step ends queued but maybe not durable yet. Before a step starts,
-        // the ends before it are: a dependent never runs while its
-        // dependency's success could still be lost, so a process that takes
-        // the run over never runs a succeeded step again.
-        let mut unflushed = false;
+        // Step ends are queued, numbered; `flushed` is the last number known
+        // durable. Before a step starts, its dependencies' ends are durable:
+        // a dependent never runs while its dependency's success could still
+        // be lost, so a process that takes the run over never runs a
+        // succeeded step again. Siblings need no wait of their own.
+        let mut end_seq: Vec<u64> = vec![0; steps.len()];
+        let (mut queued_ends, mut flushed) = (0u64, 0u64);
         loop {
             // Settle steps whose dependencies are all final: skip, cancel, fail or make ready.
             while let Some(i) = settle.pop_front() {
@@ -816,7 +818,8 @@ impl RunManager {
                         rec.error = error;
                         rec.finished_at = Some(now_ms());
                         store.queue_step(rec).await?;
-                        unflushed = true;
+                        queued_ends += 1;
+                        end_seq[i] = queued_ends;
                         shared.write().unwrap_or_else(|p| p.into_inner()).set(rec);
                         active.step_done(rec);
                         if st == FAILED && spec.on_failure == OnFailure::FailFast {
@@ -867,9 +870,9 @@ impl RunManager {
                         }
                     }
                 }
-                if unflushed {
+                if deps[i].iter().any(|&d| end_seq[d] > flushed) {
                     store.flush().await?;
-                    unflushed = false;
+                    flushed = queued_ends;
                 }
                 steps[i].status = RUNNING.into();
                 in_flight += 1;
@@ -952,7 +955,8 @@ impl RunManager {
                             let done = is_terminal(&rec.status);
                             if done {
                                 active.step_done(&rec);
-                                unflushed = true;
+                                queued_ends += 1;
+                                end_seq[i] = queued_ends;
                             }
                             steps[i] = rec;
                             // A stop that arrives with this step's end wins: the
