@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use myrmex::config::{Config, SqliteSync};
-use myrmex::engine::workflow::WorkflowSpec;
+use myrmex::engine::workflows::spec::WorkflowSpec;
 use myrmex::engine::workflows::{ExecuteRequest, Scope};
 use myrmex::engine::{Engine, Principal};
 use myrmex::store::Store;

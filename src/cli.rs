@@ -7,16 +7,16 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
-use crate::engine::library::parse_file;
 use crate::engine::workflows::ExecuteRequest;
+use crate::engine::workflows::library::parse_file;
 use crate::engine::{Engine, Principal};
 
 /// `myrmex validate FILE`: print every problem, or the plan. Returns success.
 pub fn validate(config: &Config, file: &Path) -> anyhow::Result<bool> {
     let spec = parse_file(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let registry = crate::actions::Registry::new(config);
-    let limits = crate::engine::workflow::Limits::from_config(&config.workflows);
-    match crate::engine::workflow::validate(&spec, &registry, &limits) {
+    let limits = crate::engine::workflows::spec::Limits::from_config(&config.workflows);
+    match crate::engine::workflows::spec::validate(&spec, &registry, &limits) {
         Ok(plan) => {
             println!(
                 "{}: valid workflow '{}' with {} steps",

@@ -9,7 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod projects;
+pub mod model;
 pub mod server;
 pub mod store;
 pub mod telemetry;

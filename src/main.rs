@@ -151,7 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 // heartbeated like theirs; it takes no other work over.
                 let shutdown = CancellationToken::new();
                 engine
-                    .start_background(shutdown.clone(), myrmex::engine::peers::Role::Run)
+                    .start_background(shutdown.clone(), myrmex::engine::observe::peers::Role::Run)
                     .await?;
                 let ok = myrmex::cli::run(&engine, file, params).await;
                 shutdown.cancel();
@@ -240,9 +240,9 @@ fn serve(config: Config, http: Option<String>) -> anyhow::Result<ExitCode> {
         let engine_stop = engine.clone();
         let shutdown = CancellationToken::new();
         let role = if bind.is_some() {
-            myrmex::engine::peers::Role::ServeHttp
+            myrmex::engine::observe::peers::Role::ServeHttp
         } else {
-            myrmex::engine::peers::Role::Serve
+            myrmex::engine::observe::peers::Role::Serve
         };
         engine.start_background(shutdown.clone(), role).await?;
         tokio::spawn(watch_signals(shutdown.clone()));
@@ -272,7 +272,10 @@ fn worker(config: Config) -> anyhow::Result<ExitCode> {
         let engine = open_engine(config).await?;
         let shutdown = CancellationToken::new();
         engine
-            .start_background(shutdown.clone(), myrmex::engine::peers::Role::Worker)
+            .start_background(
+                shutdown.clone(),
+                myrmex::engine::observe::peers::Role::Worker,
+            )
             .await?;
         tracing::info!(node = engine.runs().node(), "worker started");
         watch_signals(shutdown.clone()).await;

@@ -10,10 +10,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use myrmex::actions::Registry;
-use myrmex::engine::condition::{self, Bounds};
-use myrmex::engine::library::parse_text;
-use myrmex::engine::template::{Budget, Scope, Template, render_value_within, templates_in};
-use myrmex::engine::workflow::{Limits, WorkflowSpec, bind_params, validate};
+use myrmex::engine::workflows::condition::{self, Bounds};
+use myrmex::engine::workflows::library::parse_text;
+use myrmex::engine::workflows::spec::{Limits, WorkflowSpec, bind_params, validate};
+use myrmex::engine::workflows::template::{
+    Budget, Scope, Template, render_value_within, templates_in,
+};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use myrmex::config::Config;
-use myrmex::engine::workflow::WorkflowSpec;
+use myrmex::engine::workflows::spec::WorkflowSpec;
 use myrmex::engine::workflows::{ExecuteRequest, Scope};
 use myrmex::engine::{Engine, Principal};
 use proptest::prelude::*;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::workflow::RetryPolicy;
+use super::workflows::spec::RetryPolicy;
 use crate::actions::{ActionCtx, ActionError, Caller, PhaseHook, Registry};
 use crate::error::{ErrorCode, Result};
 
@@ -109,7 +109,7 @@ pub async fn run(
         });
         let deadline = plan
             .timeout_seconds
-            .map(|t| super::bounds::deadline_after(Duration::from_secs(t)));
+            .map(|t| crate::model::bounds::deadline_after(Duration::from_secs(t)));
         let outcome = tokio::select! {
             r = &mut fut => Outcome::Done(r),
             _ = sleep_until(deadline) => Outcome::Timeout,

@@ -14,10 +14,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use super::run::{error_message, status};
+use super::runs::{error_message, status};
 use super::tasks::NewTask;
-use super::workflow::Priority;
 use super::workflows::ExecuteRequest;
+use super::workflows::spec::Priority;
 use super::{Engine, EngineInner, Principal};
 use crate::actions::{ActionCtx, ActionError, Host};
 use crate::error::{Error, ErrorCode};

@@ -7,22 +7,13 @@
 //! cheap to clone into every MCP handler rmcp creates.
 
 pub mod attempts;
-pub mod background;
-pub mod bounds;
-pub mod condition;
-pub mod events;
 pub mod host;
-pub mod library;
-pub mod metrics;
-pub mod peers;
+pub mod observe;
 pub mod projects;
 pub mod resources;
-pub mod run;
-pub mod session;
-pub mod system;
+pub mod runs;
+pub mod sessions;
 pub mod tasks;
-pub mod template;
-pub mod workflow;
 pub mod workflows;
 
 use std::sync::Arc;
@@ -34,24 +25,9 @@ use crate::actions::Registry;
 use crate::config::Config;
 use crate::store::Store;
 
-pub use session::SessionRegistry;
+pub use sessions::SessionRegistry;
 
-/// Who is calling. stdio callers are [`Principal::local`]; HTTP callers are
-/// named by their bearer token (or local when no tokens are configured).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct Principal(pub String);
-
-impl Principal {
-    pub const LOCAL: &'static str = "local";
-
-    pub fn local() -> Self {
-        Principal(Self::LOCAL.into())
-    }
-
-    pub fn name(&self) -> &str {
-        &self.0
-    }
-}
+pub use crate::model::{Principal, iso, new_id, now_ms};
 
 /// The shared engine handle.
 #[derive(Clone)]
@@ -64,17 +40,17 @@ struct EngineInner {
     store: Arc<dyn Store>,
     sessions: SessionRegistry,
     registry: Arc<Registry>,
-    library: library::Library,
+    library: workflows::library::Library,
     templates: projects::Templates,
-    runs: Arc<run::RunManager>,
+    runs: Arc<runs::RunManager>,
     tasks: Arc<tasks::TaskManager>,
     resources: Arc<resources::ResourceManager>,
     /// Cancelled when the engine stops: run drivers leave their state for the next start.
     stopping: tokio_util::sync::CancellationToken,
-    metrics: metrics::Metrics,
-    background: background::Background,
+    metrics: observe::metrics::Metrics,
+    background: observe::background::Background,
     /// This process among the store's processes.
-    peers: peers::Peers,
+    peers: observe::peers::Peers,
     started: Instant,
     started_at: i64,
 }
@@ -90,7 +66,7 @@ impl Engine {
         let sessions = SessionRegistry::new(store.clone(), &config);
         let registry = Arc::new(registry);
         let limits = workflow_limits(&config);
-        let library = library::Library::load(&config.workflows_dirs, &registry, &limits);
+        let library = workflows::library::Library::load(&config.workflows_dirs, &registry, &limits);
         let templates = projects::Templates::load(
             &config.projects.template_dirs,
             &registry
@@ -108,7 +84,7 @@ impl Engine {
             node.clone(),
             config.cluster.lease_ttl_ms,
         ));
-        let runs = Arc::new(run::RunManager::new(
+        let runs = Arc::new(runs::RunManager::new(
             store.clone(),
             registry.clone(),
             resources.clone(),
@@ -125,7 +101,7 @@ impl Engine {
             stopping.clone(),
             node.clone(),
         ));
-        let peers = peers::Peers::new(store.clone(), node, config.cluster.lease_ttl_ms);
+        let peers = observe::peers::Peers::new(store.clone(), node, config.cluster.lease_ttl_ms);
         let engine = Self {
             inner: Arc::new(EngineInner {
                 tasks,
@@ -138,8 +114,8 @@ impl Engine {
                 templates,
                 runs,
                 stopping,
-                metrics: metrics::Metrics::default(),
-                background: background::Background::default(),
+                metrics: observe::metrics::Metrics::default(),
+                background: observe::background::Background::default(),
                 peers,
                 started: Instant::now(),
                 started_at: now_ms(),
@@ -167,11 +143,11 @@ impl Engine {
         &self.inner.registry
     }
 
-    pub fn library(&self) -> &library::Library {
+    pub fn library(&self) -> &workflows::library::Library {
         &self.inner.library
     }
 
-    pub fn runs(&self) -> &Arc<run::RunManager> {
+    pub fn runs(&self) -> &Arc<runs::RunManager> {
         &self.inner.runs
     }
 
@@ -191,7 +167,7 @@ impl Engine {
         auth.tokens.is_empty() || auth.admin_principals.iter().any(|a| a == p.name())
     }
 
-    pub fn workflow_limits(&self) -> workflow::Limits {
+    pub fn workflow_limits(&self) -> workflows::spec::Limits {
         workflow_limits(&self.inner.config)
     }
 
@@ -209,16 +185,16 @@ impl Engine {
         }
     }
 
-    pub fn metrics(&self) -> &metrics::Metrics {
+    pub fn metrics(&self) -> &observe::metrics::Metrics {
         &self.inner.metrics
     }
 
-    pub fn background(&self) -> &background::Background {
+    pub fn background(&self) -> &observe::background::Background {
         &self.inner.background
     }
 
     /// The processes on this store.
-    pub fn peers(&self) -> &peers::Peers {
+    pub fn peers(&self) -> &observe::peers::Peers {
         &self.inner.peers
     }
 
@@ -228,7 +204,7 @@ impl Engine {
     pub async fn start_background(
         &self,
         shutdown: tokio_util::sync::CancellationToken,
-        role: peers::Role,
+        role: observe::peers::Role,
     ) -> crate::error::Result<()> {
         let shared = self.inner.store.shared();
         if shared {
@@ -422,8 +398,8 @@ impl Engine {
     }
 }
 
-fn workflow_limits(config: &Config) -> workflow::Limits {
-    workflow::Limits::from_config(&config.workflows)
+fn workflow_limits(config: &Config) -> workflows::spec::Limits {
+    workflows::spec::Limits::from_config(&config.workflows)
 }
 
 /// This process's name in leases: host, pid and a random suffix (a restarted
@@ -451,21 +427,4 @@ pub fn fitting<T: Serialize>(items: impl IntoIterator<Item = T>, budget: usize) 
         })
         .map(|(_, v)| v)
         .collect()
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T10:00:00.000Z`.
-pub fn iso(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// A new random id with a type prefix: `ses_3f2a...` (32 hex digits).
-pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }

@@ -45,7 +45,7 @@ impl<T: DeserializeOwned + JsonSchema> Args<T> {
     /// accept but the published schema does not (an array for an object) is
     /// refused too.
     pub fn parse(self) -> Result<T, Error> {
-        crate::engine::bounds::parse_value(serde_json::Value::Object(self.raw))
+        crate::model::bounds::parse_value(serde_json::Value::Object(self.raw))
     }
 }
 

@@ -133,7 +133,7 @@ pub(crate) fn error_response(
 /// degraded, 503 when unhealthy. Carries no data beyond the levels.
 async fn healthz(State(engine): State<Engine>) -> Response {
     let h = engine.health().await;
-    let code = if h.overall_status == crate::engine::system::HealthLevel::Unhealthy {
+    let code = if h.overall_status == crate::engine::observe::system::HealthLevel::Unhealthy {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{MyrmexServer, principal};
 use crate::engine::Principal;
-use crate::engine::workflow::WorkflowSpec;
+use crate::engine::workflows::spec::WorkflowSpec;
 use crate::error::Error;
 
 /// A tool error as a protocol error of a prompt, completion or resource request.
@@ -420,8 +420,8 @@ impl MyrmexServer {
             .sessions()
             .list(
                 p,
-                crate::engine::session::ListSessions {
-                    status: Some(crate::engine::session::SessionStatus::Active),
+                crate::engine::sessions::ListSessions {
+                    status: Some(crate::engine::sessions::SessionStatus::Active),
                     limit: Some(self.engine.config().limits.max_page_size),
                     cursor: None,
                 },

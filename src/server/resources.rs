@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::{MyrmexServer, principal};
 use crate::engine::Principal;
-use crate::engine::session::{ListSessions, SessionStatus};
+use crate::engine::sessions::{ListSessions, SessionStatus};
 use crate::error::{Error, ErrorCode};
 
 /// The resource kinds: URI template, name, what it holds.

@@ -286,7 +286,7 @@ impl Store for MemoryStore {
                 StoreError::Corrupt(format!("step {}/{} does not exist", step.run_id, step.name))
             })?;
         *slot = step.clone();
-        g.record(EventRecord::step(step, crate::engine::now_ms()));
+        g.record(EventRecord::step(step, crate::model::now_ms()));
         Ok(())
     }
 
@@ -651,7 +651,7 @@ impl Store for MemoryStore {
 
     async fn put_allocations(&self, allocations: &[AllocationRecord]) -> StoreResult<()> {
         let mut g = self.lock()?;
-        let now = crate::engine::now_ms();
+        let now = crate::model::now_ms();
         for a in allocations {
             g.allocations.insert(a.id.clone(), a.clone());
             g.record(EventRecord::allocation(a, now));
@@ -737,7 +737,7 @@ impl Store for MemoryStore {
                 g.record(EventRecord::project_deleted(
                     id,
                     p.principal,
-                    crate::engine::now_ms(),
+                    crate::model::now_ms(),
                 ));
                 Ok(true)
             }

@@ -453,7 +453,7 @@ macro_rules! shared_rows {
             conn: &mut <$db as sqlx::Database>::Connection,
             allocations: &[AllocationRecord],
         ) -> Result<(), sqlx::Error> {
-            let now = crate::engine::now_ms();
+            let now = crate::model::now_ms();
             let events: Vec<EventRecord> = allocations
                 .iter()
                 .map(|a| EventRecord::allocation(a, now))
@@ -463,7 +463,7 @@ macro_rules! shared_rows {
 
         /// The event of each write of a group commit, in the order made.
         fn batch_events(batch: &[Write]) -> Vec<EventRecord> {
-            let now = crate::engine::now_ms();
+            let now = crate::model::now_ms();
             batch
                 .iter()
                 .filter_map(|w| match &w.op {
@@ -1358,7 +1358,7 @@ macro_rules! sql_store {
                         return Ok(false);
                     };
                     let principal: String = row.try_get("principal").map_err(db_err)?;
-                    let event = EventRecord::project_deleted(id, principal, crate::engine::now_ms());
+                    let event = EventRecord::project_deleted(id, principal, crate::model::now_ms());
                     insert_events(&mut tx, &[event]).await.map_err(db_err)?;
                     tx.commit().await.map_err(db_err)?;
                     Ok(true)

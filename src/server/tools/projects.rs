@@ -8,12 +8,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::engine::projects::docs::DocReport;
 use crate::engine::projects::{
     CreatedProject, Managed, NewProject, Operation, ProjectPage, ProjectView, TemplateList,
     TemplateView,
 };
 use crate::error::Error;
-use crate::projects::docs::DocReport;
 use crate::server::{MyrmexServer, args::Args, principal};
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::engine::resources::{AllocationView, Owner, Requirements, ResourceStatus};
-use crate::engine::workflow::Priority;
+use crate::engine::workflows::spec::Priority;
 use crate::error::Error;
 use crate::server::{MyrmexServer, args::Args, principal};
 
@@ -269,7 +269,7 @@ impl MyrmexServer {
     ) -> Result<Json<AllocationPage>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        let limit = crate::engine::session::page_limit(&self.engine.config().limits, a.limit)?;
+        let limit = crate::engine::sessions::page_limit(&self.engine.config().limits, a.limit)?;
         let offset = match &a.cursor {
             Some(c) => crate::engine::workflows::decode_offset(c)?,
             None => 0,

@@ -6,7 +6,7 @@ use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::engine::session::{ListSessions, NewSession, Session, SessionPage, SessionStatus};
+use crate::engine::sessions::{ListSessions, NewSession, Session, SessionPage, SessionStatus};
 use crate::error::Error;
 use crate::server::{MyrmexServer, args::Args, principal};
 

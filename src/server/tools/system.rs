@@ -6,8 +6,8 @@ use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::engine::events::{EventPage, EventQuery};
-use crate::engine::system::{HealthReport, StatusOptions, SystemStatus};
+use crate::engine::observe::events::{EventPage, EventQuery};
+use crate::engine::observe::system::{HealthReport, StatusOptions, SystemStatus};
 use crate::error::Error;
 use crate::server::{MyrmexServer, args::Args, principal};
 
@@ -150,7 +150,7 @@ impl MyrmexServer {
     ) -> Result<Json<EventPage>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        let limit = crate::engine::session::bounded(
+        let limit = crate::engine::sessions::bounded(
             "limit",
             a.limit.map(u64::from),
             100,

@@ -13,7 +13,7 @@ use crate::engine::tasks::{
     Claim, ExecuteTaskResult, NewTask, TaskBrief, TaskChanges, TaskFilter, TaskGraphView, TaskPage,
     TaskView,
 };
-use crate::engine::workflow::{Priority, RetryPolicy};
+use crate::engine::workflows::spec::{Priority, RetryPolicy};
 use crate::error::Error;
 use crate::server::{MyrmexServer, args::Args, principal};
 
@@ -431,7 +431,7 @@ impl MyrmexServer {
     ) -> Result<Json<TaskPage>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        let limit = crate::engine::session::page_limit(&self.engine.config().limits, a.limit)?;
+        let limit = crate::engine::sessions::page_limit(&self.engine.config().limits, a.limit)?;
         let session = self
             .engine
             .sessions()

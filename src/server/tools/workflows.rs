@@ -11,8 +11,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::engine::session::SessionMode;
-use crate::engine::workflow::{OnFailure, ParamSpec, Priority, StepSpec, WorkflowSpec};
+use crate::engine::sessions::SessionMode;
+use crate::engine::workflows::spec::{OnFailure, ParamSpec, Priority, StepSpec, WorkflowSpec};
 use crate::engine::workflows::{
     ExecuteRequest, RunPage, RunView, Scope, ValidationReport, WorkflowPage, WorkflowView,
 };

@@ -22,33 +22,13 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::workflow::Priority;
+use super::workflows::spec::Priority;
 use super::{iso, new_id, now_ms};
 use crate::config::ResourcesConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{AllocationRecord, Store, WaiterRecord};
 
-/// Lock modes.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum LockMode {
-    Read,
-    Write,
-    Exclusive,
-}
-
-impl LockMode {
-    pub fn compatible(self, other: LockMode) -> bool {
-        matches!(
-            (self, other),
-            (LockMode::Read, LockMode::Read)
-                | (LockMode::Read, LockMode::Write)
-                | (LockMode::Write, LockMode::Read)
-        )
-    }
-}
+pub use crate::model::LockMode;
 
 /// One lock in a requirement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -691,7 +671,7 @@ impl ResourceManager {
                 })
                 .collect();
         for (i, (w, _)) in st.foreign.iter().enumerate() {
-            let p = super::run::priority_from_str(&w.priority);
+            let p = super::runs::priority_from_str(&w.priority);
             order.push((urgency(p, w.since), w.since, u64::MAX, Turn::There(i)));
         }
         order.sort_by_key(|(u, since, id, _)| (*u, *since, *id));
@@ -742,7 +722,7 @@ impl ResourceManager {
             owner_kind: owner.kind.into(),
             owner_ref: owner.reference.clone(),
             requirements: req.to_value().to_string(),
-            priority: super::run::priority_str(priority).into(),
+            priority: super::runs::priority_str(priority).into(),
             status: "active".into(),
             created_at: now,
             expires_at: ttl.map(|t| now + t as i64 * 1000),
@@ -969,7 +949,7 @@ impl ResourceManager {
                     session_id: owner.session_id.clone(),
                     holder: owner.holder.clone(),
                     requirements: req.to_value().to_string(),
-                    priority: super::run::priority_str(priority).into(),
+                    priority: super::runs::priority_str(priority).into(),
                     since: now,
                     seen_at: now,
                 };
@@ -1161,7 +1141,7 @@ impl ResourceManager {
     }
 
     pub fn ttl(&self, ttl: Option<u64>) -> Result<u64> {
-        super::session::bounded(
+        super::sessions::bounded(
             "ttl_seconds",
             ttl,
             self.config.default_ttl_seconds,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::workflow::{Limits, WorkflowSpec, validate};
+use super::spec::{Limits, WorkflowSpec, validate};
 use crate::actions::Registry;
 
 #[derive(Debug, Clone)]
@@ -69,7 +69,7 @@ pub fn parse_text(text: &str, ext: &str) -> Result<WorkflowSpec, String> {
             ));
         }
     };
-    super::bounds::check_shape::<WorkflowSpec>(&value)
+    crate::model::bounds::check_shape::<WorkflowSpec>(&value)
         .map_err(|e| format!("invalid definition: {e}"))?;
     Ok(spec)
 }
@@ -133,23 +133,23 @@ fn yaml_flow_depth(text: &str) -> usize {
 const BUILTIN: &[(&str, &str)] = &[
     (
         "ai-analysis.yaml",
-        include_str!("../../workflows/projects/ai-analysis.yaml"),
+        include_str!("../../../workflows/projects/ai-analysis.yaml"),
     ),
     (
         "build-and-test.yaml",
-        include_str!("../../workflows/projects/build-and-test.yaml"),
+        include_str!("../../../workflows/projects/build-and-test.yaml"),
     ),
     (
         "data-processing.yaml",
-        include_str!("../../workflows/projects/data-processing.yaml"),
+        include_str!("../../../workflows/projects/data-processing.yaml"),
     ),
     (
         "deploy.yaml",
-        include_str!("../../workflows/projects/deploy.yaml"),
+        include_str!("../../../workflows/projects/deploy.yaml"),
     ),
     (
         "visualization.yaml",
-        include_str!("../../workflows/projects/visualization.yaml"),
+        include_str!("../../../workflows/projects/visualization.yaml"),
     ),
 ];
 

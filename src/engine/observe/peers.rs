@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
-use super::{iso, now_ms};
+use crate::engine::{iso, now_ms};
 use crate::error::Result;
 use crate::store::{ProcessRecord, Store};
 

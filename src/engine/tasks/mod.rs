@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempts;
 use super::resources::{Owner, Requirements, ResourceManager};
-use super::session::Session;
-use super::template::{Budget, Ref, RenderError, Scope, render_value_within, templates_in};
-use super::workflow::{Priority, RetryPolicy};
+use super::sessions::Session;
+use super::workflows::spec::{Priority, RetryPolicy};
+use super::workflows::template::{
+    Budget, Ref, RenderError, Scope, render_value_within, templates_in,
+};
 use super::{Engine, Principal, iso, new_id, now_ms};
 use crate::actions::Registry;
 use crate::config::TasksConfig;
@@ -31,7 +33,7 @@ use crate::store::{Store, StoreError, TaskRecord};
 
 /// Task statuses: those of workflow steps, plus `claimed`.
 pub mod status {
-    pub use super::super::run::status::{
+    pub use super::super::runs::status::{
         CANCELLED, FAILED, PENDING, READY, RUNNING, SKIPPED, SUCCEEDED, TIMED_OUT,
         WAITING_RESOURCES, is_terminal as is_final,
     };
@@ -339,7 +341,7 @@ pub struct TaskManager {
     limits: crate::config::LimitsConfig,
     /// Auto tasks run actions as steps do, within the steps' bounds
     /// (`[workflows]`: rendered parameters, output size and depth).
-    action_limits: super::workflow::Limits,
+    action_limits: super::workflows::spec::Limits,
     shutdown: CancellationToken,
     graphs: Mutex<HashMap<String, Arc<SessionGraph>>>,
     /// Other processes may write the same tasks (a shared database): every
@@ -370,7 +372,7 @@ fn priority_rank(p: &str) -> u8 {
 }
 
 fn priority_str(p: Priority) -> &'static str {
-    super::run::priority_str(p)
+    super::runs::priority_str(p)
 }
 
 fn is_agent(t: &TaskRecord) -> bool {
@@ -746,7 +748,7 @@ impl TaskManager {
             resources,
             config: config.tasks.clone(),
             limits: config.limits.clone(),
-            action_limits: super::workflow::Limits::from_config(&config.workflows),
+            action_limits: super::workflows::spec::Limits::from_config(&config.workflows),
             shutdown,
             graphs: Mutex::new(HashMap::new()),
             store,
@@ -992,7 +994,7 @@ impl TaskManager {
     /// A value nests at most `workflows.max_value_depth` levels.
     fn check_value_depth(&self, v: &Value, what: &str) -> Result<()> {
         let max = self.action_limits.max_value_depth;
-        if super::bounds::value_depth(v, max) > max {
+        if crate::model::bounds::value_depth(v, max) > max {
             return Err(Error::new(
                 ErrorCode::LimitExceeded,
                 format!("{what} nest deeper than {max} levels (workflows.max_value_depth)"),
@@ -1004,7 +1006,7 @@ impl TaskManager {
 
     /// An auto task's result is at most `workflows.max_step_output_bytes`.
     fn check_output(&self, v: &Value) -> Result<()> {
-        let n = super::bounds::json_size(v);
+        let n = crate::model::bounds::json_size(v);
         let max = self.action_limits.max_step_output_bytes;
         if n > max {
             return Err(Error::new(
@@ -1331,7 +1333,7 @@ impl TaskManager {
                 (
                     task_owner(&t, "task"),
                     req,
-                    super::run::priority_from_str(&t.priority),
+                    super::runs::priority_from_str(&t.priority),
                 )
             });
             let job = Job {
@@ -1943,7 +1945,7 @@ impl TaskManager {
                 }
                 Some(req) => {
                     let owner = task_owner(t, "claim");
-                    let prio = super::run::priority_from_str(&t.priority);
+                    let prio = super::runs::priority_from_str(&t.priority);
                     if self
                         .resources
                         .try_acquire(owner, req, prio)
@@ -2042,7 +2044,7 @@ impl TaskManager {
     }
 
     fn lease_seconds(&self, s: Option<u64>) -> Result<u64> {
-        super::session::bounded(
+        super::sessions::bounded(
             "lease_seconds",
             s,
             self.config.default_lease_seconds,
@@ -2512,7 +2514,7 @@ fn batch_cycle(records: &[TaskRecord], deps: &HashMap<String, Vec<String>>) -> O
         .into_iter()
         .find(|c| c.len() > 1)
         .map(|c| {
-            super::workflow::cycle_in(&c, |n| graph.neighbors(n), |n| name[n])
+            super::workflows::spec::cycle_in(&c, |n| graph.neighbors(n), |n| name[n])
                 .iter()
                 .map(|id| name[id])
                 .collect::<Vec<_>>()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::now_ms;
+use crate::engine::now_ms;
 
 #[derive(Default)]
 pub struct Background {

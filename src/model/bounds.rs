@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn shapes_follow_the_schema_not_serde() {
-        use crate::engine::workflow::StepSpec;
+        use crate::engine::workflows::spec::StepSpec;
         let ok = json!({"name": "a", "module": "core", "action": "echo", "retry": {"multiplier": 2.0}, "timeout": 3});
         assert_eq!(check_shape::<StepSpec>(&ok), Ok(()));
         // serde would build a RetryPolicy (and a StepSpec) from arrays.

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -16,59 +15,9 @@ use serde_json::{Map, Value};
 use super::{Principal, iso, new_id, now_ms};
 use crate::config::{Config, LimitsConfig, SessionsConfig};
 use crate::error::{Error, ErrorCode, Result};
+pub use crate::model::page::{bounded, decode_cursor, next_cursor, page_limit};
+pub use crate::model::{SessionMode, SessionStatus};
 use crate::store::{SessionQuery, SessionRecord, Store, StoreError};
-
-/// How a session schedules its work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "snake_case")]
-#[schemars(inline)]
-pub enum SessionMode {
-    /// One step or task at a time.
-    Sequential,
-    /// Up to the session's parallelism limits.
-    Parallel,
-    /// Higher-priority work first.
-    Priority,
-    /// Parallel, but only when resources can be allocated (the default).
-    #[default]
-    ResourceAware,
-}
-
-impl SessionMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionMode::Sequential => "sequential",
-            SessionMode::Parallel => "parallel",
-            SessionMode::Priority => "priority",
-            SessionMode::ResourceAware => "resource_aware",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self> {
-        serde_json::from_value(Value::String(s.into()))
-            .map_err(|_| Error::internal(format!("stored session mode '{s}' is unknown")))
-    }
-}
-
-/// Lifecycle state of a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-#[schemars(inline)]
-pub enum SessionStatus {
-    /// Open: accepts work.
-    Active,
-    /// Closed by `close_session`, the idle sweeper or its timeout. Final.
-    Closed,
-}
-
-impl SessionStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionStatus::Active => "active",
-            SessionStatus::Closed => "closed",
-        }
-    }
-}
 
 /// A session as callers see it.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -425,54 +374,6 @@ fn closed_error(rec: &SessionRecord) -> Error {
     .with_details(serde_json::json!({ "session_id": rec.id, "status": rec.status }))
 }
 
-/// Trim a page fetched with `limit + 1` rows to `limit`; the cursor of its last
-/// row when there was more.
-pub(crate) fn next_cursor<T>(
-    rows: &mut Vec<T>,
-    limit: u32,
-    key: impl Fn(&T) -> (i64, &str),
-) -> Option<String> {
-    if rows.len() <= limit as usize {
-        return None;
-    }
-    rows.truncate(limit as usize);
-    rows.last().map(|r| {
-        let (created_at, id) = key(r);
-        encode_cursor(created_at, id)
-    })
-}
-
-/// An optional argument: `default` when absent, otherwise within 1..=max.
-pub(crate) fn bounded(
-    field: &str,
-    value: Option<u64>,
-    default: u64,
-    max: u64,
-    hint: impl Into<String>,
-) -> Result<u64> {
-    match value {
-        None => Ok(default),
-        Some(n) if n == 0 || n > max => Err(Error::invalid(
-            format!("{field} {n} is outside 1..={max}"),
-            hint,
-        )),
-        Some(n) => Ok(n),
-    }
-}
-
-/// The page size of a list call: the default, or the caller's within 1..=max.
-pub(crate) fn page_limit(l: &LimitsConfig, limit: Option<u32>) -> Result<u32> {
-    let max = l.max_page_size;
-    bounded(
-        "limit",
-        limit.map(u64::from),
-        l.default_page_size.into(),
-        max.into(),
-        format!("Use a limit between 1 and {max} and follow next_cursor."),
-    )
-    .map(|n| n as u32)
-}
-
 fn check_len(field: &str, v: &str, max: usize) -> Result<()> {
     let n = v.chars().count();
     if n > max {
@@ -506,7 +407,9 @@ fn to_session(r: SessionRecord) -> Result<Session> {
     };
     let expires_at = (status == SessionStatus::Active).then(|| iso(r.expiry().0));
     Ok(Session {
-        mode: SessionMode::parse(&r.mode)?,
+        mode: SessionMode::parse(&r.mode).ok_or_else(|| {
+            Error::internal(format!("stored session mode '{}' is unknown", r.mode))
+        })?,
         status,
         expires_at,
         created_at: iso(r.created_at),
@@ -527,44 +430,9 @@ fn to_session(r: SessionRecord) -> Result<Session> {
     })
 }
 
-const CURSOR_PREFIX: &str = "s1:";
-
-fn encode_cursor(created_at: i64, id: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("{CURSOR_PREFIX}{created_at}:{id}"))
-}
-
-pub(crate) fn decode_cursor(c: &str) -> Result<(i64, String)> {
-    let bad = || {
-        Error::invalid(
-            format!("cursor '{c}' is not a cursor this tool returned"),
-            "Pass next_cursor from the previous page unchanged, or omit cursor to start at the first page.",
-        )
-    };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(c)
-        .map_err(|_| bad())?;
-    let s = String::from_utf8(raw).map_err(|_| bad())?;
-    let rest = s.strip_prefix(CURSOR_PREFIX).ok_or_else(bad)?;
-    let (ts, id) = rest.split_once(':').ok_or_else(bad)?;
-    Ok((ts.parse().map_err(|_| bad())?, id.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursor_round_trips_and_rejects_garbage() {
-        let c = encode_cursor(1234, "ses_abc");
-        assert_eq!(decode_cursor(&c).unwrap(), (1234, "ses_abc".to_string()));
-        assert_eq!(
-            decode_cursor("nope").unwrap_err().code,
-            ErrorCode::InvalidParameters
-        );
-        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x1:1:a");
-        assert!(decode_cursor(&forged).is_err());
-    }
 
     #[test]
     fn expiry_prefers_the_earlier_of_idle_and_lifetime() {

@@ -1,5 +1,14 @@
-//! The workflow API of the engine: definitions (library, session, global),
-//! validation, execution, runs, waiting for runs, cancel and retry.
+//! Workflows: what a definition is (`spec`: the schema, validation and the
+//! plan), the expression language of its templates and conditions
+//! (`template`, `condition`), the read-only library of definition files
+//! (`library`), and the Engine's workflow API here: definitions (library,
+//! session, global), validation, execution, runs, waiting for runs, cancel
+//! and retry.
+
+pub mod condition;
+pub mod library;
+pub mod spec;
+pub mod template;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,15 +17,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::resources::Requirements;
-use super::run::{error_message, new_run_id, priority_str, status};
-use super::session::Session;
-use super::workflow::{
-    ParamSpec, Plan, Priority, Problem, WorkflowSpec, bind_params, mermaid, validate,
-};
+use super::runs::{error_message, new_run_id, priority_str, status};
+use super::sessions::Session;
 use super::{Engine, Principal, iso, now_ms};
+use crate::engine::resources::Requirements;
 use crate::error::{Error, ErrorCode, Result};
+pub use crate::model::page::{decode_offset, encode_offset};
 use crate::store::{RunQuery, RunRecord, StepRecord, WorkflowRecord};
+use spec::{ParamSpec, Plan, Priority, Problem, WorkflowSpec, bind_params, mermaid, validate};
 
 /// Where a definition lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
@@ -274,7 +282,7 @@ pub struct ExecuteRequest {
     pub workflow_name: String,
     pub parameters: Map<String, Value>,
     pub session_id: Option<String>,
-    pub mode: Option<super::session::SessionMode>,
+    pub mode: Option<super::sessions::SessionMode>,
     pub timeout_seconds: Option<u64>,
     pub priority: Option<Priority>,
     pub resource_requirements: Option<Value>,
@@ -813,7 +821,7 @@ impl Engine {
         wait: Duration,
         progress: &mut (dyn FnMut(usize, usize, String) + Send),
     ) -> Result<RunView> {
-        let deadline = super::bounds::deadline_after(wait);
+        let deadline = crate::model::bounds::deadline_after(wait);
         let mut last_done: Option<usize> = None;
         // Step ends reported so far (runs driven here).
         let mut seen_ends: Option<u64> = None;
@@ -899,7 +907,7 @@ impl Engine {
             self.sessions().get(p, s).await?;
         }
         let limit = self.page_limit(limit)?;
-        let after = cursor.map(super::session::decode_cursor).transpose()?;
+        let after = cursor.map(super::sessions::decode_cursor).transpose()?;
         let mut runs = self
             .store()
             .list_runs(&RunQuery {
@@ -913,7 +921,7 @@ impl Engine {
                 limit: limit + 1,
             })
             .await?;
-        let next_cursor = super::session::next_cursor(&mut runs, limit, |r| (r.created_at, &r.id));
+        let next_cursor = super::sessions::next_cursor(&mut runs, limit, |r| (r.created_at, &r.id));
         Ok(RunPage {
             runs: runs.into_iter().map(|r| run_summary(&r)).collect(),
             next_cursor,
@@ -976,7 +984,7 @@ impl Engine {
             workflow_name: old.workflow_name.clone(),
             parameters: params,
             session_id: Some(old.session_id.clone()),
-            mode: super::session::SessionMode::parse(&old.mode).ok(),
+            mode: super::sessions::SessionMode::parse(&old.mode),
             timeout_seconds: old.timeout_seconds,
             priority: serde_json::from_value(Value::String(old.priority.clone())).ok(),
             resource_requirements: old
@@ -1070,7 +1078,7 @@ impl Engine {
     }
 
     fn page_limit(&self, limit: Option<u32>) -> Result<u32> {
-        super::session::page_limit(&self.config().limits, limit)
+        super::sessions::page_limit(&self.config().limits, limit)
     }
 }
 
@@ -1207,24 +1215,4 @@ pub fn run_summary(r: &RunRecord) -> RunSummary {
         created_at: iso(r.created_at),
         finished_at: r.finished_at.map(iso),
     }
-}
-
-pub(crate) fn encode_offset(n: usize) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o1:{n}"))
-}
-
-pub(crate) fn decode_offset(c: &str) -> Result<usize> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(c)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix("o1:").and_then(|n| n.parse().ok()))
-        .ok_or_else(|| {
-            Error::invalid(
-                format!("cursor '{c}' is not a cursor this tool returned"),
-                "Pass next_cursor unchanged, or omit cursor.",
-            )
-        })
 }

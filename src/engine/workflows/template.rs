@@ -137,7 +137,7 @@ impl Template {
     fn render_within(&self, scope: &dyn Scope, budget: &mut Budget) -> Result<Value, RenderError> {
         if let [Piece::Ref(r, raw)] = self.pieces.as_slice() {
             let v = lookup(r, raw, scope).map_err(RenderError::Invalid)?;
-            budget.take(super::bounds::json_size(&v))?;
+            budget.take(crate::model::bounds::json_size(&v))?;
             return Ok(v.into_owned());
         }
         let mut out = String::new();
@@ -157,7 +157,7 @@ impl Template {
                         out.push_str(&s);
                     }
                     v => {
-                        budget.take(super::bounds::json_size(&v))?;
+                        budget.take(crate::model::bounds::json_size(&v))?;
                         out.push_str(&v.to_string());
                     }
                 },
@@ -431,7 +431,7 @@ pub fn render_value_within(
                 .collect::<Result<_, RenderError>>()?,
         ),
         other => {
-            budget.take(super::bounds::json_size(other))?;
+            budget.take(crate::model::bounds::json_size(other))?;
             other.clone()
         }
     })

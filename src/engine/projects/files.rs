@@ -3,9 +3,6 @@
 //! renamed into place), and archives. The engine (`engine::projects`) keeps
 //! the records, checks who may do what, and runs project workflows.
 
-pub mod docs;
-pub mod template;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use template::{DocLinks, FileSource, Template, render_json, render_placeholders};
+use super::template::{DocLinks, FileSource, Template, render_json, render_placeholders};
 
 /// Where a project keeps its metadata.
 pub const META_DIR: &str = ".myrmex";
@@ -105,9 +102,9 @@ impl ProjectDoc {
     pub fn generate_docs(
         &self,
         root: &Path,
-        templates: &docs::DocTemplates,
-    ) -> std::io::Result<docs::DocReport> {
-        docs::generate(&docs::DocInput {
+        templates: &super::docs::DocTemplates,
+    ) -> std::io::Result<super::docs::DocReport> {
+        super::docs::generate(&super::docs::DocInput {
             root,
             vars: self.vars(),
             directories: self
@@ -150,7 +147,7 @@ pub fn scaffold(
     target: &Path,
     doc: &ProjectDoc,
     template: Option<(&Template, Option<&Path>)>,
-    doc_templates: &docs::DocTemplates,
+    doc_templates: &super::docs::DocTemplates,
 ) -> std::io::Result<Vec<String>> {
     let parent = target
         .parent()
@@ -181,12 +178,12 @@ pub fn scaffold(
                     })?
                 }
             };
-            let path = root.join(template::norm(dest));
+            let path = root.join(super::template::norm(dest));
             if let Some(p) = path.parent() {
                 std::fs::create_dir_all(p)?;
             }
             std::fs::write(&path, render_placeholders(&content, &vars))?;
-            files.push(template::norm(dest));
+            files.push(super::template::norm(dest));
         }
     }
     let mut doc = doc.clone();

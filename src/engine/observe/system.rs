@@ -8,8 +8,9 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::session::{ListSessions, Session, SessionStatus};
-use super::{Engine, Principal, iso, metrics::OpStats, now_ms};
+use super::metrics::OpStats;
+use crate::engine::sessions::{ListSessions, Session, SessionStatus};
+use crate::engine::{Engine, Principal, iso, now_ms};
 use crate::error::Result;
 
 /// healthy < degraded < unhealthy.

@@ -42,19 +42,19 @@ impl DocTemplates {
         DocTemplates {
             readme: find(
                 "README.template.md",
-                include_str!("../../templates/doc_templates/README.template.md"),
+                include_str!("../../../templates/doc_templates/README.template.md"),
             ),
             agents: find(
                 "AGENTS.template.md",
-                include_str!("../../templates/doc_templates/AGENTS.template.md"),
+                include_str!("../../../templates/doc_templates/AGENTS.template.md"),
             ),
             nested_readme: find(
                 "README.nested.template.md",
-                include_str!("../../templates/doc_templates/README.nested.template.md"),
+                include_str!("../../../templates/doc_templates/README.nested.template.md"),
             ),
             nested_agents: find(
                 "AGENTS.nested.template.md",
-                include_str!("../../templates/doc_templates/AGENTS.nested.template.md"),
+                include_str!("../../../templates/doc_templates/AGENTS.nested.template.md"),
             ),
         }
     }

@@ -1,7 +1,13 @@
 //! Projects: templates, creation, the docs, lifecycle operations, and the
-//! context project runs see. Files are handled by `crate::projects`; this
-//! file checks names, paths, owners and policy, and keeps the Store's copy
-//! of each project's metadata in step with `.myrmex/project.json`.
+//! context project runs see. Files are handled by `files` (the metadata
+//! document, scaffolding, archives), `template` (project templates) and
+//! `docs` (the generated README and AGENTS docs); this module checks names,
+//! paths, owners and policy, and keeps the Store's copy of each project's
+//! metadata in step with `.myrmex/project.json`.
+
+pub mod docs;
+pub mod files;
+pub mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -10,15 +16,15 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::session::{decode_cursor, next_cursor, page_limit};
+use super::sessions::{decode_cursor, next_cursor, page_limit};
 use super::workflows::{ExecuteRequest, RunSummary};
 use super::{Engine, Principal, iso, new_id, now_ms};
 use crate::actions::fs::confine;
 use crate::error::{Error, ErrorCode, Result};
-use crate::projects::docs::{DocReport, DocTemplates};
-use crate::projects::template::{self, Known, Loaded, Template, deep_merge};
-use crate::projects::{self as files, META_FILE, ProjectDoc};
 use crate::store::{ProjectQuery, ProjectRecord, RunQuery};
+use docs::{DocReport, DocTemplates};
+use files::{META_FILE, ProjectDoc};
+use template::{Known, Loaded, Template, deep_merge};
 
 /// Project statuses.
 pub const STATUSES: &[&str] = &[

@@ -75,30 +75,7 @@ pub enum TriggerRule {
     AllDone,
 }
 
-/// Urgency of a step (or run, or task).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    JsonSchema,
-    Default,
-)]
-#[serde(rename_all = "lowercase")]
-#[schemars(inline)]
-pub enum Priority {
-    Low,
-    #[default]
-    Normal,
-    High,
-    Critical,
-}
+pub use crate::model::Priority;
 
 /// What a run does after a step fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
@@ -553,7 +530,7 @@ pub fn validate(
         let nesting = s
             .parameters
             .values()
-            .map(|v| 1 + super::bounds::value_depth(v, limits.max_nesting_depth))
+            .map(|v| 1 + crate::model::bounds::value_depth(v, limits.max_nesting_depth))
             .max()
             .unwrap_or(1);
         if nesting > limits.max_nesting_depth {
@@ -683,7 +660,7 @@ pub fn validate(
             }
         }
         if let Some(r) = &s.resources
-            && let Err(e) = super::resources::Requirements::parse(r)
+            && let Err(e) = crate::engine::resources::Requirements::parse(r)
         {
             p.push(problem("INVALID_VALUE", step, Some("resources"), e.message));
         }

@@ -11,7 +11,7 @@ use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, 
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::{Engine, now_ms};
+use crate::engine::{Engine, now_ms};
 use crate::error::{Error, Result};
 
 pub struct Metrics {
@@ -172,7 +172,7 @@ pub struct PerformanceMetrics {
     pub store_up: bool,
     pub store_probe_ms: f64,
     /// Every pool's capacity, use and waiters.
-    pub pools: BTreeMap<String, super::resources::PoolStatus>,
+    pub pools: BTreeMap<String, crate::engine::resources::PoolStatus>,
 }
 
 impl Engine {

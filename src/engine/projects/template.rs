@@ -15,15 +15,15 @@ use serde_json::{Map, Value};
 const BUILTIN: &[(&str, &str)] = &[
     (
         "ai_analysis",
-        include_str!("../../templates/ai_analysis.json"),
+        include_str!("../../../templates/ai_analysis.json"),
     ),
     (
         "data_pipeline",
-        include_str!("../../templates/data_pipeline.json"),
+        include_str!("../../../templates/data_pipeline.json"),
     ),
     (
         "web_application",
-        include_str!("../../templates/web_application.json"),
+        include_str!("../../../templates/web_application.json"),
     ),
 ];
 

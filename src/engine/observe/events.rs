@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Engine, Principal, iso, now_ms};
+use crate::engine::{Engine, Principal, iso, now_ms};
 use crate::error::{Error, Result};
 use crate::store::{EventCursor, EventWindow, StoredEvent};
 
@@ -121,7 +121,7 @@ impl Engine {
         }
         let cursors: Vec<EventCursor> = found.iter().map(|e| e.cursor).collect();
         let budget = self.config().limits.max_result_bytes * 9 / 10;
-        let events = super::fitting(found.into_iter().map(view), budget);
+        let events = crate::engine::fitting(found.into_iter().map(view), budget);
         if events.len() < cursors.len() {
             // Fitting keeps at least one: continue after the last one answered.
             more = true;

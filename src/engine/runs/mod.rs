@@ -18,10 +18,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::attempts::{self, abandon_note, sleep_until};
-use super::condition;
 use super::resources::{Owner, Requirements, ResourceManager};
-use super::template::{Budget, RenderError, Scope, render_value_within};
-use super::workflow::{OnFailure, Priority, StepSpec, TriggerRule, WorkflowSpec};
+use super::workflows::condition;
+use super::workflows::spec::{OnFailure, Priority, StepSpec, TriggerRule, WorkflowSpec};
+use super::workflows::template::{Budget, RenderError, Scope, render_value_within};
 use super::{new_id, now_ms};
 use crate::actions::Registry;
 use crate::config::ClusterConfig;
@@ -153,7 +153,7 @@ pub struct RunManager {
     /// When the leases were last renewed (ms; 0: not yet).
     renewed_at: std::sync::atomic::AtomicI64,
     /// Bounds of conditions, rendered parameters and outputs (`[workflows]`).
-    limits: super::workflow::Limits,
+    limits: super::workflows::spec::Limits,
 }
 
 fn err_json(code: ErrorCode, message: impl Into<String>) -> Option<String> {
@@ -172,7 +172,7 @@ impl RunManager {
         shutdown: CancellationToken,
         node: String,
         cluster: &ClusterConfig,
-        limits: super::workflow::Limits,
+        limits: super::workflows::spec::Limits,
     ) -> Self {
         Self {
             limits,
@@ -698,9 +698,9 @@ impl RunManager {
             let end = run
                 .started_at
                 .unwrap_or(now)
-                .saturating_add(super::bounds::secs_to_ms(t));
-            super::bounds::deadline_after(Duration::from_millis(
-                end.saturating_sub(now).max(0) as u64
+                .saturating_add(crate::model::bounds::secs_to_ms(t));
+            crate::model::bounds::deadline_after(Duration::from_millis(
+                end.saturating_sub(now).max(0) as u64,
             ))
         });
 
@@ -1383,7 +1383,7 @@ impl StepTask {
         let now = now_ms();
         let max_depth = self.mgr.limits.max_value_depth;
         let resolved = resolved.and_then(|p| {
-            if super::bounds::value_depth(&p, max_depth) > max_depth {
+            if crate::model::bounds::value_depth(&p, max_depth) > max_depth {
                 return Err(RenderError::TooLarge(format!(
                     "the rendered parameters nest deeper than {max_depth} levels (workflows.max_value_depth)"
                 )));
@@ -1493,13 +1493,13 @@ impl StepTask {
     fn admit_output(&self, out: &Value) -> std::result::Result<String, String> {
         use std::sync::atomic::Ordering::Relaxed;
         let l = &self.mgr.limits;
-        if super::bounds::value_depth(out, l.max_value_depth) > l.max_value_depth {
+        if crate::model::bounds::value_depth(out, l.max_value_depth) > l.max_value_depth {
             return Err(format!(
                 "the step's output nests deeper than {} levels (workflows.max_value_depth); it was not stored",
                 l.max_value_depth
             ));
         }
-        let size = super::bounds::json_size(out);
+        let size = crate::model::bounds::json_size(out);
         if size > l.max_step_output_bytes {
             return Err(format!(
                 "the step's output is {size} bytes; the limit is {} (workflows.max_step_output_bytes); it was not stored",
@@ -1630,9 +1630,12 @@ mod tests {
         let mut registry = Registry::new(&config);
         registry.register(Arc::new(Buggy));
         let e = Engine::with_registry(config, store, registry);
-        e.start_background(CancellationToken::new(), crate::engine::peers::Role::Serve)
-            .await
-            .unwrap();
+        e.start_background(
+            CancellationToken::new(),
+            crate::engine::observe::peers::Role::Serve,
+        )
+        .await
+        .unwrap();
         e
     }
 
