@@ -5,7 +5,7 @@
 //! it. Arrows point one way: `server -> engine -> store`.
 
 pub mod actions;
-pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -123,12 +123,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if token.is_empty() {
                 anyhow::bail!("no token on stdin");
             }
-            println!("{}", server::http::sha256_hex(token));
+            println!("{}", server::transport::auth::sha256_hex(token));
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Validate { file }) => {
             let config = load_config(&cli)?;
-            Ok(if myrmex::cli::validate(&config, file)? {
+            Ok(if myrmex::commands::validate(&config, file)? {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -140,7 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 // The progress display is the output; only problems are logged.
                 config.log_level = "warn".into();
             }
-            let params = myrmex::cli::parse_params(params)?;
+            let params = myrmex::commands::parse_params(params)?;
             myrmex::telemetry::init(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -153,7 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 engine
                     .start_background(shutdown.clone(), myrmex::engine::observe::peers::Role::Run)
                     .await?;
-                let ok = myrmex::cli::run(&engine, file, params).await;
+                let ok = myrmex::commands::run(&engine, file, params).await;
                 shutdown.cancel();
                 engine.stop();
                 engine.wait_idle(std::time::Duration::from_secs(3)).await;
@@ -247,8 +247,8 @@ fn serve(config: Config, http: Option<String>) -> anyhow::Result<ExitCode> {
         engine.start_background(shutdown.clone(), role).await?;
         tokio::spawn(watch_signals(shutdown.clone()));
         let served = match bind {
-            Some(addr) => server::http::serve(engine, addr, shutdown.clone()).await,
-            None => server::stdio::serve(engine, shutdown.clone()).await,
+            Some(addr) => server::transport::http::serve(engine, addr, shutdown.clone()).await,
+            None => server::transport::stdio::serve(engine, shutdown.clone()).await,
         };
         shutdown.cancel();
         engine_stop.stop();

@@ -211,9 +211,30 @@ mod tests {
         }
     }
 
+    /// A definition's shape in small: a struct inside a struct, and an alias.
+    #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Retry {
+        #[serde(default)]
+        multiplier: f64,
+    }
+
+    #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct StepSpec {
+        name: String,
+        module: String,
+        action: String,
+        #[serde(default)]
+        retry: Option<Retry>,
+        #[serde(default, alias = "timeout")]
+        timeout_seconds: Option<u64>,
+    }
+
     #[test]
     fn shapes_follow_the_schema_not_serde() {
-        use crate::engine::workflows::spec::StepSpec;
         let ok = json!({"name": "a", "module": "core", "action": "echo", "retry": {"multiplier": 2.0}, "timeout": 3});
         assert_eq!(check_shape::<StepSpec>(&ok), Ok(()));
         // serde would build a RetryPolicy (and a StepSpec) from arrays.

@@ -5,18 +5,13 @@
 
 pub mod args;
 pub mod catalog;
-pub mod conn;
-pub mod guard;
-pub mod http;
 pub mod logging;
-pub mod mcp_sessions;
+pub mod mcp_resources;
+pub mod mcp_tasks;
 pub mod profiles;
 pub mod prompts;
-pub mod resources;
-pub mod sse;
-pub mod stdio;
-pub mod tasks_ext;
 pub mod tools;
+pub mod transport;
 
 use std::time::Instant;
 
@@ -453,7 +448,7 @@ impl ServerHandler for MyrmexServer {
         let name = request.name.to_string();
         let started = Instant::now();
         let result = if self.wants_task(&name, &context) {
-            // Answers at once with a task that follows the run (tasks_ext.rs).
+            // Answers at once with a task that follows the run (mcp_tasks.rs).
             self.call_as_task(request, context).await
         } else {
             // A call whose client went away (or cancelled it) stops waiting; work it

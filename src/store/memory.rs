@@ -6,10 +6,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    AllocationRecord, EventCursor, EventRecord, EventWindow, FINAL_TASK_STATUSES, ProjectQuery,
-    ProjectRecord, RunExecutors, RunLease, RunQuery, RunRecord, SessionQuery, SessionRecord,
-    StepRecord, Store, StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, WaiterRecord,
-    WorkflowRecord,
+    AllocationRecord, EventCursor, EventRecord, EventWindow, ProjectQuery, ProjectRecord,
+    RunExecutors, RunLease, RunQuery, RunRecord, SessionQuery, SessionRecord, StepRecord, Store,
+    StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, WaiterRecord, WorkflowRecord,
 };
 
 #[derive(Default)]
@@ -624,7 +623,7 @@ impl Store for MemoryStore {
             .lock()?
             .tasks
             .values()
-            .filter(|t| !FINAL_TASK_STATUSES.contains(&t.status.as_str()))
+            .filter(|t| !crate::model::TaskStatus::parse(&t.status).is_some_and(|s| s.is_final()))
             .map(|t| t.session_id.clone())
             .collect();
         v.sort();

@@ -636,10 +636,6 @@ pub struct RunLease {
     pub cancel_requested: bool,
 }
 
-/// Task statuses that are final.
-pub const FINAL_TASK_STATUSES: &[&str] =
-    &["succeeded", "failed", "skipped", "cancelled", "timed_out"];
-
 /// Open (and migrate) the store a spec names, with default tuning.
 pub async fn open(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
     open_spec(spec, &sqlite::SqliteOptions::default()).await

@@ -26,6 +26,20 @@ pub use crate::model::page::{decode_offset, encode_offset};
 use crate::store::{RunQuery, RunRecord, StepRecord, WorkflowRecord};
 use spec::{ParamSpec, Plan, Priority, Problem, WorkflowSpec, bind_params, mermaid, validate};
 
+/// Validate a definition without an engine (`myrmex validate`): against the
+/// actions and limits `config` enables.
+pub fn validate_offline(
+    config: &crate::config::Config,
+    spec: &WorkflowSpec,
+) -> std::result::Result<Plan, Vec<Problem>> {
+    let registry = crate::actions::Registry::new(config);
+    validate(
+        spec,
+        &registry,
+        &spec::Limits::from_config(&config.workflows),
+    )
+}
+
 /// Where a definition lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]

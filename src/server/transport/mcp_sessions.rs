@@ -19,7 +19,7 @@ use axum::response::Response;
 use rmcp::transport::streamable_http_server::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
-use super::http::error_response;
+use super::auth::error_response;
 use crate::engine::Principal;
 
 const HEADER: &str = "mcp-session-id";

@@ -14,9 +14,7 @@ use crate::engine::{Engine, Principal};
 /// `myrmex validate FILE`: print every problem, or the plan. Returns success.
 pub fn validate(config: &Config, file: &Path) -> anyhow::Result<bool> {
     let spec = parse_file(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let registry = crate::actions::Registry::new(config);
-    let limits = crate::engine::workflows::spec::Limits::from_config(&config.workflows);
-    match crate::engine::workflows::spec::validate(&spec, &registry, &limits) {
+    match crate::engine::workflows::validate_offline(config, &spec) {
         Ok(plan) => {
             println!(
                 "{}: valid workflow '{}' with {} steps",

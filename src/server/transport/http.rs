@@ -2,132 +2,25 @@
 //! both protocol eras rmcp supports: 2025-11-25 (initialize + `Mcp-Session-Id`)
 //! and 2026-07-28 (stateless, `server/discover`).
 //!
-//! Security, in request order: bearer-token authentication (401), then rmcp's
-//! Host allowlist (403, DNS-rebinding protection), Origin validation (403;
-//! enforced, which rmcp does not do by default) and the body size limit (413).
-//! A non-loopback bind without tokens is refused at start.
+//! Security, in request order: the Host and Origin checks and the bounded
+//! body read of `auth::check` over every route, then bearer-token
+//! authentication (401, `auth::authenticate`), then rmcp's own Host and
+//! Origin checks on `/mcp`. A non-loopback bind without tokens is refused at start.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::MyrmexServer;
-use crate::config::Config;
+use super::auth::{TokenTable, authenticate, error_response};
 use crate::engine::{Engine, Principal};
-
-/// Bearer tokens by their SHA-256 (hex), mapped to principals.
-#[derive(Clone, Default)]
-pub struct TokenTable {
-    by_hash: Arc<HashMap<String, Principal>>,
-}
-
-impl TokenTable {
-    pub fn load(config: &Config) -> anyhow::Result<Self> {
-        let mut by_hash = HashMap::new();
-        for t in &config.auth.tokens {
-            let hash = match (&t.token_sha256, &t.token_file) {
-                (Some(h), _) => h.to_ascii_lowercase(),
-                (None, Some(path)) => {
-                    let raw = std::fs::read_to_string(path).map_err(|e| {
-                        anyhow::anyhow!(
-                            "auth token '{}': cannot read {}: {e}",
-                            t.name,
-                            path.display()
-                        )
-                    })?;
-                    let token = raw.trim();
-                    if token.is_empty() {
-                        anyhow::bail!("auth token '{}': {} is empty", t.name, path.display());
-                    }
-                    sha256_hex(token)
-                }
-                (None, None) => anyhow::bail!(
-                    "auth token '{}' has neither token_sha256 nor token_file",
-                    t.name
-                ),
-            };
-            if by_hash.insert(hash, Principal(t.name.clone())).is_some() {
-                anyhow::bail!(
-                    "auth token '{}': the same token is configured twice",
-                    t.name
-                );
-            }
-        }
-        Ok(Self {
-            by_hash: Arc::new(by_hash),
-        })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
-    }
-
-    fn principal(&self, token: &str) -> Option<Principal> {
-        self.by_hash.get(&sha256_hex(token)).cloned()
-    }
-}
-
-pub fn sha256_hex(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// Authenticate the request and record its principal for the tools.
-async fn authenticate(State(tokens): State<TokenTable>, mut req: Request, next: Next) -> Response {
-    let principal = if tokens.is_empty() {
-        Some(Principal::local())
-    } else {
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .and_then(|t| tokens.principal(t.trim()))
-    };
-    match principal {
-        Some(p) => {
-            req.extensions_mut().insert(p);
-            next.run(req).await
-        }
-        None => {
-            let mut r = error_response(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
-                "missing or invalid bearer token",
-                "Send `Authorization: Bearer <token>` with a token configured in [[auth.tokens]].",
-            );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            r
-        }
-    }
-}
-
-/// An HTTP-level refusal with the tools' error body: `{"error": {code, message, hint}}`.
-pub(crate) fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    hint: &str,
-) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({"error": {"code": code, "message": message, "hint": hint}})),
-    )
-        .into_response()
-}
+use crate::server::MyrmexServer;
 
 /// Liveness and store health for load balancers: 200 when healthy or
 /// degraded, 503 when unhealthy. Carries no data beyond the levels.
@@ -227,14 +120,14 @@ pub fn app(
             axum::routing::get(metrics).with_state(engine.clone()),
         )
         .layer(middleware::from_fn_with_state(tokens, authenticate));
-    let guard = super::guard::Guard::new(hosts, cfg);
+    let guard = super::auth::Guard::new(hosts, cfg);
     axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))
         .with_state(engine)
         .merge(mcp)
         .merge(legacy)
         // One layer over every route, this one and any added later.
-        .layer(middleware::from_fn_with_state(guard, super::guard::check))
+        .layer(middleware::from_fn_with_state(guard, super::auth::check))
 }
 
 /// Serve until `shutdown` is cancelled; then stop accepting, let open

@@ -1,8 +1,10 @@
-//! What every HTTP route goes through before anything else, as one layer
-//! over the whole router (so a route added later gets it by construction):
-//! the Host allowlist (DNS-rebinding protection), the Origin allowlist
-//! (browsers), and a request body read within `http.body_read_timeout_seconds`
-//! and `http.max_body_bytes`.
+//! Who may call over HTTP, and what every HTTP route goes through first:
+//! bearer tokens (`TokenTable`, `authenticate`: 401 without a valid one), and,
+//! as one layer over the whole router (so a route added later gets it by
+//! construction), the Host allowlist (DNS-rebinding protection), the Origin
+//! allowlist (browsers) and a request body read within
+//! `http.body_read_timeout_seconds` and `http.max_body_bytes` (`check`).
+//! The HTTP refusals' body is `error_response`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,122 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::http::error_response;
+use std::collections::HashMap;
+
+use axum::response::IntoResponse;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::engine::Principal;
+
+/// Bearer tokens by their SHA-256 (hex), mapped to principals.
+#[derive(Clone, Default)]
+pub struct TokenTable {
+    by_hash: Arc<HashMap<String, Principal>>,
+}
+
+impl TokenTable {
+    pub fn load(config: &Config) -> anyhow::Result<Self> {
+        let mut by_hash = HashMap::new();
+        for t in &config.auth.tokens {
+            let hash = match (&t.token_sha256, &t.token_file) {
+                (Some(h), _) => h.to_ascii_lowercase(),
+                (None, Some(path)) => {
+                    let raw = std::fs::read_to_string(path).map_err(|e| {
+                        anyhow::anyhow!(
+                            "auth token '{}': cannot read {}: {e}",
+                            t.name,
+                            path.display()
+                        )
+                    })?;
+                    let token = raw.trim();
+                    if token.is_empty() {
+                        anyhow::bail!("auth token '{}': {} is empty", t.name, path.display());
+                    }
+                    sha256_hex(token)
+                }
+                (None, None) => anyhow::bail!(
+                    "auth token '{}' has neither token_sha256 nor token_file",
+                    t.name
+                ),
+            };
+            if by_hash.insert(hash, Principal(t.name.clone())).is_some() {
+                anyhow::bail!(
+                    "auth token '{}': the same token is configured twice",
+                    t.name
+                );
+            }
+        }
+        Ok(Self {
+            by_hash: Arc::new(by_hash),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    fn principal(&self, token: &str) -> Option<Principal> {
+        self.by_hash.get(&sha256_hex(token)).cloned()
+    }
+}
+
+pub fn sha256_hex(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Authenticate the request and record its principal for the tools.
+pub(crate) async fn authenticate(
+    State(tokens): State<TokenTable>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let principal = if tokens.is_empty() {
+        Some(Principal::local())
+    } else {
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .and_then(|t| tokens.principal(t.trim()))
+    };
+    match principal {
+        Some(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        None => {
+            let mut r = error_response(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "missing or invalid bearer token",
+                "Send `Authorization: Bearer <token>` with a token configured in [[auth.tokens]].",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+    }
+}
+
+/// An HTTP-level refusal with the tools' error body: `{"error": {code, message, hint}}`.
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    hint: &str,
+) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": code, "message": message, "hint": hint}})),
+    )
+        .into_response()
+}
 
 /// The lists and limits the checks use.
 #[derive(Clone)]

@@ -21,8 +21,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
-use super::MyrmexServer;
 use crate::engine::Engine;
+use crate::server::MyrmexServer;
 
 pub async fn serve(engine: Engine, shutdown: CancellationToken) -> anyhow::Result<()> {
     let max = engine.config().limits.max_message_bytes;

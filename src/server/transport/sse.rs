@@ -6,7 +6,7 @@
 //! Each stream is bridged to the same [`MyrmexServer`] handler and engine as
 //! Streamable HTTP, through a pair of channels (rmcp takes any sink and
 //! stream of JSON-RPC messages as a transport). The same bearer tokens,
-//! Host and Origin checks (one layer over every route, `guard.rs`) and body
+//! Host and Origin checks (one layer over every route, `auth.rs`) and body
 //! limit apply; a POST must come from the principal that opened the stream. When the client goes away the bridge
 //! is removed and the MCP service cancelled, which cancels its in-flight calls.
 
@@ -29,9 +29,9 @@ use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage, serve_server_with_ct};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::MyrmexServer;
-use super::http::error_response;
+use super::auth::error_response;
 use crate::engine::{Engine, Principal};
+use crate::server::MyrmexServer;
 
 /// Messages a client may have queued towards the server before it reads them.
 const INBOUND_QUEUE: usize = 256;

@@ -202,7 +202,7 @@ impl MyrmexServer {
             } => {
                 let session = self.engine.sessions().get(p, session_id).await?;
                 let r = self.engine.tasks().outcome(&session, task_id, POLL).await?;
-                if !crate::store::FINAL_TASK_STATUSES.contains(&r.status.as_str()) {
+                if !crate::model::TaskStatus::parse(&r.status).is_some_and(|s| s.is_final()) {
                     tctx.set_status_message(format!("task {}", r.status));
                     return Ok(None);
                 }
