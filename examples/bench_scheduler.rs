@@ -137,7 +137,11 @@ async fn main() {
             // The figure counts only durable work: every step is stored as succeeded.
             let stored = store.run_steps(&run.run_id).await.unwrap();
             assert_eq!(stored.len(), n);
-            assert!(stored.iter().all(|s| s.status == "succeeded"));
+            assert!(
+                stored
+                    .iter()
+                    .all(|s| s.status == myrmex::model::StepStatus::Succeeded)
+            );
             println!(
                 "{store_kind:<14} {kind:<8} {validate_ms:>12.1} {secs:>12.2} {:>14.0} {:>12.1}",
                 n as f64 / secs,

@@ -48,7 +48,7 @@ pub enum Caller {
 }
 
 /// Lets an action report a state of its owner (for example `waiting_agent`).
-pub type PhaseHook = Arc<dyn Fn(&'static str) -> BoxFuture<'static, ()> + Send + Sync>;
+pub type PhaseHook = Arc<dyn Fn(crate::model::StepStatus) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// What an action knows about the call it serves.
 #[derive(Clone)]
@@ -86,7 +86,7 @@ impl std::fmt::Debug for ActionCtx {
 
 impl ActionCtx {
     /// Report a state of the owner, when it listens.
-    pub async fn phase(&self, state: &'static str) {
+    pub async fn phase(&self, state: crate::model::StepStatus) {
         if let Some(h) = &self.phase {
             h(state).await;
         }

@@ -309,7 +309,7 @@ impl Engine {
                     })?
             }
         };
-        ctx.phase(status::WAITING_AGENT).await;
+        ctx.phase(crate::model::StepStatus::WaitingAgent).await;
         let task = loop {
             tokio::select! {
                 t = self.tasks().wait_final(&session, &task_id, WAIT_SLICE) => {

@@ -132,7 +132,7 @@ impl EventRecord {
             run_id: Some(r.id.clone()),
             kind: "run",
             subject: r.id.clone(),
-            status: r.status.clone(),
+            status: r.status.to_string(),
             data: data(serde_json::json!({
                 "workflow": r.workflow_name,
                 "error": error_code(&r.error),
@@ -149,7 +149,7 @@ impl EventRecord {
             run_id: Some(s.run_id.clone()),
             kind: "step",
             subject: s.name.clone(),
-            status: s.status.clone(),
+            status: s.status.to_string(),
             data: data(serde_json::json!({
                 "attempts": s.attempts,
                 "error": error_code(&s.error),

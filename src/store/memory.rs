@@ -304,7 +304,7 @@ impl Store for MemoryStore {
             .values()
             .filter(|r| r.principal == q.principal)
             .filter(|r| q.session_id.is_none_or(|s| r.session_id == s))
-            .filter(|r| q.status.is_none_or(|s| r.status == s))
+            .filter(|r| q.status.is_none_or(|s| r.status.as_str() == s))
             .filter(|r| q.workflow_name.is_none_or(|w| r.workflow_name == w))
             .filter(|r| {
                 q.parent_run_id
@@ -411,16 +411,16 @@ impl Store for MemoryStore {
         limit: u32,
     ) -> StoreResult<Vec<RunLease>> {
         let mut g = self.lock()?;
-        let mut free: Vec<(u8, i64, String)> = g
+        let mut free: Vec<(std::cmp::Reverse<crate::model::Priority>, i64, String)> = g
             .runs
             .values()
-            .filter(|r| matches!(r.status.as_str(), "pending" | "running"))
+            .filter(|r| !r.status.is_final())
             .filter(|r| {
                 g.leases
                     .get(&r.id)
                     .is_none_or(|(o, e, _)| o.is_none() || *e < now)
             })
-            .map(|r| (urgency(&r.priority), r.created_at, r.id.clone()))
+            .map(|r| (std::cmp::Reverse(r.priority), r.created_at, r.id.clone()))
             .collect();
         free.sort();
         let mut out = Vec::new();
@@ -443,11 +443,7 @@ impl Store for MemoryStore {
         until: i64,
     ) -> StoreResult<Option<RunLease>> {
         let mut g = self.lock()?;
-        if !g
-            .runs
-            .get(run_id)
-            .is_some_and(|r| matches!(r.status.as_str(), "pending" | "running"))
-        {
+        if g.runs.get(run_id).is_none_or(|r| r.status.is_final()) {
             return Ok(None);
         }
         let l = g
@@ -500,10 +496,7 @@ impl Store for MemoryStore {
         let mut g = self.lock()?;
         let mut n = 0;
         for id in run_ids {
-            if g.runs
-                .get(id)
-                .is_some_and(|r| matches!(r.status.as_str(), "pending" | "running"))
-            {
+            if g.runs.get(id).is_some_and(|r| !r.status.is_final()) {
                 g.leases.entry(id.clone()).or_insert((None, 0, false)).2 = true;
                 n += 1;
             }
@@ -516,9 +509,7 @@ impl Store for MemoryStore {
         let mut v: Vec<(i64, String)> = g
             .runs
             .values()
-            .filter(|r| {
-                r.session_id == session_id && matches!(r.status.as_str(), "pending" | "running")
-            })
+            .filter(|r| r.session_id == session_id && !r.status.is_final())
             .map(|r| (r.created_at, r.id.clone()))
             .collect();
         v.sort();
@@ -548,7 +539,7 @@ impl Store for MemoryStore {
         let mut by: BTreeMap<String, u64> = BTreeMap::new();
         let mut out = RunExecutors::default();
         for r in g.runs.values() {
-            if !matches!(r.status.as_str(), "pending" | "running") {
+            if r.status.is_final() {
                 continue;
             }
             match g.leases.get(&r.id) {
@@ -600,7 +591,7 @@ impl Store for MemoryStore {
         let g = self.lock()?;
         let mut by: BTreeMap<String, u64> = BTreeMap::new();
         for r in g.runs.values() {
-            *by.entry(r.status.clone()).or_default() += 1;
+            *by.entry(r.status.to_string()).or_default() += 1;
         }
         Ok(by.into_iter().collect())
     }
@@ -609,9 +600,9 @@ impl Store for MemoryStore {
         let g = self.lock()?;
         let mut by: BTreeMap<String, u64> = BTreeMap::new();
         for r in g.runs.values() {
-            if matches!(r.status.as_str(), "pending" | "running") {
+            if !r.status.is_final() {
                 for s in g.steps.get(&r.id).into_iter().flatten() {
-                    *by.entry(s.status.clone()).or_default() += 1;
+                    *by.entry(s.status.to_string()).or_default() += 1;
                 }
             }
         }
@@ -780,15 +771,5 @@ impl Store for MemoryStore {
             .collect();
         v.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
         Ok(v.into_iter().skip(offset).take(limit as usize).collect())
-    }
-}
-
-/// Claim order of a stored priority: critical first.
-fn urgency(p: &str) -> u8 {
-    match p {
-        "critical" => 0,
-        "high" => 1,
-        "normal" => 2,
-        _ => 3,
     }
 }

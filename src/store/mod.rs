@@ -132,10 +132,10 @@ pub struct RunRecord {
     pub definition: String,
     /// Bound parameters, JSON object.
     pub parameters: String,
-    pub status: String,
-    pub priority: String,
+    pub status: crate::model::RunStatus,
+    pub priority: crate::model::Priority,
     pub max_parallel: u32,
-    pub mode: String,
+    pub mode: crate::model::SessionMode,
     pub timeout_seconds: Option<u64>,
     /// Resource requirements of the whole run (JSON), as given.
     pub resources: Option<String>,
@@ -192,7 +192,7 @@ pub struct StepRecord {
     pub name: String,
     /// Index of the step in the definition.
     pub position: u32,
-    pub status: String,
+    pub status: crate::model::StepStatus,
     pub attempts: u32,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -862,10 +862,10 @@ mod contract {
             workflow_source: "session".into(),
             definition: "{}".into(),
             parameters: "{}".into(),
-            status: "running".into(),
-            priority: "normal".into(),
+            status: crate::model::RunStatus::Running,
+            priority: crate::model::Priority::Normal,
             max_parallel: 4,
-            mode: "parallel".into(),
+            mode: crate::model::SessionMode::Parallel,
             timeout_seconds: None,
             resources: None,
             error: None,
@@ -883,7 +883,7 @@ mod contract {
             run_id: "run_1".into(),
             name: format!("s{i}"),
             position: i,
-            status: status.into(),
+            status: crate::model::StepStatus::parse(status).unwrap(),
             attempts: u32::from(status != "pending"),
             started_at: None,
             finished_at: None,
@@ -909,7 +909,7 @@ mod contract {
             store.queue_step(&step(i, "succeeded")).await.unwrap();
         }
         let done = RunRecord {
-            status: "succeeded".into(),
+            status: crate::model::RunStatus::parse("succeeded").unwrap(),
             finished_at: Some(2),
             updated_at: 2,
             ..run
@@ -961,8 +961,8 @@ mod contract {
         // taken over when they end, kept by renewals, untouched by run updates.
         let pending = |id: &str, priority: &str, at: i64| RunRecord {
             id: id.into(),
-            status: "pending".into(),
-            priority: priority.into(),
+            status: crate::model::RunStatus::Pending,
+            priority: crate::model::Priority::parse(priority).unwrap(),
             created_at: at,
             finished_at: None,
             parent_run_id: None,
@@ -1014,7 +1014,7 @@ mod contract {
         // An update of the run keeps its lease.
         store
             .update_run(&RunRecord {
-                status: "running".into(),
+                status: crate::model::RunStatus::Running,
                 ..pending("run_l2", "critical", 11)
             })
             .await

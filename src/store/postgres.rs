@@ -54,7 +54,7 @@ async fn write_steps(
             b.push_bind(s.run_id.clone())
                 .push_bind(s.name.clone())
                 .push_bind(s.position as i64)
-                .push_bind(s.status.clone())
+                .push_bind(s.status.as_str())
                 .push_bind(s.attempts as i64)
                 .push_bind(s.started_at)
                 .push_bind(s.finished_at)

@@ -31,6 +31,15 @@ macro_rules! shared_rows {
             }
         }
 
+        /// A stored spelling decoded into its type; an unknown one is corrupt data.
+        fn spelled<T>(r: &$row, column: &str, parse: fn(&str) -> Option<T>) -> Result<T, sqlx::Error> {
+            let s: String = r.try_get(column)?;
+            parse(&s).ok_or_else(|| sqlx::Error::ColumnDecode {
+                index: column.to_string(),
+                source: format!("'{s}' is not a known {column}").into(),
+            })
+        }
+
         fn session_from_row(r: &$row) -> Result<SessionRecord, sqlx::Error> {
             Ok(SessionRecord {
                 id: r.try_get("id")?,
@@ -89,10 +98,10 @@ macro_rules! shared_rows {
                 workflow_source: r.try_get("workflow_source")?,
                 definition: r.try_get("definition")?,
                 parameters: r.try_get("parameters")?,
-                status: r.try_get("status")?,
-                priority: r.try_get("priority")?,
+                status: spelled(r, "status", crate::model::RunStatus::parse)?,
+                priority: spelled(r, "priority", crate::model::Priority::parse)?,
                 max_parallel: r.try_get::<i64, _>("max_parallel")? as u32,
-                mode: r.try_get("mode")?,
+                mode: spelled(r, "mode", crate::model::SessionMode::parse)?,
                 timeout_seconds: r
                     .try_get::<Option<i64>, _>("timeout_seconds")?
                     .map(|v| v as u64),
@@ -217,7 +226,7 @@ macro_rules! shared_rows {
                 run_id: r.try_get("run_id")?,
                 name: r.try_get("name")?,
                 position: r.try_get::<i64, _>("position")? as u32,
-                status: r.try_get("status")?,
+                status: spelled(r, "status", crate::model::StepStatus::parse)?,
                 attempts: r.try_get::<i64, _>("attempts")? as u32,
                 started_at: r.try_get("started_at")?,
                 finished_at: r.try_get("finished_at")?,
@@ -283,10 +292,10 @@ macro_rules! shared_rows {
                 .bind(&r.workflow_source)
                 .bind(&r.definition)
                 .bind(&r.parameters)
-                .bind(&r.status)
-                .bind(&r.priority)
+                .bind(r.status.as_str())
+                .bind(r.priority.as_str())
                 .bind(r.max_parallel as i64)
-                .bind(&r.mode)
+                .bind(r.mode.as_str())
                 .bind(r.timeout_seconds.map(|v| v as i64))
                 .bind(&r.resources)
                 .bind(&r.error)

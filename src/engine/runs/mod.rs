@@ -26,6 +26,7 @@ use super::{new_id, now_ms};
 use crate::actions::Registry;
 use crate::config::ClusterConfig;
 use crate::error::{ErrorCode, Result};
+use crate::model::{RunStatus, SessionMode, StepStatus};
 use crate::store::{RunLease, RunRecord, StepRecord, Store};
 
 /// Step statuses.
@@ -48,7 +49,6 @@ pub mod status {
         matches!(s, SUCCEEDED | FAILED | SKIPPED | CANCELLED | TIMED_OUT)
     }
 }
-use status::*;
 
 /// Why a run's token was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -456,7 +456,7 @@ impl RunManager {
                 self.end_run(
                     &mut run,
                     &mut steps,
-                    CANCELLED,
+                    RunStatus::Cancelled,
                     ErrorCode::SessionClosed,
                     "the session was closed",
                 )
@@ -465,7 +465,7 @@ impl RunManager {
                 return Ok(());
             }
         };
-        if run.status == RUNNING {
+        if run.status == RunStatus::Running {
             // Taken over (or resumed): whatever an earlier executor's steps held is released.
             self.resources
                 .release_run(&run.id, "the run's executor stopped; it acquires again")
@@ -600,7 +600,7 @@ impl RunManager {
         {
             let mut p = active.progress.lock().unwrap_or_else(|p| p.into_inner());
             p.total = steps.len();
-            p.done = steps.iter().filter(|s| is_terminal(&s.status)).count();
+            p.done = steps.iter().filter(|s| s.status.is_final()).count();
         }
 
         // Wait for a workflow slot of the session. A child run uses its
@@ -627,7 +627,7 @@ impl RunManager {
                 kind: "run",
                 reference: Some(run.id.clone()),
             };
-            let priority = priority_from_str(&run.priority);
+            let priority = run.priority;
             if let Err(e) = self
                 .resources
                 .acquire(owner, req, priority, None, None, &active.cancel)
@@ -643,7 +643,7 @@ impl RunManager {
         if run.started_at.is_none() {
             run.started_at = Some(now);
         }
-        run.status = RUNNING.into();
+        run.status = RunStatus::Running;
         run.updated_at = now;
         store.update_run(&run).await?;
         active.bump();
@@ -651,10 +651,14 @@ impl RunManager {
         // Steps that were in flight when the last process stopped go again.
         for st in steps.iter_mut() {
             if matches!(
-                st.status.as_str(),
-                RUNNING | RETRYING | READY | WAITING_RESOURCES | WAITING_AGENT
+                st.status,
+                StepStatus::Running
+                    | StepStatus::Retrying
+                    | StepStatus::Ready
+                    | StepStatus::WaitingResources
+                    | StepStatus::WaitingAgent
             ) {
-                st.status = PENDING.into();
+                st.status = StepStatus::Pending;
                 store.update_step(st).await?;
             }
         }
@@ -689,11 +693,11 @@ impl RunManager {
             }
             v
         };
-        let limit = match run.mode.as_str() {
-            "sequential" => 1,
+        let limit = match run.mode {
+            SessionMode::Sequential => 1,
             _ => run.max_parallel.max(1) as usize,
         };
-        let by_priority = matches!(run.mode.as_str(), "priority" | "resource_aware");
+        let by_priority = matches!(run.mode, SessionMode::Priority | SessionMode::ResourceAware);
         let deadline = run.timeout_seconds.map(|t| {
             let end = run
                 .started_at
@@ -712,24 +716,18 @@ impl RunManager {
                 t.set(st);
             }
         }
-        let mut halted = steps
-            .iter()
-            .any(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT))
-            && spec.on_failure == OnFailure::FailFast;
+        let mut halted =
+            steps.iter().any(|s| s.status.is_failure()) && spec.on_failure == OnFailure::FailFast;
         // Dependencies of each step not yet final; a step is settled when it reaches 0.
         let mut waiting_on: Vec<usize> = deps
             .iter()
-            .map(|ds| {
-                ds.iter()
-                    .filter(|&&d| !is_terminal(&steps[d].status))
-                    .count()
-            })
+            .map(|ds| ds.iter().filter(|&&d| !steps[d].status.is_final()).count())
             .collect();
         // Steps to settle (all dependencies final), and steps ready to start by urgency.
         let mut settle: std::collections::VecDeque<usize> = order
             .iter()
             .copied()
-            .filter(|&i| !is_terminal(&steps[i].status) && waiting_on[i] == 0)
+            .filter(|&i| !steps[i].status.is_final() && waiting_on[i] == 0)
             .collect();
         let mut ready: std::collections::BinaryHeap<(Priority, std::cmp::Reverse<usize>, usize)> =
             std::collections::BinaryHeap::new();
@@ -746,7 +744,7 @@ impl RunManager {
         // Which step each task runs, to name the step of a task that panicked.
         let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
         let mut in_flight = 0usize;
-        let resource_aware = run.mode == "resource_aware";
+        let resource_aware = run.mode == SessionMode::ResourceAware;
         // resource_aware: ready steps waiting for a release, and the releases.
         let mut aside: Vec<usize> = Vec::new();
         let mut released = self.resources.watch();
@@ -767,7 +765,7 @@ impl RunManager {
                     (s.trigger_rule, bad_dep)
                 {
                     Some((
-                        SKIPPED,
+                        StepStatus::Skipped,
                         err_json(
                             ErrorCode::DependencyFailed,
                             format!("dependency '{}' {}", spec.steps[d].name, steps[d].status),
@@ -775,7 +773,7 @@ impl RunManager {
                     ))
                 } else if halted && s.trigger_rule != TriggerRule::AllDone {
                     Some((
-                        CANCELLED,
+                        StepStatus::Cancelled,
                         err_json(
                             ErrorCode::Cancelled,
                             "not started: an earlier step failed and on_failure is fail_fast",
@@ -794,14 +792,14 @@ impl RunManager {
                     {
                         Ok(v) if condition::truthy(&v) => None,
                         Ok(_) => Some((
-                            SKIPPED,
+                            StepStatus::Skipped,
                             err_json_code(
-                                "CONDITION_FALSE",
+                                CONDITION_FALSE,
                                 format!("when '{}' is false", crate::error::excerpt(w)),
                             ),
                         )),
                         Err(e) => Some((
-                            FAILED,
+                            StepStatus::Failed,
                             err_json(
                                 ErrorCode::InvalidParameters,
                                 format!("when '{}': {e}", crate::error::excerpt(w)),
@@ -814,7 +812,7 @@ impl RunManager {
                 match decision {
                     Some((st, error)) => {
                         let rec = &mut steps[i];
-                        rec.status = st.into();
+                        rec.status = st;
                         rec.error = error;
                         rec.finished_at = Some(now_ms());
                         store.queue_step(rec).await?;
@@ -822,7 +820,7 @@ impl RunManager {
                         end_seq[i] = queued_ends;
                         shared.write().unwrap_or_else(|p| p.into_inner()).set(rec);
                         active.step_done(rec);
-                        if st == FAILED && spec.on_failure == OnFailure::FailFast {
+                        if st == StepStatus::Failed && spec.on_failure == OnFailure::FailFast {
                             halted = true;
                         }
                         active.bump();
@@ -860,8 +858,8 @@ impl RunManager {
                     {
                         Some(_) => pre_acquired = true,
                         None => {
-                            if steps[i].status != WAITING_RESOURCES {
-                                steps[i].status = WAITING_RESOURCES.into();
+                            if steps[i].status != StepStatus::WaitingResources {
+                                steps[i].status = StepStatus::WaitingResources;
                                 store.queue_step(&steps[i]).await?;
                                 active.bump();
                             }
@@ -874,7 +872,7 @@ impl RunManager {
                     store.flush().await?;
                     flushed = queued_ends;
                 }
-                steps[i].status = RUNNING.into();
+                steps[i].status = StepStatus::Running;
                 in_flight += 1;
                 let task = StepTask {
                     mgr: self.clone(),
@@ -898,11 +896,11 @@ impl RunManager {
             // Steps that wait for a slot are `ready` (written together: one group commit).
             let newly_ready: Vec<usize> = just_ready
                 .drain(..)
-                .filter(|&i| steps[i].status == PENDING)
+                .filter(|&i| steps[i].status == StepStatus::Pending)
                 .collect();
             if !newly_ready.is_empty() {
                 for &i in &newly_ready {
-                    steps[i].status = READY.into();
+                    steps[i].status = StepStatus::Ready;
                     store.queue_step(&steps[i]).await?;
                 }
                 active.bump();
@@ -935,13 +933,13 @@ impl RunManager {
                     match joined {
                         Some(Ok((i, rec))) => {
                             in_flight -= 1;
-                            if matches!(rec.status.as_str(), FAILED | TIMED_OUT) && spec.on_failure == OnFailure::FailFast {
+                            if rec.status.is_failure() && spec.on_failure == OnFailure::FailFast {
                                 halted = true;
                             }
                             let mut rec = rec;
-                            if !is_terminal(&rec.status) && !active.cancel.is_cancelled() {
+                            if !rec.status.is_final() && !active.cancel.is_cancelled() {
                                 // The step's own bookkeeping failed (the store is in trouble).
-                                rec.status = FAILED.into();
+                                rec.status = StepStatus::Failed;
                                 rec.error = err_json(ErrorCode::StoreUnavailable, "the step's state could not be saved");
                                 rec.finished_at = Some(now_ms());
                                 if let Err(e) = store.update_step(&rec).await {
@@ -952,7 +950,7 @@ impl RunManager {
                                 }
                             }
                             shared.write().unwrap_or_else(|p| p.into_inner()).set(&rec);
-                            let done = is_terminal(&rec.status);
+                            let done = rec.status.is_final();
                             if done {
                                 active.step_done(&rec);
                                 queued_ends += 1;
@@ -993,14 +991,12 @@ impl RunManager {
         if active.cancel.is_cancelled() {
             return self.finish_stopped(&mut run, &mut steps, active).await;
         }
-        let failed = steps
-            .iter()
-            .find(|s| matches!(s.status.as_str(), FAILED | TIMED_OUT));
+        let failed = steps.iter().find(|s| s.status.is_failure());
         let now = now_ms();
         run.status = if failed.is_some() {
-            FAILED.into()
+            RunStatus::Failed
         } else {
-            SUCCEEDED.into()
+            RunStatus::Succeeded
         };
         run.error = failed.and_then(|s| {
             let msg = error_message(s.error.as_deref()).unwrap_or_default();
@@ -1020,7 +1016,7 @@ impl RunManager {
     /// (what it held is released); the run goes on as after any failure.
     async fn step_panicked(&self, run_id: &str, rec: &StepRecord, message: String) -> StepRecord {
         let mut rec = rec.clone();
-        rec.status = FAILED.into();
+        rec.status = StepStatus::Failed;
         rec.error = err_json(ErrorCode::InternalError, message);
         rec.finished_at = Some(now_ms());
         if let Err(e) = self.store.update_step(&rec).await {
@@ -1044,7 +1040,7 @@ impl RunManager {
         let Some(mut run) = self.store.get_run(run_id).await? else {
             return Ok(());
         };
-        if is_terminal(&run.status) {
+        if run.status.is_final() {
             return Ok(());
         }
         let mut steps = self.store.run_steps(run_id).await?;
@@ -1057,9 +1053,9 @@ impl RunManager {
         if let Some(st) = at
             .as_deref()
             .and_then(|n| steps.iter_mut().find(|s| s.name == n))
-            .filter(|s| !is_terminal(&s.status))
+            .filter(|s| !s.status.is_final())
         {
-            st.status = FAILED.into();
+            st.status = StepStatus::Failed;
             st.error = err_json(
                 ErrorCode::InternalError,
                 format!("the run's driver failed here: {why}"),
@@ -1073,8 +1069,14 @@ impl RunManager {
             }
             None => format!("the run's driver failed: {why}; this is a bug in myrmex"),
         };
-        self.end_run(&mut run, &mut steps, FAILED, ErrorCode::InternalError, &msg)
-            .await
+        self.end_run(
+            &mut run,
+            &mut steps,
+            RunStatus::Failed,
+            ErrorCode::InternalError,
+            &msg,
+        )
+        .await
     }
 
     /// The run's token was cancelled: record why, unless the server is stopping.
@@ -1091,11 +1093,15 @@ impl RunManager {
         }
         let (status, code, msg) = match stop {
             Stop::TimedOut => (
-                TIMED_OUT,
+                RunStatus::TimedOut,
                 ErrorCode::TimeoutExceeded,
                 "the workflow's time limit passed",
             ),
-            _ => (CANCELLED, ErrorCode::Cancelled, "the run was cancelled"),
+            _ => (
+                RunStatus::Cancelled,
+                ErrorCode::Cancelled,
+                "the run was cancelled",
+            ),
         };
         self.end_run(run, steps, status, code, msg).await
     }
@@ -1106,20 +1112,20 @@ impl RunManager {
         &self,
         run: &mut RunRecord,
         steps: &mut [StepRecord],
-        status: &'static str,
+        status: RunStatus,
         code: ErrorCode,
         msg: &str,
     ) -> Result<()> {
         let now = now_ms();
         for st in steps.iter_mut() {
-            if !is_terminal(&st.status) {
-                st.status = CANCELLED.into();
+            if !st.status.is_final() {
+                st.status = StepStatus::Cancelled;
                 st.error = err_json(code, msg);
                 st.finished_at = Some(now);
                 self.store.queue_step(st).await?;
             }
         }
-        run.status = status.into();
+        run.status = status;
         run.error = err_json(code, msg);
         if run.started_at.is_none() {
             run.started_at = Some(now);
@@ -1127,27 +1133,23 @@ impl RunManager {
         run.finished_at = Some(now);
         run.updated_at = now;
         self.store.update_run(run).await?;
-        tracing::info!(run = %run.id, status, "run stopped");
+        tracing::info!(run = %run.id, status = %status, "run stopped");
         Ok(())
     }
 }
 
-fn is_terminal(s: &str) -> bool {
-    status::is_terminal(s)
-}
-
 /// Did this dependency end in a way that skips `all_success` dependents?
 fn dep_failed(s: &StepRecord) -> bool {
-    match s.status.as_str() {
-        FAILED | TIMED_OUT | CANCELLED => true,
+    match s.status {
+        StepStatus::Failed | StepStatus::TimedOut | StepStatus::Cancelled => true,
         // Skipped because of its own dependencies (not by its `when`).
-        SKIPPED => !s
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("CONDITION_FALSE")),
+        StepStatus::Skipped => error_code(s.error.as_deref()).as_deref() != Some(CONDITION_FALSE),
         _ => false,
     }
 }
+
+/// The code of a skip by a step's own `when` (not by a failed dependency).
+pub const CONDITION_FALSE: &str = "CONDITION_FALSE";
 
 /// A step became final: its dependents wait on one step less; those that
 /// wait on none are settled next.
@@ -1185,19 +1187,19 @@ fn topo_order(deps: &[Vec<usize>], dependents: &[Vec<usize>]) -> Vec<usize> {
 /// Status and output of every step, for templates and conditions.
 #[derive(Default)]
 struct StepTable {
-    steps: HashMap<String, (String, Option<Value>)>,
+    steps: HashMap<String, (StepStatus, Option<Value>)>,
 }
 
 impl StepTable {
     fn set(&mut self, r: &StepRecord) {
-        let out = if r.status == SUCCEEDED {
+        let out = if r.status == StepStatus::Succeeded {
             r.output
                 .as_deref()
                 .and_then(|o| serde_json::from_str(o).ok())
         } else {
             None
         };
-        self.steps.insert(r.name.clone(), (r.status.clone(), out));
+        self.steps.insert(r.name.clone(), (r.status, out));
     }
 }
 
@@ -1217,7 +1219,7 @@ impl Scope for RunScope<'_> {
         self.table
             .steps
             .get(name)
-            .map(|(s, o)| (s.clone(), o.as_ref()))
+            .map(|(s, o)| (s.as_str().to_string(), o.as_ref()))
     }
     fn run_id(&self) -> &str {
         self.run_id
@@ -1301,7 +1303,7 @@ impl StepTask {
             return Ok(true);
         };
         let req = Requirements::parse(&r)?;
-        self.rec.status = WAITING_RESOURCES.into();
+        self.rec.status = StepStatus::WaitingResources;
         self.save().await?;
         let owner = step_owner(
             &self.session_id,
@@ -1323,7 +1325,7 @@ impl StepTask {
                 Ok(false)
             }
             Err(e) => {
-                self.rec.status = FAILED.into();
+                self.rec.status = StepStatus::Failed;
                 self.rec.error = err_json(e.code, e.message);
                 self.rec.finished_at = Some(now_ms());
                 self.save().await?;
@@ -1347,13 +1349,17 @@ impl StepTask {
         let (status, code, why) = match self.active.stop.get().copied().unwrap_or(Stop::Shutdown) {
             Stop::Shutdown | Stop::LeaseLost => return Ok(()),
             Stop::TimedOut => (
-                TIMED_OUT,
+                StepStatus::TimedOut,
                 ErrorCode::TimeoutExceeded,
                 "the workflow's time limit passed",
             ),
-            Stop::Cancelled => (CANCELLED, ErrorCode::Cancelled, "the run was cancelled"),
+            Stop::Cancelled => (
+                StepStatus::Cancelled,
+                ErrorCode::Cancelled,
+                "the run was cancelled",
+            ),
         };
-        self.rec.status = status.into();
+        self.rec.status = status;
         self.rec.error = err_json(code, abandon_note(&format!("{why} {when}"), abandoned));
         self.rec.finished_at = Some(now_ms());
         self.save().await
@@ -1400,7 +1406,7 @@ impl StepTask {
                     ),
                     RenderError::TooLarge(m) => (ErrorCode::LimitExceeded, m),
                 };
-                self.rec.status = FAILED.into();
+                self.rec.status = StepStatus::Failed;
                 self.rec.error = err_json(code, message);
                 self.rec.started_at.get_or_insert(now);
                 self.rec.finished_at = Some(now);
@@ -1410,7 +1416,7 @@ impl StepTask {
         let hash = input_hash(&self.spec.module, &self.spec.action, &params);
         if self.rec.prior_hash.as_deref() == Some(hash.as_str()) && self.rec.prior_output.is_some()
         {
-            self.rec.status = SUCCEEDED.into();
+            self.rec.status = StepStatus::Succeeded;
             self.rec.output = self.rec.prior_output.clone();
             self.rec.input_hash = Some(hash);
             self.rec.reused = true;
@@ -1447,13 +1453,13 @@ impl StepTask {
             attempts::Ending::Succeeded(out) => {
                 match self.admit_output(&out) {
                     Ok(text) => {
-                        self.rec.status = SUCCEEDED.into();
+                        self.rec.status = StepStatus::Succeeded;
                         self.rec.output = Some(text);
                         self.rec.error = None;
                     }
                     Err(why) => {
                         // Nothing past the bound is stored.
-                        self.rec.status = FAILED.into();
+                        self.rec.status = StepStatus::Failed;
                         self.rec.output = None;
                         self.rec.error = err_json(ErrorCode::LimitExceeded, why);
                     }
@@ -1466,7 +1472,11 @@ impl StepTask {
                 message,
                 timed_out,
             } => {
-                self.rec.status = if timed_out { TIMED_OUT } else { FAILED }.into();
+                self.rec.status = if timed_out {
+                    StepStatus::TimedOut
+                } else {
+                    StepStatus::Failed
+                };
                 self.rec.error = err_json(code, message);
                 self.rec.finished_at = Some(now_ms());
                 self.save().await
@@ -1521,7 +1531,7 @@ impl StepTask {
 impl attempts::Sink for StepTask {
     async fn started(&mut self, attempt: u32) -> Result<()> {
         self.rec.attempts = attempt;
-        self.rec.status = RUNNING.into();
+        self.rec.status = StepStatus::Running;
         self.rec.error = None;
         self.rec.started_at.get_or_insert(now_ms());
         // Not awaited to durability: a lost `running` mark only means the
@@ -1532,7 +1542,7 @@ impl attempts::Sink for StepTask {
     }
 
     async fn retrying(&mut self, _attempt: u32, code: ErrorCode, message: &str) -> Result<()> {
-        self.rec.status = RETRYING.into();
+        self.rec.status = StepStatus::Retrying;
         self.rec.error = err_json(code, message);
         self.save().await
     }
@@ -1542,12 +1552,12 @@ impl attempts::Sink for StepTask {
         let store = self.mgr.store.clone();
         let rec = self.rec.clone();
         let active = self.active.clone();
-        Some(std::sync::Arc::new(move |state: &'static str| {
+        Some(std::sync::Arc::new(move |state: StepStatus| {
             let store = store.clone();
             let mut rec = rec.clone();
             let active = active.clone();
             Box::pin(async move {
-                rec.status = state.into();
+                rec.status = state;
                 if let Err(e) = store.queue_step(&rec).await {
                     tracing::error!(run = %rec.run_id, step = %rec.name, error = %e, "cannot record the step's state");
                 }
@@ -1563,6 +1573,12 @@ pub fn error_message(e: Option<&str>) -> Option<String> {
         .and_then(|v| v["message"].as_str().map(String::from))
 }
 
+/// The code of a stored `{code, message}` error.
+pub fn error_code(e: Option<&str>) -> Option<String> {
+    e.and_then(|e| serde_json::from_str::<Value>(e).ok())
+        .and_then(|v| v["code"].as_str().map(String::from))
+}
+
 /// A fresh run id.
 pub fn new_run_id() -> String {
     new_id("run")
@@ -1570,22 +1586,12 @@ pub fn new_run_id() -> String {
 
 /// Priority as stored.
 pub fn priority_str(p: Priority) -> &'static str {
-    match p {
-        Priority::Low => "low",
-        Priority::Normal => "normal",
-        Priority::High => "high",
-        Priority::Critical => "critical",
-    }
+    p.as_str()
 }
 
 /// A stored priority (anything unknown is normal).
 pub fn priority_from_str(s: &str) -> Priority {
-    match s {
-        "low" => Priority::Low,
-        "high" => Priority::High,
-        "critical" => Priority::Critical,
-        _ => Priority::Normal,
-    }
+    Priority::stored(s)
 }
 
 #[cfg(test)]
@@ -1712,20 +1718,20 @@ mod tests {
         e.stop();
         e.wait_idle(Duration::from_secs(5)).await;
         let mut rec = store.get_run(&run.run_id).await.unwrap().unwrap();
-        assert!(!status::is_terminal(&rec.status), "{}", rec.status);
+        assert!(!rec.status.is_final(), "{}", rec.status);
         rec.definition = "{not a definition".into();
         store.update_run(&rec).await.unwrap();
         // The next start resumes it: its driver fails, the run ends failed.
         let e2 = engine(store.clone(), dir.path()).await;
         let mut rec = store.get_run(&run.run_id).await.unwrap().unwrap();
         for _ in 0..200 {
-            if status::is_terminal(&rec.status) {
+            if rec.status.is_final() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
             rec = store.get_run(&run.run_id).await.unwrap().unwrap();
         }
-        assert_eq!(rec.status, FAILED);
+        assert_eq!(rec.status, RunStatus::Failed);
         let err: Value = serde_json::from_str(rec.error.as_deref().unwrap()).unwrap();
         assert_eq!(err["code"], "INTERNAL_ERROR", "{err}");
         assert!(
@@ -1736,10 +1742,7 @@ mod tests {
             "{err}"
         );
         let steps = store.run_steps(&run.run_id).await.unwrap();
-        assert!(
-            steps.iter().all(|s| status::is_terminal(&s.status)),
-            "{steps:?}"
-        );
+        assert!(steps.iter().all(|s| s.status.is_final()), "{steps:?}");
         e2.stop();
         e2.wait_idle(Duration::from_secs(5)).await;
         // And a later start has nothing to resume.

@@ -17,7 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::runs::{error_message, new_run_id, priority_str, status};
+use super::runs::{error_message, new_run_id, status};
 use super::sessions::Session;
 use super::{Engine, Principal, iso, now_ms};
 use crate::engine::resources::Requirements;
@@ -742,13 +742,13 @@ impl Engine {
             workflow_source: source.into(),
             definition: serde_json::to_string(&spec).map_err(|e| Error::internal(e.to_string()))?,
             parameters: Value::Object(params).to_string(),
-            status: status::PENDING.into(),
-            priority: priority_str(req.priority.unwrap_or_default()).into(),
+            status: crate::model::RunStatus::Pending,
+            priority: req.priority.unwrap_or_default(),
             max_parallel: req
                 .max_parallel
                 .or(spec.max_parallel)
                 .unwrap_or(session.max_parallel_tasks),
-            mode: mode.as_str().into(),
+            mode,
             timeout_seconds: req.timeout_seconds.or(spec.timeout_seconds),
             resources: req.resource_requirements.map(|v| v.to_string()),
             error: None,
@@ -777,7 +777,7 @@ impl Engine {
                     run_id: id.clone(),
                     name: s.name.clone(),
                     position: i as u32,
-                    status: status::PENDING.into(),
+                    status: crate::model::StepStatus::Pending,
                     attempts: 0,
                     started_at: None,
                     finished_at: None,
@@ -991,16 +991,16 @@ impl Engine {
             .run_steps(run_id)
             .await?
             .into_iter()
-            .filter(|s| s.status == status::SUCCEEDED)
+            .filter(|s| s.status == crate::model::StepStatus::Succeeded)
             .map(|s| (s.name, s.output, s.input_hash))
             .collect();
         let req = ExecuteRequest {
             workflow_name: old.workflow_name.clone(),
             parameters: params,
             session_id: Some(old.session_id.clone()),
-            mode: super::sessions::SessionMode::parse(&old.mode),
+            mode: Some(old.mode),
             timeout_seconds: old.timeout_seconds,
-            priority: serde_json::from_value(Value::String(old.priority.clone())).ok(),
+            priority: Some(old.priority),
             resource_requirements: old
                 .resources
                 .as_deref()
@@ -1130,14 +1130,14 @@ fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
     let mut results = Map::new();
     let mut completed = 0;
     for s in &steps {
-        *by_status.entry(s.status.clone()).or_default() += 1;
+        *by_status.entry(s.status.as_str().to_string()).or_default() += 1;
         attempts += s.attempts as u64;
         retries += s.attempts.saturating_sub(1) as u64;
         reused += s.reused as u64;
-        if status::is_terminal(&s.status) {
+        if s.status.is_final() {
             completed += 1;
         }
-        if s.status == status::SUCCEEDED
+        if s.status == crate::model::StepStatus::Succeeded
             && let Some(o) = s
                 .output
                 .as_deref()
@@ -1164,9 +1164,9 @@ fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
         workflow_name: run.workflow_name,
         workflow_version: run.workflow_version,
         workflow_source: run.workflow_source,
-        status: run.status,
-        priority: run.priority,
-        mode: run.mode,
+        status: run.status.to_string(),
+        priority: run.priority.to_string(),
+        mode: run.mode.to_string(),
         max_parallel: run.max_parallel,
         parameters: serde_json::from_str(&run.parameters).unwrap_or_default(),
         created_at: iso(run.created_at),
@@ -1186,7 +1186,7 @@ fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
                 },
                 started_at: s.started_at.map(iso),
                 finished_at: s.finished_at.map(iso),
-                output: if s.status == status::SUCCEEDED {
+                output: if s.status == crate::model::StepStatus::Succeeded {
                     s.output
                         .as_deref()
                         .and_then(|o| serde_json::from_str(o).ok())
@@ -1198,7 +1198,7 @@ fn run_view(run: RunRecord, steps: Vec<StepRecord>) -> RunView {
                     .as_deref()
                     .and_then(|e| serde_json::from_str(e).ok()),
                 name: s.name,
-                status: s.status,
+                status: s.status.to_string(),
                 attempts: s.attempts,
                 reused: s.reused,
             })
@@ -1225,7 +1225,7 @@ pub fn run_summary(r: &RunRecord) -> RunSummary {
         session_id: r.session_id.clone(),
         workflow_name: r.workflow_name.clone(),
         workflow_version: r.workflow_version,
-        status: r.status.clone(),
+        status: r.status.to_string(),
         created_at: iso(r.created_at),
         finished_at: r.finished_at.map(iso),
     }
