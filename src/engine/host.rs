@@ -14,7 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use super::runs::{error_message, status};
+use super::runs::{error_message, view_final};
+use crate::model::RunStatus;
 use super::tasks::NewTask;
 use super::workflows::ExecuteRequest;
 use super::workflows::spec::Priority;
@@ -170,10 +171,7 @@ impl Engine {
             .rev()
             .find(|r| r.parent_step.as_deref() == Some(ctx.step.as_str()))
             .filter(|r| {
-                matches!(
-                    r.status.as_str(),
-                    status::PENDING | status::RUNNING | status::SUCCEEDED
-                )
+                !r.status.is_final() || r.status == RunStatus::Succeeded
             });
         let run_id = match existing {
             Some(r) => r.id,
@@ -206,7 +204,7 @@ impl Engine {
             tokio::select! {
                 v = self.wait_run(&run_id, WAIT_SLICE, &mut quiet) => {
                     let v = v?;
-                    if !matches!(v.status.as_str(), status::PENDING | status::RUNNING) {
+                    if view_final(&v.status) {
                         break v;
                     }
                 }
@@ -227,7 +225,7 @@ impl Engine {
                 }
             }
         };
-        if view.status != status::SUCCEEDED {
+        if view.status != RunStatus::Succeeded.as_str() {
             return Err(ActionError::new(
                 ErrorCode::DependencyFailed,
                 format!(
@@ -329,8 +327,8 @@ impl Engine {
                 }
             }
         };
-        match task.status.as_str() {
-            super::tasks::status::SUCCEEDED => Ok(task
+        match task.status {
+            crate::model::TaskStatus::Succeeded => Ok(task
                 .result
                 .as_deref()
                 .and_then(|r| serde_json::from_str(r).ok())

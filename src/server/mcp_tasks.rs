@@ -187,7 +187,7 @@ impl MyrmexServer {
                     .engine
                     .get_workflow_run(p, run_id, None, POLL, &mut note)
                     .await?;
-                if !crate::engine::runs::status::is_terminal(&v.status) {
+                if !crate::engine::runs::view_final(&v.status) {
                     tctx.set_status_message(format!(
                         "{}: {}/{} steps done",
                         v.status, v.steps_completed, v.steps_total

@@ -165,7 +165,7 @@ impl EventRecord {
             run_id: None,
             kind: "task",
             subject: t.id.clone(),
-            status: t.status.clone(),
+            status: t.status.to_string(),
             data: data(serde_json::json!({
                 "name": t.name,
                 "attempts": t.attempts,

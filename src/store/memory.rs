@@ -523,9 +523,8 @@ impl Store for MemoryStore {
             .values()
             .filter(|t| t.module.is_some())
             .filter(|t| {
-                t.status == "ready"
-                    || (matches!(t.status.as_str(), "running" | "waiting_resources")
-                        && t.lease_expires_at.is_some_and(|e| e < now))
+                t.status == crate::model::TaskStatus::Ready
+                    || (t.status.is_in_flight() && t.lease_expires_at.is_some_and(|e| e < now))
             })
             .map(|t| t.session_id.clone())
             .collect();
@@ -614,7 +613,7 @@ impl Store for MemoryStore {
             .lock()?
             .tasks
             .values()
-            .filter(|t| !crate::model::TaskStatus::parse(&t.status).is_some_and(|s| s.is_final()))
+            .filter(|t| !t.status.is_final())
             .map(|t| t.session_id.clone())
             .collect();
         v.sort();
@@ -627,7 +626,7 @@ impl Store for MemoryStore {
         let mut by: BTreeMap<String, u64> = BTreeMap::new();
         let (mut sum, mut n) = (0i64, 0i64);
         for t in g.tasks.values() {
-            *by.entry(t.status.clone()).or_default() += 1;
+            *by.entry(t.status.to_string()).or_default() += 1;
             if let (Some(a), Some(b)) = (t.started_at, t.finished_at) {
                 sum += b - a;
                 n += 1;

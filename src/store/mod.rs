@@ -225,8 +225,8 @@ pub struct TaskRecord {
     /// JSON object.
     pub parameters: String,
     /// JSON array of task ids.
-    pub dependencies: String,
-    pub priority: String,
+    pub dependencies: Vec<String>,
+    pub priority: crate::model::Priority,
     pub timeout_seconds: Option<u64>,
     pub max_retries: u32,
     /// JSON retry policy.
@@ -234,10 +234,10 @@ pub struct TaskRecord {
     /// JSON requirements, as given.
     pub resources: Option<String>,
     /// JSON array of strings.
-    pub tags: String,
+    pub tags: Vec<String>,
     /// JSON object.
     pub metadata: String,
-    pub status: String,
+    pub status: crate::model::TaskStatus,
     /// JSON.
     pub result: Option<String>,
     pub summary: Option<String>,
@@ -1143,15 +1143,15 @@ mod contract {
             module: None,
             action: None,
             parameters: "{}".into(),
-            dependencies: "[]".into(),
-            priority: "normal".into(),
+            dependencies: vec![],
+            priority: crate::model::Priority::Normal,
             timeout_seconds: Some(5),
             max_retries: 1,
             retry: None,
             resources: None,
-            tags: "[]".into(),
+            tags: vec![],
             metadata: "{}".into(),
-            status: "ready".into(),
+            status: crate::model::TaskStatus::parse("ready").unwrap(),
             result: None,
             summary: None,
             error: None,
@@ -1182,7 +1182,7 @@ mod contract {
         assert_eq!(store.sessions_with_open_tasks().await.unwrap(), ["ses_t"]);
 
         let claimed = TaskRecord {
-            status: "claimed".into(),
+            status: crate::model::TaskStatus::parse("claimed").unwrap(),
             attempts: 1,
             version: 2,
             ..a.clone()
@@ -1193,12 +1193,12 @@ mod contract {
             .unwrap();
         // A writer that read version 1 loses, and its whole batch is rolled back.
         let stale = TaskRecord {
-            status: "succeeded".into(),
+            status: crate::model::TaskStatus::parse("succeeded").unwrap(),
             version: 2,
             ..a.clone()
         };
         let b2 = TaskRecord {
-            status: "succeeded".into(),
+            status: crate::model::TaskStatus::parse("succeeded").unwrap(),
             started_at: Some(10),
             finished_at: Some(30),
             updated_at: 30,

@@ -40,6 +40,15 @@ macro_rules! shared_rows {
             })
         }
 
+        /// A JSON list of strings, stored as text.
+        fn json_list(r: &$row, column: &str) -> Result<Vec<String>, sqlx::Error> {
+            let s: String = r.try_get(column)?;
+            serde_json::from_str(&s).map_err(|e| sqlx::Error::ColumnDecode {
+                index: column.to_string(),
+                source: Box::new(e),
+            })
+        }
+
         fn session_from_row(r: &$row) -> Result<SessionRecord, sqlx::Error> {
             Ok(SessionRecord {
                 id: r.try_get("id")?,
@@ -337,15 +346,15 @@ macro_rules! shared_rows {
                 .bind(&t.module)
                 .bind(&t.action)
                 .bind(&t.parameters)
-                .bind(&t.dependencies)
-                .bind(&t.priority)
+                .bind(serde_json::to_string(&t.dependencies).unwrap_or_default())
+                .bind(t.priority.as_str())
                 .bind(t.timeout_seconds.map(|v| v as i64))
                 .bind(t.max_retries as i64)
                 .bind(&t.retry)
                 .bind(&t.resources)
-                .bind(&t.tags)
+                .bind(serde_json::to_string(&t.tags).unwrap_or_default())
                 .bind(&t.metadata)
-                .bind(&t.status)
+                .bind(t.status.as_str())
                 .bind(&t.result)
                 .bind(&t.summary)
                 .bind(&t.error)
@@ -371,17 +380,17 @@ macro_rules! shared_rows {
                 module: r.try_get("module")?,
                 action: r.try_get("action")?,
                 parameters: r.try_get("parameters")?,
-                dependencies: r.try_get("dependencies")?,
-                priority: r.try_get("priority")?,
+                dependencies: json_list(r, "dependencies")?,
+                priority: spelled(r, "priority", crate::model::Priority::parse)?,
                 timeout_seconds: r
                     .try_get::<Option<i64>, _>("timeout_seconds")?
                     .map(|v| v as u64),
                 max_retries: r.try_get::<i64, _>("max_retries")? as u32,
                 retry: r.try_get("retry")?,
                 resources: r.try_get("resources")?,
-                tags: r.try_get("tags")?,
+                tags: json_list(r, "tags")?,
                 metadata: r.try_get("metadata")?,
-                status: r.try_get("status")?,
+                status: spelled(r, "status", crate::model::TaskStatus::parse)?,
                 result: r.try_get("result")?,
                 summary: r.try_get("summary")?,
                 error: r.try_get("error")?,

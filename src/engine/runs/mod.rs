@@ -29,25 +29,9 @@ use crate::error::{ErrorCode, Result};
 use crate::model::{RunStatus, SessionMode, StepStatus};
 use crate::store::{RunLease, RunRecord, StepRecord, Store};
 
-/// Step statuses.
-pub mod status {
-    pub const PENDING: &str = "pending";
-    pub const READY: &str = "ready";
-    pub const RUNNING: &str = "running";
-    pub const RETRYING: &str = "retrying";
-    /// Ready, waiting for its resources to be granted.
-    pub const WAITING_RESOURCES: &str = "waiting_resources";
-    /// An `agent.task` step: waiting for an agent to complete its task.
-    pub const WAITING_AGENT: &str = "waiting_agent";
-    pub const SUCCEEDED: &str = "succeeded";
-    pub const FAILED: &str = "failed";
-    pub const SKIPPED: &str = "skipped";
-    pub const CANCELLED: &str = "cancelled";
-    pub const TIMED_OUT: &str = "timed_out";
-
-    pub fn is_terminal(s: &str) -> bool {
-        matches!(s, SUCCEEDED | FAILED | SKIPPED | CANCELLED | TIMED_OUT)
-    }
+/// Is a run view's status (as answers spell it) final?
+pub fn view_final(status: &str) -> bool {
+    RunStatus::parse(status).is_some_and(RunStatus::is_final)
 }
 
 /// Why a run's token was cancelled.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::attempts;
 use super::resources::{Owner, Requirements, ResourceManager};
 use super::sessions::Session;
-use super::workflows::spec::{Priority, RetryPolicy};
+use super::workflows::spec::RetryPolicy;
 use super::workflows::template::{
     Budget, Ref, RenderError, Scope, render_value_within, templates_in,
 };
@@ -29,25 +29,37 @@ use super::{Engine, Principal, iso, new_id, now_ms};
 use crate::actions::Registry;
 use crate::config::TasksConfig;
 use crate::error::{Error, ErrorCode, Result};
+use crate::model::{Priority, TaskStatus};
 use crate::store::{Store, StoreError, TaskRecord};
 
-/// Task statuses: those of workflow steps, plus `claimed`.
+/// Task statuses, as typed constants (patterns and comparisons read as before).
 pub mod status {
-    pub use super::super::runs::status::{
-        CANCELLED, FAILED, PENDING, READY, RUNNING, SKIPPED, SUCCEEDED, TIMED_OUT,
-        WAITING_RESOURCES, is_terminal as is_final,
-    };
+    use crate::model::TaskStatus;
+
+    pub const PENDING: TaskStatus = TaskStatus::Pending;
+    pub const READY: TaskStatus = TaskStatus::Ready;
+    pub const RUNNING: TaskStatus = TaskStatus::Running;
+    pub const WAITING_RESOURCES: TaskStatus = TaskStatus::WaitingResources;
     /// An agent task held under a lease.
-    pub const CLAIMED: &str = "claimed";
+    pub const CLAIMED: TaskStatus = TaskStatus::Claimed;
+    pub const SUCCEEDED: TaskStatus = TaskStatus::Succeeded;
+    pub const FAILED: TaskStatus = TaskStatus::Failed;
+    pub const SKIPPED: TaskStatus = TaskStatus::Skipped;
+    pub const CANCELLED: TaskStatus = TaskStatus::Cancelled;
+    pub const TIMED_OUT: TaskStatus = TaskStatus::TimedOut;
+
+    pub fn is_final(s: &TaskStatus) -> bool {
+        s.is_final()
+    }
 
     /// Being worked on by myrmex (its slot is taken).
-    pub fn in_flight(s: &str) -> bool {
-        matches!(s, RUNNING | WAITING_RESOURCES)
+    pub fn in_flight(s: &TaskStatus) -> bool {
+        s.is_in_flight()
     }
 
     /// Ends that make dependents skipped.
-    pub fn is_bad_end(s: &str) -> bool {
-        matches!(s, FAILED | SKIPPED | CANCELLED | TIMED_OUT)
+    pub fn is_bad_end(s: &TaskStatus) -> bool {
+        s.is_bad_end()
     }
 }
 use status::*;
@@ -354,21 +366,12 @@ pub struct TaskManager {
     cluster: crate::config::ClusterConfig,
 }
 
-fn deps_of(t: &TaskRecord) -> Vec<String> {
-    serde_json::from_str(&t.dependencies).unwrap_or_default()
+fn deps_of(t: &TaskRecord) -> &[String] {
+    &t.dependencies
 }
 
 fn err_json(code: &str, message: impl Into<String>) -> Option<String> {
     Some(json!({"code": code, "message": message.into()}).to_string())
-}
-
-fn priority_rank(p: &str) -> u8 {
-    match p {
-        "critical" => 3,
-        "high" => 2,
-        "normal" => 1,
-        _ => 0,
-    }
 }
 
 fn priority_str(p: Priority) -> &'static str {
@@ -425,12 +428,12 @@ impl<'g> Txn<'g> {
                     Some((SKIPPED, error)) => {
                         let now = self.now;
                         let t = self.edit(&d);
-                        t.status = SKIPPED.into();
+                        t.status = SKIPPED;
                         t.error = error;
                         t.finished_at = Some(now);
                         queue.push(d);
                     }
-                    Some((READY, _)) => self.edit(&d).status = READY.into(),
+                    Some((READY, _)) => self.edit(&d).status = READY,
                     _ => {}
                 }
             }
@@ -439,8 +442,8 @@ impl<'g> Txn<'g> {
 
     /// What a pending task's dependencies make it: ready, skipped (with the
     /// reason) or still pending (None).
-    fn evaluate(&self, id: &str) -> Option<(&'static str, Option<String>)> {
-        evaluate_deps(&deps_of(self.get(id)?), |d| self.get(d))
+    fn evaluate(&self, id: &str) -> Option<(TaskStatus, Option<String>)> {
+        evaluate_deps(deps_of(self.get(id)?), |d| self.get(d))
     }
 
     /// Write the call's changes, then apply them to the graph.
@@ -456,7 +459,7 @@ impl<'g> Txn<'g> {
 fn evaluate_deps<'a>(
     deps: &[String],
     get: impl Fn(&str) -> Option<&'a TaskRecord>,
-) -> Option<(&'static str, Option<String>)> {
+) -> Option<(TaskStatus, Option<String>)> {
     let mut all_done = true;
     for d in deps {
         match get(d) {
@@ -549,7 +552,7 @@ impl Scope for TaskScope<'_> {
     fn step(&self, name: &str) -> Option<(String, Option<&Value>)> {
         let t = self.g.find(name)?;
         Some((
-            t.status.clone(),
+            t.status.to_string(),
             self.results.get(&t.id).and_then(Option::as_ref),
         ))
     }
@@ -575,17 +578,17 @@ pub fn view(t: &TaskRecord) -> TaskView {
         module: t.module.clone(),
         action: t.action.clone(),
         parameters: parse_json(Some(&t.parameters)),
-        dependencies: deps_of(t),
-        priority: t.priority.clone(),
+        dependencies: t.dependencies.clone(),
+        priority: t.priority.to_string(),
         timeout_seconds: t.timeout_seconds,
         max_retries: t.max_retries,
-        tags: parse_json(Some(&t.tags)),
+        tags: t.tags.clone(),
         metadata: parse_json(Some(&t.metadata)),
         resources: t
             .resources
             .as_deref()
             .and_then(|r| serde_json::from_str(r).ok()),
-        status: t.status.clone(),
+        status: t.status.to_string(),
         result: t
             .result
             .as_deref()
@@ -672,7 +675,10 @@ impl From<&TaskView> for TaskBrief {
             priority: t.priority.clone(),
             kind: t.kind.clone(),
             dependency_count: t.dependencies.len(),
-            claimed_by: t.claimed_by.clone().filter(|_| t.status == CLAIMED),
+            claimed_by: t
+                .claimed_by
+                .clone()
+                .filter(|_| t.status == CLAIMED.as_str()),
         }
     }
 }
@@ -685,8 +691,8 @@ pub fn brief(t: &TaskRecord) -> TaskBrief {
     TaskBrief {
         task_id: t.id.clone(),
         name: t.name.clone(),
-        status: t.status.clone(),
-        priority: t.priority.clone(),
+        status: t.status.to_string(),
+        priority: t.priority.to_string(),
         kind: kind(t).into(),
         dependency_count: deps_of(t).len(),
         claimed_by: t.claimed_by.clone().filter(|_| t.status == CLAIMED),
@@ -794,7 +800,7 @@ impl TaskManager {
                 g.next_seq = g.next_seq.max(t.seq + 1);
                 g.order.push(t.id.clone());
                 g.by_name.insert(t.name.clone(), t.id.clone());
-                for d in deps_of(&t) {
+                for d in deps_of(&t).to_vec() {
                     g.dependents.entry(d).or_default().push(t.id.clone());
                 }
                 g.stamp.0 += 1;
@@ -1132,15 +1138,15 @@ impl TaskManager {
                 module: t.module,
                 action: t.action,
                 parameters: Value::Object(t.parameters).to_string(),
-                dependencies: serde_json::to_string(&deps).expect("strings"),
-                priority: priority_str(t.priority).into(),
+                dependencies: deps.clone(),
+                priority: t.priority,
                 timeout_seconds: t.timeout_seconds,
                 max_retries: t.max_retries,
                 retry: t.retry.map(|r| serde_json::to_string(&r).expect("policy")),
                 resources: t.resources.map(|r| r.to_string()),
-                tags: serde_json::to_string(&t.tags).expect("strings"),
+                tags: t.tags.clone(),
                 metadata: Value::Object(t.metadata).to_string(),
-                status: PENDING.into(),
+                status: PENDING,
                 result: None,
                 summary: None,
                 error: None,
@@ -1177,11 +1183,11 @@ impl TaskManager {
             let r = &mut records[i];
             match verdict {
                 Some((SKIPPED, error)) => {
-                    r.status = SKIPPED.into();
+                    r.status = SKIPPED;
                     r.error = error;
                     r.finished_at = Some(now);
                 }
-                Some((st, _)) => r.status = st.into(),
+                Some((st, _)) => r.status = st,
                 None => {}
             }
         }
@@ -1239,7 +1245,7 @@ impl TaskManager {
         if ready.is_empty() {
             return Ok(());
         }
-        ready.sort_by_key(|t| (std::cmp::Reverse(priority_rank(&t.priority)), t.seq));
+        ready.sort_by_key(|t| (std::cmp::Reverse(t.priority), t.seq));
         let picked: Vec<String> = ready.iter().take(free).map(|t| t.id.clone()).collect();
         let mut txn = Txn::new(g);
         let now = txn.now;
@@ -1248,7 +1254,7 @@ impl TaskManager {
             // Resolve the parameters now: every dependency has succeeded.
             let t = txn.get(id).expect("picked").clone();
             let mut scope = TaskScope::new(g, &t.id, &t.session_id);
-            for d in deps_of(&t) {
+            for d in deps_of(&t).to_vec() {
                 let r = g
                     .tasks
                     .get(&d)
@@ -1273,7 +1279,7 @@ impl TaskManager {
                     let lease_end = now + self.cluster.lease_ttl_ms as i64;
                     let shared = self.shared;
                     let rec = txn.edit(id);
-                    rec.status = RUNNING.into();
+                    rec.status = RUNNING;
                     rec.started_at.get_or_insert(now);
                     if shared {
                         // The executor's lease: renewed by its heartbeat, taken over when it ends.
@@ -1284,7 +1290,7 @@ impl TaskManager {
                 }
                 Err(e) => {
                     let rec = txn.edit(id);
-                    rec.status = FAILED.into();
+                    rec.status = FAILED;
                     rec.error = err_json(
                         ErrorCode::InvalidParameters.as_str(),
                         format!("cannot resolve parameters: {e}"),
@@ -1329,13 +1335,10 @@ impl TaskManager {
                 caller: crate::actions::Caller::Task,
                 workdir: None,
             };
-            let resources = task_requirements(&t).ok().flatten().map(|req| {
-                (
-                    task_owner(&t, "task"),
-                    req,
-                    super::runs::priority_from_str(&t.priority),
-                )
-            });
+            let resources = task_requirements(&t)
+                .ok()
+                .flatten()
+                .map(|req| (task_owner(&t, "task"), req, t.priority));
             let job = Job {
                 mgr: self.clone(),
                 sg: sg.clone(),
@@ -1414,14 +1417,18 @@ impl TaskManager {
             .order
             .iter()
             .filter_map(|id| g.tasks.get(id))
-            .filter(|t| filter.status.as_deref().is_none_or(|s| t.status == s))
-            .filter(|t| priority.is_none_or(|p| t.priority == p))
             .filter(|t| {
-                filter.tag.as_deref().is_none_or(|tag| {
-                    parse_json::<Vec<String>>(Some(&t.tags))
-                        .iter()
-                        .any(|x| x == tag)
-                })
+                filter
+                    .status
+                    .as_deref()
+                    .is_none_or(|s| t.status.as_str() == s)
+            })
+            .filter(|t| priority.is_none_or(|p| t.priority.as_str() == p))
+            .filter(|t| {
+                filter
+                    .tag
+                    .as_deref()
+                    .is_none_or(|tag| t.tags.clone().iter().any(|x| x == tag))
             })
             .collect();
         let start = match cursor {
@@ -1475,9 +1482,9 @@ impl TaskManager {
             }
             let b = brief(t);
             let in_edges: Vec<Edge> = deps_of(t)
-                .into_iter()
+                .iter()
                 .map(|d| Edge {
-                    from: d,
+                    from: d.clone(),
                     to: t.id.clone(),
                 })
                 .collect();
@@ -1520,7 +1527,7 @@ impl TaskManager {
         }
         let mut counts = BTreeMap::new();
         for t in g.tasks.values() {
-            *counts.entry(t.status.clone()).or_insert(0) += 1;
+            *counts.entry(t.status.to_string()).or_insert(0) += 1;
         }
         Ok(TaskGraphView {
             truncated: more || from > 0,
@@ -1545,7 +1552,7 @@ impl TaskManager {
         ch: TaskChanges,
     ) -> Result<TaskView> {
         let (sg, mut g, cur) = self.open_task(engine, p, task_id, session_id).await?;
-        if !matches!(cur.status.as_str(), PENDING | READY) {
+        if !matches!(cur.status, PENDING | READY) {
             return Err(Error::new(
                 ErrorCode::Conflict,
                 format!(
@@ -1571,10 +1578,7 @@ impl TaskManager {
             max_retries: ch.max_retries.unwrap_or(cur.max_retries),
             retry: None,
             resources: None,
-            tags: ch
-                .tags
-                .clone()
-                .unwrap_or_else(|| parse_json(Some(&cur.tags))),
+            tags: ch.tags.clone().unwrap_or_else(|| cur.tags.clone()),
             metadata: ch
                 .metadata
                 .clone()
@@ -1597,8 +1601,9 @@ impl TaskManager {
                     .filter_map(|k| resolve_existing(&g, k, &cur.name, "this session").ok())
                     .collect();
                 deps_of(&cur)
-                    .into_iter()
+                    .iter()
                     .filter(|d| !old_refs.contains(d))
+                    .cloned()
                     .collect()
             }
         };
@@ -1622,7 +1627,7 @@ impl TaskManager {
                 ));
             }
         }
-        let old_deps = deps_of(&cur);
+        let old_deps = deps_of(&cur).to_vec();
         let mut txn = Txn::new(&g);
         {
             let t = txn.edit(task_id);
@@ -1630,7 +1635,7 @@ impl TaskManager {
                 t.description = Some(d);
             }
             if let Some(pr) = ch.priority {
-                t.priority = priority_str(pr).into();
+                t.priority = pr;
             }
             t.parameters = Value::Object(std::mem::take(&mut probe.parameters)).to_string();
             t.timeout_seconds = probe.timeout_seconds;
@@ -1638,22 +1643,22 @@ impl TaskManager {
             if let Some(r) = ch.retry {
                 t.retry = Some(serde_json::to_string(&r).expect("policy"));
             }
-            t.tags = serde_json::to_string(&std::mem::take(&mut probe.tags)).expect("strings");
+            t.tags = std::mem::take(&mut probe.tags);
             t.metadata = Value::Object(std::mem::take(&mut probe.metadata)).to_string();
-            t.dependencies = serde_json::to_string(&deps).expect("strings");
-            t.status = PENDING.into();
+            t.dependencies = deps.clone();
+            t.status = PENDING;
         }
         let verdict = txn.evaluate(task_id);
         match verdict {
             Some((SKIPPED, error)) => {
                 let now = txn.now;
                 let t = txn.edit(task_id);
-                t.status = SKIPPED.into();
+                t.status = SKIPPED;
                 t.error = error;
                 t.finished_at = Some(now);
                 txn.settle_dependents(task_id);
             }
-            Some((st, _)) => txn.edit(task_id).status = st.into(),
+            Some((st, _)) => txn.edit(task_id).status = st,
             None => {}
         }
         let changed = txn.commit(&*self.store).await?;
@@ -1744,10 +1749,7 @@ impl TaskManager {
         session_id: Option<&str>,
     ) -> Result<TaskView> {
         let (sg, mut g, cur) = self.open_task(engine, p, task_id, session_id).await?;
-        if !matches!(
-            cur.status.as_str(),
-            FAILED | CANCELLED | TIMED_OUT | SKIPPED
-        ) {
+        if !matches!(cur.status, FAILED | CANCELLED | TIMED_OUT | SKIPPED) {
             return Err(Error::new(
                 ErrorCode::Conflict,
                 format!(
@@ -1780,7 +1782,7 @@ impl TaskManager {
                 continue;
             }
             let t = txn.edit(&id);
-            t.status = PENDING.into();
+            t.status = PENDING;
             t.attempts = 0;
             t.error = None;
             t.result = None;
@@ -1797,7 +1799,7 @@ impl TaskManager {
             }
         }
         if let Some((st, _)) = txn.evaluate(task_id) {
-            txn.edit(task_id).status = st.into();
+            txn.edit(task_id).status = st;
         }
         let changed = txn.commit(&*self.store).await?;
         Self::apply(&mut g, changed);
@@ -1909,9 +1911,9 @@ impl TaskManager {
         let mut counts = QueueCounts::default();
         let mut candidates: Vec<&TaskRecord> = Vec::new();
         for t in g.tasks.values() {
-            match t.status.as_str() {
+            match t.status {
                 READY if is_agent(t) => {
-                    let ttags: Vec<String> = parse_json(Some(&t.tags));
+                    let ttags = &t.tags;
                     if tags.iter().all(|x| ttags.contains(x)) {
                         candidates.push(t);
                     } else {
@@ -1925,7 +1927,7 @@ impl TaskManager {
                 _ => counts.finished += 1,
             }
         }
-        candidates.sort_by_key(|t| (std::cmp::Reverse(priority_rank(&t.priority)), t.seq));
+        candidates.sort_by_key(|t| (std::cmp::Reverse(t.priority), t.seq));
         if lost > 0 && candidates.len() > 1 {
             // After lost races: one of the first few of the most urgent class.
             let top = candidates
@@ -1945,7 +1947,7 @@ impl TaskManager {
                 }
                 Some(req) => {
                     let owner = task_owner(t, "claim");
-                    let prio = super::runs::priority_from_str(&t.priority);
+                    let prio = t.priority;
                     if self
                         .resources
                         .try_acquire(owner, req, prio)
@@ -1994,7 +1996,7 @@ impl TaskManager {
         let now = txn.now;
         let lease_id = new_id("lse");
         let t = txn.edit(&best);
-        t.status = CLAIMED.into();
+        t.status = CLAIMED;
         t.claimed_by = Some(agent.to_string());
         t.lease_id = Some(lease_id.clone());
         t.lease_expires_at = Some(now + lease as i64 * 1000);
@@ -2077,7 +2079,7 @@ impl TaskManager {
             format!("lease {lease_id} does not hold task '{}': {why}", t.name),
             "Only the agent holding the current lease may complete, fail or renew a task. Call next_task for new work.",
         )
-        .with_details(json!({"task_id": t.id, "status": t.status})))
+        .with_details(json!({"task_id": t.id, "status": t.status.as_str()})))
     }
 
     /// complete_task (`Ok(result)`) or fail_task (`Err((error, retryable))`).
@@ -2102,7 +2104,7 @@ impl TaskManager {
         t.lease_expires_at = None;
         let settled = match outcome {
             Ok((result, summary)) => {
-                t.status = SUCCEEDED.into();
+                t.status = SUCCEEDED;
                 t.result = Some(result.unwrap_or(Value::Null).to_string());
                 t.summary = summary;
                 t.error = None;
@@ -2112,10 +2114,10 @@ impl TaskManager {
             Err((error, retryable)) => {
                 t.error = err_json(ErrorCode::ActionFailed.as_str(), error);
                 if retryable && t.attempts <= t.max_retries {
-                    t.status = READY.into();
+                    t.status = READY;
                     false
                 } else {
-                    t.status = FAILED.into();
+                    t.status = FAILED;
                     t.finished_at = Some(now);
                     true
                 }
@@ -2323,7 +2325,7 @@ impl TaskManager {
                 tracing::info!(session = %sid, tasks = interrupted.len(), "running tasks attempted again after restart");
                 let mut txn = Txn::new(&g);
                 for id in &interrupted {
-                    txn.edit(id).status = READY.into();
+                    txn.edit(id).status = READY;
                 }
                 let changed = txn.commit(&*self.store).await?;
                 Self::apply(&mut g, changed);
@@ -2475,7 +2477,7 @@ fn reaches(g: &Graph, from: &str, to: &str) -> bool {
 fn ready_again(txn: &mut Txn<'_>, id: &str, why: impl Fn(&str, u32) -> String) {
     let t = txn.edit(id);
     let who = t.claimed_by.clone().unwrap_or_default();
-    t.status = READY.into();
+    t.status = READY;
     t.error = err_json(ErrorCode::TimeoutExceeded.as_str(), why(&who, t.attempts));
     t.lease_id = None;
     t.lease_expires_at = None;
@@ -2484,7 +2486,7 @@ fn ready_again(txn: &mut Txn<'_>, id: &str, why: impl Fn(&str, u32) -> String) {
 fn cancel_in(txn: &mut Txn<'_>, id: &str, code: ErrorCode, message: &str) {
     let now = txn.now;
     let t = txn.edit(id);
-    t.status = CANCELLED.into();
+    t.status = CANCELLED;
     t.error = err_json(code.as_str(), message);
     t.finished_at = Some(now);
     t.lease_id = None;
@@ -2609,7 +2611,7 @@ impl Job {
         let Some((owner, req, priority)) = self.resources.clone() else {
             return Ok(true);
         };
-        self.record(|t| t.status = WAITING_RESOURCES.into()).await?;
+        self.record(|t| t.status = WAITING_RESOURCES).await?;
         match self
             .mgr
             .resources
@@ -2617,7 +2619,7 @@ impl Job {
             .await
         {
             Ok(_) => {
-                self.record(|t| t.status = RUNNING.into()).await?;
+                self.record(|t| t.status = RUNNING).await?;
                 Ok(true)
             }
             Err(_) if cancel.is_cancelled() => Ok(false),
@@ -2657,12 +2659,12 @@ impl Job {
                             .and_then(|()| self.mgr.check_value_depth(&out, "the result"))
                         {
                             Ok(()) => {
-                                t.status = SUCCEEDED.into();
+                                t.status = SUCCEEDED;
                                 t.result = Some(out.to_string());
                                 t.error = None;
                             }
                             Err(e) => {
-                                t.status = FAILED.into();
+                                t.status = FAILED;
                                 t.error = err_json(e.code.as_str(), e.message);
                             }
                         }
@@ -2672,11 +2674,11 @@ impl Job {
                         message,
                         timed_out,
                     } => {
-                        t.status = if timed_out { TIMED_OUT } else { FAILED }.into();
+                        t.status = if timed_out { TIMED_OUT } else { FAILED };
                         t.error = err_json(code.as_str(), message);
                     }
                     attempts::Ending::Stopped { abandoned, .. } => {
-                        t.status = CANCELLED.into();
+                        t.status = CANCELLED;
                         t.error = err_json(
                             ErrorCode::Cancelled.as_str(),
                             attempts::abandon_note("the task was cancelled", abandoned),
@@ -2685,7 +2687,7 @@ impl Job {
                 }
             }
             Err(e) => {
-                t.status = FAILED.into();
+                t.status = FAILED;
                 t.error = err_json(e.code.as_str(), e.message);
             }
         }
@@ -2718,7 +2720,7 @@ impl attempts::Sink for Job {
     async fn started(&mut self, attempt: u32) -> Result<()> {
         self.record(|t| {
             t.attempts = attempt;
-            t.status = RUNNING.into();
+            t.status = RUNNING;
         })
         .await
     }

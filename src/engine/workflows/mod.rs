@@ -17,7 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::runs::{error_message, new_run_id, status};
+use super::runs::{error_message, new_run_id};
 use super::sessions::Session;
 use super::{Engine, Principal, iso, now_ms};
 use crate::engine::resources::Requirements;
@@ -870,7 +870,7 @@ impl Engine {
                             .unwrap_or_default();
                         progress(v.steps_completed, v.steps_total, last);
                     }
-                    if !matches!(v.status.as_str(), status::PENDING | status::RUNNING)
+                    if super::runs::view_final(&v.status)
                         || tokio::time::Instant::now() >= deadline
                     {
                         return Ok(v);
@@ -950,7 +950,7 @@ impl Engine {
         session_id: Option<&str>,
     ) -> Result<RunView> {
         let run = self.visible_run(p, run_id, session_id).await?;
-        if !matches!(run.status.as_str(), status::PENDING | status::RUNNING) {
+        if run.status.is_final() {
             return Err(Error::new(
                 ErrorCode::Conflict,
                 format!("run '{run_id}' already ended ({})", run.status),
@@ -975,7 +975,7 @@ impl Engine {
         progress: &mut (dyn FnMut(usize, usize, String) + Send),
     ) -> Result<RunView> {
         let old = self.visible_run(p, run_id, session_id).await?;
-        if matches!(old.status.as_str(), status::PENDING | status::RUNNING) {
+        if !old.status.is_final() {
             return Err(Error::new(
                 ErrorCode::Conflict,
                 format!("run '{run_id}' is still {}", old.status),
