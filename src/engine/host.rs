@@ -15,13 +15,13 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::runs::{error_message, view_final};
-use crate::model::RunStatus;
 use super::tasks::NewTask;
 use super::workflows::ExecuteRequest;
 use super::workflows::spec::Priority;
 use super::{Engine, EngineInner, Principal};
 use crate::actions::{ActionCtx, ActionError, Host};
 use crate::error::{Error, ErrorCode};
+use crate::model::RunStatus;
 use crate::store::{RunQuery, RunRecord};
 
 /// Tag of every agent task made for a workflow step.
@@ -170,9 +170,7 @@ impl Engine {
             .into_iter()
             .rev()
             .find(|r| r.parent_step.as_deref() == Some(ctx.step.as_str()))
-            .filter(|r| {
-                !r.status.is_final() || r.status == RunStatus::Succeeded
-            });
+            .filter(|r| !r.status.is_final() || r.status == RunStatus::Succeeded);
         let run_id = match existing {
             Some(r) => r.id,
             None => {

@@ -153,7 +153,7 @@ impl SessionRegistry {
         let rec = match id {
             Some(id) => {
                 let rec = self.visible(principal, id).await?;
-                if rec.status != SessionStatus::Active.as_str() {
+                if rec.status != SessionStatus::Active {
                     return Err(closed_error(&rec));
                 }
                 rec
@@ -191,7 +191,7 @@ impl SessionRegistry {
     /// error and changes nothing.
     pub async fn close(&self, principal: &Principal, id: &str) -> Result<Session> {
         let rec = self.visible(principal, id).await?;
-        if rec.status != SessionStatus::Active.as_str()
+        if rec.status != SessionStatus::Active
             || !self
                 .store
                 .close_session(id, now_ms(), "closed_by_caller")
@@ -343,13 +343,13 @@ impl SessionRegistry {
             principal: principal.name().to_string(),
             name,
             description,
-            mode: req.mode.unwrap_or_default().as_str().to_string(),
+            mode: req.mode.unwrap_or_default(),
             max_parallel_tasks,
             max_parallel_workflows,
             timeout_seconds: req.timeout_seconds,
             idle_ttl_seconds,
             metadata,
-            status: SessionStatus::Active.as_str().to_string(),
+            status: SessionStatus::Active,
             is_default,
             created_at: now,
             updated_at: now,
@@ -400,16 +400,10 @@ fn check_range(field: &str, v: u64, min: u64, max: u64) -> Result<()> {
 fn to_session(r: SessionRecord) -> Result<Session> {
     let metadata: Map<String, Value> = serde_json::from_str(&r.metadata)
         .map_err(|e| Error::internal(format!("session {} has corrupt metadata: {e}", r.id)))?;
-    let status = if r.status == "active" {
-        SessionStatus::Active
-    } else {
-        SessionStatus::Closed
-    };
+    let status = r.status;
     let expires_at = (status == SessionStatus::Active).then(|| iso(r.expiry().0));
     Ok(Session {
-        mode: SessionMode::parse(&r.mode).ok_or_else(|| {
-            Error::internal(format!("stored session mode '{}' is unknown", r.mode))
-        })?,
+        mode: r.mode,
         status,
         expires_at,
         created_at: iso(r.created_at),
@@ -441,13 +435,13 @@ mod tests {
             principal: "p".into(),
             name: String::new(),
             description: String::new(),
-            mode: "parallel".into(),
+            mode: crate::model::SessionMode::Parallel,
             max_parallel_tasks: 1,
             max_parallel_workflows: 1,
             timeout_seconds: None,
             idle_ttl_seconds: 10,
             metadata: "{}".into(),
-            status: "active".into(),
+            status: crate::model::SessionStatus::Active,
             is_default: false,
             created_at: 0,
             updated_at: 0,

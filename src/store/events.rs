@@ -101,7 +101,7 @@ impl EventRecord {
             run_id: None,
             kind: "session",
             subject: s.id.clone(),
-            status: s.status.clone(),
+            status: s.status.to_string(),
             data: data(serde_json::json!({
                 "name": s.name,
                 "default": s.is_default,
@@ -198,10 +198,10 @@ impl EventRecord {
             run_id: None,
             kind: "allocation",
             subject: a.id.clone(),
-            status: a.status.clone(),
+            status: a.status.to_string(),
             data: data(serde_json::json!({
                 "holder": a.holder,
-                "owner": a.owner_kind,
+                "owner": a.owner_kind.as_str(),
                 "requirements": serde_json::from_str::<serde_json::Value>(&a.requirements).ok(),
                 "reason": a.release_reason,
             })),

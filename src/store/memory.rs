@@ -80,7 +80,9 @@ impl Store for MemoryStore {
             let n = g
                 .sessions
                 .values()
-                .filter(|o| o.principal == s.principal && o.status == "active")
+                .filter(|o| {
+                    o.principal == s.principal && o.status == crate::model::SessionStatus::Active
+                })
                 .count() as u64;
             if n >= max {
                 return Err(StoreError::Full(n));
@@ -90,10 +92,12 @@ impl Store for MemoryStore {
             return Err(StoreError::Conflict(format!("session {} exists", s.id)));
         }
         if s.is_default
-            && s.status == "active"
-            && g.sessions
-                .values()
-                .any(|o| o.principal == s.principal && o.is_default && o.status == "active")
+            && s.status == crate::model::SessionStatus::Active
+            && g.sessions.values().any(|o| {
+                o.principal == s.principal
+                    && o.is_default
+                    && o.status == crate::model::SessionStatus::Active
+            })
         {
             return Err(StoreError::Conflict(format!(
                 "principal {} already has an active default session",
@@ -114,7 +118,11 @@ impl Store for MemoryStore {
             .lock()?
             .sessions
             .values()
-            .find(|s| s.principal == principal && s.is_default && s.status == "active")
+            .find(|s| {
+                s.principal == principal
+                    && s.is_default
+                    && s.status == crate::model::SessionStatus::Active
+            })
             .cloned())
     }
 
@@ -124,7 +132,7 @@ impl Store for MemoryStore {
             .sessions
             .values()
             .filter(|s| s.principal == q.principal)
-            .filter(|s| q.status.is_none_or(|st| s.status == st))
+            .filter(|s| q.status.is_none_or(|st| s.status.as_str() == st))
             .filter(|s| {
                 q.after
                     .as_ref()
@@ -140,8 +148,8 @@ impl Store for MemoryStore {
     async fn close_session(&self, id: &str, now: i64, reason: &str) -> StoreResult<bool> {
         let mut g = self.lock()?;
         match g.sessions.get_mut(id) {
-            Some(s) if s.status == "active" => {
-                s.status = "closed".into();
+            Some(s) if s.status == crate::model::SessionStatus::Active => {
+                s.status = crate::model::SessionStatus::Closed;
                 s.closed_at = Some(now);
                 s.updated_at = now;
                 s.close_reason = Some(reason.into());
@@ -155,7 +163,11 @@ impl Store for MemoryStore {
 
     async fn touch_session(&self, id: &str, now: i64) -> StoreResult<()> {
         let mut g = self.lock()?;
-        if let Some(s) = g.sessions.get_mut(id).filter(|s| s.status == "active") {
+        if let Some(s) = g
+            .sessions
+            .get_mut(id)
+            .filter(|s| s.status == crate::model::SessionStatus::Active)
+        {
             s.last_active_at = s.last_active_at.max(now);
         }
         Ok(())
@@ -166,7 +178,7 @@ impl Store for MemoryStore {
         let mut v: Vec<SessionRecord> = g
             .sessions
             .values()
-            .filter(|s| s.status == "active" && s.expiry().0 <= now)
+            .filter(|s| s.status == crate::model::SessionStatus::Active && s.expiry().0 <= now)
             .cloned()
             .collect();
         v.sort_by_key(|s| s.expiry().0);
@@ -178,7 +190,7 @@ impl Store for MemoryStore {
         let g = self.lock()?;
         let mut m: BTreeMap<String, u64> = BTreeMap::new();
         for s in g.sessions.values() {
-            *m.entry(s.status.clone()).or_default() += 1;
+            *m.entry(s.status.to_string()).or_default() += 1;
         }
         Ok(m.into_iter().collect())
     }
@@ -188,7 +200,7 @@ impl Store for MemoryStore {
             .lock()?
             .sessions
             .values()
-            .filter(|s| s.principal == principal && s.status == "active")
+            .filter(|s| s.principal == principal && s.status == crate::model::SessionStatus::Active)
             .count() as u64)
     }
 
@@ -653,7 +665,7 @@ impl Store for MemoryStore {
             .lock()?
             .allocations
             .values()
-            .filter(|a| a.status == "active")
+            .filter(|a| a.status == crate::model::AllocationStatus::Active)
             .cloned()
             .collect())
     }
@@ -765,7 +777,7 @@ impl Store for MemoryStore {
             .values()
             .filter(|a| a.principal == principal)
             .filter(|a| session_id.is_none_or(|s| a.session_id == s))
-            .filter(|a| status.is_none_or(|s| a.status == s))
+            .filter(|a| status.is_none_or(|s| a.status.as_str() == s))
             .cloned()
             .collect();
         v.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));

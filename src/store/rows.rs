@@ -55,7 +55,7 @@ macro_rules! shared_rows {
                 principal: r.try_get("principal")?,
                 name: r.try_get("name")?,
                 description: r.try_get("description")?,
-                mode: r.try_get("mode")?,
+                mode: spelled(r, "mode", crate::model::SessionMode::parse)?,
                 max_parallel_tasks: r.try_get::<i64, _>("max_parallel_tasks")? as u32,
                 max_parallel_workflows: r.try_get::<i64, _>("max_parallel_workflows")? as u32,
                 timeout_seconds: r
@@ -63,7 +63,7 @@ macro_rules! shared_rows {
                     .map(|v| v as u64),
                 idle_ttl_seconds: r.try_get::<i64, _>("idle_ttl_seconds")? as u64,
                 metadata: r.try_get("metadata")?,
-                status: r.try_get("status")?,
+                status: spelled(r, "status", crate::model::SessionStatus::parse)?,
                 is_default: r.try_get("is_default")?,
                 created_at: r.try_get("created_at")?,
                 updated_at: r.try_get("updated_at")?,
@@ -278,11 +278,11 @@ macro_rules! shared_rows {
                 .bind(&a.session_id)
                 .bind(&a.principal)
                 .bind(&a.holder)
-                .bind(&a.owner_kind)
+                .bind(a.owner_kind.as_str())
                 .bind(&a.owner_ref)
                 .bind(&a.requirements)
-                .bind(&a.priority)
-                .bind(&a.status)
+                .bind(a.priority.as_str())
+                .bind(a.status.as_str())
                 .bind(a.created_at)
                 .bind(a.expires_at)
                 .bind(a.released_at)
@@ -415,11 +415,11 @@ macro_rules! shared_rows {
                 session_id: r.try_get("session_id")?,
                 principal: r.try_get("principal")?,
                 holder: r.try_get("holder")?,
-                owner_kind: r.try_get("owner_kind")?,
+                owner_kind: spelled(r, "owner_kind", crate::model::OwnerKind::parse)?,
                 owner_ref: r.try_get("owner_ref")?,
                 requirements: r.try_get("requirements")?,
-                priority: r.try_get("priority")?,
-                status: r.try_get("status")?,
+                priority: spelled(r, "priority", crate::model::Priority::parse)?,
+                status: spelled(r, "status", crate::model::AllocationStatus::parse)?,
                 created_at: r.try_get("created_at")?,
                 expires_at: r.try_get("expires_at")?,
                 released_at: r.try_get("released_at")?,
@@ -587,13 +587,13 @@ macro_rules! sql_store {
                     .bind(&s.principal)
                     .bind(&s.name)
                     .bind(&s.description)
-                    .bind(&s.mode)
+                    .bind(s.mode.as_str())
                     .bind(s.max_parallel_tasks as i64)
                     .bind(s.max_parallel_workflows as i64)
                     .bind(s.timeout_seconds.map(|v| v as i64))
                     .bind(s.idle_ttl_seconds as i64)
                     .bind(&s.metadata)
-                    .bind(&s.status)
+                    .bind(s.status.as_str())
                     .bind(s.is_default)
                     .bind(s.created_at)
                     .bind(s.updated_at)

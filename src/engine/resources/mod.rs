@@ -29,6 +29,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::store::{AllocationRecord, Store, WaiterRecord};
 
 pub use crate::model::LockMode;
+use crate::model::{AllocationStatus, OwnerKind};
 
 /// One lock in a requirement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -144,8 +145,8 @@ pub struct Owner {
     pub principal: String,
     /// A label shown to others (the original `user_id`, or `run/step`).
     pub holder: String,
-    /// `api`, `step`, `task`, `claim` or `run`.
-    pub kind: &'static str,
+    /// What holds it.
+    pub kind: OwnerKind,
     pub reference: Option<String>,
 }
 
@@ -179,12 +180,12 @@ fn view(a: &AllocationRecord) -> AllocationView {
         allocation_id: a.id.clone(),
         session_id: a.session_id.clone(),
         holder: a.holder.clone(),
-        owner_kind: a.owner_kind.clone(),
+        owner_kind: a.owner_kind.to_string(),
         owner_ref: a.owner_ref.clone(),
         granted: req.pools,
         locks: req.locks,
-        priority: a.priority.clone(),
-        status: a.status.clone(),
+        priority: a.priority.to_string(),
+        status: a.status.to_string(),
         created_at: iso(a.created_at),
         expires_at: a.expires_at.map(iso),
         released_at: a.released_at.map(iso),
@@ -616,9 +617,9 @@ impl ResourceManager {
         for rec in self.store.active_allocations().await? {
             // With a shared store another process may be running that work:
             // what a dead executor's work held is released when it is taken over.
-            if !self.shared && matches!(rec.owner_kind.as_str(), "step" | "task" | "run") {
+            if !self.shared && rec.owner_kind.is_work() {
                 stale.push(AllocationRecord {
-                    status: "released".into(),
+                    status: AllocationStatus::Released,
                     released_at: Some(now),
                     release_reason: Some("restart: the work acquires again when it resumes".into()),
                     ..rec
@@ -719,11 +720,11 @@ impl ResourceManager {
             session_id: owner.session_id.clone(),
             principal: owner.principal.clone(),
             holder: owner.holder.clone(),
-            owner_kind: owner.kind.into(),
+            owner_kind: owner.kind,
             owner_ref: owner.reference.clone(),
             requirements: req.to_value().to_string(),
-            priority: super::runs::priority_str(priority).into(),
-            status: "active".into(),
+            priority,
+            status: AllocationStatus::Active,
             created_at: now,
             expires_at: ttl.map(|t| now + t as i64 * 1000),
             released_at: None,
@@ -805,7 +806,7 @@ impl ResourceManager {
                 // The caller gave up at this very moment: release at once.
                 if let Some(h) = st.held.remove(&rec.id) {
                     let mut r = h.rec;
-                    r.status = "released".into();
+                    r.status = AllocationStatus::Released;
                     r.released_at = Some(now_ms());
                     r.release_reason = Some("the requester stopped waiting".into());
                     self.store.put_allocations(&[r]).await?;
@@ -1002,7 +1003,7 @@ impl ResourceManager {
     async fn release_where(
         &self,
         reason: &str,
-        status: &str,
+        status: AllocationStatus,
         pred: impl Fn(&AllocationRecord) -> bool,
     ) -> Result<Vec<AllocationRecord>> {
         let mut st = self.state.lock().await;
@@ -1020,7 +1021,7 @@ impl ResourceManager {
         let recs: Vec<AllocationRecord> = ids
             .iter()
             .map(|id| AllocationRecord {
-                status: status.into(),
+                status,
                 released_at: Some(now),
                 release_reason: Some(reason.into()),
                 ..st.held[id].rec.clone()
@@ -1039,7 +1040,7 @@ impl ResourceManager {
     /// Release one allocation of the principal.
     pub async fn release(&self, principal: &str, id: &str, reason: &str) -> Result<AllocationView> {
         let r = self
-            .release_where(reason, "released", |a| {
+            .release_where(reason, AllocationStatus::Released, |a| {
                 a.id == id && a.principal == principal
             })
             .await?;
@@ -1070,15 +1071,22 @@ impl ResourceManager {
     /// Release every allocation of a session (closed, or asked to).
     pub async fn release_session(&self, session_id: &str, reason: &str) -> Result<usize> {
         Ok(self
-            .release_where(reason, "released", |a| a.session_id == session_id)
+            .release_where(reason, AllocationStatus::Released, |a| {
+                a.session_id == session_id
+            })
             .await?
             .len())
     }
 
     /// Release what a step, task or run holds (it ended).
-    pub async fn release_owner(&self, kind: &str, reference: &str, reason: &str) -> Result<usize> {
+    pub async fn release_owner(
+        &self,
+        kind: OwnerKind,
+        reference: &str,
+        reason: &str,
+    ) -> Result<usize> {
         Ok(self
-            .release_where(reason, "released", |a| {
+            .release_where(reason, AllocationStatus::Released, |a| {
                 a.owner_kind == kind && a.owner_ref.as_deref() == Some(reference)
             })
             .await?
@@ -1089,9 +1097,9 @@ impl ResourceManager {
     pub async fn release_run(&self, run_id: &str, reason: &str) -> Result<usize> {
         let prefix = format!("{run_id}/");
         Ok(self
-            .release_where(reason, "released", |a| match a.owner_kind.as_str() {
-                "run" => a.owner_ref.as_deref() == Some(run_id),
-                "step" => a
+            .release_where(reason, AllocationStatus::Released, |a| match a.owner_kind {
+                OwnerKind::Run => a.owner_ref.as_deref() == Some(run_id),
+                OwnerKind::Step => a
                     .owner_ref
                     .as_deref()
                     .is_some_and(|r| r.starts_with(&prefix)),
@@ -1105,7 +1113,7 @@ impl ResourceManager {
     pub async fn expire(&self) -> Result<usize> {
         let now = now_ms();
         Ok(self
-            .release_where("the lease expired", "expired", |a| {
+            .release_where("the lease expired", AllocationStatus::Expired, |a| {
                 a.expires_at.is_some_and(|e| e <= now)
             })
             .await?
@@ -1390,7 +1398,7 @@ mod tests {
                                         session_id: format!("ses_{}", w % 2),
                                         principal: "p".into(),
                                         holder: format!("w{w}"),
-                                        kind: "api",
+                                        kind: crate::model::OwnerKind::Api,
                                         reference: None,
                                     };
                                     let ttl = if lease { Some(0) } else { Some(3600) };

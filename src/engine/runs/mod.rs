@@ -432,7 +432,7 @@ impl RunManager {
             return Ok(());
         };
         let max_workflows = match self.store.get_session(&run.session_id).await? {
-            Some(s) if s.status == "active" => s.max_parallel_workflows,
+            Some(s) if s.status == crate::model::SessionStatus::Active => s.max_parallel_workflows,
             _ => {
                 // The session is gone or closed: the run is cancelled.
                 let mut run = run;
@@ -608,7 +608,7 @@ impl RunManager {
                 session_id: run.session_id.clone(),
                 principal: run.principal.clone(),
                 holder: format!("run {}", run.id),
-                kind: "run",
+                kind: crate::model::OwnerKind::Run,
                 reference: Some(run.id.clone()),
             };
             let priority = run.priority;
@@ -1009,7 +1009,7 @@ impl RunManager {
         let key = format!("{run_id}/{}", rec.name);
         if let Err(e) = self
             .resources
-            .release_owner("step", &key, "the step failed")
+            .release_owner(crate::model::OwnerKind::Step, &key, "the step failed")
             .await
         {
             tracing::error!(run = %run_id, step = %rec.name, error = %e, "cannot release the step's resources");
@@ -1250,7 +1250,7 @@ fn step_owner(session_id: &str, principal: &str, run_id: &str, step: &str) -> Ow
         session_id: session_id.to_string(),
         principal: principal.to_string(),
         holder: key.clone(),
-        kind: "step",
+        kind: crate::model::OwnerKind::Step,
         reference: Some(key),
     }
 }
@@ -1272,7 +1272,7 @@ impl StepTask {
             && let Err(e) = self
                 .mgr
                 .resources
-                .release_owner("step", &key, "the step ended")
+                .release_owner(crate::model::OwnerKind::Step, &key, "the step ended")
                 .await
         {
             tracing::error!(run = %self.run_id, step = %self.rec.name, error = %e, "cannot release the step's resources");

@@ -1335,10 +1335,13 @@ impl TaskManager {
                 caller: crate::actions::Caller::Task,
                 workdir: None,
             };
-            let resources = task_requirements(&t)
-                .ok()
-                .flatten()
-                .map(|req| (task_owner(&t, "task"), req, t.priority));
+            let resources = task_requirements(&t).ok().flatten().map(|req| {
+                (
+                    task_owner(&t, crate::model::OwnerKind::Task),
+                    req,
+                    t.priority,
+                )
+            });
             let job = Job {
                 mgr: self.clone(),
                 sg: sg.clone(),
@@ -1844,7 +1847,11 @@ impl TaskManager {
             self.apply_or_reload(g, committed)?;
             for id in &orphans {
                 self.resources
-                    .release_owner("task", id, "the task's executor stopped; it acquires again")
+                    .release_owner(
+                        crate::model::OwnerKind::Task,
+                        id,
+                        "the task's executor stopped; it acquires again",
+                    )
                     .await?;
             }
             tracing::warn!(
@@ -1946,7 +1953,7 @@ impl TaskManager {
                     break;
                 }
                 Some(req) => {
-                    let owner = task_owner(t, "claim");
+                    let owner = task_owner(t, crate::model::OwnerKind::Claim);
                     let prio = t.priority;
                     if self
                         .resources
@@ -2038,7 +2045,7 @@ impl TaskManager {
     async fn release_claim(&self, task_id: &str) {
         if let Err(e) = self
             .resources
-            .release_owner("claim", task_id, "the claim ended")
+            .release_owner(crate::model::OwnerKind::Claim, task_id, "the claim ended")
             .await
         {
             tracing::error!(task = %task_id, error = %e, "cannot release the claim's resources");
@@ -2307,7 +2314,7 @@ impl TaskManager {
         let sessions = self.store.sessions_with_open_tasks().await?;
         for sid in &sessions {
             let session = match self.store.get_session(sid).await? {
-                Some(s) if s.status == "active" => s,
+                Some(s) if s.status == crate::model::SessionStatus::Active => s,
                 _ => {
                     self.close_session(sid).await?;
                     continue;
@@ -2350,7 +2357,7 @@ impl TaskManager {
             let Some(session) = self.store.get_session(sid).await? else {
                 continue;
             };
-            if session.status != "active" {
+            if session.status != crate::model::SessionStatus::Active {
                 continue;
             }
             let sg = self.session_graph(sid);
@@ -2425,7 +2432,7 @@ impl TaskManager {
 }
 
 /// Who holds a task's resources (`task`: an auto task; `claim`: an agent's claim).
-fn task_owner(t: &TaskRecord, kind: &'static str) -> Owner {
+fn task_owner(t: &TaskRecord, kind: crate::model::OwnerKind) -> Owner {
     Owner {
         session_id: t.session_id.clone(),
         principal: t.principal.clone(),
@@ -2597,7 +2604,7 @@ impl Job {
                 && let Err(e) = self
                     .mgr
                     .resources
-                    .release_owner("task", &self.id, "the task ended")
+                    .release_owner(crate::model::OwnerKind::Task, &self.id, "the task ended")
                     .await
             {
                 tracing::error!(task = %self.id, error = %e, "cannot release the task's resources");

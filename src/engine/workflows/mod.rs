@@ -870,8 +870,7 @@ impl Engine {
                             .unwrap_or_default();
                         progress(v.steps_completed, v.steps_total, last);
                     }
-                    if super::runs::view_final(&v.status)
-                        || tokio::time::Instant::now() >= deadline
+                    if super::runs::view_final(&v.status) || tokio::time::Instant::now() >= deadline
                     {
                         return Ok(v);
                     }

@@ -159,7 +159,7 @@ impl MyrmexServer {
             session_id: session.session_id.clone(),
             principal: p.name().to_string(),
             holder,
-            kind: "api",
+            kind: crate::model::OwnerKind::Api,
             reference: None,
         };
         // A client that cancels the call (or disconnects) stops waiting.
