@@ -300,12 +300,7 @@ impl Engine {
                 async move {
                     // What ran in a swept session stops as if the session were closed by its owner.
                     for id in engine.sessions().sweep(now_ms()).await? {
-                        engine.runs().cancel_session(&id).await?;
-                        engine.tasks().close_session(&id).await?;
-                        engine
-                            .resources()
-                            .release_session(&id, "the session was closed")
-                            .await?;
+                        engine.session_closed(&id).await?;
                     }
                     Ok(())
                 }

@@ -424,6 +424,36 @@ fn to_session(r: SessionRecord) -> Result<Session> {
     })
 }
 
+impl super::Engine {
+    /// Close a session by its owner; what ran in it stops.
+    pub async fn close_session(&self, p: &Principal, id: &str) -> Result<Session> {
+        let s = self.sessions().close(p, id).await?;
+        self.session_closed(id).await?;
+        Ok(s)
+    }
+
+    /// A session was closed (by its owner or by the sweeper): its runs are
+    /// cancelled, its tasks cancelled, its allocations released, in that order.
+    pub(crate) async fn session_closed(&self, id: &str) -> Result<()> {
+        let n = self.runs().cancel_session(id).await?;
+        if n > 0 {
+            tracing::info!(session = %id, runs = n, "runs of the closed session cancelled");
+        }
+        let n = self.tasks().close_session(id).await?;
+        if n > 0 {
+            tracing::info!(session = %id, tasks = n, "tasks of the closed session cancelled");
+        }
+        let n = self
+            .resources()
+            .release_session(id, "the session was closed")
+            .await?;
+        if n > 0 {
+            tracing::info!(session = %id, allocations = n, "allocations of the closed session released");
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

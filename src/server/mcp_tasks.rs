@@ -10,7 +10,7 @@
 //! request for 2026-07-28 clients, so the task store is one per process.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rmcp::handler::server::tool::ToolCallContext;
@@ -33,16 +33,13 @@ pub const TASK_TOOLS: &[&str] = &["execute_workflow", "execute_task"];
 /// How long one poll of the engine waits for the run to finish.
 const POLL: Duration = Duration::from_secs(20);
 
-/// The process's tasks, and who started each (and when).
+/// The tasks of every MCP session a transport serves, and who started
+/// each (and when). One per transport, shared by its sessions: a client
+/// that reconnects finds its tasks again.
 #[derive(Default)]
-struct Registry {
+pub struct TaskRegistry {
     tasks: McpTasks,
     owners: Mutex<HashMap<String, (Principal, Instant)>>,
-}
-
-fn registry() -> &'static Registry {
-    static TASKS: OnceLock<Registry> = OnceLock::new();
-    TASKS.get_or_init(Registry::default)
 }
 
 /// What a task follows.
@@ -111,14 +108,18 @@ impl MyrmexServer {
         let ttl = self.engine.config().tools.task_ttl_seconds * 1000;
         let me = self.clone();
         let owner = p.clone();
-        let task = registry().tasks.spawn(
+        let task = self.mcp_tasks.tasks.spawn(
             TaskOptions::new()
                 .with_ttl_ms(ttl)
                 .with_poll_interval_ms(1000)
                 .with_status_message(status_line(&first)),
             move |tctx| Box::pin(async move { me.follow(&name, &p, follow, tctx).await }),
         );
-        let mut owners = registry().owners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut owners = self
+            .mcp_tasks
+            .owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // rmcp forgets a task at the latest one TTL after its TTL ended.
         owners.retain(|_, (_, at)| at.elapsed() < Duration::from_millis(2 * ttl));
         owners.insert(task.task_id.clone(), (owner, Instant::now()));
@@ -194,7 +195,7 @@ impl MyrmexServer {
                     ));
                     return Ok(None);
                 }
-                Ok(Some(json(&self.fit_run(v))))
+                Ok(Some(json(&self.fitted(v))))
             }
             Follow::Task {
                 task_id,
@@ -226,8 +227,8 @@ impl MyrmexServer {
         task_id: &str,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, ErrorData> {
-        owned(task_id, ctx)?;
-        Ok(GetTaskResult::new(registry().tasks.get_task(task_id)?))
+        owned(&self.mcp_tasks, task_id, ctx)?;
+        Ok(GetTaskResult::new(self.mcp_tasks.tasks.get_task(task_id)?))
     }
 
     /// tasks/cancel: ask the task to cancel its run or task.
@@ -236,16 +237,20 @@ impl MyrmexServer {
         task_id: &str,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        owned(task_id, ctx)?;
-        registry().tasks.cancel_task(task_id)
+        owned(&self.mcp_tasks, task_id, ctx)?;
+        self.mcp_tasks.tasks.cancel_task(task_id)
     }
 }
 
 /// A task another principal started is unknown to the caller.
-fn owned(task_id: &str, ctx: &RequestContext<RoleServer>) -> Result<(), ErrorData> {
+fn owned(
+    registry: &TaskRegistry,
+    task_id: &str,
+    ctx: &RequestContext<RoleServer>,
+) -> Result<(), ErrorData> {
     let p =
         principal(ctx).map_err(|e| ErrorData::new(ErrorCode::INVALID_REQUEST, e.message, None))?;
-    let owners = registry().owners.lock().unwrap_or_else(|e| e.into_inner());
+    let owners = registry.owners.lock().unwrap_or_else(|e| e.into_inner());
     if owners.get(task_id).map(|(o, _)| o) != Some(&p) {
         // The same answer rmcp gives for an id it never had.
         return Err(ErrorData::invalid_params(

@@ -767,7 +767,7 @@ impl Store for MemoryStore {
         &self,
         principal: &str,
         session_id: Option<&str>,
-        status: Option<&str>,
+        status: Option<crate::model::AllocationStatus>,
         offset: usize,
         limit: u32,
     ) -> StoreResult<Vec<AllocationRecord>> {
@@ -777,7 +777,7 @@ impl Store for MemoryStore {
             .values()
             .filter(|a| a.principal == principal)
             .filter(|a| session_id.is_none_or(|s| a.session_id == s))
-            .filter(|a| status.is_none_or(|s| a.status.as_str() == s))
+            .filter(|a| status.is_none_or(|s| a.status == s))
             .cloned()
             .collect();
         v.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));

@@ -449,7 +449,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         principal: &str,
         session_id: Option<&str>,
-        status: Option<&str>,
+        status: Option<crate::model::AllocationStatus>,
         offset: usize,
         limit: u32,
     ) -> StoreResult<Vec<AllocationRecord>>;

@@ -1418,7 +1418,7 @@ macro_rules! sql_store {
                     &self,
                     principal: &str,
                     session_id: Option<&str>,
-                    status: Option<&str>,
+                    status: Option<crate::model::AllocationStatus>,
                     offset: usize,
                     limit: u32,
                 ) -> StoreResult<Vec<AllocationRecord>> {
@@ -1429,7 +1429,7 @@ macro_rules! sql_store {
                     )))
                     .bind(principal)
                     .bind(session_id)
-                    .bind(status)
+                    .bind(status.map(|s| s.as_str()))
                     .bind(limit as i64)
                     .bind(offset as i64)
                     .fetch_all(&self.pool)

@@ -12,13 +12,13 @@
 //! Every grant is checked against the whole request at once, so two requests
 //! never hold parts of each other's needs (no deadlock).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -28,127 +28,12 @@ use crate::config::ResourcesConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{AllocationRecord, Store, WaiterRecord};
 
+pub mod ledger;
+
 pub use crate::model::LockMode;
 use crate::model::{AllocationStatus, OwnerKind};
-
-/// One lock in a requirement.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LockReq {
-    /// Any string, e.g. `repo:main` or `file:/data/x.csv`.
-    pub key: String,
-    /// `read` (shared), `write` (one writer, readers allowed) or `exclusive` (nobody else).
-    pub mode: LockMode,
-}
-
-/// Requirements in canonical form: amounts per pool, and locks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Requirements {
-    pub pools: BTreeMap<String, u64>,
-    pub locks: Vec<LockReq>,
-}
-
-impl Requirements {
-    pub fn is_empty(&self) -> bool {
-        self.pools.is_empty() && self.locks.is_empty()
-    }
-
-    /// The canonical flat JSON: `{"cpu": 2, "memory_mb": 4096, "locks": [...]}`.
-    pub fn to_value(&self) -> Value {
-        let mut m = Map::new();
-        for (k, v) in &self.pools {
-            m.insert(k.clone(), json!(v));
-        }
-        if !self.locks.is_empty() {
-            m.insert("locks".into(), json!(self.locks));
-        }
-        Value::Object(m)
-    }
-
-    /// Parse the flat form or the original nested form
-    /// (`{"cpu": {"cores": 2}, "memory": {"gb": 4}, "disk": {"gb": 10}, "gpu": {"count": 1}}`).
-    pub fn parse(v: &Value) -> Result<Requirements> {
-        let bad = |m: String| {
-            Error::invalid(
-                m,
-                "Give requirements as {\"cpu\": 2, \"memory_mb\": 4096, \"locks\": [{\"key\": \"repo:main\", \"mode\": \"write\"}]} (whole units), or the nested form {\"cpu\": {\"cores\": 2}, \"memory\": {\"gb\": 4}}.",
-            )
-        };
-        let Some(obj) = v.as_object() else {
-            return Err(bad(format!("requirements must be an object, got {v}")));
-        };
-        let mut r = Requirements::default();
-        let whole = |what: &str, x: &Value, scale: f64| -> Result<u64> {
-            let f = x
-                .as_f64()
-                .ok_or_else(|| bad(format!("{what} must be a number, got {x}")))?;
-            let n = f * scale;
-            if n < 0.0 || n.fract() != 0.0 || !n.is_finite() {
-                return Err(bad(format!(
-                    "{what} must be a whole, non-negative amount, got {x}"
-                )));
-            }
-            Ok(n as u64)
-        };
-        for (k, x) in obj {
-            let (pool, amount) = match (k.as_str(), x) {
-                ("locks", Value::Array(items)) => {
-                    for item in items {
-                        let l: LockReq = serde_json::from_value(item.clone())
-                            .map_err(|e| bad(format!("locks: {e} in {item}")))?;
-                        if l.key.is_empty() || l.key.chars().count() > 256 {
-                            return Err(bad("a lock key must have 1-256 characters".into()));
-                        }
-                        if r.locks.iter().any(|o| o.key == l.key) {
-                            return Err(bad(format!("lock '{}' is named twice", l.key)));
-                        }
-                        r.locks.push(l);
-                    }
-                    continue;
-                }
-                ("locks", _) => return Err(bad("locks must be a list".into())),
-                ("cpu", Value::Object(o)) => (
-                    "cpu",
-                    whole("cpu.cores", o.get("cores").unwrap_or(&json!(0)), 1.0)?,
-                ),
-                ("memory" | "disk", Value::Object(o)) => {
-                    let pool = if k == "memory" {
-                        "memory_mb"
-                    } else {
-                        "disk_mb"
-                    };
-                    let mb = match (o.get("gb"), o.get("mb")) {
-                        (Some(g), None) => whole(&format!("{k}.gb"), g, 1024.0)?,
-                        (None, Some(m)) => whole(&format!("{k}.mb"), m, 1.0)?,
-                        _ => return Err(bad(format!("{k} must give gb or mb"))),
-                    };
-                    (pool, mb)
-                }
-                ("gpu", Value::Object(o)) => (
-                    "gpu",
-                    whole("gpu.count", o.get("count").unwrap_or(&json!(0)), 1.0)?,
-                ),
-                (pool, x) => (pool, whole(pool, x, 1.0)?),
-            };
-            if amount > 0 {
-                *r.pools.entry(pool.to_string()).or_insert(0) += amount;
-            }
-        }
-        Ok(r)
-    }
-}
-
-/// Who an allocation is for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Owner {
-    pub session_id: String,
-    pub principal: String,
-    /// A label shown to others (the original `user_id`, or `run/step`).
-    pub holder: String,
-    /// What holds it.
-    pub kind: OwnerKind,
-    pub reference: Option<String>,
-}
+use ledger::{Held, Ledger, Queued, Usage, held_from, parse_stored};
+pub use ledger::{LockReq, OTHER_PRINCIPAL, Owner, Requirements, Shortage};
 
 /// An allocation as shown.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -193,78 +78,6 @@ fn view(a: &AllocationRecord) -> AllocationView {
     }
 }
 
-/// A holder label as `viewer` may see it: its own by name, another
-/// principal's only as such (labels and lock keys can carry private names).
-fn shown_holder<'a>(holder: &'a str, owner: &str, viewer: &str) -> &'a str {
-    if owner == viewer {
-        holder
-    } else {
-        OTHER_PRINCIPAL
-    }
-}
-
-/// What another principal's holder is shown as.
-pub const OTHER_PRINCIPAL: &str = "(another principal)";
-
-/// What keeps a request from being granted now.
-#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
-pub struct Shortage {
-    /// Pools short: pool -> {requested, available, capacity}.
-    pub pools: BTreeMap<String, Value>,
-    /// Locks held in a conflicting mode: key -> holders (holder label and mode;
-    /// another principal's holder is not named).
-    pub locks: BTreeMap<String, Vec<Value>>,
-    /// Quotas that would be exceeded.
-    pub quotas: Vec<String>,
-    /// Requests waiting ahead of this one for the same resources.
-    pub waiting_ahead: usize,
-}
-
-impl Shortage {
-    fn is_empty(&self) -> bool {
-        self.pools.is_empty()
-            && self.locks.is_empty()
-            && self.quotas.is_empty()
-            && self.waiting_ahead == 0
-    }
-
-    fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        for (p, v) in &self.pools {
-            parts.push(format!(
-                "{p}: {} requested, {} available of {}",
-                v["requested"], v["available"], v["capacity"]
-            ));
-        }
-        for (k, hs) in &self.locks {
-            let who: Vec<String> = hs
-                .iter()
-                .map(|h| {
-                    format!(
-                        "{} ({})",
-                        h["holder"].as_str().unwrap_or("?"),
-                        h["mode"].as_str().unwrap_or("?")
-                    )
-                })
-                .collect();
-            parts.push(format!("lock '{k}' held by {}", who.join(", ")));
-        }
-        parts.extend(self.quotas.iter().cloned());
-        if self.waiting_ahead > 0 {
-            parts.push(format!(
-                "{} earlier request(s) wait for the same resources",
-                self.waiting_ahead
-            ));
-        }
-        parts.join("; ")
-    }
-}
-
-struct Held {
-    rec: AllocationRecord,
-    req: Requirements,
-}
-
 struct Waiter {
     id: u64,
     /// Its row among every process's waiters (a shared store, once it waits).
@@ -277,11 +90,10 @@ struct Waiter {
     grant: oneshot::Sender<AllocationRecord>,
 }
 
-/// The allocator's state: capacities, what is held, who waits.
+/// The allocator's state: the ledger, and who waits.
 #[derive(Default)]
 struct State {
-    capacity: BTreeMap<String, u64>,
-    held: BTreeMap<String, Held>,
+    ledger: Ledger,
     waiters: Vec<Waiter>,
     next_waiter: u64,
     /// Other processes' waiters (a shared store), as last read: served
@@ -289,126 +101,20 @@ struct State {
     foreign: Vec<(WaiterRecord, Requirements)>,
 }
 
-/// Pool usage and lock holders derived from the held allocations.
-#[derive(Default)]
-struct Usage {
-    pools: BTreeMap<String, u64>,
-    /// Lock key -> (mode, holder label, holder's principal).
-    locks: HashMap<String, Vec<(LockMode, String, String)>>,
-    by_principal: HashMap<String, (usize, BTreeMap<String, u64>)>,
-    by_session: HashMap<String, (usize, BTreeMap<String, u64>)>,
+impl std::ops::Deref for State {
+    type Target = Ledger;
+    fn deref(&self) -> &Ledger {
+        &self.ledger
+    }
 }
 
-impl Usage {
-    fn add(
-        &mut self,
-        owner_principal: &str,
-        owner_session: &str,
-        holder: &str,
-        req: &Requirements,
-    ) {
-        for (p, n) in &req.pools {
-            *self.pools.entry(p.clone()).or_insert(0) += n;
-        }
-        for l in &req.locks {
-            self.locks.entry(l.key.clone()).or_default().push((
-                l.mode,
-                holder.to_string(),
-                owner_principal.to_string(),
-            ));
-        }
-        for (map, key) in [
-            (&mut self.by_principal, owner_principal),
-            (&mut self.by_session, owner_session),
-        ] {
-            let e = map.entry(key.to_string()).or_default();
-            e.0 += 1;
-            for (p, n) in &req.pools {
-                *e.1.entry(p.clone()).or_insert(0) += n;
-            }
-        }
+impl std::ops::DerefMut for State {
+    fn deref_mut(&mut self) -> &mut Ledger {
+        &mut self.ledger
     }
 }
 
 impl State {
-    fn usage(&self) -> Usage {
-        let mut u = Usage::default();
-        for h in self.held.values() {
-            u.add(&h.rec.principal, &h.rec.session_id, &h.rec.holder, &h.req);
-        }
-        u
-    }
-
-    /// Why `req` cannot be granted on top of `usage` (empty: it can).
-    /// `usage` gives the pool amounts and lock holders to fit beside (held,
-    /// plus what waiters ahead reserve); `held` the allocations quotas count.
-    fn check(
-        &self,
-        cfg: &ResourcesConfig,
-        usage: &Usage,
-        held: &Usage,
-        owner: &Owner,
-        req: &Requirements,
-    ) -> Shortage {
-        let mut s = Shortage::default();
-        for (p, n) in &req.pools {
-            let cap = self.capacity.get(p).copied().unwrap_or(0);
-            let used = usage.pools.get(p).copied().unwrap_or(0);
-            if used + n > cap {
-                s.pools.insert(
-                    p.clone(),
-                    json!({"requested": n, "available": cap.saturating_sub(used), "capacity": cap}),
-                );
-            }
-        }
-        for l in &req.locks {
-            if let Some(hs) = usage.locks.get(&l.key) {
-                let bad: Vec<Value> = hs
-                    .iter()
-                    .filter(|(m, _, _)| !l.mode.compatible(*m))
-                    .map(|(m, h, p)| json!({"holder": shown_holder(h, p, &owner.principal), "mode": m}))
-                    .collect();
-                if !bad.is_empty() {
-                    s.locks.insert(l.key.clone(), bad);
-                }
-            }
-        }
-        let q = &cfg.quotas;
-        for (what, map, key, max_n, per_pool) in [
-            (
-                "principal",
-                &held.by_principal,
-                owner.principal.as_str(),
-                q.max_allocations_per_principal,
-                &q.per_principal,
-            ),
-            (
-                "session",
-                &held.by_session,
-                owner.session_id.as_str(),
-                q.max_allocations_per_session,
-                &q.per_session,
-            ),
-        ] {
-            let (n, pools) = map.get(key).cloned().unwrap_or_default();
-            if n + 1 > max_n as usize {
-                s.quotas.push(format!(
-                    "the {what} holds {n} allocations; its quota is {max_n}"
-                ));
-            }
-            for (p, amount) in &req.pools {
-                if let Some(limit) = per_pool.get(p) {
-                    let held = pools.get(p).copied().unwrap_or(0);
-                    if held + amount > *limit {
-                        s.quotas
-                            .push(format!("the {what} holds {held} {p}; its quota is {limit}"));
-                    }
-                }
-            }
-        }
-        s
-    }
-
     /// Forget the waiters whose caller stopped waiting; the keys of their
     /// rows among every process's waiters (to remove).
     fn drop_closed(&mut self) -> Vec<String> {
@@ -435,59 +141,6 @@ impl State {
             .filter(|w| !w.grant.is_closed() && overlaps(&w.req))
             .count()
             + self.foreign.iter().filter(|(_, r)| overlaps(r)).count()
-    }
-
-    /// Requirements that can never be met: above capacity or quota.
-    fn impossible(&self, cfg: &ResourcesConfig, req: &Requirements) -> Option<String> {
-        for (p, n) in &req.pools {
-            let Some(cap) = self.capacity.get(p) else {
-                return Some(format!(
-                    "there is no pool '{p}' (pools: {})",
-                    self.capacity.keys().cloned().collect::<Vec<_>>().join(", ")
-                ));
-            };
-            if n > cap {
-                return Some(format!("{n} {p} requested; the pool's capacity is {cap}"));
-            }
-            for (what, per) in [
-                ("principal", &cfg.quotas.per_principal),
-                ("session", &cfg.quotas.per_session),
-            ] {
-                if let Some(limit) = per.get(p)
-                    && n > limit
-                {
-                    return Some(format!(
-                        "{n} {p} requested; the per-{what} quota is {limit}"
-                    ));
-                }
-            }
-        }
-        None
-    }
-}
-
-/// Active allocations by id.
-fn held_from(active: Vec<AllocationRecord>) -> BTreeMap<String, Held> {
-    active
-        .into_iter()
-        .map(|rec| {
-            let req = parse_stored(&rec.requirements);
-            (rec.id.clone(), Held { rec, req })
-        })
-        .collect()
-}
-
-/// Requirements as stored (they were valid when stored).
-fn parse_stored(json_text: &str) -> Requirements {
-    Requirements::parse(&serde_json::from_str(json_text).unwrap_or(json!({}))).unwrap_or_default()
-}
-
-fn rank(p: Priority) -> i64 {
-    match p {
-        Priority::Low => 0,
-        Priority::Normal => 1,
-        Priority::High => 2,
-        Priority::Critical => 3,
     }
 }
 
@@ -601,7 +254,10 @@ impl ResourceManager {
             store,
             config: config.clone(),
             state: tokio::sync::Mutex::new(State {
-                capacity,
+                ledger: Ledger {
+                    capacity,
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             changed: watch::channel(0).0,
@@ -650,54 +306,63 @@ impl ResourceManager {
     /// Grant what the queue allows, in order; returns the grants to persist.
     fn pump(&self, st: &mut State) -> Vec<(Waiter, AllocationRecord)> {
         let now = now_ms();
-        let aging = self.config.aging_seconds.max(1) as i64 * 1000;
-        let urgency = |p: Priority, since: i64| std::cmp::Reverse(rank(p) + (now - since) / aging);
-        /// Whose turn: a waiter of this process, or another process's (by index in `foreign`).
-        enum Turn {
-            Here(Box<Waiter>),
-            There(usize),
-        }
-        // Everyone waiting, in service order (urgency, then arrival).
-        let mut order: Vec<(std::cmp::Reverse<i64>, i64, u64, Turn)> =
-            std::mem::take(&mut st.waiters)
-                .into_iter()
-                .filter(|w| !w.grant.is_closed()) // The caller stopped waiting.
-                .map(|w| {
-                    (
-                        urgency(w.priority, w.since),
-                        w.since,
-                        w.id,
-                        Turn::Here(Box::new(w)),
-                    )
+        // The caller stopped waiting: it leaves the queue.
+        let mut waiters: Vec<Option<Waiter>> = std::mem::take(&mut st.waiters)
+            .into_iter()
+            .filter(|w| !w.grant.is_closed())
+            .map(Some)
+            .collect();
+        let foreign: Vec<Priority> = st
+            .foreign
+            .iter()
+            .map(|(w, _)| Priority::stored(&w.priority))
+            .collect();
+        let decided = {
+            let mut queue: Vec<Queued<'_>> = waiters
+                .iter()
+                .flatten()
+                .map(|w| Queued {
+                    principal: &w.owner.principal,
+                    session_id: &w.owner.session_id,
+                    holder: &w.owner.holder,
+                    req: &w.req,
+                    priority: w.priority,
+                    since: w.since,
+                    seq: w.id,
+                    here: true,
                 })
                 .collect();
-        for (i, (w, _)) in st.foreign.iter().enumerate() {
-            let p = super::runs::priority_from_str(&w.priority);
-            order.push((urgency(p, w.since), w.since, u64::MAX, Turn::There(i)));
-        }
-        order.sort_by_key(|(u, since, id, _)| (*u, *since, *id));
-        // Quotas count what is held (and granted in this pass); pools and locks
-        // also count what blocked waiters ahead reserve.
-        let mut held = st.usage();
-        let mut taken = st.usage();
+            queue.extend(
+                st.foreign
+                    .iter()
+                    .zip(&foreign)
+                    .map(|((w, req), &p)| Queued {
+                        principal: &w.principal,
+                        session_id: &w.session_id,
+                        holder: &w.holder,
+                        req,
+                        priority: p,
+                        since: w.since,
+                        seq: u64::MAX,
+                        here: false,
+                    }),
+            );
+            ledger::serve(
+                &st.ledger,
+                &self.config,
+                &queue,
+                now,
+                self.config.aging_seconds.max(1) as i64 * 1000,
+            )
+        };
         let mut grants = Vec::new();
         let mut keep = Vec::new();
-        for (_, _, _, turn) in order {
-            let w = match turn {
-                Turn::Here(w) => *w,
-                Turn::There(i) => {
-                    // Granted by its own process: keep it free here.
-                    let (w, req) = &st.foreign[i];
-                    taken.add(&w.principal, &w.session_id, &w.holder, req);
-                    continue;
-                }
+        for (k, granted) in decided {
+            let Some(w) = waiters.get_mut(k).and_then(Option::take) else {
+                continue; // Another process's waiter.
             };
-            let (o, req) = (&w.owner, &w.req);
-            let fits = st.check(&self.config, &taken, &held, o, req).is_empty();
-            taken.add(&o.principal, &o.session_id, &o.holder, req);
-            if fits {
-                held.add(&o.principal, &o.session_id, &o.holder, req);
-                let rec = self.record(o, req, w.priority, w.ttl, now);
+            if granted {
+                let rec = self.record(&w.owner, &w.req, w.priority, w.ttl, now);
                 grants.push((w, rec));
             } else {
                 keep.push(w);
@@ -928,7 +593,14 @@ impl ResourceManager {
                 // Not granted now and the caller does not wait.
                 st.waiters.retain(|w| w.id != id);
                 let usage = st.usage();
-                let mut s = st.check(&self.config, &usage, &usage, &owner, &req);
+                let mut s = st.check(
+                    &self.config,
+                    &usage,
+                    &usage,
+                    &owner.principal,
+                    &owner.session_id,
+                    &req,
+                );
                 s.waiting_ahead = st.waiting_for(&req);
                 let msg = if s.pools.is_empty() && s.locks.is_empty() && s.quotas.is_empty() {
                     format!(
@@ -950,7 +622,7 @@ impl ResourceManager {
                     session_id: owner.session_id.clone(),
                     holder: owner.holder.clone(),
                     requirements: req.to_value().to_string(),
-                    priority: super::runs::priority_str(priority).into(),
+                    priority: priority.as_str().into(),
                     since: now,
                     seen_at: now,
                 };
@@ -989,7 +661,14 @@ impl ResourceManager {
             self.store.drop_waiters(&gone).await?;
         }
         let usage = st.usage();
-        let mut s = st.check(&self.config, &usage, &usage, owner, req);
+        let mut s = st.check(
+            &self.config,
+            &usage,
+            &usage,
+            &owner.principal,
+            &owner.session_id,
+            req,
+        );
         s.waiting_ahead = st.waiting_for(req);
         // Our leaving may let others through.
         self.serve(&mut st).await?;
@@ -1163,7 +842,7 @@ impl ResourceManager {
         &self,
         principal: &str,
         session_id: Option<&str>,
-        status: Option<&str>,
+        status: Option<AllocationStatus>,
         offset: usize,
         limit: u32,
     ) -> Result<Vec<AllocationView>> {
@@ -1323,6 +1002,98 @@ impl ResourceManager {
     /// Subscribe to releases (steps waiting outside the queue look again).
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+/// An allocation asked for by a caller (allocate_resources).
+#[derive(Debug, Clone)]
+pub struct AllocateRequest {
+    /// Flat or nested requirements, as given.
+    pub requirements: Value,
+    /// The holder's label (default: the principal).
+    pub user_id: Option<String>,
+    /// The owning session (default: the caller's default session).
+    pub session_id: Option<String>,
+    pub ttl_seconds: Option<u64>,
+    /// 0 or none: answer at once.
+    pub wait_seconds: Option<u64>,
+    pub priority: Priority,
+}
+
+/// A page of allocations, newest first.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AllocationPage {
+    pub allocations: Vec<AllocationView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl super::Engine {
+    /// Allocate for a caller: the request is checked (requirements, lease,
+    /// wait, holder label), then granted all or nothing, waiting up to
+    /// `wait_seconds` unless `cancel` fires first.
+    pub async fn allocate(
+        &self,
+        p: &super::Principal,
+        r: AllocateRequest,
+        cancel: &CancellationToken,
+    ) -> Result<AllocationView> {
+        let req = Requirements::parse(&r.requirements)?;
+        if req.is_empty() {
+            return Err(Error::invalid(
+                "the requirements ask for nothing",
+                "Name at least one pool amount above 0 or one lock.",
+            ));
+        }
+        let ttl = self.resources().ttl(r.ttl_seconds)?;
+        let wait = match r.wait_seconds {
+            None | Some(0) => Duration::ZERO,
+            w => self.wait_for(w)?,
+        };
+        let session = self.sessions().resolve(p, r.session_id.as_deref()).await?;
+        let holder = r.user_id.unwrap_or_else(|| p.name().to_string());
+        if holder.is_empty() || holder.chars().count() > 128 {
+            return Err(Error::invalid(
+                "user_id must have 1-128 characters",
+                "Use a short label such as an agent's name.",
+            ));
+        }
+        let owner = Owner {
+            session_id: session.session_id.clone(),
+            principal: p.name().to_string(),
+            holder,
+            kind: OwnerKind::Api,
+            reference: None,
+        };
+        self.resources()
+            .acquire(owner, req, r.priority, Some(ttl), Some(wait), cancel)
+            .await
+    }
+
+    /// The caller's allocations, newest first, a page at a time.
+    pub async fn list_allocations(
+        &self,
+        p: &super::Principal,
+        session_id: Option<&str>,
+        status: Option<AllocationStatus>,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<AllocationPage> {
+        let limit = crate::model::page::page_limit(&self.config().limits, limit)?;
+        let offset = match cursor {
+            Some(c) => super::workflows::decode_offset(c)?,
+            None => 0,
+        };
+        let mut page = self
+            .resources()
+            .list(p.name(), session_id, status, offset, limit + 1)
+            .await?;
+        let more = page.len() > limit as usize;
+        page.truncate(limit as usize);
+        Ok(AllocationPage {
+            next_cursor: more.then(|| super::workflows::encode_offset(offset + limit as usize)),
+            allocations: page,
+        })
     }
 }
 

@@ -1,7 +1,8 @@
-//! The run executor: one driver task per run computes the ready set, starts
-//! steps up to the run's parallelism (higher priority first), applies trigger
-//! rules, `when` conditions, retries with backoff, step and run timeouts and
-//! cancellation, and writes every state change through the store.
+//! The run executor: one driver task per run (`drive`) asks the pure
+//! [`scheduler`] which steps are settled and which start next (trigger rules,
+//! fail_fast, priorities, parallelism), evaluates `when` conditions, starts
+//! steps (retries with backoff, step and run timeouts, cancellation) and
+//! writes every state change through the store.
 //!
 //! After a restart, [`RunManager::resume_all`] picks unfinished runs up from
 //! the store: succeeded steps are kept, steps that were running are attempted
@@ -17,10 +18,12 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub mod scheduler;
+
 use super::attempts::{self, abandon_note, sleep_until};
 use super::resources::{Owner, Requirements, ResourceManager};
 use super::workflows::condition;
-use super::workflows::spec::{OnFailure, Priority, StepSpec, TriggerRule, WorkflowSpec};
+use super::workflows::spec::{OnFailure, StepSpec, WorkflowSpec};
 use super::workflows::template::{Budget, RenderError, Scope, render_value_within};
 use super::{new_id, now_ms};
 use crate::actions::Registry;
@@ -28,6 +31,7 @@ use crate::config::ClusterConfig;
 use crate::error::{ErrorCode, Result};
 use crate::model::{RunStatus, SessionMode, StepStatus};
 use crate::store::{RunLease, RunRecord, StepRecord, Store};
+use scheduler::{Policy, Scheduler, Seen, Verdict};
 
 /// Is a run view's status (as answers spell it) final?
 pub fn view_final(status: &str) -> bool {
@@ -647,41 +651,14 @@ impl RunManager {
             }
         }
 
-        let index: HashMap<&str, usize> = spec
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.as_str(), i))
-            .collect();
-        let deps: Vec<Vec<usize>> = spec
-            .steps
-            .iter()
-            .map(|s| {
-                s.dependencies
-                    .iter()
-                    .filter_map(|d| index.get(d.as_str()).copied())
-                    .collect()
-            })
-            .collect();
-        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); deps.len()];
-        for (i, ds) in deps.iter().enumerate() {
-            for &d in ds {
-                dependents[d].push(i);
-            }
-        }
-        let order = topo_order(&deps, &dependents);
-        let position_in_plan: Vec<usize> = {
-            let mut v = vec![0; order.len()];
-            for (p, &i) in order.iter().enumerate() {
-                v[i] = p;
-            }
-            v
+        let policy = Policy {
+            limit: match run.mode {
+                SessionMode::Sequential => 1,
+                _ => run.max_parallel.max(1) as usize,
+            },
+            by_priority: matches!(run.mode, SessionMode::Priority | SessionMode::ResourceAware),
+            fail_fast: spec.on_failure == OnFailure::FailFast,
         };
-        let limit = match run.mode {
-            SessionMode::Sequential => 1,
-            _ => run.max_parallel.max(1) as usize,
-        };
-        let by_priority = matches!(run.mode, SessionMode::Priority | SessionMode::ResourceAware);
         let deadline = run.timeout_seconds.map(|t| {
             let end = run
                 .started_at
@@ -700,37 +677,17 @@ impl RunManager {
                 t.set(st);
             }
         }
-        let mut halted =
-            steps.iter().any(|s| s.status.is_failure()) && spec.on_failure == OnFailure::FailFast;
-        // Dependencies of each step not yet final; a step is settled when it reaches 0.
-        let mut waiting_on: Vec<usize> = deps
-            .iter()
-            .map(|ds| ds.iter().filter(|&&d| !steps[d].status.is_final()).count())
-            .collect();
-        // Steps to settle (all dependencies final), and steps ready to start by urgency.
-        let mut settle: std::collections::VecDeque<usize> = order
-            .iter()
-            .copied()
-            .filter(|&i| !steps[i].status.is_final() && waiting_on[i] == 0)
-            .collect();
-        let mut ready: std::collections::BinaryHeap<(Priority, std::cmp::Reverse<usize>, usize)> =
-            std::collections::BinaryHeap::new();
-        let urgency = |i: usize| {
-            if by_priority {
-                spec.steps[i].priority
-            } else {
-                Priority::Normal
-            }
-        };
-        // Steps pushed on the heap since the last `ready` marks were written.
-        let mut just_ready: Vec<usize> = Vec::new();
+        let params = Arc::new(params);
+        let mut plan = Scheduler::new(
+            scheduler::nodes_of(&spec),
+            steps.iter().map(seen).collect(),
+            policy,
+        );
         let mut running: JoinSet<(usize, StepRecord)> = JoinSet::new();
         // Which step each task runs, to name the step of a task that panicked.
         let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
-        let mut in_flight = 0usize;
         let resource_aware = run.mode == SessionMode::ResourceAware;
-        // resource_aware: ready steps waiting for a release, and the releases.
-        let mut aside: Vec<usize> = Vec::new();
+        // resource_aware: steps aside wait for the next release.
         let mut released = self.resources.watch();
         // Step ends are queued, numbered; `flushed` is the last number known
         // durable. Before a step starts, its dependencies' ends are durable:
@@ -741,57 +698,56 @@ impl RunManager {
         let (mut queued_ends, mut flushed) = (0u64, 0u64);
         loop {
             // Settle steps whose dependencies are all final: skip, cancel, fail or make ready.
-            while let Some(i) = settle.pop_front() {
+            while let Some((i, verdict)) = plan.next_settled() {
                 let s = &spec.steps[i];
                 active.at(&s.name);
-                let bad_dep = deps[i].iter().find(|&&d| dep_failed(&steps[d]));
-                let decision = if let (TriggerRule::AllSuccess, Some(&d)) =
-                    (s.trigger_rule, bad_dep)
-                {
-                    Some((
+                let decision = match verdict {
+                    Verdict::DependencyFailed(d) => Some((
                         StepStatus::Skipped,
                         err_json(
                             ErrorCode::DependencyFailed,
                             format!("dependency '{}' {}", spec.steps[d].name, steps[d].status),
                         ),
-                    ))
-                } else if halted && s.trigger_rule != TriggerRule::AllDone {
-                    Some((
+                    )),
+                    Verdict::Halted => Some((
                         StepStatus::Cancelled,
                         err_json(
                             ErrorCode::Cancelled,
                             "not started: an earlier step failed and on_failure is fail_fast",
                         ),
-                    ))
-                } else if let Some(w) = &s.when {
-                    let table = shared.read().unwrap_or_else(|p| p.into_inner());
-                    let scope = RunScope {
-                        params: &params,
-                        table: &table,
-                        run_id: &run.id,
-                        session_id: &run.session_id,
-                        project: project.as_deref(),
-                    };
-                    match condition::parse(w, self.limits.condition()).and_then(|e| e.eval(&scope))
-                    {
-                        Ok(v) if condition::truthy(&v) => None,
-                        Ok(_) => Some((
-                            StepStatus::Skipped,
-                            err_json_code(
-                                CONDITION_FALSE,
-                                format!("when '{}' is false", crate::error::excerpt(w)),
-                            ),
-                        )),
-                        Err(e) => Some((
-                            StepStatus::Failed,
-                            err_json(
-                                ErrorCode::InvalidParameters,
-                                format!("when '{}': {e}", crate::error::excerpt(w)),
-                            ),
-                        )),
-                    }
-                } else {
-                    None
+                    )),
+                    Verdict::Admissible => match &s.when {
+                        None => None,
+                        Some(w) => {
+                            let table = shared.read().unwrap_or_else(|p| p.into_inner());
+                            let scope = RunScope {
+                                params: &params,
+                                table: &table,
+                                run_id: &run.id,
+                                session_id: &run.session_id,
+                                project: project.as_deref(),
+                            };
+                            match condition::parse(w, self.limits.condition())
+                                .and_then(|e| e.eval(&scope))
+                            {
+                                Ok(v) if condition::truthy(&v) => None,
+                                Ok(_) => Some((
+                                    StepStatus::Skipped,
+                                    err_json_code(
+                                        CONDITION_FALSE,
+                                        format!("when '{}' is false", crate::error::excerpt(w)),
+                                    ),
+                                )),
+                                Err(e) => Some((
+                                    StepStatus::Failed,
+                                    err_json(
+                                        ErrorCode::InvalidParameters,
+                                        format!("when '{}': {e}", crate::error::excerpt(w)),
+                                    ),
+                                )),
+                            }
+                        }
+                    },
                 };
                 match decision {
                     Some((st, error)) => {
@@ -804,26 +760,14 @@ impl RunManager {
                         end_seq[i] = queued_ends;
                         shared.write().unwrap_or_else(|p| p.into_inner()).set(rec);
                         active.step_done(rec);
-                        if st == StepStatus::Failed && spec.on_failure == OnFailure::FailFast {
-                            halted = true;
-                        }
                         active.bump();
-                        release(&dependents[i], &mut waiting_on, &mut settle);
+                        plan.end(i, seen(rec));
                     }
-                    None => {
-                        ready.push((urgency(i), std::cmp::Reverse(position_in_plan[i]), i));
-                        just_ready.push(i);
-                    }
+                    None => plan.admit(i),
                 }
             }
             // Start ready steps, most urgent first, up to the limit.
-            while in_flight < limit {
-                let Some((_, _, i)) = ready.pop() else { break };
-                if halted && spec.steps[i].trigger_rule != TriggerRule::AllDone {
-                    // Became ready before the failure: do not start it now.
-                    settle.push_back(i);
-                    continue;
-                }
+            while let Some(i) = plan.next_to_start() {
                 // resource_aware: a step whose resources are not free now
                 // does not take a slot; it waits aside for the next release.
                 let mut pre_acquired = false;
@@ -847,17 +791,17 @@ impl RunManager {
                                 store.queue_step(&steps[i]).await?;
                                 active.bump();
                             }
-                            aside.push(i);
+                            plan.set_aside(i);
                             continue;
                         }
                     }
                 }
-                if deps[i].iter().any(|&d| end_seq[d] > flushed) {
+                if plan.deps(i).iter().any(|&d| end_seq[d] > flushed) {
                     store.flush().await?;
                     flushed = queued_ends;
                 }
                 steps[i].status = StepStatus::Running;
-                in_flight += 1;
+                plan.start(i);
                 let task = StepTask {
                     mgr: self.clone(),
                     spec: spec.steps[i].clone(),
@@ -874,12 +818,13 @@ impl RunManager {
                 let handle = running.spawn(async move { (i, task.run().await) });
                 task_step.insert(handle.id(), i);
             }
-            if !settle.is_empty() {
+            if plan.has_settled() {
                 continue;
             }
             // Steps that wait for a slot are `ready` (written together: one group commit).
-            let newly_ready: Vec<usize> = just_ready
-                .drain(..)
+            let newly_ready: Vec<usize> = plan
+                .take_admitted()
+                .into_iter()
                 .filter(|&i| steps[i].status == StepStatus::Pending)
                 .collect();
             if !newly_ready.is_empty() {
@@ -889,17 +834,15 @@ impl RunManager {
                 }
                 active.bump();
             }
-            if in_flight == 0 && aside.is_empty() {
+            if plan.idle() {
                 break;
             }
             let stopped = tokio::select! {
-                _ = released.changed(), if !aside.is_empty() => {
-                    for i in aside.drain(..) {
-                        ready.push((urgency(i), std::cmp::Reverse(position_in_plan[i]), i));
-                    }
+                _ = released.changed(), if plan.has_aside() => {
+                    plan.resources_released();
                     false
                 }
-                joined = running.join_next_with_id(), if in_flight > 0 => {
+                joined = running.join_next_with_id(), if plan.in_flight() > 0 => {
                     let joined = match joined {
                         Some(Ok((id, done))) => {
                             task_step.remove(&id);
@@ -915,12 +858,7 @@ impl RunManager {
                         None => None,
                     };
                     match joined {
-                        Some(Ok((i, rec))) => {
-                            in_flight -= 1;
-                            if rec.status.is_failure() && spec.on_failure == OnFailure::FailFast {
-                                halted = true;
-                            }
-                            let mut rec = rec;
+                        Some(Ok((i, mut rec))) => {
                             if !rec.status.is_final() && !active.cancel.is_cancelled() {
                                 // The step's own bookkeeping failed (the store is in trouble).
                                 rec.status = StepStatus::Failed;
@@ -929,23 +867,17 @@ impl RunManager {
                                 if let Err(e) = store.update_step(&rec).await {
                                     tracing::error!(run = %run.id, step = %rec.name, error = %e, "cannot record step failure");
                                 }
-                                if spec.on_failure == OnFailure::FailFast {
-                                    halted = true;
-                                }
                             }
                             shared.write().unwrap_or_else(|p| p.into_inner()).set(&rec);
-                            let done = rec.status.is_final();
-                            if done {
+                            if rec.status.is_final() {
                                 active.step_done(&rec);
                                 queued_ends += 1;
                                 end_seq[i] = queued_ends;
                             }
-                            steps[i] = rec;
                             // A stop that arrives with this step's end wins: the
                             // dependents are cancelled with the run, not skipped.
-                            if done && !active.cancel.is_cancelled() {
-                                release(&dependents[i], &mut waiting_on, &mut settle);
-                            }
+                            plan.returned(i, seen(&rec), !active.cancel.is_cancelled());
+                            steps[i] = rec;
                         }
                         Some(Err(e)) => return Err(crate::error::Error::internal(format!("step task panicked: {e}"))),
                         None => {}
@@ -1122,51 +1054,18 @@ impl RunManager {
     }
 }
 
-/// Did this dependency end in a way that skips `all_success` dependents?
-fn dep_failed(s: &StepRecord) -> bool {
-    match s.status {
-        StepStatus::Failed | StepStatus::TimedOut | StepStatus::Cancelled => true,
-        // Skipped because of its own dependencies (not by its `when`).
-        StepStatus::Skipped => error_code(s.error.as_deref()).as_deref() != Some(CONDITION_FALSE),
-        _ => false,
+/// A step's record as the scheduler sees it.
+fn seen(s: &StepRecord) -> Seen {
+    Seen {
+        status: s.status,
+        // Skipped by its own `when` (not because of its dependencies).
+        own_skip: s.status == StepStatus::Skipped
+            && error_code(s.error.as_deref()).as_deref() == Some(CONDITION_FALSE),
     }
 }
 
 /// The code of a skip by a step's own `when` (not by a failed dependency).
 pub const CONDITION_FALSE: &str = "CONDITION_FALSE";
-
-/// A step became final: its dependents wait on one step less; those that
-/// wait on none are settled next.
-fn release(
-    dependents: &[usize],
-    waiting_on: &mut [usize],
-    settle: &mut std::collections::VecDeque<usize>,
-) {
-    for &j in dependents {
-        waiting_on[j] -= 1;
-        if waiting_on[j] == 0 {
-            settle.push_back(j);
-        }
-    }
-}
-
-/// Kahn's order; the definition was validated acyclic.
-fn topo_order(deps: &[Vec<usize>], dependents: &[Vec<usize>]) -> Vec<usize> {
-    let n = deps.len();
-    let mut indeg: Vec<usize> = deps.iter().map(Vec::len).collect();
-    let mut queue: std::collections::VecDeque<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
-    let mut order = Vec::with_capacity(n);
-    while let Some(i) = queue.pop_front() {
-        order.push(i);
-        for &j in &dependents[i] {
-            indeg[j] -= 1;
-            if indeg[j] == 0 {
-                queue.push_back(j);
-            }
-        }
-    }
-    order
-}
 
 /// Status and output of every step, for templates and conditions.
 #[derive(Default)]
@@ -1231,7 +1130,7 @@ struct StepTask {
     mgr: Arc<RunManager>,
     spec: StepSpec,
     rec: StepRecord,
-    params: Map<String, Value>,
+    params: Arc<Map<String, Value>>,
     table: Arc<RwLock<StepTable>>,
     run_id: String,
     session_id: String,
@@ -1566,16 +1465,6 @@ pub fn error_code(e: Option<&str>) -> Option<String> {
 /// A fresh run id.
 pub fn new_run_id() -> String {
     new_id("run")
-}
-
-/// Priority as stored.
-pub fn priority_str(p: Priority) -> &'static str {
-    p.as_str()
-}
-
-/// A stored priority (anything unknown is normal).
-pub fn priority_from_str(s: &str) -> Priority {
-    Priority::stored(s)
 }
 
 #[cfg(test)]

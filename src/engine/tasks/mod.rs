@@ -26,11 +26,15 @@ use super::workflows::template::{
     Budget, Ref, RenderError, Scope, render_value_within, templates_in,
 };
 use super::{Engine, Principal, iso, new_id, now_ms};
+
+pub mod graph;
+
 use crate::actions::Registry;
 use crate::config::TasksConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{Priority, TaskStatus};
 use crate::store::{Store, StoreError, TaskRecord};
+use graph::{TaskGraph, Txn, batch_cycle, batch_order, err_json, evaluate_deps, is_agent};
 
 /// Task statuses, as typed constants (patterns and comparisons read as before).
 pub mod status {
@@ -301,31 +305,29 @@ struct Running {
     stop: Arc<OnceLock<Stop>>,
 }
 
-/// One session's graph in memory.
+/// One session's graph in memory: the pure graph, and what this process
+/// does with it.
 #[derive(Default)]
 struct Graph {
     loaded: bool,
     closed: bool,
     max_parallel: usize,
-    tasks: HashMap<String, TaskRecord>,
-    /// Ids in creation order.
-    order: Vec<String>,
-    by_name: HashMap<String, String>,
-    dependents: HashMap<String, Vec<String>>,
+    graph: TaskGraph,
     running: HashMap<String, Running>,
-    next_seq: i64,
-    /// `(count, sum of versions)` of the tasks as loaded and changed here.
-    stamp: (i64, i64),
 }
 
 type Locked = tokio::sync::OwnedMutexGuard<Graph>;
 
-impl Graph {
-    /// A task by id or by name.
-    fn find(&self, key: &str) -> Option<&TaskRecord> {
-        self.tasks
-            .get(key)
-            .or_else(|| self.by_name.get(key).and_then(|id| self.tasks.get(id)))
+impl std::ops::Deref for Graph {
+    type Target = TaskGraph;
+    fn deref(&self) -> &TaskGraph {
+        &self.graph
+    }
+}
+
+impl std::ops::DerefMut for Graph {
+    fn deref_mut(&mut self) -> &mut TaskGraph {
+        &mut self.graph
     }
 }
 
@@ -370,113 +372,15 @@ fn deps_of(t: &TaskRecord) -> &[String] {
     &t.dependencies
 }
 
-fn err_json(code: &str, message: impl Into<String>) -> Option<String> {
-    Some(json!({"code": code, "message": message.into()}).to_string())
-}
-
-fn priority_str(p: Priority) -> &'static str {
-    super::runs::priority_str(p)
-}
-
-fn is_agent(t: &TaskRecord) -> bool {
-    t.action.is_none()
-}
-
-/// Changes of one call, applied to the graph only after the store took them.
-struct Txn<'g> {
-    g: &'g Graph,
-    changed: BTreeMap<String, TaskRecord>,
-    now: i64,
-}
-
-impl<'g> Txn<'g> {
-    fn new(g: &'g Graph) -> Self {
-        Self {
-            g,
-            changed: BTreeMap::new(),
-            now: now_ms(),
-        }
-    }
-
-    fn get(&self, id: &str) -> Option<&TaskRecord> {
-        self.changed.get(id).or_else(|| self.g.tasks.get(id))
-    }
-
-    /// A copy of the task to change; its version is bumped once per call.
-    fn edit(&mut self, id: &str) -> &mut TaskRecord {
-        if !self.changed.contains_key(id) {
-            let mut t = self.g.tasks[id].clone();
-            t.version += 1;
-            self.changed.insert(id.to_string(), t);
-        }
-        let now = self.now;
-        let t = self.changed.get_mut(id).expect("just inserted");
-        t.updated_at = now;
-        t
-    }
-
-    /// The task reached a final state: settle its dependents (ready, or
-    /// skipped when a dependency ended badly), transitively.
-    fn settle_dependents(&mut self, id: &str) {
-        let mut queue = vec![id.to_string()];
-        while let Some(done) = queue.pop() {
-            for d in self.g.dependents.get(&done).cloned().unwrap_or_default() {
-                if self.get(&d).is_none_or(|t| t.status != PENDING) {
-                    continue;
-                }
-                match self.evaluate(&d) {
-                    Some((SKIPPED, error)) => {
-                        let now = self.now;
-                        let t = self.edit(&d);
-                        t.status = SKIPPED;
-                        t.error = error;
-                        t.finished_at = Some(now);
-                        queue.push(d);
-                    }
-                    Some((READY, _)) => self.edit(&d).status = READY,
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    /// What a pending task's dependencies make it: ready, skipped (with the
-    /// reason) or still pending (None).
-    fn evaluate(&self, id: &str) -> Option<(TaskStatus, Option<String>)> {
-        evaluate_deps(deps_of(self.get(id)?), |d| self.get(d))
-    }
-
-    /// Write the call's changes, then apply them to the graph.
+impl Txn<'_> {
+    /// Write the call's changes; the caller applies them to the graph.
     async fn commit(self, store: &dyn Store) -> Result<Vec<TaskRecord>> {
-        let changed: Vec<TaskRecord> = self.changed.into_values().collect();
+        let changed = self.into_changed();
         if !changed.is_empty() {
             store.update_tasks(&changed).await.map_err(conflict_hint)?;
         }
         Ok(changed)
     }
-}
-
-fn evaluate_deps<'a>(
-    deps: &[String],
-    get: impl Fn(&str) -> Option<&'a TaskRecord>,
-) -> Option<(TaskStatus, Option<String>)> {
-    let mut all_done = true;
-    for d in deps {
-        match get(d) {
-            Some(t) if is_bad_end(&t.status) => {
-                return Some((
-                    SKIPPED,
-                    err_json(
-                        ErrorCode::DependencyFailed.as_str(),
-                        format!("dependency '{}' ({}) {}", t.name, t.id, t.status),
-                    ),
-                ));
-            }
-            Some(t) if t.status == SUCCEEDED => {}
-            _ => all_done = false,
-        }
-    }
-    all_done.then_some((READY, None))
 }
 
 fn conflict_hint(e: StoreError) -> Error {
@@ -710,7 +614,7 @@ fn not_found(id: &str) -> Error {
 /// Filters of list_tasks.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
-    pub status: Option<String>,
+    pub status: Option<TaskStatus>,
     pub tag: Option<String>,
     pub priority: Option<Priority>,
 }
@@ -782,30 +686,16 @@ impl TaskManager {
         g.max_parallel = max_parallel.max(1) as usize;
         if g.loaded
             && self.shared
-            && self.store.session_tasks_stamp(&sg.session_id).await? != g.stamp
+            && self.store.session_tasks_stamp(&sg.session_id).await? != g.stamp()
         {
             // Another process changed the session's tasks: read them again
             // (what runs here keeps running).
             g.loaded = false;
         }
         if !g.loaded {
-            g.tasks.clear();
-            g.order.clear();
-            g.by_name.clear();
-            g.dependents.clear();
-            g.next_seq = 0;
-            g.stamp = (0, 0);
-            let tasks = self.store.session_tasks(&sg.session_id).await?;
-            for t in tasks {
-                g.next_seq = g.next_seq.max(t.seq + 1);
-                g.order.push(t.id.clone());
-                g.by_name.insert(t.name.clone(), t.id.clone());
-                for d in deps_of(&t).to_vec() {
-                    g.dependents.entry(d).or_default().push(t.id.clone());
-                }
-                g.stamp.0 += 1;
-                g.stamp.1 += t.version;
-                g.tasks.insert(t.id.clone(), t);
+            g.graph.clear();
+            for t in self.store.session_tasks(&sg.session_id).await? {
+                g.graph.insert(t);
             }
             g.loaded = true;
         }
@@ -853,16 +743,7 @@ impl TaskManager {
 
     /// Apply committed records to the graph.
     fn apply(g: &mut Graph, changed: Vec<TaskRecord>) {
-        for t in changed {
-            match g.tasks.get(&t.id) {
-                Some(old) => g.stamp.1 += t.version - old.version,
-                None => {
-                    g.stamp.0 += 1;
-                    g.stamp.1 += t.version;
-                }
-            }
-            g.tasks.insert(t.id.clone(), t);
-        }
+        g.graph.apply(changed);
     }
 
     // ---- creating -------------------------------------------------------
@@ -1074,12 +955,12 @@ impl TaskManager {
         }
         let sg = self.session_graph(&session.session_id);
         let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
-        if g.tasks.len() + batch.len() > self.config.max_tasks_per_session {
+        if g.tasks().len() + batch.len() > self.config.max_tasks_per_session {
             return Err(Error::new(
                 ErrorCode::LimitExceeded,
                 format!(
                     "the session has {} tasks; {} more would pass the limit of {}",
-                    g.tasks.len(),
+                    g.tasks().len(),
                     batch.len(),
                     self.config.max_tasks_per_session
                 ),
@@ -1089,7 +970,7 @@ impl TaskManager {
         // Ids and names of the batch.
         let mut batch_ids: HashMap<String, String> = HashMap::new();
         for t in &batch {
-            if g.by_name.contains_key(&t.name) || batch_ids.contains_key(&t.name) {
+            if g.find_name(&t.name).is_some() || batch_ids.contains_key(&t.name) {
                 return Err(Error::new(
                     ErrorCode::Conflict,
                     format!("a task named '{}' exists in this session", t.name),
@@ -1101,7 +982,7 @@ impl TaskManager {
         let resolve = |key: &str, of: &str| -> Result<String> {
             match batch_ids.get(key) {
                 Some(id) => Ok(id.clone()),
-                None => resolve_existing(&g, key, of, "this session or batch"),
+                None => g.resolve(key, of, "this session or batch"),
             }
         };
         let now = now_ms();
@@ -1174,11 +1055,11 @@ impl TaskManager {
             .enumerate()
             .map(|(i, r)| (r.id.clone(), i))
             .collect();
-        for i in topo(&records, &batch_deps, &by_id) {
+        for i in batch_order(&records, &batch_deps, &by_id) {
             let deps = batch_deps[&records[i].id].clone();
             let verdict = evaluate_deps(&deps, |d| match by_id.get(d) {
                 Some(&j) => Some(&records[j]),
-                None => g.tasks.get(d),
+                None => g.get(d),
             });
             let r = &mut records[i];
             match verdict {
@@ -1195,25 +1076,14 @@ impl TaskManager {
             .insert_tasks(&records)
             .await
             .map_err(conflict_hint)?;
-        g.next_seq += records.len() as i64;
         for r in &records {
-            g.order.push(r.id.clone());
-            g.by_name.insert(r.name.clone(), r.id.clone());
-            for d in &batch_deps[&r.id] {
-                g.dependents
-                    .entry(d.clone())
-                    .or_default()
-                    .push(r.id.clone());
-            }
-            g.stamp.0 += 1;
-            g.stamp.1 += r.version;
-            g.tasks.insert(r.id.clone(), r.clone());
+            g.graph.insert(r.clone());
         }
         self.dispatch(&sg, &mut g).await?;
         sg.bump();
         Ok(records
             .iter()
-            .map(|r| view(g.tasks.get(&r.id).unwrap_or(r)))
+            .map(|r| view(g.get(&r.id).unwrap_or(r)))
             .collect())
     }
 
@@ -1226,7 +1096,7 @@ impl TaskManager {
         }
         if !self.cluster.execute {
             // Workers run auto tasks: tell them when there is something to run.
-            if g.tasks.values().any(|t| t.status == READY && !is_agent(t))
+            if g.ready_auto().next().is_some()
                 && let Err(e) = self.store.notify("tasks").await
             {
                 tracing::warn!(error = %e, "cannot notify workers; they find the tasks at their next poll");
@@ -1237,17 +1107,17 @@ impl TaskManager {
         if free == 0 {
             return Ok(());
         }
-        let mut ready: Vec<&TaskRecord> = g
-            .tasks
-            .values()
-            .filter(|t| t.status == READY && !is_agent(t) && !g.running.contains_key(&t.id))
+        // Most urgent first (then oldest).
+        let picked: Vec<String> = g
+            .ready_auto()
+            .filter(|t| !g.running.contains_key(&t.id))
+            .take(free)
+            .map(|t| t.id.clone())
             .collect();
-        if ready.is_empty() {
+        if picked.is_empty() {
             return Ok(());
         }
-        ready.sort_by_key(|t| (std::cmp::Reverse(t.priority), t.seq));
-        let picked: Vec<String> = ready.iter().take(free).map(|t| t.id.clone()).collect();
-        let mut txn = Txn::new(g);
+        let mut txn = Txn::new(g, now_ms());
         let now = txn.now;
         let mut plans = Vec::new();
         for id in &picked {
@@ -1256,7 +1126,7 @@ impl TaskManager {
             let mut scope = TaskScope::new(g, &t.id, &t.session_id);
             for d in deps_of(&t).to_vec() {
                 let r = g
-                    .tasks
+                    .tasks()
                     .get(&d)
                     .and_then(|d| d.result.as_deref())
                     .and_then(|r| serde_json::from_str(r).ok());
@@ -1415,18 +1285,12 @@ impl TaskManager {
     ) -> Result<TaskPage> {
         let sg = self.session_graph(&session.session_id);
         let g = self.lock(&sg, session.max_parallel_tasks).await?;
-        let priority = filter.priority.map(priority_str);
         let matching: Vec<&TaskRecord> = g
-            .order
+            .order()
             .iter()
-            .filter_map(|id| g.tasks.get(id))
-            .filter(|t| {
-                filter
-                    .status
-                    .as_deref()
-                    .is_none_or(|s| t.status.as_str() == s)
-            })
-            .filter(|t| priority.is_none_or(|p| t.priority.as_str() == p))
+            .filter_map(|id| g.get(id))
+            .filter(|t| filter.status.is_none_or(|s| t.status == s))
+            .filter(|t| filter.priority.is_none_or(|p| t.priority == p))
             .filter(|t| {
                 filter
                     .tag
@@ -1479,7 +1343,7 @@ impl TaskManager {
         let mut nodes = Vec::new();
         let mut edges = Vec::new();
         let mut used = 512;
-        for t in g.order.iter().skip(from).filter_map(|id| g.tasks.get(id)) {
+        for t in g.order().iter().skip(from).filter_map(|id| g.get(id)) {
             if nodes.len() >= self.config.max_graph_nodes {
                 break;
             }
@@ -1518,25 +1382,25 @@ impl TaskManager {
                 "The Mermaid diagram was left out to keep the answer small; nodes and edges are complete for this page.".to_string(),
             );
         }
-        let more = end < g.order.len();
+        let more = end < g.order().len();
         if more {
             note = Some(format!(
                 "{}Nodes {}-{} of {}: pass next_cursor as cursor for the next ones, or use list_tasks with filters.",
                 note.map(|n| format!("{n} ")).unwrap_or_default(),
                 from + 1,
                 end,
-                g.order.len()
+                g.order().len()
             ));
         }
         let mut counts = BTreeMap::new();
-        for t in g.tasks.values() {
+        for t in g.tasks().values() {
             *counts.entry(t.status.to_string()).or_insert(0) += 1;
         }
         Ok(TaskGraphView {
             truncated: more || from > 0,
             next_cursor: more.then(|| super::workflows::encode_offset(end)),
             note,
-            total_tasks: g.tasks.len(),
+            total_tasks: g.tasks().len(),
             nodes,
             edges,
             mermaid,
@@ -1593,7 +1457,7 @@ impl TaskManager {
             Some(keys) => {
                 let mut v = Vec::new();
                 for k in keys {
-                    v.push(resolve_existing(&g, k, &cur.name, "this session")?);
+                    v.push(g.resolve(k, &cur.name, "this session")?);
                 }
                 v
             }
@@ -1601,7 +1465,7 @@ impl TaskManager {
                 // Keep the current explicit dependencies (those not from references).
                 let old_refs: Vec<String> = task_refs(&parse_json(Some(&cur.parameters)))?
                     .iter()
-                    .filter_map(|k| resolve_existing(&g, k, &cur.name, "this session").ok())
+                    .filter_map(|k| g.resolve(k, &cur.name, "this session").ok())
                     .collect();
                 deps_of(&cur)
                     .iter()
@@ -1611,15 +1475,15 @@ impl TaskManager {
             }
         };
         for k in task_refs(&probe.parameters)? {
-            let d = resolve_existing(&g, &k, &cur.name, "this session")?;
+            let d = g.resolve(&k, &cur.name, "this session")?;
             if !deps.contains(&d) {
                 deps.push(d);
             }
         }
         deps.dedup();
         for d in &deps {
-            if d == task_id || reaches(&g, task_id, d) {
-                let other = g.tasks.get(d).map(|t| t.name.clone()).unwrap_or_default();
+            if d == task_id || g.reaches(task_id, d) {
+                let other = g.get(d).map(|t| t.name.clone()).unwrap_or_default();
                 return Err(Error::new(
                     ErrorCode::CycleDetected,
                     format!(
@@ -1630,8 +1494,7 @@ impl TaskManager {
                 ));
             }
         }
-        let old_deps = deps_of(&cur).to_vec();
-        let mut txn = Txn::new(&g);
+        let mut txn = Txn::new(&g, now_ms());
         {
             let t = txn.edit(task_id);
             if let Some(d) = ch.description {
@@ -1666,17 +1529,6 @@ impl TaskManager {
         }
         let changed = txn.commit(&*self.store).await?;
         Self::apply(&mut g, changed);
-        for d in &old_deps {
-            if let Some(v) = g.dependents.get_mut(d) {
-                v.retain(|x| x != task_id);
-            }
-        }
-        for d in &deps {
-            g.dependents
-                .entry(d.clone())
-                .or_default()
-                .push(task_id.to_string());
-        }
         self.changed(&sg, &mut g, task_id).await
     }
 
@@ -1691,7 +1543,7 @@ impl TaskManager {
         let (session, sg) = self.find(engine, p, task_id, session_id, true).await?;
         let g = self.lock(&sg, session.max_parallel_tasks).await?;
         let cur = g
-            .tasks
+            .tasks()
             .get(task_id)
             .cloned()
             .ok_or_else(|| not_found(task_id))?;
@@ -1707,7 +1559,7 @@ impl TaskManager {
     ) -> Result<TaskView> {
         self.dispatch(sg, g).await?;
         sg.bump();
-        Ok(view(&g.tasks[task_id]))
+        Ok(view(&g.tasks()[task_id]))
     }
 
     pub async fn cancel(
@@ -1725,13 +1577,8 @@ impl TaskManager {
                 "Nothing to cancel; retry_task runs a finished task again.",
             ));
         }
-        let mut txn = Txn::new(&g);
-        cancel_in(
-            &mut txn,
-            task_id,
-            ErrorCode::Cancelled,
-            "the task was cancelled",
-        );
+        let mut txn = Txn::new(&g, now_ms());
+        txn.cancel(task_id, ErrorCode::Cancelled, "the task was cancelled");
         let changed = txn.commit(&*self.store).await?;
         Self::apply(&mut g, changed);
         if cur.status == CLAIMED {
@@ -1764,7 +1611,7 @@ impl TaskManager {
         }
         if let Some(bad) = deps_of(&cur)
             .iter()
-            .filter_map(|d| g.tasks.get(d))
+            .filter_map(|d| g.get(d))
             .find(|d| is_bad_end(&d.status))
         {
             return Err(Error::new(
@@ -1776,7 +1623,7 @@ impl TaskManager {
                 ),
             ));
         }
-        let mut txn = Txn::new(&g);
+        let mut txn = Txn::new(&g, now_ms());
         // The task and its dependents that were skipped because of it go again.
         let mut queue = vec![task_id.to_string()];
         let mut seen = HashSet::new();
@@ -1795,7 +1642,7 @@ impl TaskManager {
             t.claimed_by = None;
             t.lease_id = None;
             t.lease_expires_at = None;
-            for d in g.dependents.get(&id).cloned().unwrap_or_default() {
+            for d in g.dependents(&id).to_vec() {
                 if txn.get(&d).is_some_and(|x| x.status == SKIPPED) {
                     queue.push(d);
                 }
@@ -1814,29 +1661,20 @@ impl TaskManager {
     /// Return expired leases to `ready` (the attempt stays counted).
     async fn expire_leases(&self, g: &mut Graph) -> Result<usize> {
         let now = now_ms();
-        let expired: Vec<String> = g
-            .tasks
-            .values()
-            .filter(|t| t.status == CLAIMED && t.lease_expires_at.is_some_and(|e| e <= now))
-            .map(|t| t.id.clone())
-            .collect();
+        let mut expired: Vec<String> = Vec::new();
         // Auto tasks whose executor (another process) stopped renewing its lease.
-        let orphans: Vec<String> = g
-            .tasks
-            .values()
-            .filter(|t| {
-                self.shared
-                    && !is_agent(t)
-                    && in_flight(&t.status)
-                    && !g.running.contains_key(&t.id)
-                    && t.lease_expires_at.is_some_and(|e| e <= now)
-            })
-            .map(|t| t.id.clone())
-            .collect();
+        let mut orphans: Vec<String> = Vec::new();
+        for t in g.leases_ended(now) {
+            if t.status == CLAIMED {
+                expired.push(t.id.clone());
+            } else if self.shared && !is_agent(t) && !g.running.contains_key(&t.id) {
+                orphans.push(t.id.clone());
+            }
+        }
         if !orphans.is_empty() {
-            let mut txn = Txn::new(g);
+            let mut txn = Txn::new(g, now_ms());
             for id in &orphans {
-                ready_again(&mut txn, id, |who, attempt| {
+                txn.ready_again(id, |who, attempt| {
                     format!(
                         "executor '{who}' stopped during attempt {attempt}; the task runs again"
                     )
@@ -1862,9 +1700,9 @@ impl TaskManager {
         if expired.is_empty() {
             return Ok(orphans.len());
         }
-        let mut txn = Txn::new(g);
+        let mut txn = Txn::new(g, now_ms());
         for id in &expired {
-            ready_again(&mut txn, id, |who, attempt| {
+            txn.ready_again(id, |who, attempt| {
                 format!("the lease of '{who}' expired (attempt {attempt}); the task is ready again")
             });
         }
@@ -1915,38 +1753,53 @@ impl TaskManager {
         let sg = self.session_graph(&session.session_id);
         let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
         self.expire_leases(&mut g).await?;
-        let mut counts = QueueCounts::default();
-        let mut candidates: Vec<&TaskRecord> = Vec::new();
-        for t in g.tasks.values() {
-            match t.status {
-                READY if is_agent(t) => {
-                    let ttags = &t.tags;
-                    if tags.iter().all(|x| ttags.contains(x)) {
-                        candidates.push(t);
-                    } else {
-                        counts.ready_other_tags += 1;
-                    }
-                }
-                READY | RUNNING | WAITING_RESOURCES => counts.running += 1,
-                PENDING => counts.blocked += 1,
-                CLAIMED if t.claimed_by.as_deref() == Some(agent) => counts.claimed_by_you += 1,
-                CLAIMED => counts.claimed_by_others += 1,
-                _ => counts.finished += 1,
-            }
-        }
-        candidates.sort_by_key(|t| (std::cmp::Reverse(t.priority), t.seq));
-        if lost > 0 && candidates.len() > 1 {
+        let matches = |t: &&TaskRecord| tags.iter().all(|x| t.tags.contains(x));
+        let ready_agents = g.ready_agent_count();
+        let matching = if tags.is_empty() {
+            ready_agents
+        } else {
+            g.ready_agents().filter(matches).count()
+        };
+        let claimed = g.count(CLAIMED);
+        let claimed_by_you = g.claimed_by(agent);
+        let not_final = g.count(READY)
+            + g.count(RUNNING)
+            + g.count(WAITING_RESOURCES)
+            + g.count(PENDING)
+            + claimed;
+        let mut counts = QueueCounts {
+            ready_other_tags: ready_agents - matching,
+            running: g.count(READY) - ready_agents + g.count(RUNNING) + g.count(WAITING_RESOURCES),
+            blocked: g.count(PENDING),
+            claimed_by_you,
+            claimed_by_others: claimed - claimed_by_you,
+            finished: g.tasks().len() - not_final,
+            ..QueueCounts::default()
+        };
+        // Ready agent tasks with the tags, most urgent first (then oldest).
+        let mut candidates = g.ready_agents().filter(matches);
+        let mut first: Vec<&TaskRecord> = Vec::new();
+        if lost > 0 && matching > 1 {
             // After lost races: one of the first few of the most urgent class.
-            let top = candidates
-                .iter()
-                .take_while(|t| t.priority == candidates[0].priority)
-                .count();
-            let pick = rand::random_range(0..top.min(lost + 1));
-            candidates[..top].rotate_left(pick);
+            let mut top: Vec<&TaskRecord> = Vec::new();
+            let mut rest = None;
+            for t in candidates.by_ref() {
+                if top.first().is_none_or(|f| f.priority == t.priority) {
+                    top.push(t);
+                } else {
+                    rest = Some(t);
+                    break;
+                }
+            }
+            let pick = rand::random_range(0..top.len().min(lost + 1));
+            top.rotate_left(pick);
+            first = top;
+            first.extend(rest);
         }
+        let candidates = first.into_iter().chain(candidates);
         // The most urgent candidate whose resources (if any) can be held now.
         let mut best = None;
-        for t in &candidates {
+        for t in candidates {
             match task_requirements(t)? {
                 None => {
                     best = Some(t.id.clone());
@@ -1968,7 +1821,7 @@ impl TaskManager {
                 }
             }
         }
-        let candidates = candidates.len();
+        let candidates = matching;
         let Some(best) = best else {
             let reason = if counts.blocked
                 + counts.running
@@ -1999,7 +1852,7 @@ impl TaskManager {
                 counts,
             });
         };
-        let mut txn = Txn::new(&g);
+        let mut txn = Txn::new(&g, now_ms());
         let now = txn.now;
         let lease_id = new_id("lse");
         let t = txn.edit(&best);
@@ -2031,7 +1884,7 @@ impl TaskManager {
         counts.ready = candidates - 1;
         counts.claimed_by_you += 1;
         sg.bump();
-        let t = &g.tasks[&best];
+        let t = &g.tasks()[&best];
         Ok(Claim {
             task: Some(view(t)),
             lease_id: Some(lease_id),
@@ -2064,7 +1917,7 @@ impl TaskManager {
 
     /// The claimed task under `lease_id`, or LEASE_NOT_HELD.
     fn held<'g>(g: &'g Graph, task_id: &str, lease_id: &str) -> Result<&'g TaskRecord> {
-        let t = g.tasks.get(task_id).ok_or_else(|| not_found(task_id))?;
+        let t = g.get(task_id).ok_or_else(|| not_found(task_id))?;
         if t.status == CLAIMED && t.lease_id.as_deref() == Some(lease_id) {
             return Ok(t);
         }
@@ -2104,7 +1957,7 @@ impl TaskManager {
         if let Ok((Some(r), _)) = &outcome {
             self.check_payload(&cur.name, "result", r)?;
         }
-        let mut txn = Txn::new(&g);
+        let mut txn = Txn::new(&g, now_ms());
         let now = txn.now;
         let t = txn.edit(task_id);
         t.lease_id = None;
@@ -2151,13 +2004,13 @@ impl TaskManager {
         let (sg, mut g, _) = self.open_task(engine, p, task_id, None).await?;
         self.expire_leases(&mut g).await?;
         Self::held(&g, task_id, lease_id)?;
-        let mut txn = Txn::new(&g);
+        let mut txn = Txn::new(&g, now_ms());
         let now = txn.now;
         txn.edit(task_id).lease_expires_at = Some(now + lease as i64 * 1000);
         let changed = txn.commit(&*self.store).await?;
         Self::apply(&mut g, changed);
         sg.bump();
-        Ok(view(&g.tasks[task_id]))
+        Ok(view(&g.tasks()[task_id]))
     }
 
     /// execute_task: create an auto task and wait up to `wait` for it.
@@ -2185,7 +2038,7 @@ impl TaskManager {
             let g = self.lock(&sg, session.max_parallel_tasks).await?;
             deps_of(&t)
                 .iter()
-                .all(|d| g.tasks.get(d).is_some_and(|d| d.status == SUCCEEDED))
+                .all(|d| g.get(d).is_some_and(|d| d.status == SUCCEEDED))
         };
         let v = view(&t);
         let mut metadata = v.metadata.clone();
@@ -2216,10 +2069,10 @@ impl TaskManager {
     ) -> Result<Option<TaskRecord>> {
         let sg = self.session_graph(&session.session_id);
         let g = self.lock(&sg, session.max_parallel_tasks).await?;
-        Ok(g.order
+        Ok(g.order()
             .iter()
             .rev()
-            .filter_map(|id| g.tasks.get(id))
+            .filter_map(|id| g.get(id))
             .find(|t| {
                 serde_json::from_str::<Value>(&t.metadata)
                     .ok()
@@ -2241,7 +2094,7 @@ impl TaskManager {
             let mut rx = sg.changed.subscribe();
             let t = {
                 let g = self.lock(&sg, session.max_parallel_tasks).await?;
-                g.tasks
+                g.tasks()
                     .get(task_id)
                     .cloned()
                     .ok_or_else(|| not_found(task_id))?
@@ -2266,19 +2119,14 @@ impl TaskManager {
         let mut g = self.lock(&sg, 1).await?;
         g.closed = true;
         let open: Vec<String> = g
-            .order
+            .order()
             .iter()
-            .filter(|id| g.tasks.get(*id).is_some_and(|t| !is_final(&t.status)))
+            .filter(|id| g.get(id).is_some_and(|t| !is_final(&t.status)))
             .cloned()
             .collect();
-        let mut txn = Txn::new(&g);
+        let mut txn = Txn::new(&g, now_ms());
         for id in &open {
-            cancel_in(
-                &mut txn,
-                id,
-                ErrorCode::SessionClosed,
-                "the session was closed",
-            );
+            txn.cancel(id, ErrorCode::SessionClosed, "the session was closed");
         }
         let changed = txn.commit(&*self.store).await?;
         Self::apply(&mut g, changed);
@@ -2323,14 +2171,14 @@ impl TaskManager {
             let sg = self.session_graph(sid);
             let mut g = self.lock(&sg, session.max_parallel_tasks).await?;
             let interrupted: Vec<String> = g
-                .tasks
+                .tasks()
                 .values()
                 .filter(|t| in_flight(&t.status) && !g.running.contains_key(&t.id))
                 .map(|t| t.id.clone())
                 .collect();
             if !interrupted.is_empty() {
                 tracing::info!(session = %sid, tasks = interrupted.len(), "running tasks attempted again after restart");
-                let mut txn = Txn::new(&g);
+                let mut txn = Txn::new(&g, now_ms());
                 for id in &interrupted {
                     txn.edit(id).status = READY;
                 }
@@ -2386,7 +2234,7 @@ impl TaskManager {
             let lease_end = now + self.cluster.lease_ttl_ms as i64;
             let mut renew = Vec::new();
             for (id, r) in &g.running {
-                match g.tasks.get(id) {
+                match g.get(id) {
                     Some(t) if self.ours(t) => renew.push(id.clone()),
                     Some(t) => {
                         // Cancelled elsewhere (recorded there), or another executor has it.
@@ -2404,7 +2252,7 @@ impl TaskManager {
             if renew.is_empty() {
                 continue;
             }
-            let mut txn = Txn::new(&g);
+            let mut txn = Txn::new(&g, now_ms());
             for id in &renew {
                 txn.edit(id).lease_expires_at = Some(lease_end);
             }
@@ -2450,119 +2298,6 @@ fn task_requirements(t: &TaskRecord) -> Result<Option<Requirements>> {
     let v: Value = serde_json::from_str(r).map_err(|e| Error::internal(e.to_string()))?;
     let req = Requirements::parse(&v)?;
     Ok((!req.is_empty()).then_some(req))
-}
-
-/// Resolve a dependency key against the session's existing tasks.
-/// `within` says where the caller could have named a task (for the message).
-fn resolve_existing(g: &Graph, key: &str, of: &str, within: &str) -> Result<String> {
-    g.find(key).map(|t| t.id.clone()).ok_or_else(|| {
-        Error::new(
-            ErrorCode::NotFound,
-            format!("task '{of}' depends on '{key}', which is no task of {within}"),
-            "Name an existing task by id or name (or a task of the same batch); list_tasks shows the session's tasks.",
-        )
-    })
-}
-
-/// Does `from` reach `to` through dependents (is `to` downstream of `from`)?
-fn reaches(g: &Graph, from: &str, to: &str) -> bool {
-    let mut stack = vec![from.to_string()];
-    let mut seen = HashSet::new();
-    while let Some(x) = stack.pop() {
-        if x == to {
-            return true;
-        }
-        if seen.insert(x.clone()) {
-            stack.extend(g.dependents.get(&x).cloned().unwrap_or_default());
-        }
-    }
-    false
-}
-
-/// Cancel a task that is not final and skip what depends on it.
-/// A task whose holder's lease ended is ready again; `why(holder, attempt)` says so.
-fn ready_again(txn: &mut Txn<'_>, id: &str, why: impl Fn(&str, u32) -> String) {
-    let t = txn.edit(id);
-    let who = t.claimed_by.clone().unwrap_or_default();
-    t.status = READY;
-    t.error = err_json(ErrorCode::TimeoutExceeded.as_str(), why(&who, t.attempts));
-    t.lease_id = None;
-    t.lease_expires_at = None;
-}
-
-fn cancel_in(txn: &mut Txn<'_>, id: &str, code: ErrorCode, message: &str) {
-    let now = txn.now;
-    let t = txn.edit(id);
-    t.status = CANCELLED;
-    t.error = err_json(code.as_str(), message);
-    t.finished_at = Some(now);
-    t.lease_id = None;
-    t.lease_expires_at = None;
-    txn.settle_dependents(id);
-}
-
-/// A cycle among the batch's dependencies, as `a -> b -> a`.
-fn batch_cycle(records: &[TaskRecord], deps: &HashMap<String, Vec<String>>) -> Option<String> {
-    let mut graph = petgraph::graphmap::DiGraphMap::<&str, ()>::new();
-    for r in records {
-        graph.add_node(r.id.as_str());
-    }
-    for r in records {
-        for d in &deps[&r.id] {
-            if graph.contains_node(d.as_str()) {
-                graph.add_edge(d.as_str(), r.id.as_str(), ());
-            }
-        }
-    }
-    let name: HashMap<&str, &str> = records
-        .iter()
-        .map(|r| (r.id.as_str(), r.name.as_str()))
-        .collect();
-    // Kosaraju's walk is iterative: a batch of any size cannot exhaust the stack.
-    petgraph::algo::kosaraju_scc(&graph)
-        .into_iter()
-        .find(|c| c.len() > 1)
-        .map(|c| {
-            super::workflows::spec::cycle_in(&c, |n| graph.neighbors(n), |n| name[n])
-                .iter()
-                .map(|id| name[id])
-                .collect::<Vec<_>>()
-                .join(" -> ")
-        })
-}
-
-/// Batch records in an order where dependencies come first.
-fn topo(
-    records: &[TaskRecord],
-    deps: &HashMap<String, Vec<String>>,
-    by_id: &HashMap<String, usize>,
-) -> Vec<usize> {
-    let mut order = Vec::with_capacity(records.len());
-    let mut state = vec![0u8; records.len()];
-    fn visit(
-        i: usize,
-        records: &[TaskRecord],
-        deps: &HashMap<String, Vec<String>>,
-        by_id: &HashMap<String, usize>,
-        state: &mut [u8],
-        order: &mut Vec<usize>,
-    ) {
-        if state[i] != 0 {
-            return;
-        }
-        state[i] = 1;
-        for d in &deps[&records[i].id] {
-            if let Some(&j) = by_id.get(d) {
-                visit(j, records, deps, by_id, state, order);
-            }
-        }
-        state[i] = 2;
-        order.push(i);
-    }
-    for i in 0..records.len() {
-        visit(i, records, deps, by_id, &mut state, &mut order);
-    }
-    order
 }
 
 /// One running auto task.
@@ -2643,7 +2378,7 @@ impl Job {
         g.running.remove(&self.id);
         let stopped_for_shutdown = matches!(result, Ok((_, attempts::Ending::Stopped { .. })))
             && stop.get().copied().unwrap_or(Stop::Shutdown) == Stop::Shutdown;
-        let still_running = g.tasks.get(&self.id).is_some_and(|t| self.mgr.ours(t));
+        let still_running = g.get(&self.id).is_some_and(|t| self.mgr.ours(t));
         if stopped_for_shutdown || !still_running {
             // Shutdown: stays `running` and goes again at the next start.
             // Cancelled: cancel_task already recorded it.
@@ -2651,7 +2386,7 @@ impl Job {
             self.sg.bump();
             return Ok(());
         }
-        let mut txn = Txn::new(&g);
+        let mut txn = Txn::new(&g, now_ms());
         let now = txn.now;
         let t = txn.edit(&self.id);
         match result {
@@ -2710,10 +2445,10 @@ impl Job {
 
     async fn record(&self, f: impl FnOnce(&mut TaskRecord)) -> Result<()> {
         let mut g = self.mgr.fresh(&self.sg).await?;
-        if g.tasks.get(&self.id).is_none_or(|t| !self.mgr.ours(t)) {
+        if g.get(&self.id).is_none_or(|t| !self.mgr.ours(t)) {
             return Ok(());
         }
-        let mut txn = Txn::new(&g);
+        let mut txn = Txn::new(&g, now_ms());
         f(txn.edit(&self.id));
         let changed = txn.commit(&*self.mgr.store).await?;
         TaskManager::apply(&mut g, changed);
@@ -2738,5 +2473,30 @@ impl attempts::Sink for Job {
             format!("attempt {attempt}: {message}; retrying"),
         );
         self.record(|t| t.error = error).await
+    }
+}
+
+impl Engine {
+    /// next_task: the caller's most urgent ready agent task, claimed under a
+    /// lease for `agent` (default: the principal's name).
+    pub async fn next_task(
+        &self,
+        p: &Principal,
+        session_id: Option<&str>,
+        agent: Option<String>,
+        tags: &[String],
+        lease_seconds: Option<u64>,
+    ) -> Result<Claim> {
+        let session = self.sessions().resolve(p, session_id).await?;
+        let agent = agent.unwrap_or_else(|| p.name().to_string());
+        if agent.is_empty() || agent.chars().count() > 128 {
+            return Err(Error::invalid(
+                "agent must be 1-128 characters",
+                "Name yourself briefly, e.g. \"worker-1\".",
+            ));
+        }
+        self.tasks()
+            .next(&session, &agent, tags, lease_seconds)
+            .await
     }
 }

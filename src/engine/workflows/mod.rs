@@ -9,6 +9,7 @@ pub mod condition;
 pub mod library;
 pub mod spec;
 pub mod template;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -1048,27 +1049,6 @@ impl Engine {
         };
         let run = self.execute_workflow(p, req, wait, progress).await?;
         Ok((def, run))
-    }
-
-    /// Close a session and cancel its runs.
-    pub async fn close_session(&self, p: &Principal, id: &str) -> Result<Session> {
-        let s = self.sessions().close(p, id).await?;
-        let n = self.runs().cancel_session(id).await?;
-        if n > 0 {
-            tracing::info!(session = %id, runs = n, "runs of the closed session cancelled");
-        }
-        let n = self
-            .resources()
-            .release_session(id, "the session was closed")
-            .await?;
-        if n > 0 {
-            tracing::info!(session = %id, allocations = n, "allocations of the closed session released");
-        }
-        let n = self.tasks().close_session(id).await?;
-        if n > 0 {
-            tracing::info!(session = %id, tasks = n, "tasks of the closed session cancelled");
-        }
-        Ok(s)
     }
 
     /// How long a call may wait, from its `wait_seconds`.

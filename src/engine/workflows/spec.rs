@@ -1,20 +1,14 @@
-//! Workflow definitions: the schema, validation (with petgraph) and the
-//! execution plan.
-//!
-//! Validation runs before anything is stored or run and reports every problem
-//! at once, each with a code, the step and the field it concerns.
+//! Workflow definitions: the schema (steps, parameters, retry policies,
+//! trigger rules), the bounds they are checked against, parameter binding
+//! and the Mermaid picture. Validation, in passes, is in `validate.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use petgraph::algo::{DfsSpace, has_path_connecting, kosaraju_scc, toposort};
-use petgraph::graph::{DiGraph, NodeIndex};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::condition;
-use super::template::{Ref, templates_in};
-use crate::actions::Registry;
 
 /// Type of a declared workflow parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
@@ -304,7 +298,7 @@ const MAX_PROBLEM_BYTES: usize = 1000;
 impl Problem {
     /// The problem as an answer may carry it: step and field quoted as
     /// excerpts, the message at most [`MAX_PROBLEM_BYTES`].
-    fn bounded(mut self) -> Self {
+    pub(super) fn bounded(mut self) -> Self {
         let cut = |s: &mut String, max: usize| {
             if s.len() > max {
                 let head = crate::error::char_prefix(s, max).len();
@@ -324,7 +318,7 @@ impl Problem {
     }
 }
 
-fn problem(
+pub(super) fn problem(
     code: &str,
     step: Option<&str>,
     field: Option<&str>,
@@ -338,7 +332,7 @@ fn problem(
     }
 }
 
-fn valid_step_name(n: &str) -> bool {
+pub(super) fn valid_step_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n.bytes()
@@ -352,355 +346,7 @@ pub fn valid_workflow_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
-/// Validate a definition. Returns the plan, or every problem found.
-pub fn validate(
-    spec: &WorkflowSpec,
-    registry: &Registry,
-    limits: &Limits,
-) -> Result<Plan, Vec<Problem>> {
-    let mut p = Vec::new();
-    if !valid_workflow_name(&spec.name) {
-        p.push(problem(
-            "INVALID_NAME",
-            None,
-            Some("name"),
-            format!(
-                "workflow name '{}' must be 1-128 letters, digits, '_', '-' or '.'",
-                crate::error::excerpt(&spec.name)
-            ),
-        ));
-    }
-    let size = serde_json::to_vec(spec)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    if size > limits.max_definition_bytes {
-        p.push(problem(
-            "LIMIT_EXCEEDED",
-            None,
-            None,
-            format!(
-                "the definition is {size} bytes; the limit is {} (workflows.max_definition_bytes)",
-                limits.max_definition_bytes
-            ),
-        ));
-    }
-    if spec.steps.is_empty() {
-        p.push(problem(
-            "INVALID_VALUE",
-            None,
-            Some("steps"),
-            "a workflow needs at least one step",
-        ));
-    }
-    if spec.steps.len() > limits.max_steps {
-        p.push(problem(
-            "LIMIT_EXCEEDED",
-            None,
-            Some("steps"),
-            format!(
-                "{} steps; the limit is {} (workflows.max_steps)",
-                spec.steps.len(),
-                limits.max_steps
-            ),
-        ));
-        return Err(p.into_iter().map(Problem::bounded).collect());
-    }
-    if let Some(why) = limits.timeout_problem(spec.timeout_seconds) {
-        p.push(problem("INVALID_VALUE", None, Some("timeout_seconds"), why));
-    }
-    if spec.max_parallel == Some(0) {
-        p.push(problem(
-            "INVALID_VALUE",
-            None,
-            Some("max_parallel"),
-            "max_parallel must be at least 1",
-        ));
-    }
-    for (name, ps) in &spec.parameters {
-        if !valid_step_name(name) && !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            p.push(problem(
-                "INVALID_NAME",
-                None,
-                Some(&format!("parameters.{name}")),
-                "parameter names are letters, digits and '_'",
-            ));
-        }
-        if let Some(d) = &ps.default
-            && !ps.kind.accepts(d)
-        {
-            p.push(problem(
-                "INVALID_VALUE",
-                None,
-                Some(&format!("parameters.{name}.default")),
-                format!("default {d} is not of type {:?}", ps.kind).to_lowercase(),
-            ));
-        }
-    }
-
-    // Steps: names, duplicates.
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for (i, s) in spec.steps.iter().enumerate() {
-        if !valid_step_name(&s.name) {
-            p.push(problem(
-                "INVALID_NAME",
-                Some(&s.name),
-                Some("name"),
-                format!(
-                    "step name '{}' must be 1-64 characters of a-z, 0-9, '_' and '-'",
-                    crate::error::excerpt(&s.name)
-                ),
-            ));
-        }
-        if index.contains_key(s.name.as_str()) {
-            p.push(problem(
-                "DUPLICATE_STEP",
-                Some(&s.name),
-                Some("name"),
-                format!("step name '{}' is used twice", s.name),
-            ));
-        } else {
-            index.insert(s.name.as_str(), i);
-        }
-    }
-
-    // The graph: an edge dep -> step for every valid dependency.
-    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(spec.steps.len(), spec.steps.len());
-    let nodes: Vec<NodeIndex> = (0..spec.steps.len()).map(|i| g.add_node(i)).collect();
-    for (i, s) in spec.steps.iter().enumerate() {
-        let mut seen = HashSet::new();
-        for d in &s.dependencies {
-            if d == &s.name {
-                p.push(problem(
-                    "SELF_DEPENDENCY",
-                    Some(&s.name),
-                    Some("dependencies"),
-                    format!("step '{d}' depends on itself"),
-                ));
-            } else if !seen.insert(d) {
-                p.push(problem(
-                    "INVALID_VALUE",
-                    Some(&s.name),
-                    Some("dependencies"),
-                    format!("dependency '{d}' is listed twice"),
-                ));
-            } else if let Some(&j) = index.get(d.as_str()) {
-                g.add_edge(nodes[j], nodes[i], ());
-            } else {
-                p.push(problem(
-                    "UNKNOWN_DEPENDENCY",
-                    Some(&s.name),
-                    Some("dependencies"),
-                    format!(
-                        "step '{}' depends on '{d}', which is not a step of this workflow",
-                        s.name
-                    ),
-                ));
-            }
-        }
-    }
-    // Kosaraju's walk is iterative: a 20,000-step chain cannot exhaust the stack.
-    for scc in kosaraju_scc(&g) {
-        if scc.len() > 1 {
-            let path = cycle_path(&g, &scc, spec);
-            // A long cycle is shown by its first and last steps and its length.
-            let message = if path.len() > 12 {
-                format!(
-                    "dependency cycle of {} steps: {} -> ... ({} more) -> {}",
-                    path.len() - 1,
-                    path[..8].join(" -> "),
-                    path.len() - 11,
-                    path[path.len() - 3..].join(" -> ")
-                )
-            } else {
-                format!("dependency cycle: {}", path.join(" -> "))
-            };
-            p.push(problem(
-                "CYCLE_DETECTED",
-                Some(&path[0]),
-                Some("dependencies"),
-                message,
-            ));
-        }
-    }
-
-    // Actions, parameters, templates, conditions.
-    let mut space = DfsSpace::new(&g);
-    for (i, s) in spec.steps.iter().enumerate() {
-        let step = Some(s.name.as_str());
-        let nesting = s
-            .parameters
-            .values()
-            .map(|v| 1 + crate::model::bounds::value_depth(v, limits.max_nesting_depth))
-            .max()
-            .unwrap_or(1);
-        if nesting > limits.max_nesting_depth {
-            p.push(problem(
-                "LIMIT_EXCEEDED",
-                step,
-                Some("parameters"),
-                format!(
-                    "parameters are nested deeper than {} levels (workflows.max_nesting_depth)",
-                    limits.max_nesting_depth
-                ),
-            ));
-        }
-        let mut templated = Vec::new();
-        let mut found = Vec::new();
-        templates_in(&Value::Object(s.parameters.clone()), "", &mut found);
-        let mut refs: Vec<(String, Ref)> = Vec::new();
-        for (at, t) in found {
-            let top = at.split(['.', '[']).next().unwrap_or("").to_string();
-            if !templated.contains(&top) {
-                templated.push(top);
-            }
-            match t {
-                Ok(t) => refs.extend(t.refs().map(|r| (format!("parameters.{at}"), r.clone()))),
-                Err(e) => p.push(problem(
-                    "INVALID_TEMPLATE",
-                    step,
-                    Some(&format!("parameters.{at}")),
-                    e,
-                )),
-            }
-        }
-        if let Some(w) = &s.when {
-            match condition::parse(w, limits.condition()) {
-                Ok(e) => {
-                    let mut rs = Vec::new();
-                    e.refs(&mut rs);
-                    refs.extend(rs.into_iter().map(|r| ("when".to_string(), r)));
-                }
-                Err(e) => p.push(problem("INVALID_CONDITION", step, Some("when"), e)),
-            }
-        }
-        for (field, r) in refs {
-            match &r {
-                Ref::Param { name, .. } if !spec.parameters.contains_key(name) => {
-                    p.push(problem(
-                        "UNKNOWN_PARAMETER",
-                        step,
-                        Some(&field),
-                        format!(
-                            "parameter '{name}' is not declared; declared: [{}]",
-                            spec.parameters
-                                .keys()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ));
-                }
-                _ => {}
-            }
-            if let Some(up) = r.step() {
-                match index.get(up) {
-                    None => p.push(problem(
-                        "NOT_UPSTREAM",
-                        step,
-                        Some(&field),
-                        format!("'{up}' is not a step of this workflow"),
-                    )),
-                    Some(&j) if j == i => p.push(problem(
-                        "NOT_UPSTREAM",
-                        step,
-                        Some(&field),
-                        format!("step '{up}' refers to its own output"),
-                    )),
-                    Some(&j) => {
-                        // A direct dependency needs no search.
-                        let direct = s.dependencies.iter().any(|d| d == up);
-                        if !direct && !has_path_connecting(&g, nodes[j], nodes[i], Some(&mut space))
-                        {
-                            p.push(problem("NOT_UPSTREAM", step, Some(&field), format!(
-                                "step '{}' reads step '{up}', which is not upstream of it: add '{up}' to its dependencies", s.name)));
-                        }
-                    }
-                }
-            }
-        }
-        match registry.spec(&s.module, &s.action) {
-            None => {
-                let hint = match registry.actions_of(&s.module) {
-                    Some(acts) => format!("module '{}' has actions: {}", s.module, acts.join(", ")),
-                    None => format!("known modules: {}", registry.modules().join(", ")),
-                };
-                p.push(problem(
-                    "MODULE_NOT_FOUND",
-                    step,
-                    Some("action"),
-                    format!("no action '{}.{}' ({hint})", s.module, s.action),
-                ));
-            }
-            Some(_) if registry.disabled(&s.module).is_some() => {
-                p.push(problem(
-                    "MODULE_DISABLED",
-                    step,
-                    Some("module"),
-                    format!(
-                        "module '{}' is disabled: {}",
-                        s.module,
-                        registry.disabled(&s.module).unwrap_or_default()
-                    ),
-                ));
-            }
-            Some(_) => {
-                for e in registry.check_params(
-                    &s.module,
-                    &s.action,
-                    &Value::Object(s.parameters.clone()),
-                    &templated,
-                ) {
-                    p.push(problem(
-                        "INVALID_PARAMETERS",
-                        step,
-                        Some("parameters"),
-                        format!("{}.{}: {e}", s.module, s.action),
-                    ));
-                }
-            }
-        }
-        if let Some(r) = &s.resources
-            && let Err(e) = crate::engine::resources::Requirements::parse(r)
-        {
-            p.push(problem("INVALID_VALUE", step, Some("resources"), e.message));
-        }
-        if let Some(why) = limits.timeout_problem(s.timeout_seconds) {
-            p.push(problem("INVALID_VALUE", step, Some("timeout_seconds"), why));
-        }
-        if s.max_retries > 100 {
-            p.push(problem(
-                "LIMIT_EXCEEDED",
-                step,
-                Some("max_retries"),
-                "max_retries is at most 100",
-            ));
-        }
-        if let Some(r) = &s.retry
-            && (!(1.0..=10.0).contains(&r.multiplier)
-                || r.initial_delay_ms > r.max_delay_ms
-                || r.max_delay_ms > 3_600_000)
-        {
-            p.push(problem(
-                "INVALID_VALUE",
-                step,
-                Some("retry"),
-                "retry needs 1 <= multiplier <= 10 and initial_delay_ms <= max_delay_ms <= 3600000",
-            ));
-        }
-    }
-    if !p.is_empty() {
-        return Err(p.into_iter().map(Problem::bounded).collect());
-    }
-    Ok(plan(&g, spec))
-}
-
-/// One cycle inside a strongly connected component, as step names `a -> b -> a`.
-fn cycle_path(g: &DiGraph<usize, ()>, scc: &[NodeIndex], spec: &WorkflowSpec) -> Vec<String> {
-    cycle_in(scc, |n| g.neighbors(n), |n| spec.steps[g[n]].name.as_str())
-        .into_iter()
-        .map(|n| spec.steps[g[n]].name.clone())
-        .collect()
-}
+pub use super::validate::validate;
 
 /// A cycle through a strongly connected component (`scc`, as an SCC
 /// algorithm found it): from its least node by `name`, always on to the
@@ -737,40 +383,6 @@ where
         pos.insert(next, path.len());
         path.push(next);
         cur = next;
-    }
-}
-
-fn plan(g: &DiGraph<usize, ()>, spec: &WorkflowSpec) -> Plan {
-    let order = toposort(g, None).expect("validated acyclic");
-    let mut level = vec![0usize; spec.steps.len()];
-    let mut best_pred: Vec<Option<NodeIndex>> = vec![None; spec.steps.len()];
-    for &n in &order {
-        for m in g.neighbors(n) {
-            if level[m.index()] < level[n.index()] + 1 {
-                level[m.index()] = level[n.index()] + 1;
-                best_pred[m.index()] = Some(n);
-            }
-        }
-    }
-    let depth = level.iter().copied().max().unwrap_or(0);
-    let mut levels = vec![Vec::new(); depth + 1];
-    for &n in &order {
-        levels[level[n.index()]].push(spec.steps[g[n]].name.clone());
-    }
-    let mut cur = order.iter().copied().max_by_key(|n| level[n.index()]);
-    let mut critical_path = Vec::new();
-    while let Some(n) = cur {
-        critical_path.push(spec.steps[g[n]].name.clone());
-        cur = best_pred[n.index()];
-    }
-    critical_path.reverse();
-    Plan {
-        levels,
-        critical_path,
-        order: order
-            .iter()
-            .map(|n| spec.steps[g[*n]].name.clone())
-            .collect(),
     }
 }
 
@@ -862,6 +474,7 @@ pub fn mermaid(spec: &WorkflowSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actions::Registry;
     use serde_json::json;
 
     fn check(v: Value) -> Result<Plan, Vec<Problem>> {

@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::engine::resources::{AllocationView, Owner, Requirements, ResourceStatus};
+use crate::engine::resources::{AllocateRequest, AllocationPage, AllocationView, ResourceStatus};
 use crate::engine::workflows::spec::Priority;
 use crate::error::Error;
 use crate::server::{MyrmexServer, args::Args, principal};
@@ -103,14 +103,6 @@ pub struct Released {
     pub allocation: Option<AllocationView>,
 }
 
-/// A page of allocations, newest first.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct AllocationPage {
-    pub allocations: Vec<AllocationView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
 #[tool_router(router = resources_router, vis = "pub(crate)")]
 impl MyrmexServer {
     #[tool(
@@ -131,44 +123,16 @@ impl MyrmexServer {
     ) -> Result<Json<AllocationView>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        let req = Requirements::parse(&a.requirements)?;
-        if req.is_empty() {
-            return Err(Error::invalid(
-                "the requirements ask for nothing",
-                "Name at least one pool amount above 0 or one lock.",
-            ));
-        }
-        let ttl = self.engine.resources().ttl(a.ttl_seconds)?;
-        let wait = match a.wait_seconds {
-            None | Some(0) => std::time::Duration::ZERO,
-            w => self.engine.wait_for(w)?,
-        };
-        let session = self
-            .engine
-            .sessions()
-            .resolve(&p, a.session_id.as_deref())
-            .await?;
-        let holder = a.user_id.unwrap_or_else(|| p.name().to_string());
-        if holder.is_empty() || holder.chars().count() > 128 {
-            return Err(Error::invalid(
-                "user_id must have 1-128 characters",
-                "Use a short label such as an agent's name.",
-            ));
-        }
-        let owner = Owner {
-            session_id: session.session_id.clone(),
-            principal: p.name().to_string(),
-            holder,
-            kind: crate::model::OwnerKind::Api,
-            reference: None,
+        let request = AllocateRequest {
+            requirements: a.requirements,
+            user_id: a.user_id,
+            session_id: a.session_id,
+            ttl_seconds: a.ttl_seconds,
+            wait_seconds: a.wait_seconds,
+            priority: a.priority,
         };
         // A client that cancels the call (or disconnects) stops waiting.
-        Ok(Json(
-            self.engine
-                .resources()
-                .acquire(owner, req, a.priority, Some(ttl), Some(wait), &ctx.ct)
-                .await?,
-        ))
+        Ok(Json(self.engine.allocate(&p, request, &ctx.ct).await?))
     }
 
     #[tool(
@@ -269,28 +233,22 @@ impl MyrmexServer {
     ) -> Result<Json<AllocationPage>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        let limit = crate::engine::sessions::page_limit(&self.engine.config().limits, a.limit)?;
-        let offset = match &a.cursor {
-            Some(c) => crate::engine::workflows::decode_offset(c)?,
-            None => 0,
-        };
         let status = a.status.map(|s| match s {
-            AllocationStatus::Active => "active",
-            AllocationStatus::Released => "released",
-            AllocationStatus::Expired => "expired",
+            AllocationStatus::Active => crate::model::AllocationStatus::Active,
+            AllocationStatus::Released => crate::model::AllocationStatus::Released,
+            AllocationStatus::Expired => crate::model::AllocationStatus::Expired,
         });
-        let mut page = self
-            .engine
-            .resources()
-            .list(p.name(), a.session_id.as_deref(), status, offset, limit + 1)
-            .await?;
-        let more = page.len() > limit as usize;
-        page.truncate(limit as usize);
-        Ok(Json(AllocationPage {
-            next_cursor: more
-                .then(|| crate::engine::workflows::encode_offset(offset + limit as usize)),
-            allocations: page,
-        }))
+        Ok(Json(
+            self.engine
+                .list_allocations(
+                    &p,
+                    a.session_id.as_deref(),
+                    status,
+                    a.cursor.as_deref(),
+                    a.limit,
+                )
+                .await?,
+        ))
     }
 
     #[tool(

@@ -33,18 +33,19 @@ pub enum TaskStatus {
     TimedOut,
 }
 
-impl TaskStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            TaskStatus::Pending => "pending",
-            TaskStatus::Ready => "ready",
-            TaskStatus::Running => "running",
-            TaskStatus::Claimed => "claimed",
-            TaskStatus::Succeeded => "succeeded",
-            TaskStatus::Failed => "failed",
-            TaskStatus::Skipped => "skipped",
-            TaskStatus::Cancelled => "cancelled",
-            TaskStatus::TimedOut => "timed_out",
+impl From<TaskStatus> for crate::model::TaskStatus {
+    fn from(s: TaskStatus) -> Self {
+        use crate::model::TaskStatus as T;
+        match s {
+            TaskStatus::Pending => T::Pending,
+            TaskStatus::Ready => T::Ready,
+            TaskStatus::Running => T::Running,
+            TaskStatus::Claimed => T::Claimed,
+            TaskStatus::Succeeded => T::Succeeded,
+            TaskStatus::Failed => T::Failed,
+            TaskStatus::Skipped => T::Skipped,
+            TaskStatus::Cancelled => T::Cancelled,
+            TaskStatus::TimedOut => T::TimedOut,
         }
     }
 }
@@ -404,13 +405,12 @@ impl MyrmexServer {
             None => std::time::Duration::ZERO,
             w => self.engine.wait_for(w)?,
         };
-        let mut v = self
+        let v = self
             .engine
             .tasks()
             .get(&self.engine, &p, &a.task_id, a.session_id.as_deref(), wait)
             .await?;
-        v.fit(self.engine.config().limits.max_result_bytes * 9 / 10);
-        Ok(Json(v))
+        Ok(Json(self.fitted(v)))
     }
 
     #[tool(
@@ -438,7 +438,7 @@ impl MyrmexServer {
             .resolve(&p, a.session_id.as_deref())
             .await?;
         let filter = TaskFilter {
-            status: a.status.map(|s| s.as_str().to_string()),
+            status: a.status.map(Into::into),
             tag: a.tag,
             priority: a.priority,
         };
@@ -584,22 +584,15 @@ impl MyrmexServer {
     ) -> Result<Json<Claim>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        let session = self
-            .engine
-            .sessions()
-            .resolve(&p, a.session_id.as_deref())
-            .await?;
-        let agent = a.agent.unwrap_or_else(|| p.name().to_string());
-        if agent.is_empty() || agent.chars().count() > 128 {
-            return Err(Error::invalid(
-                "agent must be 1-128 characters",
-                "Name yourself briefly, e.g. \"worker-1\".",
-            ));
-        }
         Ok(Json(
             self.engine
-                .tasks()
-                .next(&session, &agent, &a.tags, a.lease_seconds)
+                .next_task(
+                    &p,
+                    a.session_id.as_deref(),
+                    a.agent,
+                    &a.tags,
+                    a.lease_seconds,
+                )
                 .await?,
         ))
     }

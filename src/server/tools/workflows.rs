@@ -329,14 +329,6 @@ impl Progress {
     }
 }
 
-impl MyrmexServer {
-    /// A run view shortened to fit the answer limit (with room for the envelope).
-    pub(crate) fn fit_run(&self, mut v: RunView) -> RunView {
-        v.fit(self.engine.config().limits.max_result_bytes * 9 / 10);
-        v
-    }
-}
-
 #[tool_router(router = workflows_router, vis = "pub(crate)")]
 impl MyrmexServer {
     #[tool(
@@ -499,7 +491,7 @@ impl MyrmexServer {
             .execute_workflow(&p, req, wait, &mut |d, t, m| progress.report(d, t, m))
             .await;
         progress.flush().await;
-        Ok(Json(self.fit_run(run?)))
+        Ok(Json(self.fitted(run?)))
     }
 
     #[tool(
@@ -538,7 +530,7 @@ impl MyrmexServer {
             v.only_step(step)?;
             return Ok(Json(v));
         }
-        Ok(Json(self.fit_run(v)))
+        Ok(Json(self.fitted(v)))
     }
 
     #[tool(
@@ -592,7 +584,7 @@ impl MyrmexServer {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         Ok(Json(
-            self.fit_run(
+            self.fitted(
                 self.engine
                     .cancel_workflow_run(&p, &a.run_id, a.session_id.as_deref())
                     .await?,
@@ -631,7 +623,7 @@ impl MyrmexServer {
             )
             .await;
         progress.flush().await;
-        Ok(Json(self.fit_run(v?)))
+        Ok(Json(self.fitted(v?)))
     }
 
     #[tool(
@@ -693,7 +685,7 @@ impl MyrmexServer {
         let (workflow, run) = r?;
         Ok(Json(ComplexResult {
             workflow,
-            run: self.fit_run(run),
+            run: self.fitted(run),
         }))
     }
 }

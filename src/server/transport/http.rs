@@ -85,7 +85,9 @@ pub fn app(
     }
     let keep_alive =
         (cfg.sse_keep_alive_seconds > 0).then(|| Duration::from_secs(cfg.sse_keep_alive_seconds));
-    let legacy = super::sse::SseState::new(engine.clone(), ct.clone());
+    // One registry of MCP tasks for every session this transport serves.
+    let mcp_tasks = std::sync::Arc::new(crate::server::mcp_tasks::TaskRegistry::default());
+    let legacy = super::sse::SseState::new(engine.clone(), mcp_tasks.clone(), ct.clone());
     let legacy = axum::Router::new()
         .route(&cfg.legacy_sse_path, axum::routing::get(super::sse::open))
         .route(
@@ -105,7 +107,12 @@ pub fn app(
     let sessions = super::mcp_sessions::Sessions::new(engine.clone());
     let factory_engine = engine.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(MyrmexServer::new(factory_engine.clone())),
+        move || {
+            Ok(MyrmexServer::with_tasks(
+                factory_engine.clone(),
+                mcp_tasks.clone(),
+            ))
+        },
         sessions.manager(),
         rmcp_config,
     );

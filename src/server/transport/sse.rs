@@ -45,6 +45,7 @@ struct Bridge {
 #[derive(Clone)]
 pub struct SseState {
     engine: Engine,
+    mcp_tasks: Arc<crate::server::mcp_tasks::TaskRegistry>,
     bridges: Arc<Mutex<HashMap<String, Bridge>>>,
     messages_path: String,
     keep_alive: Option<Duration>,
@@ -52,13 +53,18 @@ pub struct SseState {
 }
 
 impl SseState {
-    pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        engine: Engine,
+        mcp_tasks: Arc<crate::server::mcp_tasks::TaskRegistry>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let cfg = &engine.config().http;
         Self {
             messages_path: cfg.legacy_messages_path.clone(),
             keep_alive: (cfg.sse_keep_alive_seconds > 0)
                 .then(|| Duration::from_secs(cfg.sse_keep_alive_seconds)),
             engine,
+            mcp_tasks,
             bridges: Arc::new(Mutex::new(HashMap::new())),
             shutdown,
         }
@@ -140,7 +146,7 @@ pub async fn open(State(state): State<SseState>, req: Request) -> Response {
         .metrics()
         .sse_streams
         .fetch_add(1, Ordering::Relaxed);
-    let server = MyrmexServer::new(state.engine.clone());
+    let server = MyrmexServer::with_tasks(state.engine.clone(), state.mcp_tasks.clone());
     let service_ct = cancel.clone();
     let sid = id.clone();
     tokio::spawn(async move {
