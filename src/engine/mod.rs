@@ -7,6 +7,8 @@
 //! cheap to clone into every MCP handler rmcp creates.
 
 pub mod attempts;
+#[cfg(test)]
+mod clock_tests;
 pub mod host;
 pub mod observe;
 pub mod projects;
@@ -53,6 +55,8 @@ struct EngineInner {
     peers: observe::peers::Peers,
     started: Instant,
     started_at: i64,
+    /// Where sessions, task leases and allocation leases read "now".
+    clock: Arc<dyn crate::model::Clock>,
 }
 
 impl Engine {
@@ -63,7 +67,18 @@ impl Engine {
 
     /// An engine whose steps run the actions of `registry` (tests add modules to it).
     pub fn with_registry(config: Config, store: Arc<dyn Store>, registry: Registry) -> Self {
-        let sessions = SessionRegistry::new(store.clone(), &config);
+        Self::with_clock(config, store, registry, Arc::new(crate::model::SystemClock))
+    }
+
+    /// An engine whose sessions, task leases and allocation leases read the
+    /// time from `clock` (tests move a `ManualClock` instead of sleeping).
+    pub fn with_clock(
+        config: Config,
+        store: Arc<dyn Store>,
+        registry: Registry,
+        clock: Arc<dyn crate::model::Clock>,
+    ) -> Self {
+        let sessions = SessionRegistry::new(store.clone(), &config).with_clock(clock.clone());
         let registry = Arc::new(registry);
         let limits = workflow_limits(&config);
         let library = workflows::library::Library::load(&config.workflows_dirs, &registry, &limits);
@@ -78,12 +93,15 @@ impl Engine {
         );
         let stopping = tokio_util::sync::CancellationToken::new();
         let node = node_name();
-        let resources = Arc::new(resources::ResourceManager::new(
-            store.clone(),
-            &config.resources,
-            node.clone(),
-            config.cluster.lease_ttl_ms,
-        ));
+        let resources = Arc::new(
+            resources::ResourceManager::new(
+                store.clone(),
+                &config.resources,
+                node.clone(),
+                config.cluster.lease_ttl_ms,
+            )
+            .with_clock(clock.clone()),
+        );
         let runs = Arc::new(runs::RunManager::new(
             store.clone(),
             registry.clone(),
@@ -93,14 +111,17 @@ impl Engine {
             &config.cluster,
             limits.clone(),
         ));
-        let tasks = Arc::new(tasks::TaskManager::new(
-            store.clone(),
-            registry.clone(),
-            resources.clone(),
-            &config,
-            stopping.clone(),
-            node.clone(),
-        ));
+        let tasks = Arc::new(
+            tasks::TaskManager::new(
+                store.clone(),
+                registry.clone(),
+                resources.clone(),
+                &config,
+                stopping.clone(),
+                node.clone(),
+            )
+            .with_clock(clock.clone()),
+        );
         let peers = observe::peers::Peers::new(store.clone(), node, config.cluster.lease_ttl_ms);
         let engine = Self {
             inner: Arc::new(EngineInner {
@@ -119,6 +140,7 @@ impl Engine {
                 peers,
                 started: Instant::now(),
                 started_at: now_ms(),
+                clock,
             }),
         };
         engine.inner.registry.set_host(Arc::new(host::EngineHost {
@@ -299,7 +321,7 @@ impl Engine {
                 let engine = engine.clone();
                 async move {
                     // What ran in a swept session stops as if the session were closed by its owner.
-                    for id in engine.sessions().sweep(now_ms()).await? {
+                    for id in engine.sessions().sweep(engine.inner.clock.now_ms()).await? {
                         engine.session_closed(&id).await?;
                     }
                     Ok(())

@@ -12,10 +12,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{Principal, iso, new_id, now_ms};
+use super::{Principal, iso, new_id};
 use crate::config::{Config, LimitsConfig, SessionsConfig};
 use crate::error::{Error, ErrorCode, Result};
 pub use crate::model::page::{bounded, decode_cursor, next_cursor, page_limit};
+use crate::model::{Clock, SystemClock};
 pub use crate::model::{SessionMode, SessionStatus};
 use crate::store::{SessionQuery, SessionRecord, Store, StoreError};
 
@@ -119,6 +120,8 @@ pub struct SessionRegistry {
     store: Arc<dyn Store>,
     sessions: SessionsConfig,
     limits: LimitsConfig,
+    /// Where "now" comes from: activity, idle TTLs and lifetimes by it.
+    clock: Arc<dyn Clock>,
 }
 
 impl SessionRegistry {
@@ -127,7 +130,14 @@ impl SessionRegistry {
             store,
             sessions: config.sessions.clone(),
             limits: config.limits.clone(),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same registry, reading time from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Create a session owned by `principal`.
@@ -160,7 +170,7 @@ impl SessionRegistry {
             }
             None => self.default_record(principal).await?,
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         if now - rec.last_active_at >= TOUCH_EVERY_MS {
             self.store.touch_session(&rec.id, now).await?;
         }
@@ -194,7 +204,7 @@ impl SessionRegistry {
         if rec.status != SessionStatus::Active
             || !self
                 .store
-                .close_session(id, now_ms(), "closed_by_caller")
+                .close_session(id, self.clock.now_ms(), "closed_by_caller")
                 .await?
         {
             let now = self.visible(principal, id).await?;
@@ -337,7 +347,7 @@ impl SessionRegistry {
                 "Store large data elsewhere and keep a reference in metadata.",
             ));
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         Ok(SessionRecord {
             id: new_id("ses"),
             principal: principal.name().to_string(),

@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::workflows::spec::Priority;
-use super::{iso, new_id, now_ms};
+use super::{iso, new_id};
 use crate::config::ResourcesConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{AllocationRecord, Store, WaiterRecord};
@@ -31,7 +31,7 @@ use crate::store::{AllocationRecord, Store, WaiterRecord};
 pub mod ledger;
 
 pub use crate::model::LockMode;
-use crate::model::{AllocationStatus, OwnerKind};
+use crate::model::{AllocationStatus, Clock, OwnerKind, SystemClock};
 use ledger::{Held, Ledger, Queued, Usage, held_from, parse_stored};
 pub use ledger::{LockReq, OTHER_PRINCIPAL, Owner, Requirements, Shortage};
 
@@ -205,6 +205,8 @@ pub struct ResourceManager {
     state: tokio::sync::Mutex<State>,
     /// Bumped on every release: waiters outside the queue (steps) look again.
     changed: watch::Sender<u64>,
+    /// Where "now" comes from: leases (`ttl_seconds`) and waiting age by it.
+    clock: Arc<dyn Clock>,
 }
 
 fn host_cores() -> u64 {
@@ -261,14 +263,25 @@ impl ResourceManager {
                 ..Default::default()
             }),
             changed: watch::channel(0).0,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same manager, reading time from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// Load the active allocations after a start. Allocations of steps, auto
     /// tasks and runs are released: that work starts again and acquires anew.
     pub async fn load(&self) -> Result<usize> {
         let mut st = self.state.lock().await;
-        let now = now_ms();
+        let now = self.now();
         let mut stale = Vec::new();
         for rec in self.store.active_allocations().await? {
             // With a shared store another process may be running that work:
@@ -305,7 +318,7 @@ impl ResourceManager {
 
     /// Grant what the queue allows, in order; returns the grants to persist.
     fn pump(&self, st: &mut State) -> Vec<(Waiter, AllocationRecord)> {
-        let now = now_ms();
+        let now = self.now();
         // The caller stopped waiting: it leaves the queue.
         let mut waiters: Vec<Option<Waiter>> = std::mem::take(&mut st.waiters)
             .into_iter()
@@ -423,7 +436,7 @@ impl ResourceManager {
             return Ok(());
         }
         let mut picked = Vec::new();
-        let fresh_after = now_ms() - self.lease_ttl_ms;
+        let fresh_after = self.now() - self.lease_ttl_ms;
         let result = self
             .store
             .allocate(&mut |active, waiters| {
@@ -472,7 +485,7 @@ impl ResourceManager {
                 if let Some(h) = st.held.remove(&rec.id) {
                     let mut r = h.rec;
                     r.status = AllocationStatus::Released;
-                    r.released_at = Some(now_ms());
+                    r.released_at = Some(self.now());
                     r.release_reason = Some("the requester stopped waiting".into());
                     self.store.put_allocations(&[r]).await?;
                     self.released().await;
@@ -505,7 +518,7 @@ impl ResourceManager {
     /// processes that died.
     pub async fn heartbeat(&self) -> Result<()> {
         if self.shared {
-            let now = now_ms();
+            let now = self.now();
             self.store
                 .touch_waiters(&self.node, now, now - 3 * self.lease_ttl_ms)
                 .await?;
@@ -580,7 +593,7 @@ impl ResourceManager {
                 owner: owner.clone(),
                 req: req.clone(),
                 priority,
-                since: now_ms(),
+                since: self.now(),
                 ttl,
                 grant: tx,
             });
@@ -614,7 +627,7 @@ impl ResourceManager {
             }
             if self.shared {
                 // Other processes keep what this request needs free while it is ahead.
-                let now = now_ms();
+                let now = self.now();
                 let row = WaiterRecord {
                     id: new_id("wtr"),
                     node: self.node.clone(),
@@ -696,7 +709,7 @@ impl ResourceManager {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let now = now_ms();
+        let now = self.now();
         let recs: Vec<AllocationRecord> = ids
             .iter()
             .map(|id| AllocationRecord {
@@ -790,7 +803,7 @@ impl ResourceManager {
 
     /// Reclaim allocations whose lease ended.
     pub async fn expire(&self) -> Result<usize> {
-        let now = now_ms();
+        let now = self.now();
         Ok(self
             .release_where("the lease expired", AllocationStatus::Expired, |a| {
                 a.expires_at.is_some_and(|e| e <= now)
@@ -818,7 +831,7 @@ impl ResourceManager {
             ));
         }
         let mut rec = h.rec.clone();
-        rec.expires_at = Some(now_ms() + ttl as i64 * 1000);
+        rec.expires_at = Some(self.now() + ttl as i64 * 1000);
         self.store
             .put_allocations(std::slice::from_ref(&rec))
             .await?;

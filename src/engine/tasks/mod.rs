@@ -25,14 +25,14 @@ use super::workflows::spec::RetryPolicy;
 use super::workflows::template::{
     Budget, Ref, RenderError, Scope, render_value_within, templates_in,
 };
-use super::{Engine, Principal, iso, new_id, now_ms};
+use super::{Engine, Principal, iso, new_id};
 
 pub mod graph;
 
 use crate::actions::Registry;
 use crate::config::TasksConfig;
 use crate::error::{Error, ErrorCode, Result};
-use crate::model::{Priority, TaskStatus};
+use crate::model::{Clock, Priority, SystemClock, TaskStatus};
 use crate::store::{Store, StoreError, TaskRecord};
 use graph::{TaskGraph, Txn, batch_cycle, batch_order, err_json, evaluate_deps, is_agent};
 
@@ -366,6 +366,8 @@ pub struct TaskManager {
     /// This process's name in auto tasks' executor leases.
     node: String,
     cluster: crate::config::ClusterConfig,
+    /// Where "now" comes from: leases start and end by it.
+    clock: Arc<dyn Clock>,
 }
 
 fn deps_of(t: &TaskRecord) -> &[String] {
@@ -662,7 +664,18 @@ impl TaskManager {
             shutdown,
             graphs: Mutex::new(HashMap::new()),
             store,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same manager, reading time from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     fn session_graph(&self, session_id: &str) -> Arc<SessionGraph> {
@@ -985,7 +998,7 @@ impl TaskManager {
                 None => g.resolve(key, of, "this session or batch"),
             }
         };
-        let now = now_ms();
+        let now = self.now();
         let mut records: Vec<TaskRecord> = Vec::with_capacity(batch.len());
         let mut batch_deps: HashMap<String, Vec<String>> = HashMap::new();
         for (i, t) in batch.into_iter().enumerate() {
@@ -1117,7 +1130,7 @@ impl TaskManager {
         if picked.is_empty() {
             return Ok(());
         }
-        let mut txn = Txn::new(g, now_ms());
+        let mut txn = Txn::new(g, self.now());
         let now = txn.now;
         let mut plans = Vec::new();
         for id in &picked {
@@ -1494,7 +1507,7 @@ impl TaskManager {
                 ));
             }
         }
-        let mut txn = Txn::new(&g, now_ms());
+        let mut txn = Txn::new(&g, self.now());
         {
             let t = txn.edit(task_id);
             if let Some(d) = ch.description {
@@ -1577,7 +1590,7 @@ impl TaskManager {
                 "Nothing to cancel; retry_task runs a finished task again.",
             ));
         }
-        let mut txn = Txn::new(&g, now_ms());
+        let mut txn = Txn::new(&g, self.now());
         txn.cancel(task_id, ErrorCode::Cancelled, "the task was cancelled");
         let changed = txn.commit(&*self.store).await?;
         Self::apply(&mut g, changed);
@@ -1623,7 +1636,7 @@ impl TaskManager {
                 ),
             ));
         }
-        let mut txn = Txn::new(&g, now_ms());
+        let mut txn = Txn::new(&g, self.now());
         // The task and its dependents that were skipped because of it go again.
         let mut queue = vec![task_id.to_string()];
         let mut seen = HashSet::new();
@@ -1660,7 +1673,7 @@ impl TaskManager {
 
     /// Return expired leases to `ready` (the attempt stays counted).
     async fn expire_leases(&self, g: &mut Graph) -> Result<usize> {
-        let now = now_ms();
+        let now = self.now();
         let mut expired: Vec<String> = Vec::new();
         // Auto tasks whose executor (another process) stopped renewing its lease.
         let mut orphans: Vec<String> = Vec::new();
@@ -1672,7 +1685,7 @@ impl TaskManager {
             }
         }
         if !orphans.is_empty() {
-            let mut txn = Txn::new(g, now_ms());
+            let mut txn = Txn::new(g, self.now());
             for id in &orphans {
                 txn.ready_again(id, |who, attempt| {
                     format!(
@@ -1700,7 +1713,7 @@ impl TaskManager {
         if expired.is_empty() {
             return Ok(orphans.len());
         }
-        let mut txn = Txn::new(g, now_ms());
+        let mut txn = Txn::new(g, self.now());
         for id in &expired {
             txn.ready_again(id, |who, attempt| {
                 format!("the lease of '{who}' expired (attempt {attempt}); the task is ready again")
@@ -1852,7 +1865,7 @@ impl TaskManager {
                 counts,
             });
         };
-        let mut txn = Txn::new(&g, now_ms());
+        let mut txn = Txn::new(&g, self.now());
         let now = txn.now;
         let lease_id = new_id("lse");
         let t = txn.edit(&best);
@@ -1957,7 +1970,7 @@ impl TaskManager {
         if let Ok((Some(r), _)) = &outcome {
             self.check_payload(&cur.name, "result", r)?;
         }
-        let mut txn = Txn::new(&g, now_ms());
+        let mut txn = Txn::new(&g, self.now());
         let now = txn.now;
         let t = txn.edit(task_id);
         t.lease_id = None;
@@ -2004,7 +2017,7 @@ impl TaskManager {
         let (sg, mut g, _) = self.open_task(engine, p, task_id, None).await?;
         self.expire_leases(&mut g).await?;
         Self::held(&g, task_id, lease_id)?;
-        let mut txn = Txn::new(&g, now_ms());
+        let mut txn = Txn::new(&g, self.now());
         let now = txn.now;
         txn.edit(task_id).lease_expires_at = Some(now + lease as i64 * 1000);
         let changed = txn.commit(&*self.store).await?;
@@ -2124,7 +2137,7 @@ impl TaskManager {
             .filter(|id| g.get(id).is_some_and(|t| !is_final(&t.status)))
             .cloned()
             .collect();
-        let mut txn = Txn::new(&g, now_ms());
+        let mut txn = Txn::new(&g, self.now());
         for id in &open {
             txn.cancel(id, ErrorCode::SessionClosed, "the session was closed");
         }
@@ -2178,7 +2191,7 @@ impl TaskManager {
                 .collect();
             if !interrupted.is_empty() {
                 tracing::info!(session = %sid, tasks = interrupted.len(), "running tasks attempted again after restart");
-                let mut txn = Txn::new(&g, now_ms());
+                let mut txn = Txn::new(&g, self.now());
                 for id in &interrupted {
                     txn.edit(id).status = READY;
                 }
@@ -2200,7 +2213,7 @@ impl TaskManager {
         {
             return Ok(0);
         }
-        let sessions = self.store.sessions_with_auto_work(now_ms()).await?;
+        let sessions = self.store.sessions_with_auto_work(self.now()).await?;
         for sid in &sessions {
             let Some(session) = self.store.get_session(sid).await? else {
                 continue;
@@ -2230,7 +2243,7 @@ impl TaskManager {
                 continue;
             }
             let mut g = self.fresh(&sg).await?;
-            let now = now_ms();
+            let now = self.now();
             let lease_end = now + self.cluster.lease_ttl_ms as i64;
             let mut renew = Vec::new();
             for (id, r) in &g.running {
@@ -2252,7 +2265,7 @@ impl TaskManager {
             if renew.is_empty() {
                 continue;
             }
-            let mut txn = Txn::new(&g, now_ms());
+            let mut txn = Txn::new(&g, self.now());
             for id in &renew {
                 txn.edit(id).lease_expires_at = Some(lease_end);
             }
@@ -2386,7 +2399,7 @@ impl Job {
             self.sg.bump();
             return Ok(());
         }
-        let mut txn = Txn::new(&g, now_ms());
+        let mut txn = Txn::new(&g, self.mgr.now());
         let now = txn.now;
         let t = txn.edit(&self.id);
         match result {
@@ -2448,7 +2461,7 @@ impl Job {
         if g.get(&self.id).is_none_or(|t| !self.mgr.ours(t)) {
             return Ok(());
         }
-        let mut txn = Txn::new(&g, now_ms());
+        let mut txn = Txn::new(&g, self.mgr.now());
         f(txn.edit(&self.id));
         let changed = txn.commit(&*self.mgr.store).await?;
         TaskManager::apply(&mut g, changed);
