@@ -115,6 +115,22 @@ impl std::ops::DerefMut for State {
 }
 
 impl State {
+    /// What keeps `req` from being granted now: beside what is held, and
+    /// the requests waiting for the same resources.
+    fn shortage(&self, cfg: &ResourcesConfig, owner: &Owner, req: &Requirements) -> Shortage {
+        let usage = self.usage();
+        let mut s = self.check(
+            cfg,
+            &usage,
+            &usage,
+            &owner.principal,
+            &owner.session_id,
+            req,
+        );
+        s.waiting_ahead = self.waiting_for(req);
+        s
+    }
+
     /// Forget the waiters whose caller stopped waiting; the keys of their
     /// rows among every process's waiters (to remove).
     fn drop_closed(&mut self) -> Vec<String> {
@@ -325,11 +341,6 @@ impl ResourceManager {
             .filter(|w| !w.grant.is_closed())
             .map(Some)
             .collect();
-        let foreign: Vec<Priority> = st
-            .foreign
-            .iter()
-            .map(|(w, _)| Priority::stored(&w.priority))
-            .collect();
         let decided = {
             let mut queue: Vec<Queued<'_>> = waiters
                 .iter()
@@ -345,21 +356,16 @@ impl ResourceManager {
                     here: true,
                 })
                 .collect();
-            queue.extend(
-                st.foreign
-                    .iter()
-                    .zip(&foreign)
-                    .map(|((w, req), &p)| Queued {
-                        principal: &w.principal,
-                        session_id: &w.session_id,
-                        holder: &w.holder,
-                        req,
-                        priority: p,
-                        since: w.since,
-                        seq: u64::MAX,
-                        here: false,
-                    }),
-            );
+            queue.extend(st.foreign.iter().map(|(w, req)| Queued {
+                principal: &w.principal,
+                session_id: &w.session_id,
+                holder: &w.holder,
+                req,
+                priority: Priority::stored(&w.priority),
+                since: w.since,
+                seq: u64::MAX,
+                here: false,
+            }));
             ledger::serve(
                 &st.ledger,
                 &self.config,
@@ -605,16 +611,7 @@ impl ResourceManager {
             if wait == Some(Duration::ZERO) {
                 // Not granted now and the caller does not wait.
                 st.waiters.retain(|w| w.id != id);
-                let usage = st.usage();
-                let mut s = st.check(
-                    &self.config,
-                    &usage,
-                    &usage,
-                    &owner.principal,
-                    &owner.session_id,
-                    &req,
-                );
-                s.waiting_ahead = st.waiting_for(&req);
+                let s = st.shortage(&self.config, &owner, &req);
                 let msg = if s.pools.is_empty() && s.locks.is_empty() && s.quotas.is_empty() {
                     format!(
                         "{} earlier request(s) wait for these resources",
@@ -673,16 +670,7 @@ impl ResourceManager {
         if !gone.is_empty() {
             self.store.drop_waiters(&gone).await?;
         }
-        let usage = st.usage();
-        let mut s = st.check(
-            &self.config,
-            &usage,
-            &usage,
-            &owner.principal,
-            &owner.session_id,
-            req,
-        );
-        s.waiting_ahead = st.waiting_for(req);
+        let s = st.shortage(&self.config, owner, req);
         // Our leaving may let others through.
         self.serve(&mut st).await?;
         Err(self.refuse(

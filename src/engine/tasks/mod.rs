@@ -743,7 +743,7 @@ impl TaskManager {
     fn apply_or_reload(&self, g: &mut Graph, committed: Result<Vec<TaskRecord>>) -> Result<bool> {
         match committed {
             Ok(changed) => {
-                Self::apply(g, changed);
+                g.apply(changed);
                 Ok(true)
             }
             Err(e) if self.shared && e.code == ErrorCode::Conflict => {
@@ -752,11 +752,6 @@ impl TaskManager {
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// Apply committed records to the graph.
-    fn apply(g: &mut Graph, changed: Vec<TaskRecord>) {
-        g.graph.apply(changed);
     }
 
     // ---- creating -------------------------------------------------------
@@ -1541,7 +1536,7 @@ impl TaskManager {
             None => {}
         }
         let changed = txn.commit(&*self.store).await?;
-        Self::apply(&mut g, changed);
+        g.apply(changed);
         self.changed(&sg, &mut g, task_id).await
     }
 
@@ -1593,7 +1588,7 @@ impl TaskManager {
         let mut txn = Txn::new(&g, self.now());
         txn.cancel(task_id, ErrorCode::Cancelled, "the task was cancelled");
         let changed = txn.commit(&*self.store).await?;
-        Self::apply(&mut g, changed);
+        g.apply(changed);
         if cur.status == CLAIMED {
             self.release_claim(task_id).await;
         }
@@ -1665,7 +1660,7 @@ impl TaskManager {
             txn.edit(task_id).status = st;
         }
         let changed = txn.commit(&*self.store).await?;
-        Self::apply(&mut g, changed);
+        g.apply(changed);
         self.changed(&sg, &mut g, task_id).await
     }
 
@@ -1720,7 +1715,7 @@ impl TaskManager {
             });
         }
         let changed = txn.commit(&*self.store).await?;
-        Self::apply(g, changed);
+        g.apply(changed);
         for id in &expired {
             self.release_claim(id).await;
         }
@@ -1893,7 +1888,7 @@ impl TaskManager {
                 return Err(e);
             }
         };
-        Self::apply(&mut g, changed);
+        g.apply(changed);
         counts.ready = candidates - 1;
         counts.claimed_by_you += 1;
         sg.bump();
@@ -2000,7 +1995,7 @@ impl TaskManager {
             txn.settle_dependents(task_id);
         }
         let changed = txn.commit(&*self.store).await?;
-        Self::apply(&mut g, changed);
+        g.apply(changed);
         self.release_claim(task_id).await;
         self.changed(&sg, &mut g, task_id).await
     }
@@ -2021,7 +2016,7 @@ impl TaskManager {
         let now = txn.now;
         txn.edit(task_id).lease_expires_at = Some(now + lease as i64 * 1000);
         let changed = txn.commit(&*self.store).await?;
-        Self::apply(&mut g, changed);
+        g.apply(changed);
         sg.bump();
         Ok(view(&g.tasks()[task_id]))
     }
@@ -2142,7 +2137,7 @@ impl TaskManager {
             txn.cancel(id, ErrorCode::SessionClosed, "the session was closed");
         }
         let changed = txn.commit(&*self.store).await?;
-        Self::apply(&mut g, changed);
+        g.apply(changed);
         for r in g.running.values() {
             let _ = r.stop.set(Stop::Cancelled);
             r.cancel.cancel();
@@ -2196,7 +2191,7 @@ impl TaskManager {
                     txn.edit(id).status = READY;
                 }
                 let changed = txn.commit(&*self.store).await?;
-                Self::apply(&mut g, changed);
+                g.apply(changed);
             }
             self.dispatch(&sg, &mut g).await?;
         }
@@ -2449,7 +2444,7 @@ impl Job {
         t.finished_at = Some(now);
         txn.settle_dependents(&self.id);
         let changed = txn.commit(&*self.mgr.store).await?;
-        TaskManager::apply(&mut g, changed);
+        g.apply(changed);
         self.mgr.dispatch(&self.sg, &mut g).await?;
         drop(g);
         self.sg.bump();
@@ -2464,7 +2459,7 @@ impl Job {
         let mut txn = Txn::new(&g, self.mgr.now());
         f(txn.edit(&self.id));
         let changed = txn.commit(&*self.mgr.store).await?;
-        TaskManager::apply(&mut g, changed);
+        g.apply(changed);
         drop(g);
         self.sg.bump();
         Ok(())
