@@ -27,6 +27,8 @@ async fn main() {
     });
     let dir = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(&bin)
+        // MYRMEX_* variables are configuration (an unknown key is an error).
+        .env_remove("MYRMEX_BIN")
         .args([
             "--data-dir",
             dir.path().to_str().unwrap(),

@@ -28,6 +28,8 @@ fn env_usize(k: &str, d: usize) -> usize {
 
 async fn server(bin: &str, dir: &std::path::Path) -> Client {
     let mut cmd = tokio::process::Command::new(bin);
+    // MYRMEX_* variables are configuration (an unknown key is an error).
+    cmd.env_remove("MYRMEX_BIN");
     cmd.args([
         "--data-dir",
         dir.to_str().unwrap(),

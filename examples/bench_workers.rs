@@ -29,6 +29,8 @@ fn env_num(name: &str, default: usize) -> usize {
 /// the process and that line.
 async fn spawn(bin: &str, args: &[&str], store: &str, ready: &str) -> (Child, String) {
     let mut child = Command::new(bin)
+        // MYRMEX_* variables are configuration (an unknown key is an error).
+        .env_remove("MYRMEX_BIN")
         .args(args)
         .env("MYRMEX_STORE", store)
         .env("MYRMEX_LOG_LEVEL", "warn,myrmex=info")

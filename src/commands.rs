@@ -7,9 +7,11 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
+use crate::engine::runs::view_final;
 use crate::engine::workflows::ExecuteRequest;
 use crate::engine::workflows::library::parse_file;
 use crate::engine::{Engine, Principal};
+use crate::model::{RunStatus, StepStatus};
 
 /// `myrmex validate FILE`: print every problem, or the plan. Returns success.
 pub fn validate(config: &Config, file: &Path) -> anyhow::Result<bool> {
@@ -103,10 +105,14 @@ pub async fn run(engine: &Engine, file: &Path, params: Map<String, Value>) -> an
         let running: Vec<&str> = v
             .steps
             .iter()
-            .filter(|s| s.status == "running")
+            .filter(|s| StepStatus::parse(&s.status) == Some(StepStatus::Running))
             .map(|s| s.name.as_str())
             .collect();
-        let retrying = v.steps.iter().filter(|s| s.status == "retrying").count();
+        let retrying = v
+            .steps
+            .iter()
+            .filter(|s| StepStatus::parse(&s.status) == Some(StepStatus::Retrying))
+            .count();
         bar.set_message(format!(
             "running: {}{}",
             if running.is_empty() {
@@ -120,7 +126,7 @@ pub async fn run(engine: &Engine, file: &Path, params: Map<String, Value>) -> an
                 String::new()
             }
         ));
-        if v.status != "running" && v.status != "pending" {
+        if view_final(&v.status) {
             break v;
         }
         tokio::select! {
@@ -143,5 +149,5 @@ pub async fn run(engine: &Engine, file: &Path, params: Map<String, Value>) -> an
         "{}",
         serde_json::to_string_pretty(&view)?
     );
-    Ok(view.status == "succeeded")
+    Ok(RunStatus::parse(&view.status) == Some(RunStatus::Succeeded))
 }

@@ -2,7 +2,9 @@
 //! orchestration engine.
 //!
 //! The crate is usable as a library; the `myrmex` binary is a thin CLI around
-//! it. Arrows point one way: `server -> engine -> store`.
+//! it. Arrows point one way: `server`/`commands` -> `engine` -> `store` and
+//! `actions` -> `model` (the shared vocabulary), as `docs/architecture.md`
+//! draws them and `tests/architecture.rs` checks.
 
 pub mod actions;
 pub mod commands;

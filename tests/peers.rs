@@ -239,6 +239,9 @@ async fn a_killed_servers_run_is_finished_by_another() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    // The `running` mark is queued, not awaited: the attempt counts once
+    // another process can read it.
+    wait_for_step(&c, &id, "b", "running").await;
     signal(pid as i32, "KILL");
     let done = finish(&b, &id).await;
     assert_eq!(done["status"], "succeeded", "{done}");

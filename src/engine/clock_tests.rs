@@ -40,7 +40,7 @@ async fn an_expired_claim_goes_back_to_the_queue_and_its_lease_is_void() {
     };
     e.tasks().create(&session, vec![task]).await.unwrap();
     let first = e
-        .next_task(&p, None, Some("slow".into()), &[], Some(1))
+        .next_task(&p, None, Some("slow".into()), &[], Some(1), None)
         .await
         .unwrap();
     let id = first.task.as_ref().unwrap().task_id.clone();
@@ -49,7 +49,7 @@ async fn an_expired_claim_goes_back_to_the_queue_and_its_lease_is_void() {
     // One millisecond before the lease ends it still holds.
     clock.advance_ms(999);
     let none = e
-        .next_task(&p, None, Some("fast".into()), &[], None)
+        .next_task(&p, None, Some("fast".into()), &[], None, None)
         .await
         .unwrap();
     assert!(none.task.is_none(), "{}", none.reason);
@@ -58,7 +58,7 @@ async fn an_expired_claim_goes_back_to_the_queue_and_its_lease_is_void() {
     // At its end the task is ready again, for another agent, attempt 2.
     clock.advance_ms(1);
     let again = e
-        .next_task(&p, None, Some("fast".into()), &[], None)
+        .next_task(&p, None, Some("fast".into()), &[], None, None)
         .await
         .unwrap();
     let t = again.task.expect("the expired claim is handed out again");

@@ -185,7 +185,7 @@ impl SessionRegistry {
             .store
             .list_sessions(&SessionQuery {
                 principal: principal.name(),
-                status: q.status.map(SessionStatus::as_str),
+                status: q.status,
                 after,
                 limit: limit + 1,
             })

@@ -13,6 +13,6 @@ pub mod vocab;
 pub use ids::{Principal, new_id};
 pub use time::{Clock, ManualClock, SystemClock, iso, now_ms};
 pub use vocab::{
-    AllocationStatus, LockMode, OwnerKind, Priority, RunStatus, SessionMode, SessionStatus,
-    StepStatus, TaskStatus,
+    AllocationStatus, LockMode, OwnerKind, Priority, ProjectStatus, RunStatus, SessionMode,
+    SessionStatus, StepStatus, TaskStatus,
 };

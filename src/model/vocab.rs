@@ -251,6 +251,28 @@ pub enum SessionStatus {
 
 spelled!(SessionStatus { Active => "active", Closed => "closed" });
 
+/// The state of a project (set by its owner; nothing final about any of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(inline)]
+pub enum ProjectStatus {
+    Planning,
+    Active,
+    Paused,
+    Completed,
+    Archived,
+    Failed,
+}
+
+spelled!(ProjectStatus {
+    Planning => "planning",
+    Active => "active",
+    Paused => "paused",
+    Completed => "completed",
+    Archived => "archived",
+    Failed => "failed",
+});
+
 /// The state of a resource allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AllocationStatus {

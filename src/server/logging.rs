@@ -15,6 +15,8 @@ use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
 use rmcp::service::RequestContext;
 use serde_json::json;
 
+use crate::model::StepStatus;
+
 /// Severity order of the MCP levels.
 fn rank(l: LoggingLevel) -> u8 {
     match l {
@@ -60,9 +62,12 @@ pub fn step_message(
     done: usize,
     total: usize,
 ) -> Option<LoggingMessageNotificationParam> {
-    let bad = ["failed", "timed_out", "cancelled"]
-        .iter()
-        .any(|w| text.ends_with(w));
+    // The text is "step '<name>' <status>".
+    let bad = text
+        .rsplit(' ')
+        .next()
+        .and_then(StepStatus::parse)
+        .is_some_and(|s| s.is_failure() || s == StepStatus::Cancelled);
     let level = if bad {
         LoggingLevel::Warning
     } else {

@@ -216,7 +216,7 @@ impl EventRecord {
             run_id: None,
             kind: "project",
             subject: p.id.clone(),
-            status: p.status.clone(),
+            status: p.status.to_string(),
             data: data(serde_json::json!({ "name": p.name, "type": p.kind })),
         }
     }

@@ -132,7 +132,7 @@ impl Store for MemoryStore {
             .sessions
             .values()
             .filter(|s| s.principal == q.principal)
-            .filter(|s| q.status.is_none_or(|st| s.status.as_str() == st))
+            .filter(|s| q.status.is_none_or(|st| s.status == st))
             .filter(|s| {
                 q.after
                     .as_ref()
@@ -186,13 +186,15 @@ impl Store for MemoryStore {
         Ok(v)
     }
 
-    async fn count_sessions_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
+    async fn count_sessions_by_status(
+        &self,
+    ) -> StoreResult<Vec<(crate::model::SessionStatus, u64)>> {
         let g = self.lock()?;
-        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        let mut m: BTreeMap<&'static str, (crate::model::SessionStatus, u64)> = BTreeMap::new();
         for s in g.sessions.values() {
-            *m.entry(s.status.to_string()).or_default() += 1;
+            m.entry(s.status.as_str()).or_insert((s.status, 0)).1 += 1;
         }
-        Ok(m.into_iter().collect())
+        Ok(m.into_values().collect())
     }
 
     async fn count_active_sessions(&self, principal: &str) -> StoreResult<u64> {
@@ -316,7 +318,7 @@ impl Store for MemoryStore {
             .values()
             .filter(|r| r.principal == q.principal)
             .filter(|r| q.session_id.is_none_or(|s| r.session_id == s))
-            .filter(|r| q.status.is_none_or(|s| r.status.as_str() == s))
+            .filter(|r| q.status.is_none_or(|s| r.status == s))
             .filter(|r| q.workflow_name.is_none_or(|w| r.workflow_name == w))
             .filter(|r| {
                 q.parent_run_id
@@ -598,26 +600,28 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn count_runs_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
+    async fn count_runs_by_status(&self) -> StoreResult<Vec<(crate::model::RunStatus, u64)>> {
         let g = self.lock()?;
-        let mut by: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by: BTreeMap<&'static str, (crate::model::RunStatus, u64)> = BTreeMap::new();
         for r in g.runs.values() {
-            *by.entry(r.status.to_string()).or_default() += 1;
+            by.entry(r.status.as_str()).or_insert((r.status, 0)).1 += 1;
         }
-        Ok(by.into_iter().collect())
+        Ok(by.into_values().collect())
     }
 
-    async fn count_live_steps_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
+    async fn count_live_steps_by_status(
+        &self,
+    ) -> StoreResult<Vec<(crate::model::StepStatus, u64)>> {
         let g = self.lock()?;
-        let mut by: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by: BTreeMap<&'static str, (crate::model::StepStatus, u64)> = BTreeMap::new();
         for r in g.runs.values() {
             if !r.status.is_final() {
                 for s in g.steps.get(&r.id).into_iter().flatten() {
-                    *by.entry(s.status.to_string()).or_default() += 1;
+                    by.entry(s.status.as_str()).or_insert((s.status, 0)).1 += 1;
                 }
             }
         }
-        Ok(by.into_iter().collect())
+        Ok(by.into_values().collect())
     }
 
     async fn sessions_with_open_tasks(&self) -> StoreResult<Vec<String>> {
@@ -635,17 +639,18 @@ impl Store for MemoryStore {
 
     async fn task_stats(&self) -> StoreResult<TaskStats> {
         let g = self.lock()?;
-        let mut by: BTreeMap<String, u64> = BTreeMap::new();
+        // Ordered by spelling, as the SQL stores order them.
+        let mut by: BTreeMap<&'static str, (crate::model::TaskStatus, u64)> = BTreeMap::new();
         let (mut sum, mut n) = (0i64, 0i64);
         for t in g.tasks.values() {
-            *by.entry(t.status.to_string()).or_default() += 1;
+            by.entry(t.status.as_str()).or_insert((t.status, 0)).1 += 1;
             if let (Some(a), Some(b)) = (t.started_at, t.finished_at) {
                 sum += b - a;
                 n += 1;
             }
         }
         Ok(TaskStats {
-            by_status: by.into_iter().collect(),
+            by_status: by.into_values().collect(),
             average_execution_ms: (n > 0).then(|| sum as f64 / n as f64),
         })
     }

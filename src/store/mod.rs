@@ -2,10 +2,14 @@
 //!
 //! The engine never holds state that only its own process can see: every
 //! change goes through a [`Store`] before the caller is answered, so a second
-//! process on the same database (a later PostgreSQL store) or this process
-//! after a crash sees exactly what callers were told. Implementations:
-//! [`memory::MemoryStore`] (tests, ephemeral use) and [`sqlite::SqliteStore`]
-//! (the embedded default: one WAL-mode file, migrations in `migrations/`).
+//! process on the same database (SQLite file or PostgreSQL) or this process
+//! after a crash sees exactly what callers were told. Records carry the
+//! model's types (statuses, priorities, kinds); strings exist only where a
+//! row is encoded or decoded (`rows.rs`). Implementations:
+//! [`memory::MemoryStore`] (tests, ephemeral use), [`sqlite::SqliteStore`]
+//! (the embedded default: one WAL-mode file shared by every process on the
+//! data directory) and [`postgres::PostgresStore`] (several servers and
+//! workers); the SQL both speak is written once in `rows.rs`.
 
 pub mod events;
 pub mod memory;
@@ -162,8 +166,9 @@ pub struct ProjectRecord {
     /// Unique over all principals (it names the folder).
     pub name: String,
     pub path: String,
-    pub status: String,
-    /// The project type (`ai_analysis`, ..., `custom`).
+    pub status: crate::model::ProjectStatus,
+    /// The project type (`ai_analysis`, ..., `custom`): a name a template
+    /// chooses (lowercase letters and `_`), not a closed vocabulary.
     pub kind: String,
     pub template: Option<String>,
     /// JSON array of strings.
@@ -178,7 +183,7 @@ pub struct ProjectRecord {
 #[derive(Debug, Clone)]
 pub struct ProjectQuery<'a> {
     pub principal: &'a str,
-    pub status: Option<&'a str>,
+    pub status: Option<crate::model::ProjectStatus>,
     pub kind: Option<&'a str>,
     pub tag: Option<&'a str>,
     pub after: Option<SessionCursor>,
@@ -279,7 +284,7 @@ pub struct AllocationRecord {
 /// Task counts for system status.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskStats {
-    pub by_status: Vec<(String, u64)>,
+    pub by_status: Vec<(crate::model::TaskStatus, u64)>,
     /// Mean of finished_at - started_at over tasks that ran and finished.
     pub average_execution_ms: Option<f64>,
 }
@@ -289,7 +294,7 @@ pub struct TaskStats {
 pub struct RunQuery<'a> {
     pub principal: &'a str,
     pub session_id: Option<&'a str>,
-    pub status: Option<&'a str>,
+    pub status: Option<crate::model::RunStatus>,
     pub workflow_name: Option<&'a str>,
     /// Only children of this run.
     pub parent_run_id: Option<&'a str>,
@@ -306,7 +311,7 @@ pub type SessionCursor = (i64, String);
 #[derive(Debug, Clone)]
 pub struct SessionQuery<'a> {
     pub principal: &'a str,
-    pub status: Option<&'a str>,
+    pub status: Option<crate::model::SessionStatus>,
     pub after: Option<SessionCursor>,
     pub limit: u32,
 }
@@ -354,7 +359,9 @@ pub trait Store: Send + Sync + 'static {
     async fn expired_sessions(&self, now: i64, limit: u32) -> StoreResult<Vec<SessionRecord>>;
 
     /// Number of sessions per status, over all principals.
-    async fn count_sessions_by_status(&self) -> StoreResult<Vec<(String, u64)>>;
+    async fn count_sessions_by_status(
+        &self,
+    ) -> StoreResult<Vec<(crate::model::SessionStatus, u64)>>;
 
     /// Number of active sessions of one principal.
     async fn count_active_sessions(&self, principal: &str) -> StoreResult<u64>;
@@ -523,10 +530,11 @@ pub trait Store: Send + Sync + 'static {
     async fn sessions_with_auto_work(&self, now: i64) -> StoreResult<Vec<String>>;
 
     /// Runs by status.
-    async fn count_runs_by_status(&self) -> StoreResult<Vec<(String, u64)>>;
+    async fn count_runs_by_status(&self) -> StoreResult<Vec<(crate::model::RunStatus, u64)>>;
 
     /// Steps of unfinished runs by status.
-    async fn count_live_steps_by_status(&self) -> StoreResult<Vec<(String, u64)>>;
+    async fn count_live_steps_by_status(&self)
+    -> StoreResult<Vec<(crate::model::StepStatus, u64)>>;
 
     /// Who executes unfinished runs now (leases not ended at `now`), and the
     /// unfinished runs nobody executes.
@@ -794,12 +802,18 @@ mod contract {
             page(Some((1_000, "ses_b".into())), None, 10).await,
             ["ses_d1", "ses_d3"]
         );
-        assert_eq!(page(None, Some("closed"), 10).await, ["ses_d1"]);
+        assert_eq!(
+            page(None, Some(crate::model::SessionStatus::Closed), 10).await,
+            ["ses_d1"]
+        );
         assert_eq!(store.count_active_sessions("p").await.unwrap(), 3);
         let counts = store.count_sessions_by_status().await.unwrap();
         assert_eq!(
             counts,
-            vec![("active".to_string(), 4), ("closed".to_string(), 1)]
+            vec![
+                (crate::model::SessionStatus::Active, 4),
+                (crate::model::SessionStatus::Closed, 1)
+            ]
         );
 
         // Touch only moves forward and only on active sessions.
@@ -1249,7 +1263,10 @@ mod contract {
         let stats = store.task_stats().await.unwrap();
         assert_eq!(
             stats.by_status,
-            vec![("claimed".to_string(), 1), ("succeeded".to_string(), 1)]
+            vec![
+                (crate::model::TaskStatus::Claimed, 1),
+                (crate::model::TaskStatus::Succeeded, 1)
+            ]
         );
         assert_eq!(stats.average_execution_ms, Some(20.0));
         // The stamp moves with every insert and update of the session's tasks.
@@ -1396,7 +1413,7 @@ mod contract {
             principal: "p".into(),
             name: name.into(),
             path: format!("/x/{name}"),
-            status: "planning".into(),
+            status: crate::model::ProjectStatus::Planning,
             kind: kind.into(),
             template: None,
             tags: tags.into(),
@@ -1460,7 +1477,7 @@ mod contract {
             vec![b.clone()]
         );
         let archived = ProjectRecord {
-            status: "archived".into(),
+            status: crate::model::ProjectStatus::Archived,
             updated_at: 9,
             ..a.clone()
         };

@@ -183,13 +183,15 @@ macro_rules! shared_rows {
         }
 
         /// `(status, n)` rows of a counting query.
-        async fn status_counts(
+        /// `(status, n)` rows of a `GROUP BY status`, decoded.
+        async fn status_counts<T>(
             pool: &sqlx::Pool<$db>,
             sql: &'static str,
-        ) -> StoreResult<Vec<(String, u64)>> {
+            parse: fn(&str) -> Option<T>,
+        ) -> StoreResult<Vec<(T, u64)>> {
             let r = query(sql).fetch_all(pool).await.map_err(db_err)?;
             r.iter()
-                .map(|row| Ok((row.try_get::<String, _>("status")?, row.try_get::<i64, _>("n")? as u64)))
+                .map(|row| Ok((spelled(row, "status", parse)?, row.try_get::<i64, _>("n")? as u64)))
                 .collect::<Result<Vec<_>, sqlx::Error>>()
                 .map_err(db_err)
         }
@@ -203,7 +205,7 @@ macro_rules! shared_rows {
                 principal: r.try_get("principal")?,
                 name: r.try_get("name")?,
                 path: r.try_get("path")?,
-                status: r.try_get("status")?,
+                status: spelled(r, "status", crate::model::ProjectStatus::parse)?,
                 kind: r.try_get("kind")?,
                 template: r.try_get("template")?,
                 tags: r.try_get("tags")?,
@@ -221,7 +223,7 @@ macro_rules! shared_rows {
                 .bind(&p.principal)
                 .bind(&p.name)
                 .bind(&p.path)
-                .bind(&p.status)
+                .bind(p.status.as_str())
                 .bind(&p.kind)
                 .bind(&p.template)
                 .bind(&p.tags)
@@ -644,7 +646,7 @@ macro_rules! sql_store {
                          ORDER BY created_at, id LIMIT ?5"
                     )))
                     .bind(q.principal)
-                    .bind(q.status)
+                    .bind(q.status.map(|s| s.as_str()))
                     .bind(after_c)
                     .bind(after_id)
                     .bind(q.limit as i64)
@@ -709,20 +711,13 @@ macro_rules! sql_store {
                 }
 
 
-                async fn count_sessions_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
-                    let rows =
-                        query("SELECT status, COUNT(*) AS n FROM sessions GROUP BY status ORDER BY status")
-                            .fetch_all(&self.pool)
-                            .await
-                            .map_err(db_err)?;
-                    rows.iter()
-                        .map(|r| {
-                            Ok((
-                                r.try_get::<String, _>("status").map_err(db_err)?,
-                                r.try_get::<i64, _>("n").map_err(db_err)? as u64,
-                            ))
-                        })
-                        .collect()
+                async fn count_sessions_by_status(&self) -> StoreResult<Vec<(crate::model::SessionStatus, u64)>> {
+                    status_counts(
+                        &self.pool,
+                        "SELECT status, COUNT(*) AS n FROM sessions GROUP BY status ORDER BY status",
+                        crate::model::SessionStatus::parse,
+                    )
+                    .await
                 }
 
 
@@ -855,7 +850,7 @@ macro_rules! sql_store {
                     )))
                     .bind(q.principal)
                     .bind(q.session_id)
-                    .bind(q.status)
+                    .bind(q.status.map(|s| s.as_str()))
                     .bind(q.workflow_name)
                     .bind(after_c)
                     .bind(after_id)
@@ -1212,16 +1207,22 @@ macro_rules! sql_store {
                 }
 
 
-                async fn count_runs_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
-                    status_counts(&self.pool, "SELECT status, COUNT(*) AS n FROM runs GROUP BY status ORDER BY status").await
+                async fn count_runs_by_status(&self) -> StoreResult<Vec<(crate::model::RunStatus, u64)>> {
+                    status_counts(
+                        &self.pool,
+                        "SELECT status, COUNT(*) AS n FROM runs GROUP BY status ORDER BY status",
+                        crate::model::RunStatus::parse,
+                    )
+                    .await
                 }
 
 
-                async fn count_live_steps_by_status(&self) -> StoreResult<Vec<(String, u64)>> {
+                async fn count_live_steps_by_status(&self) -> StoreResult<Vec<(crate::model::StepStatus, u64)>> {
                     status_counts(
                         &self.pool,
                         "SELECT s.status, COUNT(*) AS n FROM run_steps s JOIN runs r ON r.id = s.run_id \
                          WHERE r.status IN ('pending', 'running') GROUP BY s.status ORDER BY s.status",
+                        crate::model::StepStatus::parse,
                     )
                     .await
                 }
@@ -1242,20 +1243,12 @@ macro_rules! sql_store {
 
 
                 async fn task_stats(&self) -> StoreResult<TaskStats> {
-                    let r = query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status ORDER BY status")
-                        .fetch_all(&self.pool)
-                        .await
-                        .map_err(db_err)?;
-                    let by_status = r
-                        .iter()
-                        .map(|row| {
-                            Ok((
-                                row.try_get::<String, _>("status")?,
-                                row.try_get::<i64, _>("n")? as u64,
-                            ))
-                        })
-                        .collect::<Result<Vec<_>, sqlx::Error>>()
-                        .map_err(db_err)?;
+                    let by_status = status_counts(
+                        &self.pool,
+                        "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status ORDER BY status",
+                        crate::model::TaskStatus::parse,
+                    )
+                    .await?;
                     let avg: Option<f64> = query(
                         "SELECT AVG(CAST(finished_at - started_at AS REAL)) AS a FROM tasks \
                          WHERE started_at IS NOT NULL AND finished_at IS NOT NULL",
@@ -1352,7 +1345,7 @@ macro_rules! sql_store {
                          ORDER BY created_at, id LIMIT ?7"
                     )))
                     .bind(q.principal)
-                    .bind(q.status)
+                    .bind(q.status.map(|s| s.as_str()))
                     .bind(q.kind)
                     .bind(tag)
                     .bind(after_c)

@@ -11,8 +11,10 @@ use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, 
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use super::{count_of, spelled_counts};
 use crate::engine::{Engine, now_ms};
 use crate::error::{Error, Result};
+use crate::model::{StepStatus, TaskStatus};
 
 pub struct Metrics {
     ops: Mutex<BTreeMap<String, OpStats>>,
@@ -201,35 +203,28 @@ impl Engine {
             return Ok(m);
         }
         let store = self.store();
-        m.sessions_by_status = store
-            .count_sessions_by_status()
-            .await?
-            .into_iter()
-            .collect();
-        m.runs_by_status = store.count_runs_by_status().await?.into_iter().collect();
-        m.live_steps_by_status = store
-            .count_live_steps_by_status()
-            .await?
-            .into_iter()
-            .collect();
-        m.tasks_by_status = store.task_stats().await?.by_status.into_iter().collect();
+        m.sessions_by_status = spelled_counts(store.count_sessions_by_status().await?);
+        m.runs_by_status = spelled_counts(store.count_runs_by_status().await?);
+        let steps = store.count_live_steps_by_status().await?;
+        let tasks = store.task_stats().await?.by_status;
         let unclaimed = store.run_executors(now_ms()).await?.unclaimed;
-        let of = |map: &BTreeMap<String, u64>, k: &str| map.get(k).copied().unwrap_or(0);
         for (queue, n) in [
-            ("ready_steps", of(&m.live_steps_by_status, "ready")),
+            ("ready_steps", count_of(&steps, StepStatus::Ready)),
             (
                 "steps_waiting_resources",
-                of(&m.live_steps_by_status, "waiting_resources"),
+                count_of(&steps, StepStatus::WaitingResources),
             ),
-            ("ready_tasks", of(&m.tasks_by_status, "ready")),
+            ("ready_tasks", count_of(&tasks, TaskStatus::Ready)),
             (
                 "tasks_waiting_resources",
-                of(&m.tasks_by_status, "waiting_resources"),
+                count_of(&tasks, TaskStatus::WaitingResources),
             ),
             ("unclaimed_runs", unclaimed),
         ] {
             m.queue_depths.insert(queue.into(), n);
         }
+        m.live_steps_by_status = spelled_counts(steps);
+        m.tasks_by_status = spelled_counts(tasks);
         Ok(m)
     }
 

@@ -9,9 +9,11 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::metrics::OpStats;
+use super::{count_of, spelled_counts};
 use crate::engine::sessions::{ListSessions, Session, SessionStatus};
 use crate::engine::{Engine, Principal, iso, now_ms};
 use crate::error::Result;
+use crate::model::TaskStatus;
 
 /// healthy < degraded < unhealthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, JsonSchema)]
@@ -331,21 +333,17 @@ impl Engine {
             None => None,
         };
         let health = self.health().await;
-        let by_status: BTreeMap<String, u64> = self
-            .store()
-            .count_sessions_by_status()
-            .await?
-            .into_iter()
-            .collect();
+        let by_status = spelled_counts(self.store().count_sessions_by_status().await?);
         let stats = self.store().task_stats().await?;
         let processes = self.peers().live().await?;
-        let task_counts: BTreeMap<String, u64> = stats.by_status.into_iter().collect();
-        let count = |s: &str| task_counts.get(s).copied().unwrap_or(0);
-        let ended = count("succeeded") + count("failed") + count("timed_out");
+        let count = |s| count_of(&stats.by_status, s);
+        let succeeded = count(TaskStatus::Succeeded);
+        let ended = succeeded + count(TaskStatus::Failed) + count(TaskStatus::TimedOut);
+        let task_counts = spelled_counts(stats.by_status);
         let tasks = TaskStatsView {
             total: task_counts.values().sum(),
             average_execution_ms: stats.average_execution_ms,
-            success_rate: (ended > 0).then(|| count("succeeded") as f64 / ended as f64),
+            success_rate: (ended > 0).then(|| succeeded as f64 / ended as f64),
             by_status: task_counts,
         };
         let active_sessions = if opts.include_active_sessions {

@@ -29,7 +29,7 @@ pub struct ProjectDoc {
     /// Absolute path of the project folder.
     pub path: String,
     /// planning, active, paused, completed, archived or failed.
-    pub status: String,
+    pub status: crate::model::ProjectStatus,
     pub version: String,
     pub template: Option<String>,
     pub config: Map<String, Value>,

@@ -21,20 +21,12 @@ use super::workflows::{ExecuteRequest, RunSummary};
 use super::{Engine, Principal, iso, new_id, now_ms};
 use crate::actions::fs::confine;
 use crate::error::{Error, ErrorCode, Result};
+use crate::model::ProjectStatus;
 use crate::store::{ProjectQuery, ProjectRecord, RunQuery};
 use docs::{DocReport, DocTemplates};
 use files::{META_FILE, ProjectDoc};
 use template::{Known, Loaded, Template, deep_merge};
 
-/// Project statuses.
-pub const STATUSES: &[&str] = &[
-    "planning",
-    "active",
-    "paused",
-    "completed",
-    "archived",
-    "failed",
-];
 const MAX_TAGS: usize = 32;
 
 /// The templates this server knows, valid or not.
@@ -193,7 +185,7 @@ pub enum Operation {
     Update {
         description: Option<String>,
         tags: Option<Vec<String>>,
-        status: Option<String>,
+        status: Option<ProjectStatus>,
         version: Option<String>,
         config: Option<Map<String, Value>>,
     },
@@ -250,17 +242,6 @@ fn check_tags(tags: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn check_status(s: &str) -> Result<()> {
-    if STATUSES.contains(&s) {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            format!("status '{s}' is not a project status"),
-            format!("Use one of: {}.", STATUSES.join(", ")),
-        ))
-    }
-}
-
 fn io_error(what: &str, e: std::io::Error) -> Error {
     Error::new(
         if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -279,7 +260,7 @@ fn record_of(doc: &ProjectDoc, created_at: i64, updated_at: i64) -> Result<Proje
         principal: doc.principal.clone(),
         name: doc.name.clone(),
         path: doc.path.clone(),
-        status: doc.status.clone(),
+        status: doc.status,
         kind: doc.kind.clone(),
         template: doc.template.clone(),
         tags: serde_json::to_string(&doc.tags).map_err(|e| Error::internal(e.to_string()))?,
@@ -495,7 +476,7 @@ impl Engine {
             description: String::new(),
             kind: kind.clone(),
             path: target.display().to_string(),
-            status: "planning".into(),
+            status: ProjectStatus::Planning,
             version: "1.0.0".into(),
             template: tpl.map(|(t, _)| t.name.clone()),
             config: match config {
@@ -611,7 +592,7 @@ impl Engine {
             let view = self.wait_run(&id, wait, &mut |_, _, _| {}).await?;
             out.workflow_executed = Some(w);
             out.run_id = Some(id);
-            if !matches!(view.status.as_str(), "pending" | "running") {
+            if crate::engine::runs::view_final(&view.status) {
                 out.workflow_result =
                     Some(serde_json::to_value(&view).map_err(|e| Error::internal(e.to_string()))?);
             }
@@ -652,7 +633,7 @@ impl Engine {
     pub async fn list_projects(
         &self,
         p: &Principal,
-        status: Option<&str>,
+        status: Option<ProjectStatus>,
         kind: Option<&str>,
         tag: Option<&str>,
         cursor: Option<&str>,
@@ -679,7 +660,7 @@ impl Engine {
                     project_id: r.id.clone(),
                     name: r.name.clone(),
                     kind: r.kind.clone(),
-                    status: r.status.clone(),
+                    status: r.status.as_str().into(),
                     path: r.path.clone(),
                     template: r.template.clone(),
                     tags: serde_json::from_str(&r.tags).unwrap_or_default(),
@@ -711,10 +692,7 @@ impl Engine {
                 limit: 10_000,
             })
             .await?;
-        let active = runs
-            .iter()
-            .filter(|x| matches!(x.status.as_str(), "pending" | "running"))
-            .count();
+        let active = runs.iter().filter(|x| !x.status.is_final()).count();
         let recent: Vec<RunSummary> = runs
             .iter()
             .rev()
@@ -740,7 +718,7 @@ impl Engine {
             name: doc.name,
             description: doc.description,
             kind: doc.kind,
-            status: doc.status,
+            status: doc.status.as_str().into(),
             version: doc.version,
             path: doc.path,
             template: doc.template,
@@ -825,9 +803,6 @@ impl Engine {
                 if let Some(t) = &tags {
                     check_tags(t)?;
                 }
-                if let Some(s) = &status {
-                    check_status(s)?;
-                }
                 if let Some(d) = description {
                     doc.description = d;
                 }
@@ -892,7 +867,7 @@ impl Engine {
                         .await
                         .map_err(|e| Error::internal(e.to_string()))?
                         .map_err(|e| io_error("the archive could not be written", e))?;
-                doc.status = "archived".into();
+                doc.status = ProjectStatus::Archived;
                 self.save_project(&r, &mut doc).await?;
                 (
                     "archive",
@@ -912,14 +887,18 @@ impl Engine {
                         .map_err(|e| io_error("the project folder could not be deleted", e))?;
                 }
                 self.store().delete_project(&r.id).await?;
-                doc.status = "deleted".into();
-                ("delete", json!({"deleted": true, "path": doc.path}))
+                return Ok(Managed {
+                    operation: "delete".into(),
+                    project_id: r.id,
+                    project_status: "deleted".into(),
+                    result: json!({"deleted": true, "path": doc.path}),
+                });
             }
         };
         Ok(Managed {
             operation: name.into(),
             project_id: r.id,
-            project_status: doc.status,
+            project_status: doc.status.as_str().into(),
             result,
         })
     }

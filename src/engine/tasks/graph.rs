@@ -241,6 +241,11 @@ impl TaskGraph {
             .filter_map(|(_, id)| self.tasks.get(id))
     }
 
+    /// When the first lease still running ends (ms), if any.
+    pub fn next_lease_end(&self) -> Option<i64> {
+        self.index.leases.first().map(|(end, _)| *end)
+    }
+
     /// Tasks with this status.
     pub fn count(&self, status: TaskStatus) -> usize {
         self.index.by_status.get(&status).copied().unwrap_or(0)

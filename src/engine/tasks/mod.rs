@@ -253,9 +253,24 @@ pub struct QueueCounts {
     pub waiting_resources: usize,
 }
 
+/// Which of the three answers of next_task this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimState {
+    // A task was claimed for you: `task` and `lease_id` are set.
+    Claimed,
+    // Nothing is claimable for you now, but the graph is not finished:
+    // `reason` and `counts` say what it waits on.
+    NothingReadyYet,
+    // The session has tasks and every one is final: an agent loop stops here.
+    GraphFinished,
+}
+
 /// Answer of next_task.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Claim {
+    /// claimed, nothing_ready_yet or graph_finished (all final).
+    pub state: ClaimState,
     /// The claimed task, or null when nothing is ready for you.
     pub task: Option<TaskView>,
     /// Pass to complete_task, fail_task and renew_task_lease.
@@ -1722,6 +1737,42 @@ impl TaskManager {
         Ok(expired.len())
     }
 
+    /// `next`, waiting up to `wait` while nothing is claimable but the graph
+    /// is not finished. It looks again when this process changes the graph,
+    /// when a lease ends, and (tasks waiting for resources, or other
+    /// processes on the store) every [`SHARED_POLL`].
+    pub async fn next_within(
+        &self,
+        session: &Session,
+        agent: &str,
+        tags: &[String],
+        lease_seconds: Option<u64>,
+        wait: Duration,
+    ) -> Result<Claim> {
+        let sg = self.session_graph(&session.session_id);
+        let deadline = crate::model::bounds::deadline_after(wait);
+        loop {
+            let mut rx = sg.changed.subscribe();
+            let claim = self.next(session, agent, tags, lease_seconds).await?;
+            if claim.state != ClaimState::NothingReadyYet || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(claim);
+            }
+            let lease_end = sg.graph.lock().await.next_lease_end().map(|end| {
+                let ms = (end - self.now()).clamp(0, wait.as_millis() as i64) as u64;
+                tokio::time::Instant::now() + Duration::from_millis(ms + 1)
+            });
+            let poll = self.shared || claim.counts.waiting_resources > 0;
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tokio::time::sleep_until(lease_end.unwrap_or(deadline)), if lease_end.is_some() => {}
+                _ = tokio::time::sleep(SHARED_POLL), if poll => {}
+                _ = self.shutdown.cancelled() => return Ok(claim),
+            }
+        }
+    }
+
     pub async fn next(
         &self,
         session: &Session,
@@ -1831,28 +1882,38 @@ impl TaskManager {
         }
         let candidates = matching;
         let Some(best) = best else {
-            let reason = if counts.blocked
+            let open = counts.blocked
                 + counts.running
                 + counts.claimed_by_others
                 + counts.claimed_by_you
                 + counts.ready_other_tags
-                + counts.waiting_resources
-                == 0
-            {
-                "nothing is ready: every task of the session is finished (or there are none)"
-                    .to_string()
+                + counts.waiting_resources;
+            let (state, reason) = if open == 0 && counts.finished > 0 {
+                (
+                    ClaimState::GraphFinished,
+                    "the graph is finished: every task of the session is final".to_string(),
+                )
+            } else if open == 0 {
+                (
+                    ClaimState::NothingReadyYet,
+                    "nothing is ready: the session has no tasks yet".to_string(),
+                )
             } else {
-                format!(
-                    "nothing is ready for you: {} blocked on dependencies, {} run by myrmex, {} claimed by others, {} claimed by you, {} ready with other tags, {} waiting for resources",
-                    counts.blocked,
-                    counts.running,
-                    counts.claimed_by_others,
-                    counts.claimed_by_you,
-                    counts.ready_other_tags,
-                    counts.waiting_resources
+                (
+                    ClaimState::NothingReadyYet,
+                    format!(
+                        "nothing is ready for you: {} blocked on dependencies, {} run by myrmex, {} claimed by others, {} claimed by you, {} ready with other tags, {} waiting for resources",
+                        counts.blocked,
+                        counts.running,
+                        counts.claimed_by_others,
+                        counts.claimed_by_you,
+                        counts.ready_other_tags,
+                        counts.waiting_resources
+                    ),
                 )
             };
             return Ok(Claim {
+                state,
                 task: None,
                 lease_id: None,
                 lease_expires_at: None,
@@ -1894,6 +1955,7 @@ impl TaskManager {
         sg.bump();
         let t = &g.tasks()[&best];
         Ok(Claim {
+            state: ClaimState::Claimed,
             task: Some(view(t)),
             lease_id: Some(lease_id),
             lease_expires_at: t.lease_expires_at.map(iso),
@@ -2494,7 +2556,12 @@ impl Engine {
         agent: Option<String>,
         tags: &[String],
         lease_seconds: Option<u64>,
+        wait_seconds: Option<u64>,
     ) -> Result<Claim> {
+        let wait = match wait_seconds {
+            None | Some(0) => Duration::ZERO,
+            w => self.wait_for(w)?,
+        };
         let session = self.sessions().resolve(p, session_id).await?;
         let agent = agent.unwrap_or_else(|| p.name().to_string());
         if agent.is_empty() || agent.chars().count() > 128 {
@@ -2504,7 +2571,7 @@ impl Engine {
             ));
         }
         self.tasks()
-            .next(&session, &agent, tags, lease_seconds)
+            .next_within(&session, &agent, tags, lease_seconds, wait)
             .await
     }
 }

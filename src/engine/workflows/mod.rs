@@ -912,7 +912,7 @@ impl Engine {
         &self,
         p: &Principal,
         session_id: Option<&str>,
-        status: Option<&str>,
+        status: Option<crate::model::RunStatus>,
         workflow: Option<&str>,
         cursor: Option<&str>,
         limit: Option<u32>,
@@ -1062,7 +1062,7 @@ impl Engine {
                     cfg.max_wait_seconds
                 ),
                 format!(
-                    "Pass wait_seconds <= {}, then follow the run with get_workflow_run.",
+                    "Pass wait_seconds <= {} (workflows.max_wait_seconds) and call again to wait longer.",
                     cfg.max_wait_seconds
                 ),
             )),

@@ -118,15 +118,16 @@ pub enum ProjectStatus {
     Failed,
 }
 
-impl ProjectStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            ProjectStatus::Planning => "planning",
-            ProjectStatus::Active => "active",
-            ProjectStatus::Paused => "paused",
-            ProjectStatus::Completed => "completed",
-            ProjectStatus::Archived => "archived",
-            ProjectStatus::Failed => "failed",
+impl From<ProjectStatus> for crate::model::ProjectStatus {
+    fn from(s: ProjectStatus) -> Self {
+        use crate::model::ProjectStatus as M;
+        match s {
+            ProjectStatus::Planning => M::Planning,
+            ProjectStatus::Active => M::Active,
+            ProjectStatus::Paused => M::Paused,
+            ProjectStatus::Completed => M::Completed,
+            ProjectStatus::Archived => M::Archived,
+            ProjectStatus::Failed => M::Failed,
         }
     }
 }
@@ -138,7 +139,7 @@ pub struct ProjectArgs {
     pub project: String,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum OperationName {
     /// The original status fields.
@@ -155,10 +156,11 @@ pub enum OperationName {
     Delete,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManageProjectArgs {
-    /// The project's id (`prj_...`) or name.
+    /// The project's id (`prj_...`) or name (the original's `project_name` is accepted too).
+    #[serde(alias = "project_name")]
     pub project: String,
     /// status, update, milestone, metrics, archive or delete.
     pub operation: OperationName,
@@ -189,10 +191,81 @@ pub struct ManageProjectArgs {
     /// delete: must be true.
     #[serde(default)]
     pub confirm: bool,
+    /// The original module's form: the operation's fields in one object, e.g. {"milestone_name": "v1", "data": {...}}.
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+impl OperationName {
+    /// The name callers use.
+    fn as_str(self) -> &'static str {
+        match self {
+            OperationName::Status => "status",
+            OperationName::Update => "update",
+            OperationName::Milestone => "milestone",
+            OperationName::Metrics => "metrics",
+            OperationName::Archive => "archive",
+            OperationName::Delete => "delete",
+        }
+    }
 }
 
 impl ManageProjectArgs {
+    /// The fields of `parameters` moved to the top level, as if given there
+    /// (a field given both ways, or one the tool does not have, is refused).
+    fn lift_parameters(mut self) -> Result<Self, Error> {
+        let Some(params) = self.parameters.take() else {
+            return Ok(self);
+        };
+        let mut top = match serde_json::to_value(&self) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                return Err(Error::internal(
+                    "manage_project arguments did not serialize",
+                ));
+            }
+        };
+        let mut twice = Vec::new();
+        for (k, v) in params {
+            if matches!(
+                k.as_str(),
+                "project" | "project_name" | "operation" | "parameters"
+            ) {
+                return Err(Error::invalid(
+                    format!("parameters.{k} is not an operation field"),
+                    format!("Pass {k} at the top level."),
+                ));
+            }
+            if top
+                .get(&k)
+                .is_some_and(|x| !x.is_null() && *x != Value::Bool(false))
+            {
+                twice.push(k);
+                continue;
+            }
+            top.insert(k, v);
+        }
+        if !twice.is_empty() {
+            return Err(Error::invalid(
+                format!(
+                    "{} given both at the top level and in parameters",
+                    twice.join(", ")
+                ),
+                "Give each field once.",
+            ));
+        }
+        crate::model::bounds::parse_value::<Self>(Value::Object(top)).map_err(|mut e| {
+            e.message = format!("in parameters: {}", e.message);
+            e
+        })
+    }
+
     fn operation(self) -> Result<Operation, Error> {
+        let this = self.lift_parameters()?;
+        this.operation_fields()
+    }
+
+    fn operation_fields(self) -> Result<Operation, Error> {
         use OperationName as N;
         let given: Vec<&str> = [
             ("description", self.description.is_some(), N::Update),
@@ -216,9 +289,9 @@ impl ManageProjectArgs {
         if !given.is_empty() {
             return Err(Error::invalid(
                 format!(
-                    "{} not used by operation {:?}",
+                    "{} not used by operation {}",
                     given.join(", "),
-                    self.operation
+                    self.operation.as_str()
                 ),
                 "Pass only the fields of the operation: update (description, tags, status, version, config), milestone (milestone_name, data), metrics (metrics), delete (confirm).",
             ));
@@ -228,7 +301,7 @@ impl ManageProjectArgs {
             N::Update => Operation::Update {
                 description: self.description,
                 tags: self.tags,
-                status: self.status.map(|s| s.as_str().to_string()),
+                status: self.status.map(Into::into),
                 version: self.version,
                 config: self.config,
             },
@@ -360,7 +433,7 @@ impl MyrmexServer {
             self.engine
                 .list_projects(
                     &p,
-                    a.status.map(ProjectStatus::as_str),
+                    a.status.map(Into::into),
                     a.kind.as_deref(),
                     a.tag.as_deref(),
                     a.cursor.as_deref(),

@@ -213,6 +213,9 @@ pub struct NextTaskArgs {
     /// How long the claim holds without renew_task_lease (default 300 s).
     #[serde(default)]
     pub lease_seconds: Option<u64>,
+    /// Seconds to wait for a claimable task (default 0, at most 50).
+    #[serde(default)]
+    pub wait_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -568,7 +571,7 @@ impl MyrmexServer {
 
     #[tool(
         name = "next_task",
-        description = "Claim the most urgent ready agent task (priority, then age) with a lease. Nothing ready: counts what is blocked, running and claimed. Finish with complete_task or fail_task and the lease_id; renew_task_lease extends long work.",
+        description = "Claim the most urgent ready agent task (priority, then age) with a lease; wait_seconds waits for one. Loop until state is graph_finished. Finish with complete_task or fail_task and the lease_id; renew_task_lease extends long work.",
         annotations(
             title = "Next task",
             read_only_hint = false,
@@ -592,6 +595,7 @@ impl MyrmexServer {
                     a.agent,
                     &a.tags,
                     a.lease_seconds,
+                    a.wait_seconds,
                 )
                 .await?,
         ))

@@ -556,7 +556,7 @@ impl MyrmexServer {
                 .list_workflow_runs(
                     &p,
                     a.session_id.as_deref(),
-                    a.status.as_deref(),
+                    a.status.as_deref().map(run_status).transpose()?,
                     a.workflow_name.as_deref(),
                     a.cursor.as_deref(),
                     a.limit,
@@ -688,4 +688,18 @@ impl MyrmexServer {
             run: self.fitted(run),
         }))
     }
+}
+
+/// A run status as callers spell it.
+fn run_status(s: &str) -> Result<crate::model::RunStatus, Error> {
+    crate::model::RunStatus::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = crate::model::RunStatus::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        Error::invalid(
+            format!("status '{}' is not a run status", crate::error::excerpt(s)),
+            format!("Use one of: {}.", all.join(", ")),
+        )
+    })
 }

@@ -1,7 +1,8 @@
 //! Streamable HTTP transport sessions (`Mcp-Session-Id`, protocol
 //! 2025-11-25) belong to the principal that initialized them: any other
 //! principal presenting the id gets the same 404 as for an unknown session,
-//! on every method (POST, GET streams, DELETE). Sessions are capped per
+//! on every method (POST, GET streams, DELETE). A DELETE of a live session
+//! answers 204; of an unknown or ended one, 404. Sessions are capped per
 //! principal (`http.max_sessions_per_principal`: the principal's least
 //! recently used one is closed to make room) and in total
 //! (`http.max_sessions`: a new one is refused with 503), and rmcp closes a
@@ -15,7 +16,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
@@ -144,13 +145,20 @@ pub async fn bind(State(s): State<Arc<Sessions>>, req: Request, next: Next) -> R
                 _ => return not_found(),
             }
         }
-        let delete = req.method() == Method::DELETE;
-        let response = next.run(req).await;
-        if delete && response.status().is_success() {
-            s.owners().remove(&id);
-            s.counted();
+        if req.method() != Method::DELETE {
+            return next.run(req).await;
         }
-        return response;
+        // Ended here rather than by rmcp (which answers 202 whatever the
+        // session's state): a live session's worker takes the close, 204; one
+        // whose worker has already quit (idle past http.session_idle_seconds)
+        // is as unknown as one never opened, 404.
+        let handle = s.manager.sessions.write().await.remove(id.as_str());
+        s.owners().remove(&id);
+        s.counted();
+        return match handle {
+            Some(h) if h.close().await.is_ok() => StatusCode::NO_CONTENT.into_response(),
+            _ => not_found(),
+        };
     }
     if req.method() != Method::POST {
         return next.run(req).await;

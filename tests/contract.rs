@@ -1,0 +1,295 @@
+//! The agent contract: an agent's main loop is `next_task {wait_seconds}`
+//! until `graph_finished`, with no polling of its own, across processes; and
+//! the Streamable HTTP session lifecycle answers as clients expect (DELETE of
+//! a live session 204, of an unknown or ended one 404).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Two `myrmex serve` processes on one store (SQLite data directory, or
+/// PostgreSQL with TEST_MYRMEX_STORE=postgres).
+async fn two(env: &Env) -> Vec<Arc<Client>> {
+    let cfg = env.config("[cluster]\npoll_interval_ms = 200\nsignal_poll_ms = 50\n");
+    let cfg = cfg.to_str().unwrap().to_string();
+    let mut out = Vec::new();
+    for era in [Era::Legacy, Era::Modern] {
+        out.push(Arc::new(env.stdio(era, &["--config", &cfg]).await));
+    }
+    out
+}
+
+/// Agent tasks that become ready over time: six wait for an auto task that
+/// sleeps, four more for a second one that waits on three of the six.
+fn waves() -> Vec<Value> {
+    let mut tasks = vec![
+        json!({"name": "warm", "module": "core", "action": "sleep", "parameters": {"ms": 600}}),
+    ];
+    for k in 0..6 {
+        tasks.push(json!({"name": format!("a{k}"), "dependencies": ["warm"]}));
+    }
+    tasks.push(
+        json!({"name": "mid", "module": "core", "action": "sleep", "parameters": {"ms": 400},
+                      "dependencies": ["a0", "a1", "a2"]}),
+    );
+    for k in 0..4 {
+        tasks.push(json!({"name": format!("b{k}"), "dependencies": ["mid"]}));
+    }
+    tasks
+}
+
+/// Two agents, one per process, loop on `next_task {wait_seconds}` /
+/// `complete_task` only, and both stop on `graph_finished` once every task
+/// is done; no task is handed out twice, and no answer says "nothing yet"
+/// (each wait ends with a claim or the end of the graph).
+#[tokio::test]
+async fn two_agents_drain_a_graph_with_next_task_waits_and_stop_on_graph_finished() {
+    let env = Env::new();
+    let cs = two(&env).await;
+    let made = ok(&cs[0], "create_tasks", json!({"tasks": waves()})).await;
+    assert_eq!(made["tasks"].as_array().unwrap().len(), 12, "{made}");
+    let mut agents = Vec::new();
+    for (i, c) in cs.iter().enumerate() {
+        let c = c.clone();
+        agents.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut states: HashMap<String, usize> = HashMap::new();
+            loop {
+                let claim = ok(
+                    &c,
+                    "next_task",
+                    json!({"agent": format!("agent{i}"), "wait_seconds": 30}),
+                )
+                .await;
+                let state = claim["state"].as_str().unwrap().to_string();
+                *states.entry(state.clone()).or_default() += 1;
+                match state.as_str() {
+                    "claimed" => {
+                        let id = claim["task"]["task_id"].as_str().unwrap().to_string();
+                        ok(
+                            &c,
+                            "complete_task",
+                            json!({"task_id": id, "lease_id": claim["lease_id"], "result": {"by": i}}),
+                        )
+                        .await;
+                        mine.push(claim["task"]["name"].as_str().unwrap().to_string());
+                    }
+                    "graph_finished" => break,
+                    other => panic!("agent{i}: {other} after waiting: {claim}"),
+                }
+            }
+            (mine, states)
+        }));
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, h) in agents.into_iter().enumerate() {
+        let (mine, states) = h.await.unwrap();
+        assert_eq!(states["graph_finished"], 1, "agent{i}: {states:?}");
+        for name in mine {
+            assert!(
+                seen.insert(name.clone(), i).is_none(),
+                "{name} handed out twice"
+            );
+        }
+    }
+    let mut names: Vec<&String> = seen.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["a0", "a1", "a2", "a3", "a4", "a5", "b0", "b1", "b2", "b3"],
+        "every agent task handed out once"
+    );
+    let page = ok(
+        &cs[1],
+        "list_tasks",
+        json!({"status": "succeeded", "limit": 50}),
+    )
+    .await;
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 12, "{page}");
+}
+
+/// The three states, and the waits that end them: an empty session has no
+/// tasks yet; a wait on a graph whose only task is claimed by another ends
+/// when that claim's lease runs out (the task is claimed again, attempt 2);
+/// a wait past the cap is refused with the config key.
+#[tokio::test]
+async fn next_task_states_and_a_wait_ended_by_a_lease() {
+    let env = Env::new();
+    let c = env.stdio(Era::Modern, &[]).await;
+    let none = ok(&c, "next_task", json!({})).await;
+    assert_eq!(none["state"], "nothing_ready_yet", "{none}");
+    assert!(
+        none["reason"].as_str().unwrap().contains("no tasks"),
+        "{none}"
+    );
+    let e = err(
+        &c,
+        "next_task",
+        json!({"wait_seconds": 51}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    assert!(e.to_string().contains("workflows.max_wait_seconds"), "{e}");
+
+    ok(&c, "create_task", json!({"task": {"name": "only"}})).await;
+    let first = ok(
+        &c,
+        "next_task",
+        json!({"agent": "slow", "lease_seconds": 1}),
+    )
+    .await;
+    assert_eq!(first["state"], "claimed", "{first}");
+    // Nothing else is claimable; a short wait ends with the state unchanged.
+    let short = ok(&c, "next_task", json!({"agent": "fast", "wait_seconds": 0})).await;
+    assert_eq!(short["state"], "nothing_ready_yet", "{short}");
+    assert_eq!(short["counts"]["claimed_by_others"], 1, "{short}");
+    // A longer one is woken by the end of slow's lease.
+    let again = ok(
+        &c,
+        "next_task",
+        json!({"agent": "fast", "wait_seconds": 20}),
+    )
+    .await;
+    assert_eq!(again["state"], "claimed", "{again}");
+    assert_eq!(again["task"]["name"], "only");
+    assert_eq!(again["task"]["attempts"], 2, "{again}");
+    ok(
+        &c,
+        "complete_task",
+        json!({"task_id": again["task"]["task_id"], "lease_id": again["lease_id"]}),
+    )
+    .await;
+    let done = ok(&c, "next_task", json!({"wait_seconds": 20})).await;
+    assert_eq!(done["state"], "graph_finished", "{done}");
+    assert!(done["task"].is_null());
+}
+
+async fn initialize(url: &str, token: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}))
+        .send()
+        .await
+        .unwrap();
+    r.headers()
+        .get("mcp-session-id")
+        .expect("a session id")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The exact status of a request in a session.
+async fn status(url: &str, token: &str, session: &str, method: reqwest::Method) -> u16 {
+    let mut r = reqwest::Client::new()
+        .request(method.clone(), url)
+        .bearer_auth(token)
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("accept", "application/json, text/event-stream");
+    if method == reqwest::Method::POST {
+        r = r.json(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}));
+    }
+    tokio::time::timeout(Duration::from_secs(10), r.send())
+        .await
+        .expect("answered")
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// DELETE /mcp: 204 for a live session (which then is gone: 404 on POST and
+/// on a second DELETE), 404 for an id never issued, and 404 for a session
+/// the server ended itself after `http.session_idle_seconds`.
+#[tokio::test]
+async fn delete_answers_204_for_a_live_session_and_404_for_an_unknown_or_ended_one() {
+    let env = Env::new();
+    let tokens = env.two_principals();
+    let toml = std::fs::read_to_string(&tokens).unwrap();
+    let cfg = env.config(&format!("[http]\nsession_idle_seconds = 1\n\n{toml}"));
+    let server = env.http(&["--config", cfg.to_str().unwrap()]).await;
+    let url = &server.url;
+    use reqwest::Method;
+
+    let live = initialize(url, ALICE_TOKEN).await;
+    assert_eq!(status(url, ALICE_TOKEN, &live, Method::DELETE).await, 204);
+    assert_eq!(status(url, ALICE_TOKEN, &live, Method::DELETE).await, 404);
+    assert_eq!(status(url, ALICE_TOKEN, &live, Method::POST).await, 404);
+    assert_eq!(
+        status(url, ALICE_TOKEN, "never-issued", Method::DELETE).await,
+        404
+    );
+
+    // Left idle past the limit, the session is ended by the server (rmcp's
+    // own timer: no clock to advance), and its DELETE is a 404.
+    let idle = initialize(url, ALICE_TOKEN).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(status(url, ALICE_TOKEN, &idle, Method::DELETE).await, 404);
+}
+
+/// The original module's `manage_project` as its specification writes it:
+/// `project_name`, `operation` and the operation's fields in `parameters`.
+/// A field given both ways is refused, and errors use the public names.
+#[tokio::test]
+async fn manage_project_takes_the_original_project_name_and_parameters() {
+    let env = Env::new();
+    let c = env.stdio(Era::Modern, &["--store", "memory"]).await;
+    ok(&c, "create_project", json!({"name": "orig"})).await;
+    let m = ok(
+        &c,
+        "manage_project",
+        json!({"project_name": "orig", "operation": "milestone",
+               "parameters": {"milestone_name": "design_complete", "data": {"reviewer": "ana"}}}),
+    )
+    .await;
+    assert_eq!(m["result"]["name"], "design_complete", "{m}");
+    assert_eq!(m["result"]["milestone"]["reviewer"], "ana", "{m}");
+    let u = ok(
+        &c,
+        "manage_project",
+        json!({"project_name": "orig", "operation": "update", "parameters": {"status": "active"}}),
+    )
+    .await;
+    assert_eq!(u["project_status"], "active", "{u}");
+    let s = ok(
+        &c,
+        "manage_project",
+        json!({"project_name": "orig", "operation": "status"}),
+    )
+    .await;
+    assert_eq!(s["result"]["status"], "active", "{s}");
+
+    let e = err(
+        &c,
+        "manage_project",
+        json!({"project": "orig", "operation": "milestone", "milestone_name": "a",
+               "parameters": {"milestone_name": "b"}}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    assert!(e.to_string().contains("both"), "{e}");
+    let e = err(
+        &c,
+        "manage_project",
+        json!({"project": "orig", "operation": "status", "parameters": {"colour": "red"}}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    assert!(e.to_string().contains("colour"), "{e}");
+    let e = err(
+        &c,
+        "manage_project",
+        json!({"project": "orig", "operation": "status", "tags": ["x"]}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    assert!(e.to_string().contains("operation status"), "{e}");
+}
