@@ -169,43 +169,6 @@ async fn next_task_states_and_a_wait_ended_by_a_lease() {
     assert!(done["task"].is_null());
 }
 
-async fn initialize(url: &str, token: &str) -> String {
-    let r = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}))
-        .send()
-        .await
-        .unwrap();
-    r.headers()
-        .get("mcp-session-id")
-        .expect("a session id")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-/// The exact status of a request in a session.
-async fn status(url: &str, token: &str, session: &str, method: reqwest::Method) -> u16 {
-    let mut r = reqwest::Client::new()
-        .request(method.clone(), url)
-        .bearer_auth(token)
-        .header("mcp-session-id", session)
-        .header("mcp-protocol-version", "2025-11-25")
-        .header("accept", "application/json, text/event-stream");
-    if method == reqwest::Method::POST {
-        r = r.json(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}));
-    }
-    tokio::time::timeout(Duration::from_secs(10), r.send())
-        .await
-        .expect("answered")
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 /// DELETE /mcp: 204 for a live session (which then is gone: 404 on POST and
 /// on a second DELETE), 404 for an id never issued, and 404 for a session
 /// the server ended itself after `http.session_idle_seconds`.
@@ -219,20 +182,32 @@ async fn delete_answers_204_for_a_live_session_and_404_for_an_unknown_or_ended_o
     let url = &server.url;
     use reqwest::Method;
 
-    let live = initialize(url, ALICE_TOKEN).await;
-    assert_eq!(status(url, ALICE_TOKEN, &live, Method::DELETE).await, 204);
-    assert_eq!(status(url, ALICE_TOKEN, &live, Method::DELETE).await, 404);
-    assert_eq!(status(url, ALICE_TOKEN, &live, Method::POST).await, 404);
+    let live = raw_initialize(url, ALICE_TOKEN).await.unwrap();
     assert_eq!(
-        status(url, ALICE_TOKEN, "never-issued", Method::DELETE).await,
+        raw_in_session(url, ALICE_TOKEN, &live, Method::DELETE).await,
+        204
+    );
+    assert_eq!(
+        raw_in_session(url, ALICE_TOKEN, &live, Method::DELETE).await,
+        404
+    );
+    assert_eq!(
+        raw_in_session(url, ALICE_TOKEN, &live, Method::POST).await,
+        404
+    );
+    assert_eq!(
+        raw_in_session(url, ALICE_TOKEN, "never-issued", Method::DELETE).await,
         404
     );
 
     // Left idle past the limit, the session is ended by the server (rmcp's
     // own timer: no clock to advance), and its DELETE is a 404.
-    let idle = initialize(url, ALICE_TOKEN).await;
+    let idle = raw_initialize(url, ALICE_TOKEN).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(status(url, ALICE_TOKEN, &idle, Method::DELETE).await, 404);
+    assert_eq!(
+        raw_in_session(url, ALICE_TOKEN, &idle, Method::DELETE).await,
+        404
+    );
 }
 
 /// The original module's `manage_project` as its specification writes it:

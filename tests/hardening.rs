@@ -7,6 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::raw_initialize as initialize;
 use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -531,38 +532,9 @@ async fn slow_partial_and_surplus_connections_are_cut_off() {
 }
 
 /// An `initialize` POST with a token; the session id it got, or the status.
-async fn initialize(url: &str, token: &str) -> Result<String, u16> {
-    let r = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}))
-        .send()
-        .await
-        .unwrap();
-    match r.headers().get("mcp-session-id") {
-        Some(id) => Ok(id.to_str().unwrap().to_string()),
-        None => Err(r.status().as_u16()),
-    }
-}
-
 /// A request in a session: 2xx (served) or the status.
 async fn in_session(url: &str, token: &str, session: &str, method: reqwest::Method) -> u16 {
-    let mut r = reqwest::Client::new()
-        .request(method.clone(), url)
-        .bearer_auth(token)
-        .header("mcp-session-id", session)
-        .header("mcp-protocol-version", "2025-11-25")
-        .header("accept", "application/json, text/event-stream");
-    if method == reqwest::Method::POST {
-        r = r.json(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}));
-    }
-    let r = tokio::time::timeout(Duration::from_secs(10), r.send())
-        .await
-        .expect("answered")
-        .unwrap();
-    match r.status().as_u16() {
+    match raw_in_session(url, token, session, method).await {
         200..=299 => 200,
         other => other,
     }

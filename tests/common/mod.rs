@@ -475,3 +475,40 @@ pub async fn finish(c: &Client, run_id: &Value) -> Value {
     }
     panic!("run {run_id} did not end");
 }
+
+/// A raw Streamable HTTP `initialize` as `token`: the new session's id, or
+/// the status when none was issued.
+pub async fn raw_initialize(url: &str, token: &str) -> Result<String, u16> {
+    let r = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}))
+        .send()
+        .await
+        .unwrap();
+    match r.headers().get("mcp-session-id") {
+        Some(id) => Ok(id.to_str().unwrap().to_string()),
+        None => Err(r.status().as_u16()),
+    }
+}
+
+/// The HTTP status of a raw request in a transport session (a POST is a ping).
+pub async fn raw_in_session(url: &str, token: &str, session: &str, method: reqwest::Method) -> u16 {
+    let mut r = reqwest::Client::new()
+        .request(method.clone(), url)
+        .bearer_auth(token)
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("accept", "application/json, text/event-stream");
+    if method == reqwest::Method::POST {
+        r = r.json(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}));
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), r.send())
+        .await
+        .expect("answered")
+        .unwrap()
+        .status()
+        .as_u16()
+}
