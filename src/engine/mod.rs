@@ -358,8 +358,15 @@ impl Engine {
                     inner.tasks.heartbeat().await?;
                     inner.resources.heartbeat().await?;
                     if inner.peers.heartbeat().await? > 0 {
-                        // A peer died: its work is free now.
-                        engine.look_for_work("*").await?;
+                        // A peer died: its work is free now. Taken up apart
+                        // from this loop, so adopting it never delays the
+                        // next renewal of the leases held here.
+                        let engine = engine.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = engine.look_for_work("*").await {
+                                tracing::warn!(error = %e, "taking up a dead peer's work failed; the next poll retries");
+                            }
+                        });
                     }
                     Ok(())
                 }
