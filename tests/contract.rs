@@ -268,3 +268,37 @@ async fn manage_project_takes_the_original_project_name_and_parameters() {
     .await;
     assert!(e.to_string().contains("operation status"), "{e}");
 }
+
+/// Workflow definitions the original module wrote carry `retry_count` on
+/// every step: accepted as `max_retries`, by create_workflow and by
+/// validate_workflow alike.
+#[tokio::test]
+async fn steps_take_the_original_retry_count() {
+    let env = Env::new();
+    let c = env.stdio(Era::Legacy, &["--store", "memory"]).await;
+    let steps = json!([
+        {"name": "flaky", "module": "core", "action": "fail", "parameters": {"times": 2}, "retry_count": 2},
+        {"name": "after", "module": "core", "action": "echo", "dependencies": ["flaky"], "retry_count": 0}
+    ]);
+    let v = ok(
+        &c,
+        "validate_workflow",
+        json!({"name": "orig", "steps": steps}),
+    )
+    .await;
+    assert_eq!(v["valid"], true, "{v}");
+    ok(
+        &c,
+        "create_workflow",
+        json!({"name": "orig", "steps": steps}),
+    )
+    .await;
+    let run = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "orig", "wait_seconds": 30}),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(steps_by_name(&run)["flaky"]["attempts"], 3, "{run}");
+}

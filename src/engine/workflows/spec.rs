@@ -161,8 +161,8 @@ pub struct StepSpec {
     /// Per-attempt time limit in seconds (`timeout` is accepted too).
     #[serde(default, alias = "timeout", skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
-    /// Attempts after the first one (default 0).
-    #[serde(default)]
+    /// Attempts after the first one (default 0; the original's `retry_count` is accepted too).
+    #[serde(default, alias = "retry_count")]
     pub max_retries: u32,
     /// Backoff between attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
