@@ -302,3 +302,58 @@ async fn steps_take_the_original_retry_count() {
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(steps_by_name(&run)["flaky"]["attempts"], 3, "{run}");
 }
+
+/// `create_project`'s `execute_workflow` takes a workflow's name, as the
+/// original documents, besides true/false; a name that does not resolve, or
+/// true for a template without workflows, is refused before anything exists.
+#[tokio::test]
+async fn create_project_runs_a_workflow_named_in_execute_workflow() {
+    let env = Env::new();
+    let c = env.stdio(Era::Modern, &["--store", "memory"]).await;
+    ok(
+        &c,
+        "create_workflow",
+        json!({"name": "hello", "scope": "global", "steps": [
+            {"name": "a", "module": "core", "action": "echo", "parameters": {"project": "{{project.name}}"}}]}),
+    )
+    .await;
+    let v = ok(
+        &c,
+        "create_project",
+        json!({"name": "named", "execute_workflow": "hello"}),
+    )
+    .await;
+    assert_eq!(v["workflow_executed"], "hello", "{v}");
+    let run = finish(&c, &v["run_id"]).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        steps_by_name(&run)["a"]["output"]["project"],
+        "named",
+        "{run}"
+    );
+
+    err(
+        &c,
+        "create_project",
+        json!({"name": "ghost", "execute_workflow": "no-such-workflow"}),
+        "WORKFLOW_NOT_FOUND",
+    )
+    .await;
+    err(
+        &c,
+        "create_project",
+        json!({"name": "empty", "execute_workflow": true}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    for name in ["ghost", "empty"] {
+        err(&c, "get_project", json!({"project": name}), "NOT_FOUND").await;
+    }
+    let plain = ok(
+        &c,
+        "create_project",
+        json!({"name": "plain", "execute_workflow": false}),
+    )
+    .await;
+    assert!(plain["workflow_executed"].is_null(), "{plain}");
+}

@@ -105,9 +105,21 @@ pub struct NewProject {
     pub author: Option<String>,
     pub tags: Vec<String>,
     pub config_overrides: Option<Map<String, Value>>,
-    pub execute_workflow: bool,
+    pub execute_workflow: ProjectRun,
     pub workflow_parameters: Map<String, Value>,
     pub session_id: Option<String>,
+}
+
+/// Which workflow `create_project` runs for the new project.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ProjectRun {
+    #[default]
+    Nothing,
+    /// The template's first workflow (`execute_workflow: true`).
+    First,
+    /// This one (the original's `execute_workflow: "<name>"`): one of the
+    /// template's workflows or one the caller can see.
+    Named(String),
 }
 
 /// `create_project`'s answer (the original specification's fields).
@@ -440,6 +452,27 @@ impl Engine {
             .sessions()
             .resolve(p, req.session_id.as_deref())
             .await?;
+        // The workflow to run is known before anything is written.
+        let template_workflows = tpl.map(|(t, _)| t.workflows.clone()).unwrap_or_default();
+        let run = match &req.execute_workflow {
+            ProjectRun::Nothing => None,
+            ProjectRun::First => Some(template_workflows.first().cloned().ok_or_else(|| {
+                Error::invalid(
+                    "execute_workflow is true but the template names no workflow",
+                    "Nothing was created; choose a template that names workflows, pass a workflow's name in execute_workflow, or omit it.",
+                )
+            })?),
+            ProjectRun::Named(w) => {
+                if !template_workflows.contains(w) {
+                    // Not the template's: it must exist for the caller now.
+                    self.resolve_workflow(p, &session, w).await.map_err(|mut e| {
+                        e.hint = format!("{} Nothing was created.", e.hint);
+                        e
+                    })?;
+                }
+                Some(w.clone())
+            }
+        };
         let target = self.project_target(&req.name, req.path.as_deref())?;
         if self.store().project_by_name(&req.name).await?.is_some() {
             return Err(Error::new(
@@ -573,13 +606,7 @@ impl Engine {
             run_id: None,
             next_steps: vec![],
         };
-        if req.execute_workflow {
-            let Some(w) = doc.workflows.first().cloned() else {
-                return Err(Error::invalid(
-                    "execute_workflow is true but the project has no workflow",
-                    "The project was created; choose a template that names workflows, or run one with execute_workflow and `project`.",
-                ));
-            };
+        if let Some(w) = run {
             let req = ExecuteRequest {
                 workflow_name: w.clone(),
                 parameters: req.workflow_parameters.clone(),

@@ -360,7 +360,7 @@ impl Engine {
 }
 
 /// A definition resolved by name.
-struct Resolved {
+pub(crate) struct Resolved {
     spec: WorkflowSpec,
     version: u64,
     source: &'static str,
@@ -432,7 +432,7 @@ impl Engine {
         ))
     }
 
-    async fn resolve_workflow(
+    pub(crate) async fn resolve_workflow(
         &self,
         p: &Principal,
         session: &Session,

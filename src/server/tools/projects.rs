@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::engine::projects::docs::DocReport;
 use crate::engine::projects::{
-    CreatedProject, Managed, NewProject, Operation, ProjectPage, ProjectView, TemplateList,
-    TemplateView,
+    CreatedProject, Managed, NewProject, Operation, ProjectPage, ProjectRun, ProjectView,
+    TemplateList, TemplateView,
 };
 use crate::error::Error;
 use crate::server::{MyrmexServer, args::Args, principal};
@@ -49,9 +49,9 @@ pub struct CreateProjectArgs {
     /// Deep-merged into the template's default_config (objects merge key by key).
     #[serde(default)]
     pub config_overrides: Option<Map<String, Value>>,
-    /// Run the template's first workflow for the new project and wait briefly for it.
+    /// true: run the template's first workflow for the new project; a name: run that workflow (the original's form). Waits briefly for it.
     #[serde(default)]
-    pub execute_workflow: bool,
+    pub execute_workflow: ExecuteWorkflow,
     /// Parameters of that workflow.
     #[serde(default)]
     pub workflow_parameters: Map<String, Value>,
@@ -105,6 +105,21 @@ pub struct ListProjectsArgs {
     /// Page size (default 50, at most 200).
     #[serde(default)]
     pub limit: Option<u32>,
+}
+
+/// `execute_workflow`: a flag or a workflow's name.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(inline)]
+pub enum ExecuteWorkflow {
+    Flag(bool),
+    Name(String),
+}
+
+impl Default for ExecuteWorkflow {
+    fn default() -> Self {
+        Self::Flag(false)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
@@ -362,7 +377,11 @@ impl MyrmexServer {
             author: a.author,
             tags: a.tags,
             config_overrides: a.config_overrides,
-            execute_workflow: a.execute_workflow,
+            execute_workflow: match a.execute_workflow {
+                ExecuteWorkflow::Flag(false) => ProjectRun::Nothing,
+                ExecuteWorkflow::Flag(true) => ProjectRun::First,
+                ExecuteWorkflow::Name(w) => ProjectRun::Named(w),
+            },
             workflow_parameters: a.workflow_parameters,
             session_id: a.session_id,
         };
