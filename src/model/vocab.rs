@@ -37,6 +37,9 @@ macro_rules! spelled {
     };
 }
 
+/// For the server's own argument enums (one way to spell a variant).
+pub(crate) use spelled;
+
 /// Urgency of a step (or run, or task).
 #[derive(
     Debug,

@@ -190,11 +190,10 @@ impl Store for MemoryStore {
         &self,
     ) -> StoreResult<Vec<(crate::model::SessionStatus, u64)>> {
         let g = self.lock()?;
-        let mut m: BTreeMap<&'static str, (crate::model::SessionStatus, u64)> = BTreeMap::new();
-        for s in g.sessions.values() {
-            m.entry(s.status.as_str()).or_insert((s.status, 0)).1 += 1;
-        }
-        Ok(m.into_values().collect())
+        Ok(by_status(
+            g.sessions.values().map(|s| s.status),
+            crate::model::SessionStatus::as_str,
+        ))
     }
 
     async fn count_active_sessions(&self, principal: &str) -> StoreResult<u64> {
@@ -602,26 +601,25 @@ impl Store for MemoryStore {
 
     async fn count_runs_by_status(&self) -> StoreResult<Vec<(crate::model::RunStatus, u64)>> {
         let g = self.lock()?;
-        let mut by: BTreeMap<&'static str, (crate::model::RunStatus, u64)> = BTreeMap::new();
-        for r in g.runs.values() {
-            by.entry(r.status.as_str()).or_insert((r.status, 0)).1 += 1;
-        }
-        Ok(by.into_values().collect())
+        Ok(by_status(
+            g.runs.values().map(|r| r.status),
+            crate::model::RunStatus::as_str,
+        ))
     }
 
     async fn count_live_steps_by_status(
         &self,
     ) -> StoreResult<Vec<(crate::model::StepStatus, u64)>> {
         let g = self.lock()?;
-        let mut by: BTreeMap<&'static str, (crate::model::StepStatus, u64)> = BTreeMap::new();
-        for r in g.runs.values() {
-            if !r.status.is_final() {
-                for s in g.steps.get(&r.id).into_iter().flatten() {
-                    by.entry(s.status.as_str()).or_insert((s.status, 0)).1 += 1;
-                }
-            }
-        }
-        Ok(by.into_values().collect())
+        let live = g
+            .runs
+            .values()
+            .filter(|r| !r.status.is_final())
+            .flat_map(|r| g.steps.get(&r.id).into_iter().flatten());
+        Ok(by_status(
+            live.map(|s| s.status),
+            crate::model::StepStatus::as_str,
+        ))
     }
 
     async fn sessions_with_open_tasks(&self) -> StoreResult<Vec<String>> {
@@ -639,18 +637,18 @@ impl Store for MemoryStore {
 
     async fn task_stats(&self) -> StoreResult<TaskStats> {
         let g = self.lock()?;
-        // Ordered by spelling, as the SQL stores order them.
-        let mut by: BTreeMap<&'static str, (crate::model::TaskStatus, u64)> = BTreeMap::new();
         let (mut sum, mut n) = (0i64, 0i64);
         for t in g.tasks.values() {
-            by.entry(t.status.as_str()).or_insert((t.status, 0)).1 += 1;
             if let (Some(a), Some(b)) = (t.started_at, t.finished_at) {
                 sum += b - a;
                 n += 1;
             }
         }
         Ok(TaskStats {
-            by_status: by.into_values().collect(),
+            by_status: by_status(
+                g.tasks.values().map(|t| t.status),
+                crate::model::TaskStatus::as_str,
+            ),
             average_execution_ms: (n > 0).then(|| sum as f64 / n as f64),
         })
     }
@@ -788,4 +786,17 @@ impl Store for MemoryStore {
         v.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
         Ok(v.into_iter().skip(offset).take(limit as usize).collect())
     }
+}
+
+/// Counts of `statuses`, ordered by their spelling as the SQL stores'
+/// `GROUP BY status ORDER BY status` orders them.
+fn by_status<T: Copy>(
+    statuses: impl Iterator<Item = T>,
+    spell: fn(T) -> &'static str,
+) -> Vec<(T, u64)> {
+    let mut by: BTreeMap<&'static str, (T, u64)> = BTreeMap::new();
+    for s in statuses {
+        by.entry(spell(s)).or_insert((s, 0)).1 += 1;
+    }
+    by.into_values().collect()
 }

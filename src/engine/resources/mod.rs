@@ -1047,10 +1047,7 @@ impl super::Engine {
             ));
         }
         let ttl = self.resources().ttl(r.ttl_seconds)?;
-        let wait = match r.wait_seconds {
-            None | Some(0) => Duration::ZERO,
-            w => self.wait_for(w)?,
-        };
+        let wait = self.wait_if_asked(r.wait_seconds)?;
         let session = self.sessions().resolve(p, r.session_id.as_deref()).await?;
         let holder = r.user_id.unwrap_or_else(|| p.name().to_string());
         if holder.is_empty() || holder.chars().count() > 128 {

@@ -269,7 +269,7 @@ pub enum ClaimState {
 /// Answer of next_task.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Claim {
-    /// claimed, nothing_ready_yet or graph_finished (all final).
+    /// claimed, nothing_ready_yet or graph_finished (every task is final).
     pub state: ClaimState,
     /// The claimed task, or null when nothing is ready for you.
     pub task: Option<TaskView>,
@@ -2558,10 +2558,7 @@ impl Engine {
         lease_seconds: Option<u64>,
         wait_seconds: Option<u64>,
     ) -> Result<Claim> {
-        let wait = match wait_seconds {
-            None | Some(0) => Duration::ZERO,
-            w => self.wait_for(w)?,
-        };
+        let wait = self.wait_if_asked(wait_seconds)?;
         let session = self.sessions().resolve(p, session_id).await?;
         let agent = agent.unwrap_or_else(|| p.name().to_string());
         if agent.is_empty() || agent.chars().count() > 128 {

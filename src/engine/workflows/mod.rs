@@ -1070,6 +1070,15 @@ impl Engine {
         }
     }
 
+    /// How long a call that answers at once unless asked may wait, from its
+    /// `wait_seconds` (default 0; the same cap as [`Self::wait_for`]).
+    pub fn wait_if_asked(&self, wait_seconds: Option<u64>) -> Result<Duration> {
+        match wait_seconds {
+            None | Some(0) => Ok(Duration::ZERO),
+            w => self.wait_for(w),
+        }
+    }
+
     fn page_limit(&self, limit: Option<u32>) -> Result<u32> {
         super::sessions::page_limit(&self.config().limits, limit)
     }

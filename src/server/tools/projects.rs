@@ -211,19 +211,14 @@ pub struct ManageProjectArgs {
     pub parameters: Option<Map<String, Value>>,
 }
 
-impl OperationName {
-    /// The name callers use.
-    fn as_str(self) -> &'static str {
-        match self {
-            OperationName::Status => "status",
-            OperationName::Update => "update",
-            OperationName::Milestone => "milestone",
-            OperationName::Metrics => "metrics",
-            OperationName::Archive => "archive",
-            OperationName::Delete => "delete",
-        }
-    }
-}
+crate::model::vocab::spelled!(OperationName {
+    Status => "status",
+    Update => "update",
+    Milestone => "milestone",
+    Metrics => "metrics",
+    Archive => "archive",
+    Delete => "delete",
+});
 
 impl ManageProjectArgs {
     /// The fields of `parameters` moved to the top level, as if given there
@@ -276,11 +271,6 @@ impl ManageProjectArgs {
     }
 
     fn operation(self) -> Result<Operation, Error> {
-        let this = self.lift_parameters()?;
-        this.operation_fields()
-    }
-
-    fn operation_fields(self) -> Result<Operation, Error> {
         use OperationName as N;
         let given: Vec<&str> = [
             ("description", self.description.is_some(), N::Update),
@@ -502,7 +492,7 @@ impl MyrmexServer {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let project = a.project.clone();
-        let op = a.operation()?;
+        let op = a.lift_parameters()?.operation()?;
         Ok(Json(self.engine.manage_project(&p, &project, op).await?))
     }
 
