@@ -266,7 +266,9 @@ async fn manage_project_takes_the_original_project_name_and_parameters() {
         "INVALID_PARAMETERS",
     )
     .await;
-    assert!(e.to_string().contains("operation status"), "{e}");
+    // The published schema's rule: tags belong to operation update.
+    assert_eq!(e["details"]["field"], "operation", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("\"update\""), "{e}");
 }
 
 /// Workflow definitions the original module wrote carry `retry_count` on

@@ -135,16 +135,18 @@ async fn huge_timeouts_are_refused_and_deadlines_never_overflow() {
         json!({"name": "t", "timeout_seconds": t, "steps": [
             {"name": "a", "module": "core", "action": "echo", "timeout_seconds": t}]})
     };
-    let v = ok(&c, "validate_workflow", step(1 << 63)).await;
-    assert_eq!(v["valid"], false);
-    assert_eq!(v["problems_total"], 2, "{v}");
-    for p in v["problems"].as_array().unwrap() {
+    // The published schema says the bound, and the check at the boundary
+    // names every field past it with its config key.
+    let e = err(&c, "validate_workflow", step(1 << 63), "INVALID_PARAMETERS").await;
+    let fields = e["details"]["fields"].as_array().unwrap();
+    assert_eq!(fields.len(), 2, "{e}");
+    for f in fields {
         assert!(
-            p["message"]
+            f["problem"]
                 .as_str()
                 .unwrap()
                 .contains("workflows.max_timeout_seconds"),
-            "{p}"
+            "{f}"
         );
     }
     ok(&c, "create_workflow", step(60)).await;

@@ -443,7 +443,6 @@ async fn validation_reports_every_problem_and_stores_nothing() {
         step("f", "echo", json!({"p": "{{params.undeclared}}", "q": "{{steps.e.output}}", "r": "{{bad"}), &[]),
         json!({"name": "g", "module": "ghost", "action": "run", "when": "params.x >"}),
         step("a", "echo", json!({}), &[]),
-        step("Bad Name", "echo", json!({}), &[]),
     ]});
     let v = ok(&c, "validate_workflow", def.clone()).await;
     assert_eq!(v["valid"], false);
@@ -463,7 +462,6 @@ async fn validation_reports_every_problem_and_stores_nothing() {
         "INVALID_TEMPLATE",
         "INVALID_CONDITION",
         "DUPLICATE_STEP",
-        "INVALID_NAME",
     ] {
         assert!(codes.contains(&want), "{want} missing: {codes:?}");
     }
@@ -488,6 +486,22 @@ async fn validation_reports_every_problem_and_stores_nothing() {
     assert_eq!(
         e["details"]["problems"].as_array().unwrap().len(),
         problems.len()
+    );
+    // A name the published schema forbids (its pattern) is refused before
+    // validation, every such field named at once.
+    let names = json!({"name": "bad", "steps": [
+        step("Bad Name", "echo", json!({}), &[]), step("ok", "echo", json!({}), &[]),
+        step("", "echo", json!({}), &[])]});
+    let e = err(&c, "validate_workflow", names, "INVALID_PARAMETERS").await;
+    let fields: Vec<&str> = e["details"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"steps[0].name") && fields.contains(&"steps[2].name"),
+        "{e}"
     );
     err(
         &c,

@@ -36,6 +36,7 @@ pub struct Plan {
 }
 
 /// How the attempts ended.
+#[derive(Clone)]
 pub enum Ending {
     Succeeded(Value),
     /// The last attempt failed (or the failure was not retryable).

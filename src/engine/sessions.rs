@@ -107,9 +107,9 @@ pub struct SessionPage {
     pub next_cursor: Option<String>,
 }
 
-const MAX_TIMEOUT_SECONDS: u64 = 365 * 24 * 3600;
-const MAX_PARALLEL_TASKS: u32 = 1024;
-const MAX_PARALLEL_WORKFLOWS: u32 = 256;
+use crate::model::bounds::{
+    MAX_PARALLEL_TASKS, MAX_PARALLEL_WORKFLOWS, MAX_SESSION_TIMEOUT_SECONDS as MAX_TIMEOUT_SECONDS,
+};
 /// Activity is written at most this often per session.
 const TOUCH_EVERY_MS: i64 = 1000;
 /// Sessions closed by one sweep at most (the next sweep takes the rest).

@@ -5,6 +5,59 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+// Fixed limits (not configurable): the checks read them from here, and the
+// published schemas too (server::contract), so the two cannot drift.
+
+/// Most retries a step or task may ask for.
+pub const MAX_RETRIES: u32 = 100;
+/// Longest delay of a retry policy (`initial_delay_ms`, `max_delay_ms`): one hour.
+pub const MAX_RETRY_DELAY_MS: u64 = 3_600_000;
+/// The range of a retry policy's `multiplier`.
+pub const RETRY_MULTIPLIER: (f64, f64) = (1.0, 10.0);
+/// Longest task timeout: one week.
+pub const MAX_TASK_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+/// Longest session timeout: a year.
+pub const MAX_SESSION_TIMEOUT_SECONDS: u64 = 365 * 24 * 3600;
+/// Most tasks of a session running at once, and most steps of a run.
+pub const MAX_PARALLEL_TASKS: u32 = 1024;
+/// Most runs of a session at once.
+pub const MAX_PARALLEL_WORKFLOWS: u32 = 256;
+/// Largest page of `get_events`.
+pub const MAX_EVENT_PAGE: u32 = 1000;
+/// The window of `get_system_status`'s `time_range_hours`: a month.
+pub const MAX_TIME_RANGE_HOURS: u32 = 720;
+
+/// The largest whole amount a JSON number carries exactly (2^53 - 1).
+pub const MAX_EXACT_INTEGER: u64 = 9_007_199_254_740_991;
+
+/// The schema of a field that takes any JSON value (a type on it all the
+/// same: clients that find none turn the field into a string).
+pub fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": ["string", "number", "boolean", "object", "array", "null"]})
+}
+
+/// A retry policy's problem, if any: one check for steps and tasks.
+pub fn retry_problem(multiplier: f64, initial_delay_ms: u64, max_delay_ms: u64) -> Option<String> {
+    let (lo, hi) = RETRY_MULTIPLIER;
+    let mut why = Vec::new();
+    if !(lo..=hi).contains(&multiplier) {
+        why.push(format!(
+            "retry.multiplier is {multiplier}; it must be between {lo} and {hi}"
+        ));
+    }
+    for (f, v) in [
+        ("initial_delay_ms", initial_delay_ms),
+        ("max_delay_ms", max_delay_ms),
+    ] {
+        if v > MAX_RETRY_DELAY_MS {
+            why.push(format!(
+                "retry.{f} is {v}; it must be at most {MAX_RETRY_DELAY_MS}"
+            ));
+        }
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
 /// How deeply `v` nests (a scalar is 0, `[1]` is 1), counted without
 /// recursion, so a value of any depth is measured safely. Stops counting
 /// once `stop_at` is passed (the answer is then `stop_at + 1`).

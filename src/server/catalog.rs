@@ -11,7 +11,6 @@ use std::path::Path;
 use rmcp::model::Tool;
 use serde_json::Value;
 
-use super::MyrmexServer;
 use crate::error::ErrorCode;
 use ErrorCode::*;
 
@@ -285,7 +284,7 @@ pub const DOCS: &[ToolDoc] = &[
 
 /// Every tool, sorted by name.
 pub fn tools() -> Vec<Tool> {
-    let mut tools = MyrmexServer::router().list_all();
+    let mut tools = super::profiles::published(&crate::config::Config::default()).list_all();
     tools.sort_by(|a, b| a.name.cmp(&b.name));
     tools
 }

@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod catalog;
+pub mod contract;
 pub mod logging;
 pub mod mcp_resources;
 pub mod mcp_tasks;
@@ -38,6 +39,8 @@ get_health_status and get_system_status describe the server.";
 pub struct MyrmexServer {
     engine: Engine,
     tool_router: ToolRouter<Self>,
+    /// Each offered tool's argument check against its published schema.
+    checkers: std::sync::Arc<std::collections::HashMap<String, std::sync::Arc<contract::Checker>>>,
     prompt_router: PromptRouter<Self>,
     /// The log level a 2025-11-25 client set for this session.
     log: logging::ClientLog,
@@ -57,8 +60,10 @@ impl MyrmexServer {
 
     /// A server for one of a transport's sessions, sharing its MCP tasks.
     pub fn with_tasks(engine: Engine, mcp_tasks: std::sync::Arc<mcp_tasks::TaskRegistry>) -> Self {
+        let offered = profiles::offered(engine.config());
         Self {
-            tool_router: profiles::router(&engine.config().tools),
+            tool_router: offered.router,
+            checkers: offered.checkers,
             engine,
             prompt_router: Self::prompt_router(),
             log: logging::ClientLog::default(),
@@ -340,12 +345,24 @@ impl ServerHandler for MyrmexServer {
 
     async fn call_tool(
         &self,
-        request: CallToolRequestParams,
+        mut request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let started = Instant::now();
-        let result = if self.wants_task(&name, &context) {
+        // The arguments against the published schema first: every bad field at once.
+        let checked = self.checkers.get(&name).map(|c| {
+            let args = serde_json::Value::Object(request.arguments.take().unwrap_or_default());
+            let r = c.check(&args);
+            if let serde_json::Value::Object(m) = args {
+                request.arguments = Some(m);
+            }
+            r
+        });
+        let result = if let Some(Err(e)) = checked {
+            use rmcp::handler::server::tool::IntoCallToolResult as _;
+            e.into_call_tool_result()
+        } else if self.wants_task(&name, &context) {
             // Answers at once with a task that follows the run (mcp_tasks.rs).
             self.call_as_task(request, context).await
         } else {

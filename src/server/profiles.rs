@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rmcp::handler::server::router::tool::ToolRouter;
 use serde_json::{Map, Value};
 
-use super::MyrmexServer;
-use crate::config::ToolsConfig;
+use super::{MyrmexServer, contract};
+use crate::config::Config;
 
 /// What an agent needs for most work: run and follow workflows, drain a task graph, look at the server.
 pub const CORE: &[&str] = &[
@@ -76,42 +76,78 @@ pub fn select(profile: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-/// The router a server offers under `cfg`: the profile's tools, with compact
-/// input schemas and (unless asked for) no output schemas. Built once per
-/// configuration.
-pub fn router(cfg: &ToolsConfig) -> ToolRouter<MyrmexServer> {
-    static BUILT: OnceLock<Mutex<HashMap<String, Arc<ToolRouter<MyrmexServer>>>>> = OnceLock::new();
-    let key = format!("{}|{}", cfg.profile, cfg.output_schemas);
+/// What a server offers under a configuration: the profile's tools with
+/// their published input schemas (compact, and with no output schemas unless
+/// asked for), and the checker of each tool's arguments against its schema.
+#[derive(Clone)]
+pub struct Offered {
+    pub router: ToolRouter<MyrmexServer>,
+    pub checkers: Arc<HashMap<String, Arc<contract::Checker>>>,
+}
+
+/// Every tool with its published input schema under `cfg` (all profiles).
+pub fn published(cfg: &Config) -> ToolRouter<MyrmexServer> {
+    let mut r = MyrmexServer::router();
+    for (name, route) in r.map.iter_mut() {
+        let mut input = (*route.attr.input_schema).clone();
+        contract::publish(name, &mut input, cfg);
+        let mut input = Value::Object(input);
+        compact(&mut input);
+        if let Value::Object(m) = input {
+            route.attr.input_schema = Arc::new(m);
+        }
+    }
+    r
+}
+
+/// What a server offers under `cfg`. Built once per configuration.
+pub fn offered(cfg: &Config) -> Offered {
+    static BUILT: OnceLock<Mutex<HashMap<String, Offered>>> = OnceLock::new();
+    // Everything the published schemas are made from.
+    let key = serde_json::to_string(&(
+        &cfg.tools,
+        &cfg.limits,
+        &cfg.workflows,
+        &cfg.tasks,
+        &cfg.resources,
+        &cfg.sessions,
+    ))
+    .unwrap_or_default();
     let mut built = BUILT
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    let r = built
+    built
         .entry(key)
         .or_insert_with(|| {
             // The profile was checked when the configuration was loaded.
-            let keep = select(&cfg.profile).unwrap_or_default();
-            let mut r = MyrmexServer::router();
+            let keep = select(&cfg.tools.profile).unwrap_or_default();
+            let mut r = published(cfg);
             let names: Vec<String> = r.map.keys().map(|k| k.to_string()).collect();
             for n in names {
                 if !keep.contains(&n) {
                     r.remove_route(&n);
                 }
             }
-            for route in r.map.values_mut() {
-                let mut input = Value::Object((*route.attr.input_schema).clone());
-                compact(&mut input);
-                if let Value::Object(m) = input {
-                    route.attr.input_schema = Arc::new(m);
+            let mut checkers = HashMap::new();
+            for (name, route) in r.map.iter_mut() {
+                match contract::Checker::new(name, &route.attr.input_schema, cfg) {
+                    Ok(c) => {
+                        checkers.insert(name.to_string(), Arc::new(c));
+                    }
+                    // A bug of ours: the tool then checks its arguments alone.
+                    Err(e) => tracing::error!(tool = %name, error = %e, "no argument checker"),
                 }
-                if !cfg.output_schemas {
+                if !cfg.tools.output_schemas {
                     route.attr.output_schema = None;
                 }
             }
-            Arc::new(r)
+            Offered {
+                router: r,
+                checkers: Arc::new(checkers),
+            }
         })
-        .clone();
-    (*r).clone()
+        .clone()
 }
 
 /// Make a schema cheaper to read without changing what it accepts: drop
@@ -136,7 +172,13 @@ pub fn compact(v: &mut Value) {
             {
                 m.remove("format");
             }
-            if m.get("default") == Some(&Value::Null) {
+            // A default of nothing (or false) says nothing an optional field does not.
+            if m.get("default").is_some_and(|d| {
+                d.is_null()
+                    || *d == Value::Bool(false)
+                    || d.as_array().is_some_and(Vec::is_empty)
+                    || d.as_object().is_some_and(Map::is_empty)
+            }) {
                 m.remove("default");
             }
             if let Some(consts) = m.get("oneOf").and_then(string_consts) {

@@ -25,6 +25,49 @@ pub struct LockReq {
     pub mode: LockMode,
 }
 
+/// The published shape of requirements: whole amounts per pool (or the
+/// original's nested form, `"cpu": {"cores": 2}`, `"memory": {"gb": 4}`), and locks.
+pub fn requirements_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let max = crate::model::bounds::MAX_EXACT_INTEGER;
+    schemars::json_schema!({
+        "type": "object",
+        "properties": {
+            "locks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["key", "mode"],
+                    "properties": {
+                        "key": {"type": "string", "minLength": 1, "maxLength": MAX_LOCK_KEY_CHARS},
+                        "mode": {"type": "string", "enum": ["read", "write", "exclusive"]}
+                    }
+                }
+            }
+        },
+        "additionalProperties": {"type": ["integer", "object"], "minimum": 0, "maximum": max}
+    })
+}
+
+/// [`requirements_schema`] for an allocation, which must ask for something:
+/// at least one pool amount of 1 or more, or a lock.
+pub fn allocation_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut v = requirements_schema(g).to_value();
+    v["minProperties"] = json!(1);
+    v["properties"]["locks"]["minItems"] = json!(1);
+    v["additionalProperties"]["minimum"] = json!(1);
+    schemars::Schema::try_from(v).unwrap_or_default()
+}
+
+/// [`requirements_schema`] for an optional field.
+pub fn optional_requirements_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut s = requirements_schema(g);
+    s.insert("type".into(), json!(["object", "null"]));
+    s
+}
+
+const MAX_LOCK_KEY_CHARS: usize = 256;
+
 /// Requirements in canonical form: amounts per pool, and locks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Requirements {
@@ -67,7 +110,11 @@ impl Requirements {
                 .as_f64()
                 .ok_or_else(|| bad(format!("{what} must be a number, got {x}")))?;
             let n = f * scale;
-            if n < 0.0 || n.fract() != 0.0 || !n.is_finite() {
+            if n < 0.0
+                || n.fract() != 0.0
+                || !n.is_finite()
+                || n > crate::model::bounds::MAX_EXACT_INTEGER as f64
+            {
                 return Err(bad(format!(
                     "{what} must be a whole, non-negative amount, got {x}"
                 )));
@@ -80,8 +127,10 @@ impl Requirements {
                     for item in items {
                         let l: LockReq = serde_json::from_value(item.clone())
                             .map_err(|e| bad(format!("locks: {e} in {item}")))?;
-                        if l.key.is_empty() || l.key.chars().count() > 256 {
-                            return Err(bad("a lock key must have 1-256 characters".into()));
+                        if l.key.is_empty() || l.key.chars().count() > MAX_LOCK_KEY_CHARS {
+                            return Err(bad(format!(
+                                "a lock key must have 1-{MAX_LOCK_KEY_CHARS} characters"
+                            )));
                         }
                         if r.locks.iter().any(|o| o.key == l.key) {
                             return Err(bad(format!("lock '{}' is named twice", l.key)));

@@ -33,7 +33,10 @@ pub mod ledger;
 pub use crate::model::LockMode;
 use crate::model::{AllocationStatus, Clock, OwnerKind, SystemClock};
 use ledger::{Held, Ledger, Queued, Usage, held_from, parse_stored};
-pub use ledger::{LockReq, OTHER_PRINCIPAL, Owner, Requirements, Shortage};
+pub use ledger::{
+    LockReq, OTHER_PRINCIPAL, Owner, Requirements, Shortage, allocation_schema,
+    optional_requirements_schema, requirements_schema,
+};
 
 /// An allocation as shown.
 #[derive(Debug, Clone, Serialize, JsonSchema)]

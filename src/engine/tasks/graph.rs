@@ -362,7 +362,13 @@ impl<'g> Txn<'g> {
                         queue.push(d);
                     }
                     Some((TaskStatus::Ready, _)) => self.edit(&d).status = TaskStatus::Ready,
-                    _ => {}
+                    // Still waiting: written all the same (its version moves),
+                    // so that a sibling finished at the same moment by another
+                    // process conflicts, and the later writer reads both ends
+                    // and settles the dependent (no write skew).
+                    _ => {
+                        self.edit(&d);
+                    }
                 }
             }
         }
@@ -522,7 +528,10 @@ mod tests {
         let changed = txn.into_changed();
         let by: HashMap<_, _> = changed.iter().map(|t| (t.id.as_str(), t)).collect();
         assert_eq!(by["b"].status, TaskStatus::Ready);
-        assert!(!by.contains_key("d"), "d still waits for x");
+        // d still waits for x, and is written all the same (its version
+        // moves), so a concurrent settling of x by another process conflicts.
+        assert_eq!(by["d"].status, TaskStatus::Pending);
+        assert!(!by.contains_key("c"), "c waits for b, which did not end");
         assert!(by.values().all(|t| t.updated_at == 7 && t.version == 1));
 
         let mut txn = Txn::new(&g, 8);

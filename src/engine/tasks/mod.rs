@@ -68,10 +68,7 @@ pub mod status {
 }
 use status::*;
 
-/// Most retries a task may ask for.
-const MAX_RETRIES: u32 = 100;
-/// Longest task timeout: one week.
-const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+use crate::model::bounds::{MAX_RETRIES, MAX_TASK_TIMEOUT_SECONDS as MAX_TIMEOUT_SECONDS};
 const MAX_TAGS: usize = 32;
 const MAX_TAG_CHARS: usize = 64;
 const MAX_NAME_CHARS: usize = 64;
@@ -80,24 +77,24 @@ const MAX_NAME_CHARS: usize = 64;
 #[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
-    /// Unique within the session: letters, digits, `_` and `-` (at most 64). Other tasks refer to it by this name.
+    /// Unique within the session (not starting with `tsk_`). Other tasks refer to it by this name.
     pub name: String,
     /// What the task is.
     #[serde(default)]
     pub description: Option<String>,
-    /// Module of the action myrmex runs for this task (with `action`). Omit both for an agent task, done by whoever claims it with next_task.
+    /// Module of the action myrmex runs (with `action`). Omit both for an agent task, claimed with next_task.
     #[serde(default)]
     pub module: Option<String>,
     /// Action within the module.
     #[serde(default)]
     pub action: Option<String>,
-    /// Parameters of the action, or instructions for the agent. Strings may reference other tasks: `{{tasks.<name or id>.result.path}}` or `${<name>.result}`; a reference adds a dependency.
+    /// Parameters of the action, or instructions for the agent. Strings may use `{{tasks.<name or id>.result.path}}` or `${<name>.result}` (adds a dependency).
     #[serde(default)]
     pub parameters: Map<String, Value>,
     /// Tasks that must succeed first: ids (`tsk_...`) or names (of existing tasks, or of tasks in the same batch).
     #[serde(default)]
     pub dependencies: Vec<String>,
-    /// `low`, `normal` (default), `high` or `critical`. Higher runs and is handed out first; FIFO within a priority.
+    /// Default `normal`. Higher runs and is handed out first; FIFO within a priority.
     #[serde(default)]
     pub priority: Priority,
     /// Time limit of one attempt of the action, in seconds (tasks with an action).
@@ -106,11 +103,12 @@ pub struct NewTask {
     /// Further attempts after a failure (default 0). Agent tasks: how often fail_task with retryable=true puts the task back.
     #[serde(default)]
     pub max_retries: u32,
-    /// Backoff between attempts: {initial_delay_ms, multiplier, max_delay_ms, jitter}.
+    /// Backoff between attempts.
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
-    /// Resources held while the task runs (or while an agent holds its claim), e.g. {"cpu": 1, "locks": [{"key": "repo:main", "mode": "write"}]}.
+    /// Resources held while the task runs (or while an agent holds its claim).
     #[serde(default)]
+    #[schemars(schema_with = "crate::engine::resources::optional_requirements_schema")]
     pub resources: Option<Value>,
     /// Labels to filter by (next_task, list_tasks).
     #[serde(default)]
@@ -357,6 +355,13 @@ impl SessionGraph {
         self.changed.send_modify(|v| *v += 1);
     }
 }
+
+/// How often a call re-reads and tries again when another process changed
+/// the same tasks between its read and its write.
+const MAX_CONFLICT_TRIES: u32 = 8;
+
+/// How an agent ends its claim: done (result, summary), or failed (error, retryable).
+type ClaimOutcome = std::result::Result<(Option<Value>, Option<String>), (String, bool)>;
 
 /// How often a wait re-reads a shared store for changes made by other processes.
 const SHARED_POLL: Duration = Duration::from_millis(200);
@@ -865,6 +870,13 @@ impl TaskManager {
                 ),
                 format!("Use max_retries between 0 and {MAX_RETRIES}."),
             ));
+        }
+        if let Some(why) = t.retry.as_ref().and_then(RetryPolicy::problem) {
+            return Err(Error::invalid(
+                format!("task '{}': {why}", t.name),
+                "Use 1 <= multiplier <= 10 and delays of at most an hour (3600000 ms).",
+            )
+            .with_details(json!({"field": "retry"})));
         }
         if let Some(s) = t.timeout_seconds
             && (s == 0 || s > MAX_TIMEOUT_SECONDS)
@@ -1466,7 +1478,7 @@ impl TaskManager {
             priority: Priority::Normal,
             timeout_seconds: ch.timeout_seconds.or(cur.timeout_seconds),
             max_retries: ch.max_retries.unwrap_or(cur.max_retries),
-            retry: None,
+            retry: ch.retry.clone(),
             resources: None,
             tags: ch.tags.clone().unwrap_or_else(|| cur.tags.clone()),
             metadata: ch
@@ -2019,15 +2031,45 @@ impl TaskManager {
         p: &Principal,
         task_id: &str,
         lease_id: &str,
-        outcome: std::result::Result<(Option<Value>, Option<String>), (String, bool)>,
+        outcome: ClaimOutcome,
     ) -> Result<TaskView> {
-        let (sg, mut g, _) = self.open_task(engine, p, task_id, None).await?;
-        self.expire_leases(&mut g).await?;
-        let cur = Self::held(&g, task_id, lease_id)?.clone();
+        // Another process may settle the same dependents at the same moment:
+        // the later commit conflicts, reads the graph again and settles them.
+        let mut tries = 0;
+        loop {
+            let (sg, mut g, _) = self.open_task(engine, p, task_id, None).await?;
+            let committed = self
+                .finish_claim_once(&mut g, task_id, lease_id, &outcome)
+                .await?;
+            if self.apply_or_reload(&mut g, committed)? {
+                self.release_claim(task_id).await;
+                return self.changed(&sg, &mut g, task_id).await;
+            }
+            tries += 1;
+            if tries >= MAX_CONFLICT_TRIES {
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!("task {task_id} kept changing in another process; {tries} tries"),
+                    "Call again: the claim is still yours until its lease ends.",
+                ));
+            }
+        }
+    }
+
+    async fn finish_claim_once(
+        &self,
+        g: &mut Graph,
+        task_id: &str,
+        lease_id: &str,
+        outcome: &ClaimOutcome,
+    ) -> Result<Result<Vec<TaskRecord>>> {
+        let outcome = outcome.clone();
+        self.expire_leases(g).await?;
+        let cur = Self::held(g, task_id, lease_id)?.clone();
         if let Ok((Some(r), _)) = &outcome {
             self.check_payload(&cur.name, "result", r)?;
         }
-        let mut txn = Txn::new(&g, self.now());
+        let mut txn = Txn::new(g, self.now());
         let now = txn.now;
         let t = txn.edit(task_id);
         t.lease_id = None;
@@ -2056,10 +2098,7 @@ impl TaskManager {
         if settled {
             txn.settle_dependents(task_id);
         }
-        let changed = txn.commit(&*self.store).await?;
-        g.apply(changed);
-        self.release_claim(task_id).await;
-        self.changed(&sg, &mut g, task_id).await
+        Ok(txn.commit(&*self.store).await)
     }
 
     pub async fn renew(
@@ -2444,6 +2483,22 @@ impl Job {
         result: Result<(u32, attempts::Ending)>,
         stop: &OnceLock<Stop>,
     ) -> Result<()> {
+        // As in finish_claim: a conflict with another process's settling reads again.
+        for _ in 1..MAX_CONFLICT_TRIES {
+            match self.finish_once(&result, stop).await {
+                Err(e) if self.mgr.shared && e.code == ErrorCode::Conflict => continue,
+                done => return done,
+            }
+        }
+        self.finish_once(&result, stop).await
+    }
+
+    async fn finish_once(
+        &self,
+        result: &Result<(u32, attempts::Ending)>,
+        stop: &OnceLock<Stop>,
+    ) -> Result<()> {
+        let result = result.clone();
         let mut g = self.mgr.fresh(&self.sg).await?;
         g.running.remove(&self.id);
         let stopped_for_shutdown = matches!(result, Ok((_, attempts::Ending::Stopped { .. })))
@@ -2505,8 +2560,14 @@ impl Job {
         }
         t.finished_at = Some(now);
         txn.settle_dependents(&self.id);
-        let changed = txn.commit(&*self.mgr.store).await?;
-        g.apply(changed);
+        let committed = txn.commit(&*self.mgr.store).await;
+        if let Err(e) = &committed
+            && e.code == ErrorCode::Conflict
+        {
+            g.loaded = false;
+            return Err(e.clone());
+        }
+        g.apply(committed?);
         self.mgr.dispatch(&self.sg, &mut g).await?;
         drop(g);
         self.sg.bump();

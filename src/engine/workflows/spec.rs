@@ -43,7 +43,7 @@ impl ParamType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParamSpec {
-    /// `string`, `number`, `integer`, `boolean`, `object`, `array` or `any` (default).
+    /// The value's type (default `any`).
     #[serde(rename = "type", default)]
     pub kind: ParamType,
     /// Calls without this parameter (and without a default) are refused.
@@ -51,6 +51,7 @@ pub struct ParamSpec {
     pub required: bool,
     /// Value used when the call does not give one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::model::bounds::any_json")]
     pub default: Option<Value>,
     /// What the parameter means.
     #[serde(default)]
@@ -90,13 +91,13 @@ pub struct RetryPolicy {
     /// Milliseconds before the first retry.
     #[serde(default = "default_initial_delay")]
     pub initial_delay_ms: u64,
-    /// Factor applied to the delay after each retry (1-10).
+    /// Factor applied to the delay after each retry.
     #[serde(default = "default_multiplier")]
     pub multiplier: f64,
     /// Longest delay in milliseconds.
     #[serde(default = "default_max_delay")]
     pub max_delay_ms: u64,
-    /// Randomise each delay by up to +/-50%, so that many retries spread out.
+    /// Spread each delay randomly by up to 50%.
     #[serde(default = "default_true")]
     pub jitter: bool,
 }
@@ -126,6 +127,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// What is wrong with the policy, if anything (one check for steps and
+    /// tasks). A first delay longer than `max_delay_ms` is capped, not refused.
+    pub fn problem(&self) -> Option<String> {
+        crate::model::bounds::retry_problem(
+            self.multiplier,
+            self.initial_delay_ms,
+            self.max_delay_ms,
+        )
+    }
+
     /// Delay before attempt `next` (2 for the first retry).
     pub fn delay_ms(&self, next: u32) -> u64 {
         let exp = self.multiplier.powi(next.saturating_sub(2) as i32);
@@ -143,7 +154,7 @@ impl RetryPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
-    /// Unique within the workflow: lower-case letters, digits, `_` and `-` (at most 64).
+    /// Unique within the workflow.
     pub name: String,
     /// Module of the action, e.g. `core`.
     pub module: String,
@@ -158,10 +169,10 @@ pub struct StepSpec {
     /// A condition over parameters and upstream outputs; false skips the step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
-    /// Per-attempt time limit in seconds (`timeout` is accepted too).
+    /// Per-attempt time limit in seconds.
     #[serde(default, alias = "timeout", skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
-    /// Attempts after the first one (default 0; the original's `retry_count` is accepted too).
+    /// Attempts after the first one (default 0).
     #[serde(default, alias = "retry_count")]
     pub max_retries: u32,
     /// Backoff between attempts.
@@ -173,8 +184,9 @@ pub struct StepSpec {
     /// Among ready steps, higher priority starts first.
     #[serde(default)]
     pub priority: Priority,
-    /// Resources the step holds while it runs, e.g. {"cpu": 2, "locks": [{"key": "repo:main", "mode": "write"}]}; it waits (waiting_resources) until they are granted.
+    /// Resources the step holds while it runs; it waits (waiting_resources) until they are granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::engine::resources::optional_requirements_schema")]
     pub resources: Option<Value>,
 }
 
@@ -182,7 +194,7 @@ pub struct StepSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowSpec {
-    /// Unique name: letters, digits, `_`, `-` and `.` (at most 128).
+    /// Unique name.
     pub name: String,
     /// What the workflow does.
     #[serde(default)]

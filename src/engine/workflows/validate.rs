@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use super::condition;
 use super::spec::{
-    Limits, Plan, Problem, WorkflowSpec, cycle_in, problem, valid_step_name, valid_workflow_name,
+    Limits, Plan, Problem, RetryPolicy, WorkflowSpec, cycle_in, problem, valid_step_name,
+    valid_workflow_name,
 };
 use super::template::{Ref, templates_in};
 use crate::actions::Registry;
@@ -451,25 +452,19 @@ fn action_and_bounds(
     if let Some(why) = limits.timeout_problem(s.timeout_seconds) {
         p.push(problem("INVALID_VALUE", step, Some("timeout_seconds"), why));
     }
-    if s.max_retries > 100 {
+    if s.max_retries > crate::model::bounds::MAX_RETRIES {
         p.push(problem(
             "LIMIT_EXCEEDED",
             step,
             Some("max_retries"),
-            "max_retries is at most 100",
+            format!(
+                "max_retries is at most {}",
+                crate::model::bounds::MAX_RETRIES
+            ),
         ));
     }
-    if let Some(r) = &s.retry
-        && (!(1.0..=10.0).contains(&r.multiplier)
-            || r.initial_delay_ms > r.max_delay_ms
-            || r.max_delay_ms > 3_600_000)
-    {
-        p.push(problem(
-            "INVALID_VALUE",
-            step,
-            Some("retry"),
-            "retry needs 1 <= multiplier <= 10 and initial_delay_ms <= max_delay_ms <= 3600000",
-        ));
+    if let Some(why) = s.retry.as_ref().and_then(RetryPolicy::problem) {
+        p.push(problem("INVALID_VALUE", step, Some("retry"), why));
     }
 }
 

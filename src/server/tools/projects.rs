@@ -102,7 +102,7 @@ pub struct ListProjectsArgs {
     /// `next_cursor` of the previous page.
     #[serde(default)]
     pub cursor: Option<String>,
-    /// Page size (default 50, at most 200).
+    /// Page size (default 50).
     #[serde(default)]
     pub limit: Option<u32>,
 }

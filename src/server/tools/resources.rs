@@ -17,6 +17,7 @@ use crate::server::{MyrmexServer, args::Args, principal};
 #[serde(deny_unknown_fields)]
 pub struct AllocateArgs {
     /// What to hold, all or nothing: pool amounts and locks, e.g. {"cpu": 2, "memory_mb": 4096, "locks": [{"key": "repo:main", "mode": "write"}]}. The original nested form {"cpu": {"cores": 2}, "memory": {"gb": 4}} is accepted.
+    #[schemars(schema_with = "crate::engine::resources::allocation_schema")]
     pub requirements: Value,
     /// A label for the holder, shown to others who wait (the original's user_id; default: your principal).
     #[serde(default)]
@@ -27,7 +28,7 @@ pub struct AllocateArgs {
     /// Lease: the allocation is reclaimed unless renewed within this many seconds (default 300).
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
-    /// Wait up to this many seconds (at most 50) for the resources; 0 (default) answers at once.
+    /// Wait up to this many seconds for the resources; 0 (default) answers at once.
     #[serde(default)]
     pub wait_seconds: Option<u64>,
     /// Order among waiting requests: low, normal (default), high, critical.
@@ -81,7 +82,7 @@ pub struct ListAllocationsArgs {
     /// `next_cursor` of the previous page.
     #[serde(default)]
     pub cursor: Option<String>,
-    /// Page size (default 50, at most 200).
+    /// Page size (default 50).
     #[serde(default)]
     pub limit: Option<u32>,
 }

@@ -27,7 +27,7 @@ pub struct ListSessionsArgs {
     /// `next_cursor` of the previous page; omit for the first page.
     #[serde(default)]
     pub cursor: Option<String>,
-    /// Page size (default 50, at most 200).
+    /// Page size (default 50).
     #[serde(default)]
     pub limit: Option<u32>,
     /// Accepted for uniformity with other tools; sessions are listed per principal.

@@ -32,7 +32,7 @@ pub struct SystemStatusArgs {
     /// Include your active sessions (at most one page).
     #[serde(default)]
     pub include_active_sessions: bool,
-    /// Window for metrics, in hours (1-720). Counters cover the time since the server started.
+    /// Window for metrics, in hours. Counters cover the time since the server started.
     #[serde(default)]
     pub time_range_hours: Option<u32>,
     /// Also report this session (must be one of yours).

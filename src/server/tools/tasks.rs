@@ -100,6 +100,7 @@ pub struct ExecuteTaskArgs {
     pub retry: Option<RetryPolicy>,
     /// Resources held while the task runs, e.g. {"cpu": 1}; it waits (waiting_resources) until they are granted.
     #[serde(default)]
+    #[schemars(schema_with = "crate::engine::resources::optional_requirements_schema")]
     pub resource_requirements: Option<Value>,
     /// What the task is.
     #[serde(default)]
@@ -113,7 +114,7 @@ pub struct ExecuteTaskArgs {
     /// The session; omit for your default session.
     #[serde(default)]
     pub session_id: Option<String>,
-    /// Seconds to wait for the task to finish (default 5, at most 50); a task still going answers with its status and id.
+    /// Seconds to wait for the task to finish (default 5); a task still going answers with its status and id.
     #[serde(default)]
     pub wait_seconds: Option<u64>,
 }
@@ -136,7 +137,7 @@ pub struct GetTaskArgs {
     /// Only find the task in this session.
     #[serde(default)]
     pub session_id: Option<String>,
-    /// Wait up to this many seconds (at most 50) for the task to reach a final state (default 0: answer at once).
+    /// Wait up to this many seconds for the task to reach a final state (default 0: answer at once).
     #[serde(default)]
     pub wait_seconds: Option<u64>,
 }
@@ -162,7 +163,7 @@ pub struct ListTasksArgs {
     /// `next_cursor` of the previous page.
     #[serde(default)]
     pub cursor: Option<String>,
-    /// Page size (default 50, at most 200).
+    /// Page size (default 50).
     #[serde(default)]
     pub limit: Option<u32>,
 }
@@ -213,7 +214,7 @@ pub struct NextTaskArgs {
     /// How long the claim holds without renew_task_lease (default 300 s).
     #[serde(default)]
     pub lease_seconds: Option<u64>,
-    /// Seconds to wait for a claimable task (default 0, at most 50).
+    /// Seconds to wait for a claimable task (default 0).
     #[serde(default)]
     pub wait_seconds: Option<u64>,
 }
@@ -227,6 +228,7 @@ pub struct CompleteTaskArgs {
     pub lease_id: String,
     /// What the task produced (any JSON); dependents can reference it as {{tasks.<name>.result}}.
     #[serde(default)]
+    #[schemars(schema_with = "crate::model::bounds::any_json")]
     pub result: Option<Value>,
     /// A line or two on what was done.
     #[serde(default)]

@@ -22,7 +22,7 @@ use crate::server::{MyrmexServer, args::Args, principal};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkflowArgs {
-    /// Unique name: letters, digits, `_`, `-` and `.` (at most 128). Creating an existing name replaces it and increments its version.
+    /// Unique name. Creating an existing name replaces it and increments its version.
     pub name: String,
     /// What the workflow does.
     #[serde(default)]
@@ -30,7 +30,7 @@ pub struct CreateWorkflowArgs {
     /// Declared inputs: name -> {type, required, default, description}.
     #[serde(default)]
     pub parameters: BTreeMap<String, ParamSpec>,
-    /// The steps: {name, module, action, parameters, dependencies, when, timeout_seconds, max_retries, retry, trigger_rule, priority, resources}.
+    /// The steps of the workflow.
     pub steps: Vec<StepSpec>,
     /// Time limit of a whole run, in seconds.
     #[serde(default)]
@@ -96,7 +96,7 @@ pub struct ListWorkflowsArgs {
     /// `next_cursor` of the previous page.
     #[serde(default)]
     pub cursor: Option<String>,
-    /// Page size (default 50, at most 200).
+    /// Page size (default 50).
     #[serde(default)]
     pub limit: Option<u32>,
     /// The session whose definitions are listed with the global and library ones; omit for your default session.
@@ -126,6 +126,7 @@ pub struct ExecuteWorkflowArgs {
     pub priority: Option<Priority>,
     /// Resources held for the whole run, e.g. {"cpu": 2, "memory_mb": 4096}.
     #[serde(default)]
+    #[schemars(schema_with = "crate::engine::resources::optional_requirements_schema")]
     pub resource_requirements: Option<Value>,
     /// Steps that may run at once (default: the workflow's, else the session's max_parallel_tasks).
     #[serde(default)]
@@ -133,7 +134,7 @@ pub struct ExecuteWorkflowArgs {
     /// Run for a project (id or name): steps see {{project.path|name|config...}} and shell/fs work in its folder.
     #[serde(default)]
     pub project: Option<String>,
-    /// Seconds to wait for the run (default 5, at most 50); a run still going answers "running".
+    /// Seconds to wait for the run (default 5); a run still going answers "running".
     #[serde(default)]
     pub wait_seconds: Option<u64>,
 }
@@ -143,7 +144,7 @@ pub struct ExecuteWorkflowArgs {
 pub struct RunArgs {
     /// The run.
     pub run_id: String,
-    /// Seconds to wait for the run to finish before answering (default 0, at most 50).
+    /// Seconds to wait for the run to finish before answering (default 0).
     #[serde(default)]
     pub wait_seconds: Option<u64>,
     /// Optional; when given, the run must belong to this session.
@@ -156,7 +157,7 @@ pub struct RunArgs {
 pub struct GetRunArgs {
     /// The run.
     pub run_id: String,
-    /// Seconds to wait for the run to finish before answering (default 0, at most 50).
+    /// Seconds to wait for the run to finish before answering (default 0).
     #[serde(default)]
     pub wait_seconds: Option<u64>,
     /// Optional; when given, the run must belong to this session.
@@ -192,7 +193,7 @@ pub struct ListRunsArgs {
     /// `next_cursor` of the previous page.
     #[serde(default)]
     pub cursor: Option<String>,
-    /// Page size (default 50, at most 200).
+    /// Page size (default 50).
     #[serde(default)]
     pub limit: Option<u32>,
 }
@@ -207,6 +208,7 @@ pub struct ComplexDefinition {
     pub dependencies: BTreeMap<String, Vec<String>>,
     /// Accepted for compatibility with the original specification; parallelism follows from the dependencies.
     #[serde(default)]
+    #[schemars(schema_with = "crate::model::bounds::any_json")]
     pub parallel_groups: Option<Value>,
     /// Declared inputs.
     #[serde(default)]
@@ -238,7 +240,7 @@ pub struct ComplexWorkflowArgs {
     /// The session; omit for your default session.
     #[serde(default)]
     pub session_id: Option<String>,
-    /// Seconds to wait for the run (default 5, at most 50).
+    /// Seconds to wait for the run (default 5).
     #[serde(default)]
     pub wait_seconds: Option<u64>,
 }
