@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the pinned external tools the tests use into the git-ignored .tools/ folder:
-# npm packages (MCP Inspector, conformance suite, server-everything, Node 22) and a
-# Python venv with the official MCP SDK. Does nothing when they are already there.
+# npm packages (MCP Inspector, conformance suite, server-everything, Node 22), a
+# Python venv with the official MCP SDK, and one with an agent framework's MCP client
+# (pydantic-ai). Does nothing when they are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS=$PWD/.tools
@@ -21,4 +22,12 @@ if [ ! -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c "import im
   echo "== installing the Python MCP SDK and the fuzzer's packages into .tools/venv"
   python3 -m venv "$TOOLS/venv"
   "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "mcp==$PY_MCP_VERSION" "${PY_FUZZ[@]}"
+fi
+# An agent framework that builds its tool definitions from our schemas
+# (scripts/framework_smoke.py), in a venv of its own: its MCP client pins its own SDK.
+PY_FRAMEWORK=("pydantic-ai-slim[mcp]==2.68.0")
+if [ ! -x "$TOOLS/venv-frameworks/bin/python" ] || ! "$TOOLS/venv-frameworks/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('pydantic-ai-slim') != '2.68.0')" 2>/dev/null; then
+  echo "== installing an agent framework's MCP client (pydantic-ai) into .tools/venv-frameworks"
+  python3 -m venv "$TOOLS/venv-frameworks"
+  "$TOOLS/venv-frameworks/bin/pip" install --quiet --disable-pip-version-check "${PY_FRAMEWORK[@]}"
 fi

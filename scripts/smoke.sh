@@ -3,7 +3,9 @@
 #   - the MCP Inspector CLI (stdio and HTTP, legacy and modern protocol eras),
 #   - the generic scenarios of the MCP conformance suite over HTTP (both spec versions),
 #   - the official Python SDK client (scripts/py_client_smoke.py),
-#   - a schema-driven fuzzer of every tool through that client (scripts/fuzz_tools.py).
+#   - a schema-driven fuzzer of every tool through that client (scripts/fuzz_tools.py),
+#   - an agent framework (pydantic-ai) calling every tool with arguments its TestModel
+#     generates from the schemas (scripts/framework_smoke.py).
 # Installs what it needs (pinned) into the git-ignored .tools/ folder (scripts/install-tools.sh).
 # Usage: scripts/smoke.sh [path/to/myrmex]   (default: target/debug/myrmex)
 set -euo pipefail
@@ -129,6 +131,14 @@ if "$TOOLS/venv/bin/python" scripts/fuzz_tools.py "$BIN" "$(mktemp -d -p "$WORK"
   pass "tool fuzzing: every generated call answered, the server healthy after"
 else
   fail "tool fuzzing"; cat "$WORK/fuzz.log"; grep -v ' INFO \| DEBUG ' "$WORK/fuzz.err" | tail -40
+fi
+
+echo "== an agent framework's MCP client builds its tools from the schemas (pydantic-ai TestModel)"
+if "$TOOLS/venv-frameworks/bin/python" scripts/framework_smoke.py "$BIN" "$(mktemp -d -p "$WORK")" >"$WORK/fw.log" 2>"$WORK/fw.err"; then
+  grep '^pydantic-ai' "$WORK/fw.log" || true
+  pass "pydantic-ai: every tool loaded and called with generated arguments, none refused as invalid"
+else
+  fail "pydantic-ai schema-generated calls"; cat "$WORK/fw.log"; grep -v ' INFO \| DEBUG ' "$WORK/fw.err" | tail -40
 fi
 
 echo "== graceful shutdown"

@@ -233,6 +233,8 @@ impl Error {
             format!("{head}… (+{} bytes)", s.len() - head.len())
         };
         serde_json::json!({
+            // The original module's check, on every error answer.
+            "success": false,
             "error": {
                 "code": self.code,
                 "message": cut(&self.message),

@@ -325,7 +325,8 @@ async fn create_project_runs_a_workflow_named_in_execute_workflow() {
         json!({"name": "named", "execute_workflow": "hello"}),
     )
     .await;
-    assert_eq!(v["workflow_executed"], "hello", "{v}");
+    assert_eq!(v["workflow_executed"], true, "{v}");
+    assert_eq!(v["workflow_name"], "hello", "{v}");
     let run = finish(&c, &v["run_id"]).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(
@@ -357,5 +358,282 @@ async fn create_project_runs_a_workflow_named_in_execute_workflow() {
         json!({"name": "plain", "execute_workflow": false}),
     )
     .await;
-    assert!(plain["workflow_executed"].is_null(), "{plain}");
+    assert_eq!(plain["workflow_executed"], false, "{plain}");
+}
+
+/// Every call form of the original module's tool contract, as its
+/// specification (and its code, where they differ) writes them: accepted,
+/// answered with the original's boolean `success`, errors with `success: false`.
+#[tokio::test]
+async fn the_original_modules_calls_work_as_written() {
+    let env = Env::new();
+    let c = env
+        .stdio(Era::Modern, &["--store", "memory", "--tools", "all"])
+        .await;
+    // create_workflow, as the code documents it (a step's `timeout`).
+    let v = ok(
+        &c,
+        "create_workflow",
+        json!({"name": "orig", "description": "the original's form", "steps": [
+            {"name": "a", "module": "core", "action": "echo", "parameters": {"x": 1}, "dependencies": [], "timeout": 30},
+            {"name": "b", "module": "core", "action": "echo", "parameters": {}, "dependencies": ["a"]}]}),
+    )
+    .await;
+    assert_eq!(v["success"], true, "{v}");
+    let v = ok(&c, "list_workflows", json!({})).await;
+    assert_eq!(v["success"], true, "{v}");
+    // execute_workflow, code form and specification form.
+    let v = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "orig", "parameters": {}, "session_id": null}),
+    )
+    .await;
+    assert_eq!(
+        (v["success"].clone(), v["status"].clone()),
+        (json!(true), json!("succeeded")),
+        "{v}"
+    );
+    let v = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "orig", "parameters": {}, "mode": "parallel", "timeout_seconds": 60,
+               "resource_requirements": {"cpu": {"cores": 1}, "memory": {"gb": 1}}, "priority": "high"}),
+    )
+    .await;
+    assert_eq!(v["success"], true, "{v}");
+    // execute_task, code form (name) and specification form (task_name ...).
+    let v = ok(
+        &c,
+        "execute_task",
+        json!({"name": "t1", "module": "core", "action": "echo", "parameters": {"m": "hi"},
+               "priority": "normal", "dependencies": []}),
+    )
+    .await;
+    assert_eq!(
+        (v["success"].clone(), v["status"].clone()),
+        (json!(true), json!("succeeded")),
+        "{v}"
+    );
+    let v = ok(
+        &c,
+        "execute_task",
+        json!({"task_name": "t2", "module": "core", "action": "echo", "parameters": {},
+               "dependencies": ["t1"], "priority": "critical", "timeout_seconds": 30, "retry_count": 1,
+               "resource_requirements": {"cpu": {"cores": 1}}, "session_id": null}),
+    )
+    .await;
+    assert_eq!(
+        (v["success"].clone(), v["dependencies_satisfied"].clone()),
+        (json!(true), json!(true)),
+        "{v}"
+    );
+    // create_complex_workflow with its dependencies map.
+    let v = ok(
+        &c,
+        "create_complex_workflow",
+        json!({"name": "cx", "workflow_definition": {
+            "steps": [{"name": "a", "module": "core", "action": "echo", "parameters": {}},
+                      {"name": "b", "module": "core", "action": "echo", "parameters": {}}],
+            "dependencies": {"b": ["a"]}}}),
+    )
+    .await;
+    assert_eq!(v["success"], true, "{v}");
+    // create_project, code form and specification form (with execute_workflow a name).
+    let v = ok(
+        &c,
+        "create_project",
+        json!({"name": "p1", "template": "ai_analysis", "description": "code form"}),
+    )
+    .await;
+    assert_eq!(
+        (v["success"].clone(), v["workflow_executed"].clone()),
+        (json!(true), json!(false)),
+        "{v}"
+    );
+    let v = ok(
+        &c,
+        "create_project",
+        json!({"project_name": "p2", "template_name": "ai_analysis", "description": "doc form",
+               "author": "me", "tags": ["x"], "config_overrides": {"k": 1},
+               "execute_workflow": "orig", "workflow_parameters": {}}),
+    )
+    .await;
+    assert_eq!(
+        (v["success"].clone(), v["workflow_executed"].clone()),
+        (json!(true), json!(true)),
+        "{v}"
+    );
+    let v = ok(&c, "list_projects", json!({})).await;
+    assert_eq!(v["success"], true, "{v}");
+    // manage_project, the specification's four operations with `parameters`.
+    for (op, params) in [
+        ("status", json!({})),
+        ("update", json!({"description": "updated"})),
+        (
+            "milestone",
+            json!({"milestone_name": "m1", "data": {"ok": true}}),
+        ),
+        ("archive", json!({})),
+    ] {
+        let v = ok(
+            &c,
+            "manage_project",
+            json!({"project_name": "p1", "operation": op, "parameters": params}),
+        )
+        .await;
+        assert_eq!(v["success"], true, "{op}: {v}");
+    }
+    // get_system_status with the four filters; health; the original's component names.
+    let v = ok(
+        &c,
+        "get_system_status",
+        json!({"include_detailed_metrics": true, "include_resource_health": true,
+               "include_active_sessions": true, "time_range_hours": 24}),
+    )
+    .await;
+    assert_eq!(v["success"], true);
+    for k in [
+        "orchestration_engine",
+        "workflow_manager",
+        "task_orchestrator",
+        "project_manager",
+        "resource_manager",
+    ] {
+        assert!(v[k]["status"].is_string(), "{k}: {v}");
+    }
+    let h = ok(&c, "get_health_status", json!({})).await;
+    assert_eq!(h["success"], true);
+    for k in [
+        "orchestration_engine",
+        "workflow_manager",
+        "task_orchestrator",
+        "project_manager",
+        "resource_manager",
+    ] {
+        assert!(h["components"][k]["status"].is_string(), "{k}: {h}");
+    }
+    // allocate_resources with user_id and the nested form; a pool the
+    // original documents but this server does not have is refused with the
+    // pools there are and where to add one.
+    let v = ok(
+        &c,
+        "allocate_resources",
+        json!({"user_id": "alice", "requirements": {"cpu": {"cores": 1}, "memory": {"gb": 1}}}),
+    )
+    .await;
+    assert_eq!(v["success"], true, "{v}");
+    let e = err(
+        &c,
+        "allocate_resources",
+        json!({"user_id": "alice", "requirements": {"network": {"mbps": 100}}}),
+        "RESOURCE_UNAVAILABLE",
+    )
+    .await;
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.contains("'network'") && m.contains("cpu") && m.contains("[resources.pools]"),
+        "{e}"
+    );
+    let e = err(
+        &c,
+        "allocate_resources",
+        json!({"user_id": "alice", "requirements": {"gpu": {"count": 1}}}),
+        "RESOURCE_UNAVAILABLE",
+    )
+    .await;
+    assert!(
+        e["message"].as_str().unwrap().contains("resources.gpu"),
+        "{e}"
+    );
+}
+
+/// The original's sequence: a workflow defined without a session, then a
+/// new session, then execute_workflow in it. The error says where the
+/// workflow lives and the argument that makes it visible; following it works.
+#[tokio::test]
+async fn the_original_sequence_is_told_where_its_workflow_lives() {
+    let env = Env::new();
+    let c = env.stdio(Era::Modern, &["--store", "memory"]).await;
+    ok(
+        &c,
+        "create_workflow",
+        json!({"name": "seq", "steps": [{"name": "a", "module": "core", "action": "echo"}]}),
+    )
+    .await;
+    let home = ok(&c, "get_session", json!({})).await["session_id"].clone();
+    let s = ok(&c, "create_session", json!({"name": "later"})).await;
+    let e = err(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "seq", "session_id": s["session_id"]}),
+        "WORKFLOW_NOT_FOUND",
+    )
+    .await;
+    assert_eq!(
+        e["details"]["defined_in_sessions"],
+        json!([home.clone()]),
+        "{e}"
+    );
+    let hint = e["hint"].as_str().unwrap();
+    assert!(
+        hint.contains(&format!("session_id: \"{}\"", home.as_str().unwrap()))
+            && hint.contains("scope: \"global\""),
+        "{e}"
+    );
+    let v = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "seq", "session_id": home}),
+    )
+    .await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+}
+
+/// create_session reports every bad field at once, with the config key of
+/// each limit, and records the original's user_id (shown, never a principal).
+#[tokio::test]
+async fn create_session_names_every_bad_field_and_keeps_user_id() {
+    let env = Env::new();
+    let c = env.stdio(Era::Modern, &["--store", "memory"]).await;
+    let e = err(
+        &c,
+        "create_session",
+        json!({"max_parallel_tasks": 0, "max_parallel_workflows": 100000, "idle_ttl_seconds": 0,
+               "mode": "fastest", "colour": "red"}),
+        "INVALID_PARAMETERS",
+    )
+    .await;
+    let fields: Vec<&str> = e["details"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    for f in [
+        "max_parallel_tasks",
+        "max_parallel_workflows",
+        "idle_ttl_seconds",
+        "mode",
+        "colour",
+    ] {
+        assert!(fields.contains(&f), "{f} not named: {e}");
+    }
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("sessions.max_idle_ttl_seconds"),
+        "{e}"
+    );
+    let s = ok(
+        &c,
+        "create_session",
+        json!({"name": "u", "user_id": "alice"}),
+    )
+    .await;
+    assert_eq!(s["user_id"], "alice", "{s}");
+    assert_eq!(s["principal"], "local", "{s}");
+    let g = ok(&c, "get_session", json!({"session_id": s["session_id"]})).await;
+    assert_eq!(g["user_id"], "alice", "{g}");
 }

@@ -312,7 +312,7 @@ async fn arguments_must_have_the_shape_the_schema_publishes() {
     err(
         &c,
         "get_workflow",
-        json!({"name": "shape"}),
+        json!({"workflow_name": "shape"}),
         "WORKFLOW_NOT_FOUND",
     )
     .await;

@@ -168,7 +168,7 @@ async fn list_modules_shows_the_policy_and_disabled_modules_are_refused_at_defin
         &c,
         "create_workflow",
         json!({"name": "sh", "steps": [{"name": "s", "module": "shell", "action": "run", "parameters": {"argv": ["true"]}}]}),
-        "INVALID_PARAMETERS",
+        "MODULE_NOT_FOUND",
     )
     .await;
     let p = &e["details"]["problems"][0];

@@ -765,7 +765,8 @@ async fn a_generated_project_runs_build_and_test_in_its_folder() {
                "config_overrides": {"commands": {"build": "true", "test": "true"}}}),
     )
     .await;
-    assert_eq!(v["workflow_executed"], "build-and-test");
+    assert_eq!(v["workflow_executed"], true);
+    assert_eq!(v["workflow_name"], "build-and-test");
     assert!(v["run_id"].is_string());
     let run = finish(&c, &v["run_id"]).await;
     assert_eq!(run["status"], "succeeded", "{}", run["steps"]);

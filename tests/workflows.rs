@@ -506,7 +506,7 @@ async fn validation_reports_every_problem_and_stores_nothing() {
     err(
         &c,
         "get_workflow",
-        json!({"name": "bad"}),
+        json!({"workflow_name": "bad"}),
         "WORKFLOW_NOT_FOUND",
     )
     .await;
@@ -560,7 +560,7 @@ async fn definitions_have_versions_scopes_and_runs_pin_their_version() {
     assert_eq!(r2["workflow_version"], 2);
     assert_eq!(r2["workflow_results"]["a"], 2);
 
-    let g = ok(&c, "get_workflow", json!({"name": "v"})).await;
+    let g = ok(&c, "get_workflow", json!({"workflow_name": "v"})).await;
     assert_eq!(g["description"], "two");
     assert!(g["mermaid"].as_str().unwrap().starts_with("flowchart TD"));
     assert_eq!(g["plan"]["levels"], json!([["a"]]));
@@ -570,7 +570,7 @@ async fn definitions_have_versions_scopes_and_runs_pin_their_version() {
     err(
         &c,
         "get_workflow",
-        json!({"name": "v", "session_id": other}),
+        json!({"workflow_name": "v", "session_id": other}),
         "WORKFLOW_NOT_FOUND",
     )
     .await;
@@ -583,7 +583,7 @@ async fn definitions_have_versions_scopes_and_runs_pin_their_version() {
     let s = ok(
         &c,
         "get_workflow",
-        json!({"name": "shared", "session_id": other}),
+        json!({"workflow_name": "shared", "session_id": other}),
     )
     .await;
     assert_eq!(s["source"], "global");
@@ -616,18 +616,18 @@ async fn definitions_have_versions_scopes_and_runs_pin_their_version() {
     )
     .await;
     assert!(e["hint"].as_str().unwrap().contains("shared"), "{e}");
-    ok(&c, "delete_workflow", json!({"name": "v"})).await;
+    ok(&c, "delete_workflow", json!({"workflow_name": "v"})).await;
     err(
         &c,
         "delete_workflow",
-        json!({"name": "v"}),
+        json!({"workflow_name": "v"}),
         "WORKFLOW_NOT_FOUND",
     )
     .await;
     ok(
         &c,
         "delete_workflow",
-        json!({"name": "shared", "scope": "global"}),
+        json!({"workflow_name": "shared", "scope": "global"}),
     )
     .await;
 
@@ -844,7 +844,7 @@ async fn the_library_loads_json_and_yaml_and_reports_broken_files() {
     err(
         &c,
         "delete_workflow",
-        json!({"name": "lib-json"}),
+        json!({"workflow_name": "lib-json"}),
         "PERMISSION_DENIED",
     )
     .await;

@@ -31,6 +31,8 @@ pub struct Session {
     pub description: String,
     /// The principal that owns the session.
     pub principal: String,
+    /// The original's user_id, as given (a label; the principal is who owns it).
+    pub user_id: Option<String>,
     /// Scheduling mode.
     pub mode: SessionMode,
     /// Steps and tasks that may run at once in this session.
@@ -65,30 +67,33 @@ pub struct Session {
 #[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NewSession {
-    /// Human-readable name (at most `limits.max_name_chars` characters; 128 unless configured).
+    /// Human-readable name.
     #[serde(default)]
     pub name: Option<String>,
-    /// What the session is for (at most `limits.max_description_chars` characters; 4096 unless configured).
+    /// What the session is for.
     #[serde(default)]
     pub description: Option<String>,
     /// Scheduling mode; default `resource_aware`.
     #[serde(default)]
     pub mode: Option<SessionMode>,
-    /// Steps and tasks that may run at once in this session (1-1024, default 4).
+    /// Steps and tasks that may run at once in this session (default 4).
     #[serde(default)]
     pub max_parallel_tasks: Option<u32>,
-    /// Workflow runs that may be active at once in this session (1-256, default 2).
+    /// Workflow runs that may be active at once in this session (default 2).
     #[serde(default)]
     pub max_parallel_workflows: Option<u32>,
-    /// Maximum lifetime in seconds (1-31536000); the session is closed when it passes.
+    /// Maximum lifetime in seconds; the session is closed when it passes.
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
     /// Close the session after this many idle seconds (default from config, 7 days).
     #[serde(default)]
     pub idle_ttl_seconds: Option<u64>,
-    /// Free-form JSON object stored with the session (at most `limits.max_metadata_bytes` serialized; 16384 unless configured).
+    /// Free-form JSON object stored with the session (at most `limits.max_metadata_bytes` serialized).
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
+    /// Whom the session is for (the original's user_id); shown, never a principal.
+    #[serde(default)]
+    pub user_id: Option<String>,
 }
 
 /// Filter of `list_sessions`.
@@ -304,6 +309,9 @@ impl SessionRegistry {
         }
         let description = req.description.unwrap_or_default();
         check_len("description", &description, l.max_description_chars)?;
+        if let Some(u) = &req.user_id {
+            check_len("user_id", u, l.max_name_chars)?;
+        }
         let max_parallel_tasks = req
             .max_parallel_tasks
             .unwrap_or(self.sessions.default_max_parallel_tasks);
@@ -366,6 +374,7 @@ impl SessionRegistry {
             last_active_at: now,
             closed_at: None,
             close_reason: None,
+            user_id: req.user_id,
         })
     }
 }
@@ -424,6 +433,7 @@ fn to_session(r: SessionRecord) -> Result<Session> {
         name: r.name,
         description: r.description,
         principal: r.principal,
+        user_id: r.user_id,
         max_parallel_tasks: r.max_parallel_tasks,
         max_parallel_workflows: r.max_parallel_workflows,
         timeout_seconds: r.timeout_seconds,
@@ -472,6 +482,7 @@ mod tests {
     fn expiry_prefers_the_earlier_of_idle_and_lifetime() {
         let mut r = SessionRecord {
             id: "ses_x".into(),
+            user_id: None,
             principal: "p".into(),
             name: String::new(),
             description: String::new(),

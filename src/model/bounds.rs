@@ -27,13 +27,19 @@ pub const MAX_EVENT_PAGE: u32 = 1000;
 /// The window of `get_system_status`'s `time_range_hours`: a month.
 pub const MAX_TIME_RANGE_HOURS: u32 = 720;
 
-/// The largest whole amount a JSON number carries exactly (2^53 - 1).
-pub const MAX_EXACT_INTEGER: u64 = 9_007_199_254_740_991;
+/// The largest amount of a pool one request may name (10^12, well within
+/// what a JSON number carries exactly).
+pub const MAX_AMOUNT: u64 = 1_000_000_000_000;
 
 /// The schema of a field that takes any JSON value (a type on it all the
 /// same: clients that find none turn the field into a string).
 pub fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": ["string", "number", "boolean", "object", "array", "null"]})
+}
+
+/// The schema of a free-form JSON object.
+pub fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "additionalProperties": true})
 }
 
 /// A retry policy's problem, if any: one check for steps and tasks.

@@ -71,7 +71,7 @@ pub const DOCS: &[ToolDoc] = &[
     ToolDoc {
         name: "get_template",
         errors: &[TemplateNotFound],
-        example: r#"{"name": "web_application"}"#,
+        example: r#"{"template_name": "web_application"}"#,
     },
     ToolDoc {
         name: "list_projects",
@@ -208,7 +208,7 @@ pub const DOCS: &[ToolDoc] = &[
     ToolDoc {
         name: "delete_workflow",
         errors: &[WorkflowNotFound, PermissionDenied, NotFound, SessionClosed],
-        example: r#"{"name": "greet"}"#,
+        example: r#"{"workflow_name": "greet"}"#,
     },
     ToolDoc {
         name: "execute_workflow",
@@ -218,7 +218,7 @@ pub const DOCS: &[ToolDoc] = &[
     ToolDoc {
         name: "get_workflow",
         errors: &[WorkflowNotFound, NotFound, SessionClosed],
-        example: r#"{"name": "greet"}"#,
+        example: r#"{"workflow_name": "greet"}"#,
     },
     ToolDoc {
         name: "get_workflow_run",
@@ -289,7 +289,7 @@ pub fn tools() -> Vec<Tool> {
     tools
 }
 
-fn doc(name: &str) -> &'static ToolDoc {
+pub(crate) fn doc(name: &str) -> &'static ToolDoc {
     DOCS.iter()
         .find(|d| d.name == name)
         .unwrap_or_else(|| panic!("tool {name} has no entry in server::catalog::DOCS"))
@@ -351,6 +351,36 @@ pub fn drift(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The naming rule every tool follows.
+const VOCABULARY: &str = "### One vocabulary\n\n\
+- `name` names what a call creates (create_workflow, create_session, create_project, a step, a task). \
+An argument that refers to an existing object carries its kind: `<kind>_id` for an id (`session_id`, `run_id`, \
+`task_id`, `lease_id`, `allocation_id`), `<kind>_name` for a name (`workflow_name`, `template_name`, `task_name`, \
+`milestone_name`), and the bare kind where an id or a name is accepted (`project`, `module`).\n\
+- One concept has one spelling in every tool: `parameters`, `dependencies`, `priority`, `tags`, `metadata`, \
+`timeout_seconds`, `max_retries`, `retry`, `wait_seconds`, `limit`/`cursor`. Single and batch forms take the same \
+item (`create_task {task}` and `create_tasks {tasks: [...]}` items are one shape).\n\
+- The original module's spellings are accepted as aliases where it documented them, and published in the schema \
+beside their field (giving both is refused): `project_name` (manage_project), `name` (execute_task), a step's \
+`timeout` and `retry_count`, create_project's `project_name`, `template_name`, `project_path`.\n\
+- Every bound, enum and required field a check enforces is in the inputSchema; a call is checked against it \
+before the tool runs, and every bad field is reported at once in `details.fields`, spelled as the caller wrote it, \
+with the configuration key of the limit it broke.\n";
+
+/// Where myrmex deliberately differs from the module it descends from.
+const DIFFERENCES: &str = "### Differences from the original module\n\n\
+| where | the original | myrmex | why |\n|---|---|---|---|\n\
+| status words | `success`, `failure`, `completed` | `succeeded`, `failed`, `cancelled`, `timed_out`, `skipped` | one set of words for runs, steps and tasks; `success` (boolean) is still in every original tool's answer |\n\
+| answer envelope | `{success, data, error, metadata}` | the tool's own fields at the top level, plus `success` in the original tools; errors are `isError` results `{success: false, error: {code, message, hint, details}}` | MCP structured content is validated against one output schema |\n\
+| workflow scope | one global list of workflows on disk | session-scoped by default, `scope: \"global\"` for all of a principal's sessions, plus the read-only library | sessions isolate agents' work; a workflow not visible in a session names the session that has it |\n\
+| resources | `cpu`/`memory`/`disk`/`network` objects, granted from a global manager | whole amounts per pool (`cpu`, `memory_mb`, `disk_mb`, `gpu`, configured pools) and read/write/exclusive locks, under quotas, with a lease | amounts are enforced; a pool the server lacks (e.g. `network`) is refused with the pools there are and `[resources.pools]` |\n\
+| execute_workflow / execute_task | block until done (or forever) | wait up to `wait_seconds` (capped), then answer with the status and the id to follow | no call hangs; runs and tasks survive restarts |\n\
+| create_complex_workflow | runs once, nothing stored | stored as a definition and run | the run can be followed, retried and rerun |\n\
+| manage_project operations | status, update, milestone, archive | also metrics and delete (with `confirm: true`) | the original stored metrics but had no call for them |\n\
+| create_project `workflow_executed` | bool | bool, with `workflow_name` and `run_id` beside it | the run can be followed |\n\
+| get_workflow, delete_workflow, get_template | (not in the original) | the object is `workflow_name` / `template_name`, as in execute_workflow and create_project | one vocabulary |\n\
+| health components | workflow_manager, task_orchestrator, project_manager, resource_manager (always healthy but the last) | those names, each the worst of the real checks it stands for, beside ours (`store`, `background.*`, ...) | the checks are real |\n";
+
 fn specification(tools: &[Tool]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# myrmex MCP tool specification\n");
@@ -374,6 +404,7 @@ fn specification(tools: &[Tool]) -> String {
         s,
         "```json\n{{\"error\": {{\"code\": \"NOT_FOUND\", \"message\": \"session 'ses_...' not found\", \"hint\": \"Check the session_id; ...\", \"details\": {{\"kind\": \"session\", \"id\": \"ses_...\"}}}}}}\n```\n"
     );
+    let _ = writeln!(s, "{VOCABULARY}\n{DIFFERENCES}");
     let _ = writeln!(s, "### Error codes\n\n| code | meaning |\n|---|---|");
     for c in ErrorCode::ALL {
         let _ = writeln!(s, "| `{}` | {} |", c.as_str(), c.meaning());

@@ -99,7 +99,7 @@ fn text_rule(cfg: &Config, tool: &str, def: &str, field: &str) -> Option<Value> 
         ("NewTask", "name") | ("", "task_name") => {
             Some(json!({"minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$"}))
         }
-        ("", "name") if tool == "create_session" => Some(json!({"maxLength": names})),
+        ("", "name" | "user_id") if tool == "create_session" => Some(json!({"maxLength": names})),
         ("", "description") if tool == "create_session" => {
             Some(json!({"maxLength": cfg.limits.max_description_chars}))
         }
@@ -192,6 +192,15 @@ pub fn publish(tool: &str, schema: &mut Map<String, Value>, cfg: &Config) {
     inline_enums(schema);
     // The arguments object, then each definition, with its `$defs` name.
     complete_object(tool, "", schema, cfg);
+    // Where what is required is more than `required` says (one of two
+    // spellings, a field per operation), a whole valid call shows it; clients
+    // that generate arguments from `required` alone start from it.
+    if schema.contains_key("oneOf") || schema.contains_key("allOf") {
+        let doc = crate::server::catalog::doc(tool);
+        if let Ok(example) = serde_json::from_str::<Value>(doc.example) {
+            schema.insert("examples".into(), json!([example]));
+        }
+    }
     if let Some(Value::Object(defs)) = schema.get_mut("$defs") {
         for (name, d) in defs.iter_mut() {
             if let Value::Object(d) = d {
@@ -798,6 +807,23 @@ mod tests {
             bad.len(),
             bad.join("\n")
         );
+    }
+
+    /// Each tool's documented example is a call its published schema admits.
+    #[test]
+    fn every_example_is_admitted_by_its_schema() {
+        for t in crate::server::catalog::tools() {
+            let schema = Value::Object((*t.input_schema).clone());
+            let example: Value =
+                serde_json::from_str(crate::server::catalog::doc(&t.name).example).unwrap();
+            let checker = Checker::new(&t.name, &t.input_schema, &Config::default()).unwrap();
+            assert!(
+                checker.check(&example).is_ok(),
+                "{}: {example} is refused: {:?} ({schema})",
+                t.name,
+                checker.check(&example).unwrap_err().message
+            );
+        }
     }
 
     #[test]

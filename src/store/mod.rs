@@ -88,6 +88,8 @@ pub struct SessionRecord {
     pub last_active_at: i64,
     pub closed_at: Option<i64>,
     pub close_reason: Option<String>,
+    /// The original module's user_id: a label, recorded and shown.
+    pub user_id: Option<String>,
 }
 
 impl SessionRecord {
@@ -703,6 +705,7 @@ mod contract {
             id: id.into(),
             principal: principal.into(),
             name: format!("n-{id}"),
+            user_id: None,
             description: String::new(),
             mode: crate::model::SessionMode::Parallel,
             max_parallel_tasks: 4,

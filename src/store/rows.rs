@@ -13,7 +13,7 @@ macro_rules! shared_rows {
     ($db:ty, $row:ty, $args:ty) => {
         const SESSION_COLUMNS: &str = "id, principal, name, description, mode, max_parallel_tasks, \
             max_parallel_workflows, timeout_seconds, idle_ttl_seconds, metadata, status, is_default, \
-            created_at, updated_at, last_active_at, closed_at, close_reason";
+            created_at, updated_at, last_active_at, closed_at, close_reason, user_id";
 
         fn db_err(e: sqlx::Error) -> StoreError {
             match &e {
@@ -70,6 +70,7 @@ macro_rules! shared_rows {
                 last_active_at: r.try_get("last_active_at")?,
                 closed_at: r.try_get("closed_at")?,
                 close_reason: r.try_get("close_reason")?,
+                user_id: r.try_get("user_id")?,
             })
         }
 
@@ -583,7 +584,7 @@ macro_rules! sql_store {
                     }
                     query(AssertSqlSafe(format!(
                         "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES \
-                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
                     )))
                     .bind(&s.id)
                     .bind(&s.principal)
@@ -602,6 +603,7 @@ macro_rules! sql_store {
                     .bind(s.last_active_at)
                     .bind(s.closed_at)
                     .bind(&s.close_reason)
+                    .bind(&s.user_id)
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;

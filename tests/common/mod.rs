@@ -323,7 +323,8 @@ pub async fn call(client: &Client, tool: &str, args: Value) -> Outcome {
             res.structured_content.is_none(),
             "{tool}: error with structuredContent"
         );
-        assert_eq!(text.as_object().map(|o| o.len()), Some(1), "{tool}: {text}");
+        assert_eq!(text.as_object().map(|o| o.len()), Some(2), "{tool}: {text}");
+        assert_eq!(text["success"], json!(false), "{tool}: {text}");
         return Err(text["error"].clone());
     }
     let structured = res

@@ -36,13 +36,36 @@ pub struct ComponentHealth {
     pub details: Value,
 }
 
+/// The original module's components (its health_check and
+/// get_system_status names) and the components of ours each stands for
+/// (`background.` covers every background task).
+const ORIGINAL_COMPONENTS: &[(&str, &[&str])] = &[
+    (
+        "workflow_manager",
+        &[
+            "workflow_library",
+            "background.work_poll",
+            "background.lease_heartbeat",
+        ],
+    ),
+    ("task_orchestrator", &["background.task_lease_sweeper"]),
+    ("project_manager", &["templates"]),
+    (
+        "resource_manager",
+        &["resources", "background.allocation_expiry"],
+    ),
+];
+
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct HealthReport {
     /// The worst status of any component.
     pub overall_status: HealthLevel,
     /// When the checks ran (RFC 3339, UTC).
     pub timestamp: String,
-    /// Per-component checks, by component name (`store`, `background.<task>`).
+    /// Per-component checks, by component name (`store`, `background.<task>`),
+    /// and under the original module's names (`orchestration_engine`,
+    /// `workflow_manager`, `task_orchestrator`, `project_manager`,
+    /// `resource_manager`), each the worst of the components it stands for.
     pub components: BTreeMap<String, ComponentHealth>,
     /// One line per component that is not healthy.
     pub issues: Vec<String>,
@@ -105,6 +128,18 @@ pub struct SystemStatus {
     /// The numbers `/metrics` exposes: tool calls, runs, steps and tasks by
     /// state, queue depths, pools and the store probe.
     pub performance_metrics: super::metrics::PerformanceMetrics,
+    /// The original module's component sections, mapped onto ours: each
+    /// one's status and its figures.
+    #[schemars(schema_with = "crate::model::bounds::any_object")]
+    pub orchestration_engine: Value,
+    #[schemars(schema_with = "crate::model::bounds::any_object")]
+    pub workflow_manager: Value,
+    #[schemars(schema_with = "crate::model::bounds::any_object")]
+    pub task_orchestrator: Value,
+    #[schemars(schema_with = "crate::model::bounds::any_object")]
+    pub project_manager: Value,
+    #[schemars(schema_with = "crate::model::bounds::any_object")]
+    pub resource_manager: Value,
     /// Problems found by the health checks.
     pub issues: Vec<String>,
     /// What an operator could do about them.
@@ -315,6 +350,37 @@ impl Engine {
             .filter(|(_, c)| c.status != HealthLevel::Healthy)
             .map(|(n, c)| format!("{n}: {}", c.message))
             .collect();
+        // The original module's component names, each the worst of ours it stands for.
+        for (original, ours) in ORIGINAL_COMPONENTS {
+            let covered: Vec<(&String, &ComponentHealth)> = components
+                .iter()
+                .filter(|(n, _)| {
+                    ours.iter()
+                        .any(|o| *n == o || (o.ends_with('.') && n.starts_with(o)))
+                })
+                .collect();
+            let status = covered
+                .iter()
+                .map(|(_, c)| c.status)
+                .max()
+                .unwrap_or(HealthLevel::Healthy);
+            let names: Vec<&String> = covered.iter().map(|(n, _)| *n).collect();
+            let entry = ComponentHealth {
+                status,
+                message: format!("the original module's {original}: the worst of {names:?}"),
+                details: json!({"covers": names}),
+            };
+            components.insert(original.to_string(), entry);
+        }
+        components.insert(
+            "orchestration_engine".to_string(),
+            ComponentHealth {
+                status: overall_status,
+                message: "the original module's orchestration_engine: the worst of every component"
+                    .into(),
+                details: json!({}),
+            },
+        );
         HealthReport {
             overall_status,
             timestamp: iso(now_ms()),
@@ -400,7 +466,50 @@ impl Engine {
         {
             recommendations.push("Runs wait for an executor: start `myrmex worker` processes on this database, or raise [cluster] max_active_runs.".into());
         }
+        // The original's sections: each component's level and its figures.
+        let level = |n: &str| {
+            health
+                .components
+                .get(n)
+                .map_or(json!(null), |c| json!(c.status))
+        };
+        let active_runs = self.runs().active_count();
+        let utilization: BTreeMap<String, f64> = performance_metrics
+            .pools
+            .iter()
+            .filter(|(_, p)| p.capacity > 0)
+            .map(|(n, p)| (n.clone(), p.utilization))
+            .collect();
+        let orchestration_engine = json!({
+            "status": health.overall_status,
+            "active_sessions": by_status.get("active").copied().unwrap_or(0),
+            "processes": processes.len(),
+        });
+        let workflow_manager = json!({
+            "status": level("workflow_manager"),
+            "running_workflows": active_runs,
+            "library_workflows": self.library().workflows.len(),
+        });
+        let task_orchestrator = json!({
+            "status": level("task_orchestrator"),
+            "total_tasks": tasks.total,
+            "by_status": tasks.by_status,
+            "success_rate": tasks.success_rate,
+        });
+        let project_manager = json!({
+            "status": level("project_manager"),
+            "templates": health.components.get("templates").map(|c| c.details.clone()),
+        });
+        let resource_manager = json!({
+            "status": level("resource_manager"),
+            "utilization": utilization,
+        });
         Ok(SystemStatus {
+            orchestration_engine,
+            workflow_manager,
+            task_orchestrator,
+            project_manager,
+            resource_manager,
             overall_status: health.overall_status,
             timestamp: health.timestamp,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -414,7 +523,7 @@ impl Engine {
                 total: by_status.values().sum(),
                 by_status,
             },
-            active_runs: self.runs().active_count(),
+            active_runs,
             tasks,
             sse_streams: self
                 .metrics()
@@ -426,12 +535,7 @@ impl Engine {
                 .load(std::sync::atomic::Ordering::Relaxed),
             processes,
             // Read once, with the pools of performance_metrics.
-            resource_utilization: performance_metrics
-                .pools
-                .iter()
-                .filter(|(_, p)| p.capacity > 0)
-                .map(|(n, p)| (n.clone(), p.utilization))
-                .collect(),
+            resource_utilization: utilization,
             active_sessions,
             tool_calls: opts
                 .include_detailed_metrics

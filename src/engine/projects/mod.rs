@@ -133,8 +133,10 @@ pub struct CreatedProject {
     pub template_used: Option<String>,
     /// Files written, relative to the project folder.
     pub files_created: Vec<String>,
-    /// The workflow run because of execute_workflow, if any.
-    pub workflow_executed: Option<String>,
+    /// Whether a workflow was started because of execute_workflow (the original's bool).
+    pub workflow_executed: bool,
+    /// The workflow started because of execute_workflow, if any.
+    pub workflow_name: Option<String>,
     /// The run when it finished within the wait; otherwise see run_id.
     pub workflow_result: Option<Value>,
     pub run_id: Option<String>,
@@ -601,7 +603,8 @@ impl Engine {
             project_path: doc.path.clone(),
             template_used: doc.template.clone(),
             files_created: created,
-            workflow_executed: None,
+            workflow_executed: false,
+            workflow_name: None,
             workflow_result: None,
             run_id: None,
             next_steps: vec![],
@@ -617,7 +620,8 @@ impl Engine {
             let id = self.start_named_run(p, &session, req).await?;
             let wait = std::time::Duration::from_secs(self.config().workflows.default_wait_seconds);
             let view = self.wait_run(&id, wait, &mut |_, _, _| {}).await?;
-            out.workflow_executed = Some(w);
+            out.workflow_executed = true;
+            out.workflow_name = Some(w);
             out.run_id = Some(id);
             if crate::engine::runs::view_final(&view.status) {
                 out.workflow_result =

@@ -28,7 +28,7 @@ pub struct LockReq {
 /// The published shape of requirements: whole amounts per pool (or the
 /// original's nested form, `"cpu": {"cores": 2}`, `"memory": {"gb": 4}`), and locks.
 pub fn requirements_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let max = crate::model::bounds::MAX_EXACT_INTEGER;
+    let max = crate::model::bounds::MAX_AMOUNT;
     schemars::json_schema!({
         "type": "object",
         "properties": {
@@ -45,7 +45,11 @@ pub fn requirements_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
                 }
             }
         },
-        "additionalProperties": {"type": ["integer", "object"], "minimum": 0, "maximum": max}
+        "additionalProperties": {"anyOf": [
+            {"type": "integer", "minimum": 0, "maximum": max},
+            {"type": "object", "minProperties": 1, "maxProperties": 1,
+             "additionalProperties": {"type": "number", "minimum": 0, "maximum": max}}
+        ]}
     })
 }
 
@@ -55,7 +59,7 @@ pub fn allocation_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema 
     let mut v = requirements_schema(g).to_value();
     v["minProperties"] = json!(1);
     v["properties"]["locks"]["minItems"] = json!(1);
-    v["additionalProperties"]["minimum"] = json!(1);
+    v["additionalProperties"]["anyOf"][0]["minimum"] = json!(1);
     schemars::Schema::try_from(v).unwrap_or_default()
 }
 
@@ -113,7 +117,7 @@ impl Requirements {
             if n < 0.0
                 || n.fract() != 0.0
                 || !n.is_finite()
-                || n > crate::model::bounds::MAX_EXACT_INTEGER as f64
+                || n > crate::model::bounds::MAX_AMOUNT as f64
             {
                 return Err(bad(format!(
                     "{what} must be a whole, non-negative amount, got {x}"
@@ -161,6 +165,12 @@ impl Requirements {
                     "gpu",
                     whole("gpu.count", o.get("count").unwrap_or(&json!(0)), 1.0)?,
                 ),
+                // Any other pool in the nested form: its one amount, whatever
+                // its unit is called (`"network": {"mbps": 100}`).
+                (pool, Value::Object(o)) if o.len() == 1 => {
+                    let (unit, x) = o.iter().next().expect("one entry");
+                    (pool, whole(&format!("{pool}.{unit}"), x, 1.0)?)
+                }
                 (pool, x) => (pool, whole(pool, x, 1.0)?),
             };
             if amount > 0 {
@@ -389,12 +399,19 @@ impl Ledger {
         for (p, n) in &req.pools {
             let Some(cap) = self.capacity.get(p) else {
                 return Some(format!(
-                    "there is no pool '{p}' (pools: {})",
+                    "there is no pool '{p}' (pools: {}); a server adds one under [resources.pools], e.g. {p} = 100",
                     self.capacity.keys().cloned().collect::<Vec<_>>().join(", ")
                 ));
             };
             if n > cap {
-                return Some(format!("{n} {p} requested; the pool's capacity is {cap}"));
+                let key = if matches!(p.as_str(), "cpu" | "memory_mb" | "disk_mb" | "gpu") {
+                    format!("resources.{p}")
+                } else {
+                    format!("resources.pools.{p}")
+                };
+                return Some(format!(
+                    "{n} {p} requested; the pool's capacity is {cap} ({key})"
+                ));
             }
             for (what, per) in [
                 ("principal", &cfg.quotas.per_principal),

@@ -77,7 +77,7 @@ const MAX_NAME_CHARS: usize = 64;
 #[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
-    /// Unique within the session (not starting with `tsk_`). Other tasks refer to it by this name.
+    /// Unique within the session (not starting with `tsk_`).
     pub name: String,
     /// What the task is.
     #[serde(default)]
@@ -91,22 +91,22 @@ pub struct NewTask {
     /// Parameters of the action, or instructions for the agent. Strings may use `{{tasks.<name or id>.result.path}}` or `${<name>.result}` (adds a dependency).
     #[serde(default)]
     pub parameters: Map<String, Value>,
-    /// Tasks that must succeed first: ids (`tsk_...`) or names (of existing tasks, or of tasks in the same batch).
+    /// Tasks (ids or names, also of this batch) that must succeed first.
     #[serde(default)]
     pub dependencies: Vec<String>,
-    /// Default `normal`. Higher runs and is handed out first; FIFO within a priority.
+    /// Default `normal`; higher goes first, FIFO within a priority.
     #[serde(default)]
     pub priority: Priority,
-    /// Time limit of one attempt of the action, in seconds (tasks with an action).
+    /// Time limit of one attempt, in seconds.
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
-    /// Further attempts after a failure (default 0). Agent tasks: how often fail_task with retryable=true puts the task back.
+    /// Further attempts after a failure (default 0; for agent tasks, fail_task retryable=true).
     #[serde(default)]
     pub max_retries: u32,
     /// Backoff between attempts.
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
-    /// Resources held while the task runs (or while an agent holds its claim).
+    /// Resources held while the task runs or is claimed.
     #[serde(default)]
     #[schemars(schema_with = "crate::engine::resources::optional_requirements_schema")]
     pub resources: Option<Value>,

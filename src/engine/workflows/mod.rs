@@ -336,8 +336,14 @@ impl Engine {
             .first()
             .map(|p| p.message.clone())
             .unwrap_or_default();
-        let code = if problems.iter().any(|p| p.code == "CYCLE_DETECTED") && problems.len() == 1 {
+        // One kind of problem that has a code of its own (a cycle; a module
+        // or action that does not exist or is off) answers with that code:
+        // the arguments are well formed, what they name is not there.
+        let all = |codes: &[&str]| problems.iter().all(|p| codes.contains(&p.code.as_str()));
+        let code = if all(&["CYCLE_DETECTED"]) && problems.len() == 1 {
             ErrorCode::CycleDetected
+        } else if all(&["MODULE_NOT_FOUND", "MODULE_DISABLED"]) && !problems.is_empty() {
+            ErrorCode::ModuleNotFound
         } else {
             ErrorCode::InvalidParameters
         };
@@ -480,17 +486,61 @@ impl Engine {
         names.extend(self.library().workflows.keys().cloned());
         names.sort();
         names.dedup();
-        Err(Error::new(
-            ErrorCode::WorkflowNotFound,
-            format!(
-                "no workflow named '{name}' in this session, your global definitions or the library"
+        // Defined in another of the caller's sessions (the original's sequence:
+        // create_workflow without a session, then create_session, then execute).
+        let elsewhere = self.sessions_defining(p, session, name).await?;
+        let hint = match elsewhere.first() {
+            Some(sid) => format!(
+                "'{name}' is defined in your session {sid}: pass session_id: \"{sid}\" to run it there, or define it with create_workflow scope: \"global\" to run it from every session. Available here: [{}].",
+                names.join(", ")
             ),
-            format!(
+            None => format!(
                 "Available workflows: [{}]. Create one with create_workflow.",
                 names.join(", ")
             ),
+        };
+        Err(Error::new(
+            ErrorCode::WorkflowNotFound,
+            format!(
+                "no workflow named '{name}' in this session ({}), your global definitions or the library",
+                session.session_id
+            ),
+            hint,
         )
-        .with_details(json!({ "available": names })))
+        .with_details(json!({ "available": names, "defined_in_sessions": elsewhere })))
+    }
+
+    /// The caller's other active sessions that define `name` (at most a page).
+    async fn sessions_defining(
+        &self,
+        p: &Principal,
+        here: &Session,
+        name: &str,
+    ) -> Result<Vec<String>> {
+        let page = self
+            .sessions()
+            .list(
+                p,
+                crate::engine::sessions::ListSessions {
+                    status: Some(crate::model::SessionStatus::Active),
+                    limit: Some(self.config().limits.max_page_size),
+                    cursor: None,
+                },
+            )
+            .await?;
+        let mut found = Vec::new();
+        for s in page.sessions {
+            if s.session_id != here.session_id
+                && self
+                    .store()
+                    .get_workflow(Scope::Session.as_str(), &s.session_id, name)
+                    .await?
+                    .is_some()
+            {
+                found.push(s.session_id);
+            }
+        }
+        Ok(found)
     }
 
     pub async fn get_workflow(

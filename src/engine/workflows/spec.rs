@@ -46,7 +46,7 @@ pub struct ParamSpec {
     /// The value's type (default `any`).
     #[serde(rename = "type", default)]
     pub kind: ParamType,
-    /// Calls without this parameter (and without a default) are refused.
+    /// Calls must give it (unless it has a default).
     #[serde(default)]
     pub required: bool,
     /// Value used when the call does not give one.
@@ -88,16 +88,16 @@ pub enum OnFailure {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
-    /// Milliseconds before the first retry.
+    /// First delay, in ms.
     #[serde(default = "default_initial_delay")]
     pub initial_delay_ms: u64,
-    /// Factor applied to the delay after each retry.
+    /// Delay factor per retry.
     #[serde(default = "default_multiplier")]
     pub multiplier: f64,
-    /// Longest delay in milliseconds.
+    /// Longest delay, in ms.
     #[serde(default = "default_max_delay")]
     pub max_delay_ms: u64,
-    /// Spread each delay randomly by up to 50%.
+    /// Spread delays randomly (±50%).
     #[serde(default = "default_true")]
     pub jitter: bool,
 }
@@ -160,7 +160,7 @@ pub struct StepSpec {
     pub module: String,
     /// Action within the module, e.g. `echo`.
     pub action: String,
-    /// Parameters of the action; strings may contain templates such as `{{params.x}}` or `{{steps.a.output.y}}`.
+    /// Parameters of the action; strings may use `{{params.x}}`, `{{steps.a.output.y}}`.
     #[serde(default)]
     pub parameters: Map<String, Value>,
     /// Names of steps that must finish first.
@@ -184,7 +184,7 @@ pub struct StepSpec {
     /// Among ready steps, higher priority starts first.
     #[serde(default)]
     pub priority: Priority,
-    /// Resources the step holds while it runs; it waits (waiting_resources) until they are granted.
+    /// Resources held while the step runs (it waits for them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::engine::resources::optional_requirements_schema")]
     pub resources: Option<Value>,
@@ -207,7 +207,7 @@ pub struct WorkflowSpec {
     /// Time limit of a whole run, in seconds; the run ends as `timed_out`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
-    /// Steps of one run that may run at once (default: the session's max_parallel_tasks).
+    /// Steps of one run at once (default: the session's max_parallel_tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<u32>,
     /// `fail_fast` (default) or `continue`.

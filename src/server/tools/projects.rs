@@ -80,7 +80,7 @@ fn one_of(
 #[serde(deny_unknown_fields)]
 pub struct GetTemplateArgs {
     /// The template's name.
-    pub name: String,
+    pub template_name: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -354,7 +354,7 @@ impl MyrmexServer {
         &self,
         Parameters(args): Parameters<Args<CreateProjectArgs>>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<CreatedProject>, Error> {
+    ) -> Result<Json<super::Answer<CreatedProject>>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let name = one_of(a.name, a.project_name, ("name", "project_name"))?
@@ -375,7 +375,9 @@ impl MyrmexServer {
             workflow_parameters: a.workflow_parameters,
             session_id: a.session_id,
         };
-        Ok(Json(self.engine.create_project(&p, req).await?))
+        Ok(Json(super::Answer::done(
+            self.engine.create_project(&p, req).await?,
+        )))
     }
 
     #[tool(
@@ -417,7 +419,7 @@ impl MyrmexServer {
     ) -> Result<Json<TemplateView>, Error> {
         principal(&ctx)?;
         let a = args.parse()?;
-        Ok(Json(self.engine.get_template(&a.name)?))
+        Ok(Json(self.engine.get_template(&a.template_name)?))
     }
 
     #[tool(
@@ -435,10 +437,10 @@ impl MyrmexServer {
         &self,
         Parameters(args): Parameters<Args<ListProjectsArgs>>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<ProjectPage>, Error> {
+    ) -> Result<Json<super::Answer<ProjectPage>>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        Ok(Json(
+        Ok(Json(super::Answer::done(
             self.engine
                 .list_projects(
                     &p,
@@ -449,7 +451,7 @@ impl MyrmexServer {
                     a.limit,
                 )
                 .await?,
-        ))
+        )))
     }
 
     #[tool(
@@ -488,12 +490,14 @@ impl MyrmexServer {
         &self,
         Parameters(args): Parameters<Args<ManageProjectArgs>>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<Managed>, Error> {
+    ) -> Result<Json<super::Answer<Managed>>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let project = a.project.clone();
         let op = a.lift_parameters()?.operation()?;
-        Ok(Json(self.engine.manage_project(&p, &project, op).await?))
+        Ok(Json(super::Answer::done(
+            self.engine.manage_project(&p, &project, op).await?,
+        )))
     }
 
     #[tool(

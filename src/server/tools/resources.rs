@@ -16,7 +16,7 @@ use crate::server::{MyrmexServer, args::Args, principal};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllocateArgs {
-    /// What to hold, all or nothing: pool amounts and locks, e.g. {"cpu": 2, "memory_mb": 4096, "locks": [{"key": "repo:main", "mode": "write"}]}. The original nested form {"cpu": {"cores": 2}, "memory": {"gb": 4}} is accepted.
+    /// What to hold, all or nothing: whole amounts per pool (or the original's nested form, {"cpu": {"cores": 2}}) and locks.
     #[schemars(schema_with = "crate::engine::resources::allocation_schema")]
     pub requirements: Value,
     /// A label for the holder, shown to others who wait (the original's user_id; default: your principal).
@@ -31,7 +31,7 @@ pub struct AllocateArgs {
     /// Wait up to this many seconds for the resources; 0 (default) answers at once.
     #[serde(default)]
     pub wait_seconds: Option<u64>,
-    /// Order among waiting requests: low, normal (default), high, critical.
+    /// Order among waiting requests (default normal).
     #[serde(default)]
     pub priority: Priority,
 }
@@ -121,7 +121,7 @@ impl MyrmexServer {
         &self,
         Parameters(args): Parameters<Args<AllocateArgs>>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<AllocationView>, Error> {
+    ) -> Result<Json<super::Answer<AllocationView>>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let request = AllocateRequest {
@@ -133,7 +133,9 @@ impl MyrmexServer {
             priority: a.priority,
         };
         // A client that cancels the call (or disconnects) stops waiting.
-        Ok(Json(self.engine.allocate(&p, request, &ctx.ct).await?))
+        Ok(Json(super::Answer::done(
+            self.engine.allocate(&p, request, &ctx.ct).await?,
+        )))
     }
 
     #[tool(

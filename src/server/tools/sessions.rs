@@ -30,7 +30,7 @@ pub struct ListSessionsArgs {
     /// Page size (default 50).
     #[serde(default)]
     pub limit: Option<u32>,
-    /// Accepted for uniformity with other tools; sessions are listed per principal.
+    /// Unused: sessions are listed per principal.
     #[serde(default)]
     pub session_id: Option<String>,
 }

@@ -25,8 +25,7 @@ pub struct SystemStatusArgs {
     /// Include per-tool call counters (calls, errors, durations) since the server started.
     #[serde(default)]
     pub include_detailed_metrics: bool,
-    /// Include resource-pool health. Accepted for compatibility with the original
-    /// specification; the store and background checks are always included.
+    /// The original's flag; pool health is always included.
     #[serde(default)]
     pub include_resource_health: bool,
     /// Include your active sessions (at most one page).
@@ -89,13 +88,13 @@ impl MyrmexServer {
         &self,
         Parameters(args): Parameters<Args<HealthArgs>>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<HealthReport>, Error> {
+    ) -> Result<Json<super::Answer<HealthReport>>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         if let Some(id) = &a.session_id {
             self.engine.sessions().get(&p, id).await?;
         }
-        Ok(Json(self.engine.health().await))
+        Ok(Json(super::Answer::done(self.engine.health().await)))
     }
 
     #[tool(
@@ -113,7 +112,7 @@ impl MyrmexServer {
         &self,
         Parameters(args): Parameters<Args<SystemStatusArgs>>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<SystemStatus>, Error> {
+    ) -> Result<Json<super::Answer<SystemStatus>>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         if let Some(h) = a.time_range_hours
@@ -129,7 +128,9 @@ impl MyrmexServer {
             include_detailed_metrics: a.include_detailed_metrics,
             session_id: a.session_id,
         };
-        Ok(Json(self.engine.system_status(&p, opts).await?))
+        Ok(Json(super::Answer::done(
+            self.engine.system_status(&p, opts).await?,
+        )))
     }
 
     #[tool(

@@ -55,7 +55,7 @@ impl From<TaskStatus> for crate::model::TaskStatus {
 pub struct CreateTaskArgs {
     /// The task.
     pub task: NewTask,
-    /// The session; omit for your default session.
+    /// Omit for your default session.
     #[serde(default)]
     pub session_id: Option<String>,
 }
@@ -65,7 +65,7 @@ pub struct CreateTaskArgs {
 pub struct CreateTasksArgs {
     /// The tasks, created all or none. Dependencies may name tasks of the batch by name.
     pub tasks: Vec<NewTask>,
-    /// The session; omit for your default session.
+    /// Omit for your default session.
     #[serde(default)]
     pub session_id: Option<String>,
 }
@@ -111,7 +111,7 @@ pub struct ExecuteTaskArgs {
     /// Free-form JSON object.
     #[serde(default)]
     pub metadata: Map<String, Value>,
-    /// The session; omit for your default session.
+    /// Omit for your default session.
     #[serde(default)]
     pub session_id: Option<String>,
     /// Seconds to wait for the task to finish (default 5); a task still going answers with its status and id.
@@ -124,7 +124,7 @@ pub struct ExecuteTaskArgs {
 pub struct TaskIdArgs {
     /// The task's id (`tsk_...`).
     pub task_id: String,
-    /// Only find the task in this session.
+    /// If given, the task's session.
     #[serde(default)]
     pub session_id: Option<String>,
 }
@@ -134,7 +134,7 @@ pub struct TaskIdArgs {
 pub struct GetTaskArgs {
     /// The task's id (`tsk_...`).
     pub task_id: String,
-    /// Only find the task in this session.
+    /// If given, the task's session.
     #[serde(default)]
     pub session_id: Option<String>,
     /// Wait up to this many seconds for the task to reach a final state (default 0: answer at once).
@@ -145,7 +145,7 @@ pub struct GetTaskArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListTasksArgs {
-    /// The session; omit for your default session.
+    /// Omit for your default session.
     #[serde(default)]
     pub session_id: Option<String>,
     /// Only tasks in this status.
@@ -175,7 +175,7 @@ pub struct UpdateTaskArgs {
     pub task_id: String,
     /// The fields to change; the others stay.
     pub changes: TaskChanges,
-    /// Only find the task in this session.
+    /// If given, the task's session.
     #[serde(default)]
     pub session_id: Option<String>,
 }
@@ -183,7 +183,7 @@ pub struct UpdateTaskArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionArgs {
-    /// The session; omit for your default session.
+    /// Omit for your default session.
     #[serde(default)]
     pub session_id: Option<String>,
 }
@@ -191,7 +191,7 @@ pub struct SessionArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GraphArgs {
-    /// The session; omit for your default session.
+    /// Omit for your default session.
     #[serde(default)]
     pub session_id: Option<String>,
     /// next_cursor of the previous page.
@@ -202,7 +202,7 @@ pub struct GraphArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NextTaskArgs {
-    /// The session; omit for your default session.
+    /// Omit for your default session.
     #[serde(default)]
     pub session_id: Option<String>,
     /// Your name as a worker, recorded as claimed_by (default: your principal).
@@ -359,7 +359,7 @@ impl MyrmexServer {
         &self,
         Parameters(args): Parameters<Args<ExecuteTaskArgs>>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<ExecuteTaskResult>, Error> {
+    ) -> Result<Json<super::Answer<ExecuteTaskResult>>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let wait = self.engine.wait_for(a.wait_seconds)?;
@@ -383,9 +383,9 @@ impl MyrmexServer {
             tags: a.tags,
             metadata: a.metadata,
         };
-        Ok(Json(
-            self.engine.tasks().execute(&session, task, wait).await?,
-        ))
+        let done = self.engine.tasks().execute(&session, task, wait).await?;
+        let status = done.status.clone();
+        Ok(Json(super::Answer::ran(done, &status)))
     }
 
     #[tool(

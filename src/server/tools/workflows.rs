@@ -35,7 +35,7 @@ pub struct CreateWorkflowArgs {
     /// Time limit of a whole run, in seconds.
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
-    /// Steps of one run that may run at once (default: the session's max_parallel_tasks).
+    /// Steps of one run at once (default: the session's max_parallel_tasks).
     #[serde(default)]
     pub max_parallel: Option<u32>,
     /// `fail_fast` (default): stop launching steps after a failure; `continue`: let independent branches finish.
@@ -71,7 +71,7 @@ impl CreateWorkflowArgs {
 #[serde(deny_unknown_fields)]
 pub struct NameArgs {
     /// The workflow's name.
-    pub name: String,
+    pub workflow_name: String,
     /// The session whose definitions are searched first; omit for your default session.
     #[serde(default)]
     pub session_id: Option<String>,
@@ -81,7 +81,7 @@ pub struct NameArgs {
 #[serde(deny_unknown_fields)]
 pub struct DeleteWorkflowArgs {
     /// The workflow's name.
-    pub name: String,
+    pub workflow_name: String,
     /// `session` (default) or `global`.
     #[serde(default)]
     pub scope: Scope,
@@ -147,7 +147,7 @@ pub struct RunArgs {
     /// Seconds to wait for the run to finish before answering (default 0).
     #[serde(default)]
     pub wait_seconds: Option<u64>,
-    /// Optional; when given, the run must belong to this session.
+    /// If given, the run's session.
     #[serde(default)]
     pub session_id: Option<String>,
 }
@@ -160,7 +160,7 @@ pub struct GetRunArgs {
     /// Seconds to wait for the run to finish before answering (default 0).
     #[serde(default)]
     pub wait_seconds: Option<u64>,
-    /// Optional; when given, the run must belong to this session.
+    /// If given, the run's session.
     #[serde(default)]
     pub session_id: Option<String>,
     /// Only this step, its output in full (large outputs are otherwise shortened).
@@ -173,7 +173,7 @@ pub struct GetRunArgs {
 pub struct CancelRunArgs {
     /// The run to cancel.
     pub run_id: String,
-    /// Optional; when given, the run must belong to this session.
+    /// If given, the run's session.
     #[serde(default)]
     pub session_id: Option<String>,
 }
@@ -184,8 +184,9 @@ pub struct ListRunsArgs {
     /// Only runs of this session (default: all your sessions).
     #[serde(default)]
     pub session_id: Option<String>,
-    /// Only runs in this status: pending, running, succeeded, failed, cancelled, timed_out.
+    /// Only runs in this status.
     #[serde(default)]
+    #[schemars(schema_with = "run_status_schema")]
     pub status: Option<String>,
     /// Only runs of this workflow.
     #[serde(default)]
@@ -237,7 +238,7 @@ pub struct ComplexWorkflowArgs {
     /// Values of the declared parameters.
     #[serde(default)]
     pub parameters: Map<String, Value>,
-    /// The session; omit for your default session.
+    /// Omit for your default session.
     #[serde(default)]
     pub session_id: Option<String>,
     /// Seconds to wait for the run (default 5).
@@ -348,14 +349,14 @@ impl MyrmexServer {
         &self,
         Parameters(args): Parameters<Args<CreateWorkflowArgs>>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<WorkflowView>, Error> {
+    ) -> Result<Json<super::Answer<WorkflowView>>, Error> {
         let p = principal(&ctx)?;
         let (spec, scope, session_id) = args.parse()?.split();
-        Ok(Json(
+        Ok(Json(super::Answer::done(
             self.engine
                 .create_workflow(&p, session_id.as_deref(), spec, scope)
                 .await?,
-        ))
+        )))
     }
 
     #[tool(
@@ -378,7 +379,7 @@ impl MyrmexServer {
         let a = args.parse()?;
         Ok(Json(
             self.engine
-                .get_workflow(&p, a.session_id.as_deref(), &a.name)
+                .get_workflow(&p, a.session_id.as_deref(), &a.workflow_name)
                 .await?,
         ))
     }
@@ -398,14 +399,14 @@ impl MyrmexServer {
         &self,
         Parameters(args): Parameters<Args<ListWorkflowsArgs>>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<WorkflowPage>, Error> {
+    ) -> Result<Json<super::Answer<WorkflowPage>>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
-        Ok(Json(
+        Ok(Json(super::Answer::done(
             self.engine
                 .list_workflows(&p, a.session_id.as_deref(), a.cursor.as_deref(), a.limit)
                 .await?,
-        ))
+        )))
     }
 
     #[tool(
@@ -445,10 +446,10 @@ impl MyrmexServer {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         self.engine
-            .delete_workflow(&p, a.session_id.as_deref(), &a.name, a.scope)
+            .delete_workflow(&p, a.session_id.as_deref(), &a.workflow_name, a.scope)
             .await?;
         Ok(Json(Deleted {
-            name: a.name,
+            name: a.workflow_name,
             deleted: true,
         }))
     }
@@ -468,7 +469,7 @@ impl MyrmexServer {
         &self,
         Parameters(args): Parameters<Args<ExecuteWorkflowArgs>>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<RunView>, Error> {
+    ) -> Result<Json<super::Answer<RunView>>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let wait = self.engine.wait_for(a.wait_seconds)?;
@@ -493,7 +494,9 @@ impl MyrmexServer {
             .execute_workflow(&p, req, wait, &mut |d, t, m| progress.report(d, t, m))
             .await;
         progress.flush().await;
-        Ok(Json(self.fitted(run?)))
+        let run = self.fitted(run?);
+        let status = run.status.clone();
+        Ok(Json(super::Answer::ran(run, &status)))
     }
 
     #[tool(
@@ -643,7 +646,7 @@ impl MyrmexServer {
         &self,
         Parameters(args): Parameters<Args<ComplexWorkflowArgs>>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<ComplexResult>, Error> {
+    ) -> Result<Json<super::Answer<ComplexResult>>, Error> {
         let p = principal(&ctx)?;
         let a = args.parse()?;
         let wait = self.engine.wait_for(a.wait_seconds)?;
@@ -685,10 +688,12 @@ impl MyrmexServer {
             .await;
         progress.flush().await;
         let (workflow, run) = r?;
-        Ok(Json(ComplexResult {
-            workflow,
-            run: self.fitted(run),
-        }))
+        let run = self.fitted(run);
+        let status = run.status.clone();
+        Ok(Json(super::Answer::ran(
+            ComplexResult { workflow, run },
+            &status,
+        )))
     }
 }
 
@@ -704,4 +709,14 @@ fn run_status(s: &str) -> Result<crate::model::RunStatus, Error> {
             format!("Use one of: {}.", all.join(", ")),
         )
     })
+}
+
+/// A run status filter: the statuses' spellings, or null.
+fn run_status_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut vals: Vec<serde_json::Value> = crate::model::RunStatus::ALL
+        .iter()
+        .map(|s| serde_json::Value::from(s.as_str()))
+        .collect();
+    vals.push(serde_json::Value::Null);
+    schemars::json_schema!({"type": ["string", "null"], "enum": vals})
 }
