@@ -444,33 +444,43 @@ fn is_enum(d: &Value) -> bool {
 /// The checker of one tool's published schema.
 pub struct Checker {
     tool: String,
-    validator: jsonschema::Validator,
+    schema: Value,
+    /// Compiled on the tool's first call: a server start compiles none.
+    validator: std::sync::OnceLock<Result<jsonschema::Validator, String>>,
     keys: Vec<(String, &'static str)>,
 }
 
 impl Checker {
-    pub fn new(tool: &str, schema: &Map<String, Value>, cfg: &Config) -> Result<Self, String> {
-        let validator = jsonschema::options()
-            .should_validate_formats(false)
-            .build(&Value::Object(schema.clone()))
-            .map_err(|e| format!("the schema of {tool} does not compile: {e}"))?;
+    pub fn new(tool: &str, schema: &Map<String, Value>, cfg: &Config) -> Self {
+        let schema = Value::Object(schema.clone());
         let mut fields = BTreeSet::new();
-        collect_fields(&Value::Object(schema.clone()), &mut fields);
+        collect_fields(&schema, &mut fields);
         let keys = fields
             .into_iter()
             .filter_map(|f| bound(cfg, tool, &f).map(|bd| (f, bd.key)))
             .collect();
-        Ok(Self {
+        Self {
             tool: tool.to_string(),
-            validator,
+            schema,
+            validator: std::sync::OnceLock::new(),
             keys,
-        })
+        }
     }
 
     /// Every way `args` breaks the schema, or none.
     pub fn check(&self, args: &Value) -> Result<(), Error> {
+        let validator = self
+            .validator
+            .get_or_init(|| {
+                jsonschema::options()
+                    .should_validate_formats(false)
+                    .build(&self.schema)
+                    .map_err(|e| format!("the schema of {} does not compile: {e}", self.tool))
+            })
+            .as_ref()
+            .map_err(|e| Error::internal(e.clone()))?;
         let mut problems: Vec<(String, String)> = Vec::new();
-        for e in self.validator.iter_errors(args) {
+        for e in validator.iter_errors(args) {
             self.describe(&e, &mut problems);
         }
         if problems.is_empty() {
@@ -816,7 +826,7 @@ mod tests {
             let schema = Value::Object((*t.input_schema).clone());
             let example: Value =
                 serde_json::from_str(crate::server::catalog::doc(&t.name).example).unwrap();
-            let checker = Checker::new(&t.name, &t.input_schema, &Config::default()).unwrap();
+            let checker = Checker::new(&t.name, &t.input_schema, &Config::default());
             assert!(
                 checker.check(&example).is_ok(),
                 "{}: {example} is refused: {:?} ({schema})",

@@ -131,13 +131,8 @@ pub fn offered(cfg: &Config) -> Offered {
             }
             let mut checkers = HashMap::new();
             for (name, route) in r.map.iter_mut() {
-                match contract::Checker::new(name, &route.attr.input_schema, cfg) {
-                    Ok(c) => {
-                        checkers.insert(name.to_string(), Arc::new(c));
-                    }
-                    // A bug of ours: the tool then checks its arguments alone.
-                    Err(e) => tracing::error!(tool = %name, error = %e, "no argument checker"),
-                }
+                let checker = contract::Checker::new(name, &route.attr.input_schema, cfg);
+                checkers.insert(name.to_string(), Arc::new(checker));
                 if !cfg.tools.output_schemas {
                     route.attr.output_schema = None;
                 }
