@@ -361,6 +361,21 @@ async fn create_project_runs_a_workflow_named_in_execute_workflow() {
     assert_eq!(plain["workflow_executed"], false, "{plain}");
 }
 
+/// The original module's component names, in health and system status.
+const ORIGINAL_COMPONENTS: [&str; 5] = [
+    "orchestration_engine",
+    "workflow_manager",
+    "task_orchestrator",
+    "project_manager",
+    "resource_manager",
+];
+
+/// An original tool's answer: `success` true, and `key` as expected.
+fn succeeded(v: &Value, key: &str, want: Value) {
+    assert_eq!(v["success"], true, "{v}");
+    assert_eq!(v[key], want, "{key}: {v}");
+}
+
 /// Every call form of the original module's tool contract, as its
 /// specification (and its code, where they differ) writes them: accepted,
 /// answered with the original's boolean `success`, errors with `success: false`.
@@ -389,11 +404,7 @@ async fn the_original_modules_calls_work_as_written() {
         json!({"workflow_name": "orig", "parameters": {}, "session_id": null}),
     )
     .await;
-    assert_eq!(
-        (v["success"].clone(), v["status"].clone()),
-        (json!(true), json!("succeeded")),
-        "{v}"
-    );
+    succeeded(&v, "status", json!("succeeded"));
     let v = ok(
         &c,
         "execute_workflow",
@@ -410,11 +421,7 @@ async fn the_original_modules_calls_work_as_written() {
                "priority": "normal", "dependencies": []}),
     )
     .await;
-    assert_eq!(
-        (v["success"].clone(), v["status"].clone()),
-        (json!(true), json!("succeeded")),
-        "{v}"
-    );
+    succeeded(&v, "status", json!("succeeded"));
     let v = ok(
         &c,
         "execute_task",
@@ -423,11 +430,7 @@ async fn the_original_modules_calls_work_as_written() {
                "resource_requirements": {"cpu": {"cores": 1}}, "session_id": null}),
     )
     .await;
-    assert_eq!(
-        (v["success"].clone(), v["dependencies_satisfied"].clone()),
-        (json!(true), json!(true)),
-        "{v}"
-    );
+    succeeded(&v, "dependencies_satisfied", json!(true));
     // create_complex_workflow with its dependencies map.
     let v = ok(
         &c,
@@ -446,11 +449,7 @@ async fn the_original_modules_calls_work_as_written() {
         json!({"name": "p1", "template": "ai_analysis", "description": "code form"}),
     )
     .await;
-    assert_eq!(
-        (v["success"].clone(), v["workflow_executed"].clone()),
-        (json!(true), json!(false)),
-        "{v}"
-    );
+    succeeded(&v, "workflow_executed", json!(false));
     let v = ok(
         &c,
         "create_project",
@@ -459,11 +458,7 @@ async fn the_original_modules_calls_work_as_written() {
                "execute_workflow": "orig", "workflow_parameters": {}}),
     )
     .await;
-    assert_eq!(
-        (v["success"].clone(), v["workflow_executed"].clone()),
-        (json!(true), json!(true)),
-        "{v}"
-    );
+    succeeded(&v, "workflow_executed", json!(true));
     let v = ok(&c, "list_projects", json!({})).await;
     assert_eq!(v["success"], true, "{v}");
     // manage_project, the specification's four operations with `parameters`.
@@ -493,24 +488,12 @@ async fn the_original_modules_calls_work_as_written() {
     )
     .await;
     assert_eq!(v["success"], true);
-    for k in [
-        "orchestration_engine",
-        "workflow_manager",
-        "task_orchestrator",
-        "project_manager",
-        "resource_manager",
-    ] {
+    for k in ORIGINAL_COMPONENTS {
         assert!(v[k]["status"].is_string(), "{k}: {v}");
     }
     let h = ok(&c, "get_health_status", json!({})).await;
     assert_eq!(h["success"], true);
-    for k in [
-        "orchestration_engine",
-        "workflow_manager",
-        "task_orchestrator",
-        "project_manager",
-        "resource_manager",
-    ] {
+    for k in ORIGINAL_COMPONENTS {
         assert!(h["components"][k]["status"].is_string(), "{k}: {h}");
     }
     // allocate_resources with user_id and the nested form; a pool the
@@ -604,12 +587,7 @@ async fn create_session_names_every_bad_field_and_keeps_user_id() {
         "INVALID_PARAMETERS",
     )
     .await;
-    let fields: Vec<&str> = e["details"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
+    let fields = fields_named(&e);
     for f in [
         "max_parallel_tasks",
         "max_parallel_workflows",

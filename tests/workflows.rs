@@ -493,12 +493,7 @@ async fn validation_reports_every_problem_and_stores_nothing() {
         step("Bad Name", "echo", json!({}), &[]), step("ok", "echo", json!({}), &[]),
         step("", "echo", json!({}), &[])]});
     let e = err(&c, "validate_workflow", names, "INVALID_PARAMETERS").await;
-    let fields: Vec<&str> = e["details"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
+    let fields = fields_named(&e);
     assert!(
         fields.contains(&"steps[0].name") && fields.contains(&"steps[2].name"),
         "{e}"

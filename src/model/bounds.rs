@@ -166,16 +166,36 @@ pub fn check_shape<T: schemars::JsonSchema>(v: &Value) -> Result<(), String> {
     }
 }
 
-/// Parse a JSON value into `T` as tool arguments are parsed.
+const ARGS_HINT: &str =
+    "Check the arguments against this tool's inputSchema (tools/list); unknown fields are refused.";
+
+/// Parse a JSON value into `T` as tool arguments are parsed: serde first (its
+/// messages name the expected variants and fields), then what serde lets
+/// through but `T`'s schema forbids (an array for an object).
 pub fn parse_value<T: serde::de::DeserializeOwned + schemars::JsonSchema>(
     value: Value,
 ) -> Result<T, crate::error::Error> {
-    use crate::error::Error;
-    const HINT: &str = "Check the arguments against this tool's inputSchema (tools/list); unknown fields are refused.";
-    // serde first (its messages name the expected variants and fields), then
-    // what serde lets through but the schema forbids.
     let shape = check_shape::<T>(&value);
-    let parsed: T = serde_path_to_error::deserialize(value).map_err(|e| {
+    let parsed: T = deserialize_value(value)?;
+    if let Err(e) = shape {
+        let (path, what) = e.split_once(": ").unwrap_or(("", &e));
+        let field = crate::error::excerpt(&field_path(path)).into_owned();
+        return Err(crate::error::Error::invalid(
+            format!("invalid argument '{field}': {what}"),
+            ARGS_HINT,
+        )
+        .with_details(serde_json::json!({ "field": field })));
+    }
+    Ok(parsed)
+}
+
+/// Deserialize a JSON value into `T`, a failure as INVALID_PARAMETERS naming
+/// the field. The shape is not checked: for arguments the published schema
+/// already was (server::contract).
+pub fn deserialize_value<T: serde::de::DeserializeOwned>(
+    value: Value,
+) -> Result<T, crate::error::Error> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = crate::error::excerpt(&e.into_inner().to_string()).into_owned();
         let message = if path == "." || path.is_empty() {
@@ -186,30 +206,29 @@ pub fn parse_value<T: serde::de::DeserializeOwned + schemars::JsonSchema>(
                 crate::error::excerpt(&path)
             )
         };
-        Error::invalid(message, HINT)
+        crate::error::Error::invalid(message, ARGS_HINT)
             .with_details(serde_json::json!({ "field": crate::error::excerpt(&path) }))
-    })?;
-    if let Err(e) = shape {
-        let (path, what) = e.split_once(": ").unwrap_or(("", &e));
-        // `/steps/0/retry` as serde names it: `steps[0].retry`.
-        let mut field = String::new();
-        for seg in path.trim_start_matches('/').split('/') {
-            if seg.bytes().all(|b| b.is_ascii_digit()) && !seg.is_empty() {
-                field.push_str(&format!("[{seg}]"));
-            } else {
-                if !field.is_empty() {
-                    field.push('.');
-                }
-                field.push_str(seg);
-            }
+    })
+}
+
+/// A JSON pointer (`/steps/0/retry`) as a caller writes the field: `steps[0].retry`.
+pub fn field_path(pointer: &str) -> String {
+    let mut field = String::new();
+    for seg in pointer.trim_start_matches('/').split('/') {
+        if seg.is_empty() {
+            continue;
         }
-        let field = crate::error::excerpt(&field).into_owned();
-        return Err(
-            Error::invalid(format!("invalid argument '{field}': {what}"), HINT)
-                .with_details(serde_json::json!({ "field": field })),
-        );
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        if seg.bytes().all(|b| b.is_ascii_digit()) {
+            field.push_str(&format!("[{seg}]"));
+        } else {
+            if !field.is_empty() {
+                field.push('.');
+            }
+            field.push_str(&seg);
+        }
     }
-    Ok(parsed)
+    field
 }
 
 /// Drop `additionalProperties: false` and `required` everywhere in a schema.

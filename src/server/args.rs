@@ -40,12 +40,13 @@ impl<T: JsonSchema> JsonSchema for Args<T> {
 }
 
 impl<T: DeserializeOwned + JsonSchema> Args<T> {
-    /// Parse into `T`; unknown fields, missing fields and wrong types become
-    /// `INVALID_PARAMETERS` with the offending field's path. What serde would
-    /// accept but the published schema does not (an array for an object) is
-    /// refused too.
+    /// Parse into `T`; a failure becomes `INVALID_PARAMETERS` with the
+    /// offending field's path. The arguments were already checked against
+    /// the tool's published schema (every bad field at once) when the call
+    /// came in (`MyrmexServer::call_tool`, server::contract), so only serde's
+    /// own parse is left here.
     pub fn parse(self) -> Result<T, Error> {
-        crate::model::bounds::parse_value(serde_json::Value::Object(self.raw))
+        crate::model::bounds::deserialize_value(serde_json::Value::Object(self.raw))
     }
 }
 

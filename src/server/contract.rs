@@ -12,7 +12,7 @@ use serde_json::{Map, Number, Value, json};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::model::bounds as b;
+use crate::model::bounds::{self as b, field_path};
 
 /// Where a limit comes from: a configuration key, or fixed.
 const FIXED: &str = "fixed";
@@ -678,26 +678,6 @@ fn type_words(kind: &jsonschema::error::TypeKind) -> String {
             .collect::<Vec<_>>()
             .join(" or "),
     }
-}
-
-/// `/steps/0/retry` as the caller wrote it: `steps[0].retry`.
-fn field_path(pointer: &str) -> String {
-    let mut field = String::new();
-    for seg in pointer.trim_start_matches('/').split('/') {
-        if seg.is_empty() {
-            continue;
-        }
-        let seg = seg.replace("~1", "/").replace("~0", "~");
-        if seg.bytes().all(|b| b.is_ascii_digit()) {
-            field.push_str(&format!("[{seg}]"));
-        } else {
-            if !field.is_empty() {
-                field.push('.');
-            }
-            field.push_str(&seg);
-        }
-    }
-    field
 }
 
 /// Every property name in a schema.

@@ -364,6 +364,16 @@ pub async fn err(client: &Client, tool: &str, args: Value, code: &str) -> Value 
     }
 }
 
+/// The fields an INVALID_PARAMETERS error names (`details.fields[].field`).
+pub fn fields_named(e: &Value) -> Vec<&str> {
+    e["details"]["fields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["field"].as_str())
+        .collect()
+}
+
 /// The tool names of this server, sorted.
 pub async fn tool_names(client: &Client) -> Vec<String> {
     let mut names: Vec<String> = client
