@@ -1,6 +1,6 @@
 //! Claim/complete benchmark (not a test): agents drain agent tasks through the
-//! real server over Streamable HTTP (`next_task` then `complete_task`), with 1
-//! and with 8 concurrent clients, on the SQLite store with `synchronous=FULL`.
+//! real server over Streamable HTTP (`next_task` then `complete_task`), with 1,
+//! 4 and 8 concurrent clients, on the SQLite store with `synchronous=FULL`.
 //! Reports round trips (one claim plus one completion) per second.
 //!
 //!     cargo build --release --bin myrmex
@@ -60,7 +60,7 @@ async fn main() {
         "{:<8} {:>10} {:>16} {:>14}",
         "clients", "seconds", "round_trips_s", "ms_per_trip"
     );
-    for clients in [1usize, 8] {
+    for clients in [1usize, 4, 8] {
         let s = call(
             &admin,
             "create_session",

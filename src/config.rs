@@ -34,6 +34,10 @@ pub struct Config {
     /// process holds, in milliseconds (several processes on one data directory
     /// take turns; past it the call fails with STORE_UNAVAILABLE).
     pub sqlite_busy_timeout_ms: u64,
+    /// `get_health_status` writes a probe to the store at most once per this
+    /// many milliseconds; calls in between report the last probe and its age
+    /// (0: probe on every call).
+    pub health_probe_interval_ms: u64,
     /// A tracing filter: `error`, `warn`, `info`, `debug`, `trace`, or a
     /// directive list such as `myrmex=debug,sqlx=warn`.
     pub log_level: String,
@@ -563,6 +567,7 @@ impl Default for Config {
             store: "sqlite".into(),
             sqlite_synchronous: SqliteSync::Full,
             sqlite_busy_timeout_ms: 10_000,
+            health_probe_interval_ms: 5_000,
             log_level: "info,rmcp=warn,sqlx=warn".into(),
             log_format: LogFormat::Text,
             workflows_dirs: Vec::new(),

@@ -1048,3 +1048,31 @@ async fn env_with_http() -> (Env, Client) {
         .await;
     (env, c)
 }
+
+/// Health checks are bounded too: a client polling get_health_status does not
+/// cost a store commit (and an fsync) per call. The write probe is redone only
+/// past `health_probe_interval_ms`; in between, the last one is reported.
+#[tokio::test]
+async fn health_checks_write_at_most_one_store_probe_per_interval() {
+    let probed_at = |h: &Value| h["components"]["store"]["details"]["probed_at"].clone();
+    let env = Env::new();
+    let kept = env
+        .stdio_config(Era::Legacy, "health_probe_interval_ms = 3600000\n")
+        .await;
+    let first = ok(&kept, "get_health_status", json!({})).await;
+    assert!(probed_at(&first).is_string(), "{first}");
+    assert_eq!(first["components"]["store"]["status"], "healthy", "{first}");
+    for _ in 0..3 {
+        let again = ok(&kept, "get_health_status", json!({})).await;
+        assert_eq!(probed_at(&again), probed_at(&first), "{again}");
+    }
+    drop(kept);
+    let env = Env::new();
+    let every = env
+        .stdio_config(Era::Legacy, "health_probe_interval_ms = 0\n")
+        .await;
+    let first = ok(&every, "get_health_status", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = ok(&every, "get_health_status", json!({})).await;
+    assert_ne!(probed_at(&second), probed_at(&first), "{second}");
+}

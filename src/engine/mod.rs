@@ -57,6 +57,9 @@ struct EngineInner {
     started_at: i64,
     /// Where sessions, task leases and allocation leases read "now".
     clock: Arc<dyn crate::model::Clock>,
+    /// The last store write probe of `health` (at most one per
+    /// `health_probe_interval_ms`; the lock makes concurrent callers share one).
+    store_probe: tokio::sync::Mutex<Option<observe::system::StoreProbe>>,
 }
 
 impl Engine {
@@ -141,6 +144,7 @@ impl Engine {
                 started: Instant::now(),
                 started_at: now_ms(),
                 clock,
+                store_probe: tokio::sync::Mutex::new(None),
             }),
         };
         engine.inner.registry.set_host(Arc::new(host::EngineHost {

@@ -48,11 +48,19 @@ impl MyrmexServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let cap = self.engine.config().limits.max_result_bytes;
         let result = bound_error(result, cap);
+        // The text block is the structured content already written out
+        // (rmcp's `Json` answers carry both): its length is the answer's size,
+        // without writing the value out once more to measure it.
         let size = match &result {
-            Ok(CallToolResponse::Complete(r)) if r.is_error != Some(true) => r
-                .structured_content
-                .as_ref()
-                .map_or(0, |v| serde_json::to_string(v).map_or(0, |s| s.len())),
+            Ok(CallToolResponse::Complete(r)) if r.is_error != Some(true) => {
+                match (&r.structured_content, r.content.as_slice()) {
+                    (Some(_), [block]) if block.as_text().is_some() => {
+                        block.as_text().map_or(0, |t| t.text.len())
+                    }
+                    (Some(v), _) => serde_json::to_string(v).map_or(0, |s| s.len()),
+                    (None, _) => 0,
+                }
+            }
             _ => 0,
         };
         if size <= cap {

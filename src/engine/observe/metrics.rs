@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use schemars::JsonSchema;
@@ -184,22 +184,21 @@ impl Engine {
         let ops = self.metrics().snapshot();
         let tool_calls: u64 = ops.values().map(|o| o.ok + o.errors).sum();
         let total_ms: f64 = ops.values().map(|o| o.total_ms).sum();
-        let probe_started = Instant::now();
-        let probe = self.store().probe(now_ms()).await;
+        let probe = self.store_probe().await;
         let (pools, waiting) = self.resources().pools().await;
         let mut m = PerformanceMetrics {
             tool_calls,
             tool_errors: ops.values().map(|o| o.errors).sum(),
             average_call_ms: (tool_calls > 0).then(|| total_ms / tool_calls as f64),
             runs_executing_here: self.runs().active_count(),
-            store_up: probe.is_ok(),
-            store_probe_ms: probe_started.elapsed().as_secs_f64() * 1000.0,
+            store_up: probe.result.is_ok(),
+            store_probe_ms: probe.latency_ms,
             pools,
             ..Default::default()
         };
         m.queue_depths
             .insert("resource_requests".into(), waiting as u64);
-        if probe.is_err() {
+        if probe.result.is_err() {
             return Ok(m);
         }
         let store = self.store();
@@ -240,12 +239,12 @@ impl Engine {
         );
         g.one(
             "myrmex_store_up",
-            "1 when the store's write probe succeeded at this scrape.",
+            "1 when the store's last write probe (one per health_probe_interval_ms at most) succeeded.",
             if m.store_up { 1.0 } else { 0.0 },
         );
         g.one(
             "myrmex_store_probe_seconds",
-            "How long the store's write probe took at this scrape.",
+            "How long the store's last write probe took.",
             m.store_probe_ms / 1000.0,
         );
         g.one(

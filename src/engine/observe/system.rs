@@ -2,7 +2,7 @@
 //! `get_system_status` report.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -158,6 +158,16 @@ pub struct TaskStatsView {
     pub success_rate: Option<f64>,
 }
 
+/// The last write probe of the store (kept between health checks).
+#[derive(Debug, Clone)]
+pub struct StoreProbe {
+    done: Instant,
+    /// When it was written (ms since the epoch).
+    pub at: i64,
+    pub latency_ms: f64,
+    pub result: std::result::Result<(), String>,
+}
+
 /// What `system_status` should include beyond the basics.
 #[derive(Debug, Clone, Default)]
 pub struct StatusOptions {
@@ -212,20 +222,44 @@ impl Engine {
         }
     }
 
+    /// The store's write probe, done again only when the last one is older
+    /// than `health_probe_interval_ms` (a health check per call must not cost
+    /// a commit and an fsync per call).
+    pub(crate) async fn store_probe(&self) -> StoreProbe {
+        let mut last = self.inner.store_probe.lock().await;
+        let interval = Duration::from_millis(self.config().health_probe_interval_ms);
+        if let Some(p) = last.as_ref()
+            && p.done.elapsed() < interval
+        {
+            return p.clone();
+        }
+        let done = Instant::now();
+        let at = now_ms();
+        let result = self.store().probe(at).await.map_err(|e| e.to_string());
+        let p = StoreProbe {
+            done,
+            at,
+            latency_ms: done.elapsed().as_secs_f64() * 1000.0,
+            result,
+        };
+        *last = Some(p.clone());
+        p
+    }
+
     /// Check every component. Never fails: a failing check is reported.
     pub async fn health(&self) -> HealthReport {
         let mut components = BTreeMap::new();
-        let started = Instant::now();
-        let probe = self.store().probe(now_ms()).await;
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let probe = self.store_probe().await;
         let store_details = json!({
             "kind": self.store().kind(),
             "location": self.store().location(),
-            "write_probe_ms": latency_ms,
+            "write_probe_ms": probe.latency_ms,
+            "probed_at": iso(probe.at),
+            "probe_interval_ms": self.config().health_probe_interval_ms,
         });
         components.insert(
             "store".to_string(),
-            match probe {
+            match probe.result {
                 Ok(()) => ComponentHealth {
                     status: HealthLevel::Healthy,
                     message: "reachable and writable".into(),
