@@ -15,11 +15,14 @@
 //! into `target/bench-floor`. MYRMEX_BIN picks the myrmex binary (it is not
 //! passed on: MYRMEX_* variables are the server's configuration).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
+use common::proc_status;
 use serde_json::{Value, json};
 
 /// A server child spoken to one JSON-RPC line at a time.
@@ -108,25 +111,15 @@ impl Lean {
                     .and_then(|x| x.parse::<u64>().ok())
                     .unwrap_or(0);
             }
-            if let Ok(s) = std::fs::read_to_string(p.join("status")) {
-                for l in s.lines() {
-                    if l.starts_with("voluntary_ctxt_switches:")
-                        || l.starts_with("nonvoluntary_ctxt_switches:")
-                    {
-                        switches += l
-                            .split_whitespace()
-                            .nth(1)
-                            .and_then(|x| x.parse::<u64>().ok())
-                            .unwrap_or(0);
-                    }
-                }
-            }
+            let status = p.join("status");
+            switches += proc_status(&status, "voluntary_ctxt_switches")
+                + proc_status(&status, "nonvoluntary_ctxt_switches");
         }
         (cpu, switches)
     }
 
     fn rss_kib(&self) -> u64 {
-        rss_kib(self.child.id())
+        proc_status(format!("/proc/{}/status", self.child.id()), "VmRSS")
     }
 }
 
@@ -143,18 +136,6 @@ impl Drop for Lean {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Resident memory of a process (KiB).
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|x| x.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 /// The floor binary: BENCH_FLOOR, or built from its source into target/.

@@ -6,6 +6,8 @@
 //!     cargo run --release --example bench_scheduler            # 10,000 steps
 //!     BENCH_STEPS=2000 cargo run --release --example bench_scheduler
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,19 +46,7 @@ fn shape(kind: &str, n: usize) -> WorkflowSpec {
 }
 
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .unwrap_or("0")
-                    .parse::<f64>()
-                    .unwrap_or(0.0)
-            })
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+    common::proc_status("/proc/self/status", "VmHWM") as f64 / 1024.0
 }
 
 #[tokio::main]

@@ -28,3 +28,19 @@ pub async fn client(url: &str) -> Client {
         .await
         .expect("connect")
 }
+
+/// A number of a `/proc/.../status` file (`VmRSS`, `VmHWM` in KiB,
+/// `voluntary_ctxt_switches`, ...); 0 when the file or the line is missing.
+pub fn proc_status(path: impl AsRef<std::path::Path>, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}

@@ -53,11 +53,13 @@ impl MyrmexServer {
         // without writing the value out once more to measure it.
         let size = match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error != Some(true) => {
-                match (&r.structured_content, r.content.as_slice()) {
-                    (Some(_), [block]) if block.as_text().is_some() => {
-                        block.as_text().map_or(0, |t| t.text.len())
-                    }
-                    (Some(v), _) => serde_json::to_string(v).map_or(0, |s| s.len()),
+                let text = match r.content.as_slice() {
+                    [block] => block.as_text(),
+                    _ => None,
+                };
+                match (&r.structured_content, text) {
+                    (Some(_), Some(t)) => t.text.len(),
+                    (Some(v), None) => serde_json::to_string(v).map_or(0, |s| s.len()),
                     (None, _) => 0,
                 }
             }

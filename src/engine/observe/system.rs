@@ -161,7 +161,8 @@ pub struct TaskStatsView {
 /// The last write probe of the store (kept between health checks).
 #[derive(Debug, Clone)]
 pub struct StoreProbe {
-    done: Instant,
+    /// When it started (its age decides whether it is done again).
+    started: Instant,
     /// When it was written (ms since the epoch).
     pub at: i64,
     pub latency_ms: f64,
@@ -229,17 +230,17 @@ impl Engine {
         let mut last = self.inner.store_probe.lock().await;
         let interval = Duration::from_millis(self.config().health_probe_interval_ms);
         if let Some(p) = last.as_ref()
-            && p.done.elapsed() < interval
+            && p.started.elapsed() < interval
         {
             return p.clone();
         }
-        let done = Instant::now();
+        let started = Instant::now();
         let at = now_ms();
         let result = self.store().probe(at).await.map_err(|e| e.to_string());
         let p = StoreProbe {
-            done,
+            started,
             at,
-            latency_ms: done.elapsed().as_secs_f64() * 1000.0,
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
             result,
         };
         *last = Some(p.clone());
