@@ -2,8 +2,9 @@
 //! `myrmex serve` stdio processes share a fresh data directory, one agent
 //! client each, and drain agent tasks (`next_task` + `complete_task`);
 //! reported as claim+complete round trips per second. Then the delay from a
-//! task's creation through one process to its claim through another (whose
-//! agent calls `next_task` in a loop): median and p99.
+//! task's creation through one process to its claim through another, whose
+//! agent calls `next_task` in a loop, then whose agent waits in `next_task`
+//! (`wait_seconds`): median and p99.
 //!
 //!     cargo build --release --bin myrmex
 //!     cargo run --release --example bench_peers
@@ -139,10 +140,49 @@ async fn main() {
             }
         }
     }
+    report("an agent calling next_task in a loop", delays, &mut got);
+
+    // The same, with the agent waiting in next_task (wait_seconds) before the
+    // task exists: the delay is the other process's wake-up (the store's
+    // change stamp, read every cluster.signal_poll_ms).
+    let b = std::sync::Arc::new(b);
+    let mut got = Vec::with_capacity(delays);
+    for i in 0..delays {
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let claim = call(&b, "next_task", json!({"agent": "b", "wait_seconds": 10})).await;
+                (claim, Instant::now())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let made = Instant::now();
+        call(
+            &a,
+            "create_task",
+            json!({"task": {"name": format!("w{i}")}}),
+        )
+        .await;
+        let (claim, at) = waiter.await.unwrap();
+        let cid = claim["task"]["task_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the waiting agent got no task: {claim}"));
+        got.push(at - made);
+        call(
+            &b,
+            "complete_task",
+            json!({"task_id": cid, "lease_id": claim["lease_id"], "result": {}}),
+        )
+        .await;
+    }
+    report("an agent waiting in next_task", delays, &mut got);
+}
+
+fn report(how: &str, n: usize, got: &mut [Duration]) {
     got.sort();
     let at = |q: f64| got[((got.len() as f64 * q) as usize).min(got.len() - 1)];
     println!(
-        "creation in one process to claim in another ({delays} tasks): median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "creation in one process to claim in another, {how} ({n} tasks): median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         at(0.5).as_secs_f64() * 1000.0,
         at(0.99).as_secs_f64() * 1000.0,
         got.last().unwrap().as_secs_f64() * 1000.0

@@ -15,6 +15,10 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+/// The longest duration any configuration key may set (ten years): deadlines
+/// computed from a configured duration never overflow.
+pub const MAX_DURATION_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
 /// The effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -121,7 +125,9 @@ pub struct ClusterConfig {
     /// How often an executor looks for unclaimed work when no notification came.
     pub poll_interval_ms: u64,
     /// SQLite: how often a process reads the store's change stamp to see other
-    /// processes' notifications (PostgreSQL uses LISTEN/NOTIFY).
+    /// processes' notifications and commits (a waiting next_task or get_task
+    /// looks again when it moved). PostgreSQL uses LISTEN/NOTIFY; there a
+    /// waiting next_task or get_task looks at the store again this often.
     pub signal_poll_ms: u64,
     /// Most runs one process executes at once.
     pub max_active_runs: u32,
@@ -489,8 +495,9 @@ pub struct HttpConfig {
     pub idle_timeout_seconds: u64,
     /// Streamable HTTP transport sessions (`Mcp-Session-Id`) open at once, in all and per
     /// principal (a principal's least recently used one is closed for a new one; past the
-    /// total, new ones get 503), and how long an unused one lives. Legacy SSE streams count
-    /// against the same caps (past them, a new stream gets 429).
+    /// total, new ones get 503), and how long an unused one lives. Legacy SSE streams have
+    /// caps of the same values, counted apart from these sessions (past them, a new stream
+    /// gets 429).
     pub max_sessions: usize,
     pub max_sessions_per_principal: usize,
     pub session_idle_seconds: u64,
@@ -684,6 +691,7 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        self.validate_durations()?;
         self.validate_cluster()?;
         if self.tools.task_ttl_seconds == 0 {
             anyhow::bail!("tools.task_ttl_seconds must be at least 1");
@@ -780,6 +788,87 @@ impl Config {
     }
 
     /// `cluster` settings, and that not executing has someone else to execute.
+    /// Every duration an operator sets is at most [`MAX_DURATION_SECONDS`],
+    /// so that no deadline computed from it (now + duration) can overflow.
+    fn validate_durations(&self) -> anyhow::Result<()> {
+        let ms = |v: u64| v / 1000;
+        let (h, w, m) = (&self.http, &self.workflows, &self.modules);
+        let durations = [
+            ("tools.task_ttl_seconds", self.tools.task_ttl_seconds),
+            (
+                "events.prune_interval_seconds",
+                self.events.prune_interval_seconds,
+            ),
+            ("cluster.lease_ttl_ms", ms(self.cluster.lease_ttl_ms)),
+            (
+                "cluster.poll_interval_ms",
+                ms(self.cluster.poll_interval_ms),
+            ),
+            ("cluster.signal_poll_ms", ms(self.cluster.signal_poll_ms)),
+            ("sqlite_busy_timeout_ms", ms(self.sqlite_busy_timeout_ms)),
+            (
+                "health_probe_interval_ms",
+                ms(self.health_probe_interval_ms),
+            ),
+            (
+                "modules.shell.max_timeout_seconds",
+                m.shell.max_timeout_seconds,
+            ),
+            (
+                "modules.http.max_timeout_seconds",
+                m.http.max_timeout_seconds,
+            ),
+            ("resources.max_ttl_seconds", self.resources.max_ttl_seconds),
+            (
+                "resources.expiry_sweep_interval_ms",
+                ms(self.resources.expiry_sweep_interval_ms),
+            ),
+            ("resources.aging_seconds", self.resources.aging_seconds),
+            ("tasks.max_lease_seconds", self.tasks.max_lease_seconds),
+            (
+                "tasks.lease_sweep_interval_ms",
+                ms(self.tasks.lease_sweep_interval_ms),
+            ),
+            ("workflows.max_timeout_seconds", w.max_timeout_seconds),
+            ("workflows.max_wait_seconds", w.max_wait_seconds),
+            ("http.sse_keep_alive_seconds", h.sse_keep_alive_seconds),
+            (
+                "http.header_read_timeout_seconds",
+                h.header_read_timeout_seconds,
+            ),
+            (
+                "http.body_read_timeout_seconds",
+                h.body_read_timeout_seconds,
+            ),
+            ("http.idle_timeout_seconds", h.idle_timeout_seconds),
+            ("http.session_idle_seconds", h.session_idle_seconds),
+            (
+                "sessions.max_idle_ttl_seconds",
+                self.sessions.max_idle_ttl_seconds,
+            ),
+            (
+                "sessions.sweep_interval_seconds",
+                self.sessions.sweep_interval_seconds,
+            ),
+        ];
+        for (key, seconds) in durations {
+            if seconds > MAX_DURATION_SECONDS {
+                anyhow::bail!(
+                    "{key} is {seconds} s; the longest duration accepted is {MAX_DURATION_SECONDS} s (ten years)"
+                );
+            }
+        }
+        for s in &self.mcp_servers {
+            if s.timeout_seconds.is_some_and(|t| t > MAX_DURATION_SECONDS) {
+                anyhow::bail!(
+                    "mcp_servers '{}': timeout_seconds is over the longest duration accepted, {MAX_DURATION_SECONDS} s",
+                    s.name
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate_cluster(&self) -> anyhow::Result<()> {
         let spec = self.store_spec()?;
         if !self.cluster.execute && !matches!(spec, StoreSpec::Postgres(_)) {
@@ -1019,5 +1108,25 @@ mod tests {
                 .to_string()
                 .contains("postgres://")
         );
+    }
+
+    /// A configured duration past ten years is refused naming its key, so no
+    /// deadline computed from it can overflow (`Instant + Duration` panics).
+    #[test]
+    fn durations_past_ten_years_are_refused_by_key() {
+        let mut c = Config::default();
+        assert!(c.validate().is_ok());
+        c.modules.http.max_timeout_seconds = u64::MAX / 2;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("modules.http.max_timeout_seconds"), "{e}");
+        let mut c = Config::default();
+        c.workflows.max_wait_seconds = MAX_DURATION_SECONDS + 1;
+        c.http.idle_timeout_seconds = MAX_DURATION_SECONDS + 2;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("workflows.max_wait_seconds"), "{e}");
+        let mut c = Config::default();
+        c.cluster.lease_ttl_ms = u64::MAX;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("cluster.lease_ttl_ms"), "{e}");
     }
 }

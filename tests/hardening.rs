@@ -164,15 +164,29 @@ async fn huge_timeouts_are_refused_and_deadlines_never_overflow() {
             .contains("max_timeout_seconds")
     );
 
+    // An operator cannot configure a limit whose deadlines overflow: past ten
+    // years the server refuses to start, naming the key.
     let cfg = env.config("[workflows]\nmax_timeout_seconds = 9223372036854775807\n");
+    let out = env
+        .command(&["--config", cfg.to_str().unwrap(), "serve"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("workflows.max_timeout_seconds"), "{err}");
+    // The longest it accepts runs: step and run deadlines that far out are fine.
+    let ten_years = 10 * 365 * 24 * 3600u64;
+    let cfg = env.config(&format!("[workflows]\nmax_timeout_seconds = {ten_years}\n"));
     let c = env
         .stdio(Era::Modern, &["--config", cfg.to_str().unwrap()])
         .await;
-    ok(&c, "create_workflow", step(i64::MAX as u64)).await;
+    ok(&c, "create_workflow", step(ten_years)).await;
     let run = ok(
         &c,
         "execute_workflow",
-        json!({"workflow_name": "t", "timeout_seconds": i64::MAX, "wait_seconds": 20}),
+        json!({"workflow_name": "t", "timeout_seconds": ten_years, "wait_seconds": 20}),
     )
     .await;
     assert_eq!(run["status"], "succeeded", "{run}");
@@ -316,6 +330,77 @@ async fn arguments_must_have_the_shape_the_schema_publishes() {
         "WORKFLOW_NOT_FOUND",
     )
     .await;
+}
+
+/// 5. A step's own output is bounded apart from what rendered it: a literal
+/// value under `workflows.max_rendered_bytes` but over
+/// `workflows.max_step_output_bytes` fails its step, and an auto task's
+/// result is bounded the same way; nothing past the bound is stored.
+#[tokio::test]
+async fn a_steps_and_an_auto_tasks_output_are_bounded() {
+    let env = Env::new();
+    let cfg = env.config(
+        "[workflows]\nmax_rendered_bytes = 1048576\nmax_step_output_bytes = 262144\nmax_run_output_bytes = 4194304\n\n[tasks]\nmax_payload_bytes = 1048576\n",
+    );
+    let c = env
+        .stdio(Era::Legacy, &["--config", cfg.to_str().unwrap()])
+        .await;
+    let big = "z".repeat(300_000);
+    ok(
+        &c,
+        "create_workflow",
+        json!({"name": "big", "steps": [
+            {"name": "small", "module": "core", "action": "set", "parameters": {"value": "ok"}},
+            {"name": "large", "module": "core", "action": "set", "parameters": {"value": big}}]}),
+    )
+    .await;
+    let run = ok(
+        &c,
+        "execute_workflow",
+        json!({"workflow_name": "big", "wait_seconds": 40}),
+    )
+    .await;
+    let by = steps_by_name(&run);
+    assert_eq!(by["small"]["status"], "succeeded", "{run}");
+    assert_eq!(by["large"]["status"], "failed", "{run}");
+    assert_eq!(by["large"]["error"]["code"], "LIMIT_EXCEEDED");
+    let message = by["large"]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("workflows.max_step_output_bytes"),
+        "{message}"
+    );
+    let step = ok(
+        &c,
+        "get_workflow_run",
+        json!({"run_id": run["run_id"], "step": "large"}),
+    )
+    .await;
+    assert!(
+        !step.to_string().contains(&"z".repeat(1000)),
+        "nothing past the bound is stored"
+    );
+
+    let task = ok(
+        &c,
+        "create_task",
+        json!({"task": {"name": "large", "module": "core", "action": "set",
+                        "parameters": {"value": "z".repeat(300_000)}}}),
+    )
+    .await;
+    let done = ok(
+        &c,
+        "get_task",
+        json!({"task_id": task["task_id"], "wait_seconds": 30}),
+    )
+    .await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "LIMIT_EXCEEDED", "{done}");
+    let message = done["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("workflows.max_step_output_bytes"),
+        "{message}"
+    );
+    assert!(done["result"].is_null(), "{done}");
 }
 
 /// 5. A template bomb (each step echoes its predecessor twice) fails at the
@@ -470,32 +555,63 @@ async fn tcp(addr: &str) -> tokio::net::TcpStream {
 
 /// Read until the peer closes (or 30 s); what arrived.
 async fn read_to_close(s: &mut tokio::net::TcpStream) -> String {
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
-    String::from_utf8_lossy(&buf).to_string()
+    read_until_closed(s).await.0
 }
 
-/// 6. Slow and partial requests are cut off: headers that never finish, a
-/// body that never arrives, an idle keep-alive connection; and connections
-/// past `http.max_connections` are answered 503 while the others are served.
+/// What the server wrote, and whether it closed the connection within 15 s
+/// (false: it was still open when the test gave up waiting).
+async fn read_until_closed(s: &mut tokio::net::TcpStream) -> (String, bool) {
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&buf).to_string(), closed)
+}
+
+/// A server whose HTTP timeouts are 60 s except the ones given (so only those
+/// can close a connection within the tests' 15 s).
+async fn server_with_timeouts(env: &Env, http: &str) -> common::HttpServer {
+    let mut table = String::from("[http]\nmax_connections = 8\n");
+    for key in [
+        "header_read_timeout_seconds",
+        "body_read_timeout_seconds",
+        "idle_timeout_seconds",
+    ] {
+        if !http.contains(key) {
+            table.push_str(&format!("{key} = 60\n"));
+        }
+    }
+    table.push_str(http);
+    let cfg = env.config(&format!(
+        "[workflows]\ndefault_wait_seconds = 1\nmax_wait_seconds = 1\n\n{table}"
+    ));
+    env.http(&["--config", cfg.to_str().unwrap()]).await
+}
+
+/// 6. Slow and partial requests are cut off, each by its own timeout (the
+/// others are 60 s, so none can stand in for another): headers that never
+/// finish, a body that never arrives, an idle keep-alive connection; and
+/// connections past `http.max_connections` are answered 503 while the others
+/// are served.
 #[tokio::test]
 async fn slow_partial_and_surplus_connections_are_cut_off() {
     let env = Env::new();
-    let cfg = env.config(
-        "[workflows]\ndefault_wait_seconds = 1\nmax_wait_seconds = 1\n\n[http]\nheader_read_timeout_seconds = 1\nbody_read_timeout_seconds = 1\nidle_timeout_seconds = 2\nmax_connections = 8\n",
-    );
-    let server = env.http(&["--config", cfg.to_str().unwrap()]).await;
-    let host = format!("Host: {}\r\n", server.addr);
 
-    // Half a header: closed by the server.
+    // Half a header: closed by the server (http.header_read_timeout_seconds).
+    let server = server_with_timeouts(&env, "header_read_timeout_seconds = 1\n").await;
+    let host = format!("Host: {}\r\n", server.addr);
     let mut s = tcp(&server.addr).await;
     s.write_all(format!("POST /mcp HTTP/1.1\r\n{host}").as_bytes())
         .await
         .unwrap();
-    let got = read_to_close(&mut s).await;
+    let (got, closed) = read_until_closed(&mut s).await;
+    assert!(closed, "half a header is cut off by the header timeout");
     assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got}");
+    drop(server);
 
     // A body that does not come: 408 naming the key.
+    let server = server_with_timeouts(&env, "body_read_timeout_seconds = 1\n").await;
+    let host = format!("Host: {}\r\n", server.addr);
     let mut s = tcp(&server.addr).await;
     s.write_all(
         format!("POST /mcp HTTP/1.1\r\n{host}content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"jsonrpc\"")
@@ -503,16 +619,22 @@ async fn slow_partial_and_surplus_connections_are_cut_off() {
     )
     .await
     .unwrap();
-    let got = read_to_close(&mut s).await;
+    let (got, closed) = read_until_closed(&mut s).await;
+    assert!(closed, "a body that never comes is cut off");
     assert!(got.starts_with("HTTP/1.1 408"), "{got}");
     assert!(got.contains("http.body_read_timeout_seconds"), "{got}");
+    drop(server);
 
-    // A keep-alive connection that goes quiet after a request is closed.
+    // A keep-alive connection that goes quiet after a request is closed
+    // (http.idle_timeout_seconds; the header timeout is 60 s here).
+    let server = server_with_timeouts(&env, "idle_timeout_seconds = 2\n").await;
+    let host = format!("Host: {}\r\n", server.addr);
     let mut s = tcp(&server.addr).await;
     s.write_all(format!("GET /healthz HTTP/1.1\r\n{host}\r\n").as_bytes())
         .await
         .unwrap();
-    let got = read_to_close(&mut s).await;
+    let (got, closed) = read_until_closed(&mut s).await;
+    assert!(closed, "an idle keep-alive connection is closed");
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
 
     // Eight silent connections fill the server; the ninth is refused at once.
@@ -525,9 +647,12 @@ async fn slow_partial_and_surplus_connections_are_cut_off() {
     let got = read_to_close(&mut extra).await;
     assert!(got.starts_with("HTTP/1.1 503"), "{got}");
     assert!(got.contains("http.max_connections"), "{got}");
-    // The silent ones time out (header timeout); then clients are served again.
+    // The silent ones are idle: closed (idle timeout); then clients are served again.
     for mut h in held {
-        read_to_close(&mut h).await;
+        assert!(
+            read_until_closed(&mut h).await.1,
+            "a silent connection is closed"
+        );
     }
     let c = server.client(Era::Legacy, None).await;
     ok(&c, "get_health_status", json!({})).await;
@@ -542,9 +667,10 @@ async fn in_session(url: &str, token: &str, session: &str, method: reqwest::Meth
     }
 }
 
-/// 7 and 12. Transport sessions belong to their principal (another gets 404
-/// on POST, GET and DELETE) and are capped: a principal's least recently
-/// used session makes room for its next; past the total, new ones get 503.
+/// 7 and 12. Transport sessions belong to their principal (another gets 403
+/// on POST, GET and DELETE, as on the legacy SSE transport) and are capped: a
+/// principal's least recently used session makes room for its next (a request
+/// to it is told why, with the config key); past the total, new ones get 503.
 #[tokio::test]
 async fn transport_sessions_are_bound_to_their_principal_and_capped() {
     let env = Env::new();
@@ -565,7 +691,7 @@ async fn transport_sessions_are_bound_to_their_principal_and_capped() {
         reqwest::Method::GET,
         reqwest::Method::DELETE,
     ] {
-        assert_eq!(in_session(url, BOB_TOKEN, &a, m).await, 404);
+        assert_eq!(in_session(url, BOB_TOKEN, &a, m).await, 403);
     }
     // Alice's session survived bob's attempts.
     assert_eq!(
@@ -586,6 +712,22 @@ async fn transport_sessions_are_bound_to_their_principal_and_capped() {
             "session {i}"
         );
     }
+    let gone = reqwest::Client::new()
+        .post(url.as_str())
+        .bearer_auth(ALICE_TOKEN)
+        .header("mcp-session-id", &ids[0])
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let body = gone.text().await.unwrap();
+    assert!(
+        body.contains("http.max_sessions_per_principal"),
+        "an evicted session says why: {body}"
+    );
     // Bob gets two more; the total of five is then reached.
     initialize(url, BOB_TOKEN).await.unwrap();
     initialize(url, BOB_TOKEN).await.unwrap();

@@ -20,14 +20,42 @@ fn config(env: &Env) -> std::path::PathBuf {
     )
 }
 
+/// Three servers started at the same moment (as clients that start with the
+/// desktop do), on a data directory none of them has opened before.
 async fn three(env: &Env) -> Vec<Client> {
     let cfg = config(env);
     let cfg = cfg.to_str().unwrap().to_string();
-    let mut out = Vec::new();
-    for era in [Era::Legacy, Era::Modern, Era::Legacy] {
-        out.push(env.stdio(era, &["--config", &cfg]).await);
+    let args = ["--config", cfg.as_str()];
+    futures::future::join_all(
+        [Era::Legacy, Era::Modern, Era::Legacy].map(|era| env.stdio(era, &args)),
+    )
+    .await
+}
+
+/// Processes that open a fresh data directory at the same moment all start
+/// and serve (the first creates the tables while the others wait their turn),
+/// five times over.
+#[tokio::test]
+async fn processes_started_at_once_on_a_fresh_directory_all_serve() {
+    for _ in 0..5 {
+        let env = Env::new();
+        let cfg = config(&env);
+        let cfg = cfg.to_str().unwrap().to_string();
+        let args = ["--config", cfg.as_str()];
+        let cs = futures::future::join_all((0..4).map(|_| env.stdio(Era::Legacy, &args))).await;
+        for c in &cs {
+            let h = ok(c, "get_health_status", json!({})).await;
+            assert_eq!(h["overall_status"], "healthy", "{h}");
+        }
+        let st = ok(&cs[0], "get_system_status", json!({})).await;
+        let serving = st["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == "serve")
+            .count();
+        assert!(serving >= 4, "{st}");
     }
-    out
 }
 
 /// A step that appends `<run>/<name>` to `log` (then sleeps `pause` seconds).
@@ -271,6 +299,117 @@ async fn a_killed_servers_run_is_finished_by_another() {
         "{}",
         st["processes"]
     );
+}
+
+/// A process that hangs (SIGSTOP: alive, but its heartbeats stop) loses its
+/// run when the lease expires: another process takes the run over and
+/// finishes it, and the hung one, when it wakes up, runs nothing more of it.
+/// The processes list shows each process with its kind, pid, start and last
+/// heartbeat.
+#[tokio::test]
+async fn a_hung_servers_run_is_taken_over_when_its_lease_expires() {
+    let env = Env::new();
+    let log = env.path().join("executions.log");
+    let cfg = config(&env);
+    let cfg = cfg.to_str().unwrap().to_string();
+    let (a, pid) = env.stdio_pid(Era::Legacy, &["--config", &cfg]).await;
+    let b = env.stdio(Era::Modern, &["--config", &cfg]).await;
+    let st = ok(&b, "get_system_status", json!({})).await;
+    let listed = st["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == json!(pid))
+        .unwrap_or_else(|| panic!("the other process is listed: {st}"))
+        .clone();
+    assert_eq!(listed["kind"], "serve", "{listed}");
+    assert_eq!(listed["this_process"], false, "{listed}");
+    for field in ["started_at", "last_heartbeat"] {
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(listed[field].as_str().unwrap_or_default())
+                .is_ok(),
+            "{field} is a time: {listed}"
+        );
+    }
+    ok(
+        &a,
+        "create_workflow",
+        json!({"name": "hung", "scope": "global", "steps": [
+        counted("a", &[], &log, 0), counted("b", &["a"], &log, 2), counted("c", &["b"], &log, 0)]}),
+    )
+    .await;
+    let run = ok(
+        &a,
+        "execute_workflow",
+        json!({"workflow_name": "hung", "wait_seconds": 0}),
+    )
+    .await;
+    let id = run["run_id"].clone();
+    let rid = id.as_str().unwrap().to_string();
+    wait_for_step(&b, &id, "b", "running").await;
+    signal(pid as i32, "STOP");
+    let done = finish(&b, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The hung process wakes up: it has lost the run and runs none of it.
+    signal(pid as i32, "CONT");
+    ok(&a, "get_health_status", json!({})).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let n = executions(&log);
+    assert_eq!(n[&format!("{rid}/a")], 1, "{n:?}");
+    assert_eq!(
+        n[&format!("{rid}/c")],
+        1,
+        "c ran once, by the new owner: {n:?}"
+    );
+    let after = ok(&a, "get_workflow_run", json!({"run_id": id})).await;
+    assert_eq!(after["status"], "succeeded", "{after}");
+}
+
+/// An auto task whose process is killed mid-run is run again by another
+/// process on the store (its interrupted attempt counted).
+#[tokio::test]
+async fn a_killed_servers_auto_task_is_finished_by_another() {
+    let env = Env::new();
+    let log = env.path().join("executions.log");
+    let cfg = config(&env);
+    let cfg = cfg.to_str().unwrap().to_string();
+    let (a, pid) = env.stdio_pid(Era::Legacy, &["--config", &cfg]).await;
+    let b = env.stdio(Era::Modern, &["--config", &cfg]).await;
+    let session = ok(&a, "create_session", json!({"name": "auto"})).await["session_id"].clone();
+    let t = ok(
+        &a,
+        "create_task",
+        json!({"session_id": session, "task": {"name": "slow", "module": "shell", "action": "run",
+            "parameters": {"command": format!("echo slow >> {}; sleep 3", log.display()), "shell": true}}}),
+    )
+    .await;
+    let tid = t["task_id"].clone();
+    for _ in 0..400 {
+        if executions(&log).contains_key("slow") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    signal(pid as i32, "KILL");
+    let mut done = Value::Null;
+    for _ in 0..10 {
+        done = ok(
+            &b,
+            "get_task",
+            json!({"session_id": session, "task_id": tid, "wait_seconds": 30}),
+        )
+        .await;
+        if done["status"] == "succeeded" || done["status"] == "failed" {
+            break;
+        }
+    }
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        executions(&log)["slow"],
+        2,
+        "attempted again after the kill"
+    );
+    assert_eq!(done["attempts"], 2, "{done}");
 }
 
 /// An exclusive lock is held by one process's session at a time (each holder

@@ -296,6 +296,63 @@ async fn sse_has_the_same_protections_as_mcp() {
     );
 }
 
+/// SSE streams are capped per principal and in all (the same numbers as
+/// Streamable HTTP sessions, counted on their own): past them a new stream
+/// gets 429 naming the key; closing one makes room again.
+#[tokio::test]
+async fn sse_streams_are_capped_per_principal_and_in_all() {
+    let env = Env::new();
+    let (alice, bob) = ("alice-sse-token-0123456789", "bob-sse-token-0123456789");
+    let (fa, fb) = (env.path().join("a.token"), env.path().join("b.token"));
+    std::fs::write(&fa, alice).unwrap();
+    std::fs::write(&fb, bob).unwrap();
+    let cfg = env.config(&format!(
+        "[http]\nmax_sessions = 3\nmax_sessions_per_principal = 2\n[[auth.tokens]]\nname = \"alice\"\ntoken_file = \"{}\"\n[[auth.tokens]]\nname = \"bob\"\ntoken_file = \"{}\"\n",
+        fa.display(),
+        fb.display()
+    ));
+    let server = env.http(&["--config", cfg.to_str().unwrap()]).await;
+    let refused = |token: &'static str| {
+        let url = format!("http://{}/sse", server.addr);
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+    };
+    let a1 = Stream::open(&server.addr, Some(alice)).await;
+    let _a2 = Stream::open(&server.addr, Some(alice)).await;
+    let (status, body) = refused(alice).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("http.max_sessions_per_principal"), "{body}");
+    let _b1 = Stream::open(&server.addr, Some(bob)).await;
+    let (status, body) = refused(bob).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("http.max_sessions"), "{body}");
+    // A closed stream makes room for its principal.
+    drop(a1);
+    let mut again = None;
+    for _ in 0..100 {
+        let r = reqwest::Client::new()
+            .get(format!("http://{}/sse", server.addr))
+            .bearer_auth(alice)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            again = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "a closed stream's place is free again");
+}
+
 #[tokio::test]
 async fn keep_alives_flow_and_dropped_streams_leave_nothing_behind() {
     let env = Env::new();

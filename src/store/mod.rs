@@ -586,6 +586,14 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
         None
     }
+
+    /// A stamp that moves whenever any connection has committed to the store
+    /// since it was last looked at (SQLite's `PRAGMA data_version`, polled
+    /// every `cluster.signal_poll_ms`); None where there is no cheap stamp
+    /// (a waiter polls the store instead).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// What [`Store::allocate`] asks: given the active allocations and the waiting

@@ -155,22 +155,33 @@ impl PostgresStore {
         let url = url.as_str();
         let mut opts = PgConnectOptions::from_str(url)
             .map_err(|e| anyhow::anyhow!("store '{}': {e}", redact(url)))?;
+        // Processes opening one database (and schema) at the same moment take
+        // turns until the tables are migrated: CREATE SCHEMA IF NOT EXISTS and
+        // sqlx's own bookkeeping table race otherwise (a unique violation in
+        // the catalog). A session advisory lock, on a connection of its own.
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {}: {e}", redact(url)))?;
+        let mut turn = admin
+            .acquire()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {}: {e}", redact(url)))?;
+        let key = format!("myrmex open {}", schema.as_deref().unwrap_or("public"));
+        query("SELECT pg_advisory_lock(hashtext(?1))")
+            .bind(&key)
+            .execute(&mut *turn)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot take the opening lock in {}: {e}", redact(url)))?;
         if let Some(schema) = &schema {
-            let admin = PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with(opts.clone())
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot connect to PostgreSQL at {}: {e}", redact(url))
-                })?;
             query(AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
             )))
-            .execute(&admin)
+            .execute(&mut *turn)
             .await
             .map_err(|e| anyhow::anyhow!("cannot create schema {schema}: {e}"))?;
-            admin.close().await;
             opts = opts.options([("search_path", schema.as_str())]);
         }
         let pool = PgPoolOptions::new()
@@ -191,6 +202,9 @@ impl PostgresStore {
         event_defaults(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("cannot prepare the event log in {}: {e}", redact(url)))?;
+        // Closing the connection ends the session and its lock.
+        drop(turn);
+        admin.close().await;
         let (tx, rx) = tokio::sync::mpsc::channel(4 * GROUP_COMMIT_MAX);
         tokio::spawn(writer(pool.clone(), rx));
         let channel = format!("myrmex_{}", schema.as_deref().unwrap_or("public")).to_lowercase();

@@ -26,6 +26,8 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Topics other processes (and this one) signalled, seen by the poller.
     events: tokio::sync::broadcast::Sender<String>,
+    /// Moves when another connection (of any process) has committed.
+    changes: tokio::sync::watch::Sender<u64>,
     /// Run and step updates go through one writer that commits whatever is
     /// queued in a single transaction (group commit): one fsync for many updates.
     writes: tokio::sync::mpsc::Sender<Write>,
@@ -159,13 +161,14 @@ async fn watch_signals(
     mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
     every: Duration,
     events: tokio::sync::broadcast::Sender<String>,
+    changes: tokio::sync::watch::Sender<u64>,
 ) {
     let mut version: Option<i64> = None;
     let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     let mut first = true;
     loop {
         tokio::time::sleep(every).await;
-        if events.receiver_count() == 0 && !first {
+        if events.receiver_count() == 0 && changes.receiver_count() == 0 && !first {
             continue;
         }
         let v: Result<i64, sqlx::Error> = query("PRAGMA data_version")
@@ -184,6 +187,7 @@ async fn watch_signals(
             continue;
         }
         version = Some(v);
+        changes.send_modify(|n| *n += 1);
         let rows = match query("SELECT topic, counter FROM signals")
             .fetch_all(&mut *conn)
             .await
@@ -236,6 +240,9 @@ impl SqliteStore {
                 anyhow::anyhow!("cannot create data directory {}: {e}", dir.display())
             })?;
         }
+        // Held until the tables are migrated: processes that open one data
+        // directory at the same moment take turns.
+        let _opening = open_lock(path).await?;
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -263,18 +270,46 @@ impl SqliteStore {
             .map_err(|e| anyhow::anyhow!("cannot open SQLite store {}: {e}", path.display()))?;
         tokio::spawn(writer(conn, rx));
         let (events, _) = tokio::sync::broadcast::channel(256);
+        let (changes, _) = tokio::sync::watch::channel(0);
         let watcher = pool
             .acquire()
             .await
             .map_err(|e| anyhow::anyhow!("cannot open SQLite store {}: {e}", path.display()))?;
-        tokio::spawn(watch_signals(watcher, o.signal_poll, events.clone()));
+        tokio::spawn(watch_signals(
+            watcher,
+            o.signal_poll,
+            events.clone(),
+            changes.clone(),
+        ));
         Ok(Self {
             pool,
             path: path.to_path_buf(),
             writes: tx,
             events,
+            changes,
         })
     }
+}
+
+/// An exclusive lock on `<database>.lock`, taken while a process creates
+/// and migrates the database: sqlx's migration lock does nothing on SQLite,
+/// so two processes starting at once on a fresh data directory would both
+/// try to create the tables (`table ... already exists`). The lock is the
+/// operating system's (`flock`), released when the file handle is dropped or
+/// the process dies.
+async fn open_lock(path: &Path) -> anyhow::Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", lock_path.display()))?;
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot lock {}: {e}", lock_path.display()))
 }
 
 impl SqliteStore {
@@ -361,6 +396,10 @@ super::rows::sql_store!(SqliteStore, {
 
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
         Some(self.events.subscribe())
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
     }
 
     async fn insert_run(&self, run: &RunRecord, steps: &[StepRecord]) -> StoreResult<()> {

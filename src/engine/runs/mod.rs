@@ -20,6 +20,27 @@ use tokio_util::sync::CancellationToken;
 
 pub mod scheduler;
 
+/// Test-only fault injection: a step name listed here makes the run's driver
+/// (or the step's own task, outside its action) panic at that step, to test
+/// what a bug in myrmex itself leaves behind.
+#[cfg(test)]
+pub(crate) mod fault {
+    use std::sync::Mutex;
+    pub static DRIVER: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    pub static STEP_TASK: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    pub fn hit(list: &Mutex<Vec<String>>, step: &str) {
+        if list
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|s| s == step)
+        {
+            panic!("injected fault at step '{step}'");
+        }
+    }
+}
+
 use super::attempts::{self, abandon_note, sleep_until};
 use super::resources::{Owner, Requirements, ResourceManager};
 use super::workflows::condition;
@@ -701,6 +722,8 @@ impl RunManager {
             while let Some((i, verdict)) = plan.next_settled() {
                 let s = &spec.steps[i];
                 active.at(&s.name);
+                #[cfg(test)]
+                fault::hit(&fault::DRIVER, &s.name);
                 let decision = match verdict {
                     Verdict::DependencyFailed(d) => Some((
                         StepStatus::Skipped,
@@ -1157,6 +1180,8 @@ fn step_owner(session_id: &str, principal: &str, run_id: &str, step: &str) -> Ow
 impl StepTask {
     /// Run the step to a final state (or until the run is stopped) and return its record.
     async fn run(mut self) -> StepRecord {
+        #[cfg(test)]
+        fault::hit(&fault::STEP_TASK, &self.rec.name);
         let key = format!("{}/{}", self.run_id, self.spec.name);
         let result = match self.acquire().await {
             Ok(true) => self.attempts().await,
@@ -1622,5 +1647,77 @@ mod tests {
         let e3 = engine(store.clone(), dir.path()).await;
         assert_eq!(e3.runs().active_count(), 0);
         assert_eq!(e3.runs().resume_all().await.unwrap(), 0);
+    }
+
+    /// A panic in the driver itself (a bug in myrmex, not in an action) ends
+    /// the run failed with INTERNAL_ERROR naming the step it was at; the step
+    /// is failed too, and no later start runs into the same panic again.
+    #[tokio::test]
+    async fn a_panicking_driver_fails_its_run_at_the_step_and_is_not_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::default());
+        let e = engine(store.clone(), dir.path()).await;
+        fault::DRIVER
+            .lock()
+            .unwrap()
+            .push("driver-doomed-step".into());
+        let wf = spec(json!({"name": "doomed", "steps": [
+            {"name": "first", "module": "core", "action": "echo"},
+            {"name": "driver-doomed-step", "module": "core", "action": "echo", "dependencies": ["first"]}
+        ]}));
+        e.create_workflow(&Principal::local(), None, wf, Scope::Session)
+            .await
+            .unwrap();
+        let run = execute(&e, "doomed", 20).await;
+        assert_eq!(run.status, "failed", "{run:?}");
+        let rec = store.get_run(&run.run_id).await.unwrap().unwrap();
+        let err: Value = serde_json::from_str(rec.error.as_deref().unwrap()).unwrap();
+        assert_eq!(err["code"], "INTERNAL_ERROR", "{err}");
+        let msg = err["message"].as_str().unwrap();
+        assert!(msg.contains("at step 'driver-doomed-step'"), "{msg}");
+        assert!(msg.contains("injected fault"), "{msg}");
+        let steps = store.run_steps(&run.run_id).await.unwrap();
+        let by: HashMap<&str, &StepRecord> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
+        assert_eq!(by["first"].status, StepStatus::Succeeded);
+        assert_eq!(by["driver-doomed-step"].status, StepStatus::Failed);
+        e.stop();
+        e.wait_idle(Duration::from_secs(5)).await;
+        let e2 = engine(store.clone(), dir.path()).await;
+        assert_eq!(e2.runs().resume_all().await.unwrap(), 0);
+        assert_eq!(e2.runs().active_count(), 0);
+        e2.stop();
+    }
+
+    /// A panic in a step's own task (outside its action) fails that step with
+    /// INTERNAL_ERROR; the run goes on with the others.
+    #[tokio::test]
+    async fn a_panicking_step_task_fails_its_step_and_the_run_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::default());
+        let e = engine(store.clone(), dir.path()).await;
+        fault::STEP_TASK
+            .lock()
+            .unwrap()
+            .push("task-doomed-step".into());
+        let wf = spec(json!({"name": "half", "on_failure": "continue", "steps": [
+            {"name": "task-doomed-step", "module": "core", "action": "echo"},
+            {"name": "fine", "module": "core", "action": "echo"}
+        ]}));
+        e.create_workflow(&Principal::local(), None, wf, Scope::Session)
+            .await
+            .unwrap();
+        let run = execute(&e, "half", 20).await;
+        assert_eq!(run.status, "failed", "{run:?}");
+        let by: HashMap<&str, &super::super::workflows::StepView> =
+            run.steps.iter().map(|s| (s.name.as_str(), s)).collect();
+        assert_eq!(by["fine"].status, "succeeded");
+        assert_eq!(by["task-doomed-step"].status, "failed");
+        let err = serde_json::to_value(&by["task-doomed-step"].error).unwrap();
+        assert_eq!(err["code"], "INTERNAL_ERROR", "{err}");
+        assert!(
+            err["message"].as_str().unwrap().contains("injected fault"),
+            "{err}"
+        );
+        e.stop();
     }
 }

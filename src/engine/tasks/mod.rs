@@ -363,9 +363,6 @@ const MAX_CONFLICT_TRIES: u32 = 8;
 /// How an agent ends its claim: done (result, summary), or failed (error, retryable).
 type ClaimOutcome = std::result::Result<(Option<Value>, Option<String>), (String, bool)>;
 
-/// How often a wait re-reads a shared store for changes made by other processes.
-const SHARED_POLL: Duration = Duration::from_millis(200);
-
 /// Every task graph this process has loaded.
 pub struct TaskManager {
     store: Arc<dyn Store>,
@@ -1749,10 +1746,29 @@ impl TaskManager {
         Ok(expired.len())
     }
 
+    /// Resolves when another process may have changed a shared store: its
+    /// change stamp moved (SQLite's, read every `cluster.signal_poll_ms`), or,
+    /// on a store without one, `cluster.signal_poll_ms` passed.
+    async fn store_moved(&self, stamp: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+        match stamp {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            }
+            None => tokio::time::sleep(self.signal_poll()).await,
+        }
+    }
+
+    fn signal_poll(&self) -> Duration {
+        Duration::from_millis(self.cluster.signal_poll_ms)
+    }
+
     /// `next`, waiting up to `wait` while nothing is claimable but the graph
     /// is not finished. It looks again when this process changes the graph,
-    /// when a lease ends, and (tasks waiting for resources, or other
-    /// processes on the store) every [`SHARED_POLL`].
+    /// when a lease ends, when another process on the store commits
+    /// ([`Self::store_moved`]), and every `cluster.signal_poll_ms` while
+    /// tasks wait for resources.
     pub async fn next_within(
         &self,
         session: &Session,
@@ -1765,6 +1781,7 @@ impl TaskManager {
         let deadline = crate::model::bounds::deadline_after(wait);
         loop {
             let mut rx = sg.changed.subscribe();
+            let mut stamp = self.store.changes().filter(|_| self.shared);
             let claim = self.next(session, agent, tags, lease_seconds).await?;
             if claim.state != ClaimState::NothingReadyYet || tokio::time::Instant::now() >= deadline
             {
@@ -1774,12 +1791,12 @@ impl TaskManager {
                 let ms = (end - self.now()).clamp(0, wait.as_millis() as i64) as u64;
                 tokio::time::Instant::now() + Duration::from_millis(ms + 1)
             });
-            let poll = self.shared || claim.counts.waiting_resources > 0;
             tokio::select! {
                 _ = rx.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = tokio::time::sleep_until(lease_end.unwrap_or(deadline)), if lease_end.is_some() => {}
-                _ = tokio::time::sleep(SHARED_POLL), if poll => {}
+                _ = self.store_moved(&mut stamp), if self.shared => {}
+                _ = tokio::time::sleep(self.signal_poll()), if claim.counts.waiting_resources > 0 => {}
                 _ = self.shutdown.cancelled() => return Ok(claim),
             }
         }
@@ -2201,6 +2218,7 @@ impl TaskManager {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let mut rx = sg.changed.subscribe();
+            let mut stamp = self.store.changes().filter(|_| self.shared);
             let t = {
                 let g = self.lock(&sg, session.max_parallel_tasks).await?;
                 g.tasks()
@@ -2215,7 +2233,7 @@ impl TaskManager {
                 _ = rx.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 // Another process may be running it: look at the store again.
-                _ = tokio::time::sleep(SHARED_POLL), if self.shared => {}
+                _ = self.store_moved(&mut stamp), if self.shared => {}
             }
         }
     }

@@ -1,14 +1,15 @@
 //! Streamable HTTP transport sessions (`Mcp-Session-Id`, protocol
 //! 2025-11-25) belong to the principal that initialized them: any other
-//! principal presenting the id gets the same 404 as for an unknown session,
-//! on every method (POST, GET streams, DELETE). A DELETE of a live session
+//! principal presenting the id gets 403 on every method (POST, GET streams,
+//! DELETE), as on the legacy SSE transport. A DELETE of a live session
 //! answers 204; of an unknown or ended one, 404. Sessions are capped per
 //! principal (`http.max_sessions_per_principal`: the principal's least
-//! recently used one is closed to make room) and in total
+//! recently used one is closed to make room, and a later request to it is
+//! told so) and in total
 //! (`http.max_sessions`: a new one is refused with 503), and rmcp closes a
 //! session idle for `http.session_idle_seconds`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,6 +25,8 @@ use super::auth::error_response;
 use crate::engine::Principal;
 
 const HEADER: &str = "mcp-session-id";
+/// How many evicted session ids are remembered to say why they are gone.
+const EVICTED_KEPT: usize = 1024;
 
 struct Owned {
     principal: Principal,
@@ -35,6 +38,8 @@ pub struct Sessions {
     engine: crate::engine::Engine,
     manager: Arc<LocalSessionManager>,
     owners: Mutex<HashMap<String, Owned>>,
+    /// Sessions closed to make room under the per-principal cap, newest last.
+    evicted: Mutex<VecDeque<String>>,
     per_principal: usize,
     total: usize,
 }
@@ -48,6 +53,7 @@ impl Sessions {
         Arc::new(Self {
             manager: Arc::new(manager),
             owners: Mutex::new(HashMap::new()),
+            evicted: Mutex::new(VecDeque::new()),
             per_principal: cfg.max_sessions_per_principal,
             total: cfg.max_sessions,
             engine: engine.clone(),
@@ -102,6 +108,11 @@ impl Sessions {
             tracing::info!(session = %id, principal = %p.name(), "closing the least recently used MCP session (http.max_sessions_per_principal)");
             let _ = self.manager.close_session(&Arc::from(id.as_str())).await;
             self.owners().remove(id);
+            let mut evicted = self.evicted.lock().unwrap_or_else(|p| p.into_inner());
+            if evicted.len() == EVICTED_KEPT {
+                evicted.pop_front();
+            }
+            evicted.push_back(id.clone());
         }
         self.counted();
         self.owners().len() < self.total
@@ -126,6 +137,27 @@ fn not_found() -> Response {
     )
 }
 
+/// A session closed to make room for a newer one of the same principal.
+fn evicted(per_principal: usize) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        &format!(
+            "this MCP session was closed to make room: its principal opened more than {per_principal} (http.max_sessions_per_principal)"
+        ),
+        "Initialize a new session, reuse one session per client, or raise http.max_sessions_per_principal.",
+    )
+}
+
+fn foreign() -> Response {
+    error_response(
+        StatusCode::FORBIDDEN,
+        "PERMISSION_DENIED",
+        "this MCP session belongs to another principal",
+        "Use the Mcp-Session-Id your own initialize returned.",
+    )
+}
+
 /// The ownership and cap checks, around rmcp's Streamable HTTP service.
 pub async fn bind(State(s): State<Arc<Sessions>>, req: Request, next: Next) -> Response {
     let Some(p) = req.extensions().get::<Principal>().cloned() else {
@@ -141,8 +173,19 @@ pub async fn bind(State(s): State<Arc<Sessions>>, req: Request, next: Next) -> R
             let mut owners = s.owners();
             match owners.get_mut(&id) {
                 Some(o) if o.principal == p => o.last_used = Instant::now(),
-                // Another principal's, or never opened through this server.
-                _ => return not_found(),
+                Some(_) => return foreign(),
+                None => {
+                    let evicted_here = s
+                        .evicted
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(&id);
+                    return if evicted_here {
+                        evicted(s.per_principal)
+                    } else {
+                        not_found()
+                    };
+                }
             }
         }
         if req.method() != Method::DELETE {
