@@ -145,13 +145,28 @@ async fn main() {
     // The same, with the agent waiting in next_task (wait_seconds) before the
     // task exists: the delay is the other process's wake-up (the store's
     // change stamp, read every cluster.signal_poll_ms).
+    // A fresh session, kept unfinished by a task the agent never takes (its
+    // tag is not the agent's), so that a wait waits instead of answering
+    // graph_finished.
+    let session = call(&a, "create_session", json!({"name": "waits"})).await["session_id"].clone();
+    call(
+        &a,
+        "create_task",
+        json!({"session_id": session, "task": {"name": "keep-open", "tags": ["other"]}}),
+    )
+    .await;
     let b = std::sync::Arc::new(b);
     let mut got = Vec::with_capacity(delays);
     for i in 0..delays {
         let waiter = {
-            let b = b.clone();
+            let (b, session) = (b.clone(), session.clone());
             tokio::spawn(async move {
-                let claim = call(&b, "next_task", json!({"agent": "b", "wait_seconds": 10})).await;
+                let claim = call(
+                    &b,
+                    "next_task",
+                    json!({"session_id": session, "agent": "b", "tags": ["b"], "wait_seconds": 10}),
+                )
+                .await;
                 (claim, Instant::now())
             })
         };
@@ -160,7 +175,7 @@ async fn main() {
         call(
             &a,
             "create_task",
-            json!({"task": {"name": format!("w{i}")}}),
+            json!({"session_id": session, "task": {"name": format!("w{i}"), "tags": ["b"]}}),
         )
         .await;
         let (claim, at) = waiter.await.unwrap();

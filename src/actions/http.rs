@@ -166,27 +166,36 @@ async fn resolve_checked(policy: &Policy, host: &str) -> Result<Vec<SocketAddr>,
 pub struct Http {
     config: HttpModuleConfig,
     policy: Arc<Policy>,
-    client: Result<reqwest::Client, String>,
+    /// Built on the first request, not at start: building loads the system's
+    /// CA certificates (~150 files), which a server whose http module is
+    /// never used (it is off by default) should not pay for.
+    client: std::sync::OnceLock<Result<reqwest::Client, String>>,
 }
 
 impl Http {
     pub fn new(config: &HttpModuleConfig) -> Self {
         let policy = Arc::new(Policy::new(config));
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            // Direct connections only: a proxy would resolve names where the policy cannot see.
-            .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver {
-                policy: policy.clone(),
-            }))
-            .user_agent(concat!("myrmex/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| e.to_string());
         Self {
             config: config.clone(),
             policy,
-            client,
+            client: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The client, built once on first use.
+    fn client(&self) -> &Result<reqwest::Client, String> {
+        self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                // Direct connections only: a proxy would resolve names where the policy cannot see.
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver {
+                    policy: self.policy.clone(),
+                }))
+                .user_agent(concat!("myrmex/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// Check one URL (the first or a redirect target) against the policy.
@@ -245,7 +254,7 @@ impl Http {
     }
 
     async fn request(&self, p: &Value) -> Result<Value, ActionError> {
-        let client = self.client.as_ref().map_err(|e| {
+        let client = self.client().as_ref().map_err(|e| {
             ActionError::new(
                 ErrorCode::InternalError,
                 format!("the HTTP client could not be built: {e}"),

@@ -120,6 +120,22 @@ const TOUCH_EVERY_MS: i64 = 1000;
 /// Sessions closed by one sweep at most (the next sweep takes the rest).
 const SWEEP_BATCH: u32 = 500;
 
+/// Sessions remembered at most (past it the memory starts again empty).
+const RECENT_MAX: usize = 4096;
+
+/// Session records read from the store within the last [`TOUCH_EVERY_MS`],
+/// and each principal's default session: a call in a session reads its record
+/// from the store at most once per that interval (when it also records the
+/// activity), not on every call. A close in this process forgets the session
+/// at once; a close by another process is seen within the interval.
+#[derive(Default)]
+struct Recent {
+    /// Session id → (record, when it was read from the store).
+    by_id: std::collections::HashMap<String, (SessionRecord, i64)>,
+    /// Principal → its default session's id.
+    default_of: std::collections::HashMap<String, String>,
+}
+
 #[derive(Clone)]
 pub struct SessionRegistry {
     store: Arc<dyn Store>,
@@ -127,6 +143,7 @@ pub struct SessionRegistry {
     limits: LimitsConfig,
     /// Where "now" comes from: activity, idle TTLs and lifetimes by it.
     clock: Arc<dyn Clock>,
+    recent: Arc<std::sync::Mutex<Recent>>,
 }
 
 impl SessionRegistry {
@@ -136,6 +153,7 @@ impl SessionRegistry {
             sessions: config.sessions.clone(),
             limits: config.limits.clone(),
             clock: Arc::new(SystemClock),
+            recent: Arc::default(),
         }
     }
 
@@ -165,21 +183,78 @@ impl SessionRegistry {
     /// The session a tool call works in: the given one (which must be active),
     /// or the principal's default session, created on first use. Records activity.
     pub async fn resolve(&self, principal: &Principal, id: Option<&str>) -> Result<Session> {
-        let rec = match id {
-            Some(id) => {
-                let rec = self.visible(principal, id).await?;
-                if rec.status != SessionStatus::Active {
-                    return Err(closed_error(&rec));
-                }
+        let now = self.clock.now_ms();
+        let rec = match self.remembered(principal, id, now) {
+            Some(rec) => rec,
+            None => {
+                let rec = match id {
+                    Some(id) => {
+                        let rec = self.visible(principal, id).await?;
+                        if rec.status != SessionStatus::Active {
+                            return Err(closed_error(&rec));
+                        }
+                        rec
+                    }
+                    None => self.default_record(principal).await?,
+                };
+                self.remember(&rec, now);
                 rec
             }
-            None => self.default_record(principal).await?,
         };
-        let now = self.clock.now_ms();
         if now - rec.last_active_at >= TOUCH_EVERY_MS {
             self.store.touch_session(&rec.id, now).await?;
+            if let Some((r, _)) = self.recent().by_id.get_mut(&rec.id) {
+                r.last_active_at = now;
+            }
         }
         to_session(rec)
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The active session `id` (or the principal's default one) as read from
+    /// the store less than [`TOUCH_EVERY_MS`] ago, if it was.
+    fn remembered(
+        &self,
+        principal: &Principal,
+        id: Option<&str>,
+        now: i64,
+    ) -> Option<SessionRecord> {
+        let recent = self.recent();
+        let id = match id {
+            Some(id) => id,
+            None => recent.default_of.get(principal.name())?.as_str(),
+        };
+        let (rec, read_at) = recent.by_id.get(id)?;
+        ((0..TOUCH_EVERY_MS).contains(&(now - read_at))
+            && rec.principal == principal.name()
+            && rec.status == SessionStatus::Active)
+            .then(|| rec.clone())
+    }
+
+    fn remember(&self, rec: &SessionRecord, now: i64) {
+        let mut recent = self.recent();
+        if recent.by_id.len() >= RECENT_MAX {
+            *recent = Recent::default();
+        }
+        if rec.is_default {
+            recent
+                .default_of
+                .insert(rec.principal.clone(), rec.id.clone());
+        }
+        recent.by_id.insert(rec.id.clone(), (rec.clone(), now));
+    }
+
+    /// Forget a session this process closed.
+    fn forget(&self, id: &str) {
+        let mut recent = self.recent();
+        if let Some((rec, _)) = recent.by_id.remove(id)
+            && recent.default_of.get(&rec.principal).map(String::as_str) == Some(id)
+        {
+            recent.default_of.remove(&rec.principal);
+        }
     }
 
     /// A page of the principal's sessions, oldest first.
@@ -205,6 +280,7 @@ impl SessionRegistry {
     /// Close an active session. Closing a closed session is a `SESSION_CLOSED`
     /// error and changes nothing.
     pub async fn close(&self, principal: &Principal, id: &str) -> Result<Session> {
+        self.forget(id);
         let rec = self.visible(principal, id).await?;
         if rec.status != SessionStatus::Active
             || !self
@@ -225,6 +301,7 @@ impl SessionRegistry {
         let mut closed = Vec::new();
         for rec in self.store.expired_sessions(now, SWEEP_BATCH).await? {
             let (_, reason) = rec.expiry();
+            self.forget(&rec.id);
             if self.store.close_session(&rec.id, now, reason).await? {
                 tracing::info!(session = %rec.id, reason, "session closed by sweeper");
                 closed.push(rec.id);

@@ -72,15 +72,21 @@ impl MyrmexServer {
         }
     }
 
-    /// Every tool myrmex serves.
+    /// Every tool myrmex serves. Built once per process (each build checks
+    /// every tool's name and schema) and cloned for each use.
     pub fn router() -> ToolRouter<Self> {
-        Self::sessions_router()
-            + Self::system_router()
-            + Self::workflows_router()
-            + Self::tasks_router()
-            + Self::resources_router()
-            + Self::modules_router()
-            + Self::projects_router()
+        static BUILT: std::sync::OnceLock<ToolRouter<MyrmexServer>> = std::sync::OnceLock::new();
+        BUILT
+            .get_or_init(|| {
+                Self::sessions_router()
+                    + Self::system_router()
+                    + Self::workflows_router()
+                    + Self::tasks_router()
+                    + Self::resources_router()
+                    + Self::modules_router()
+                    + Self::projects_router()
+            })
+            .clone()
     }
 }
 
