@@ -181,6 +181,15 @@ impl Engine {
     /// Read every number of [`PerformanceMetrics`] (counts need the store: they
     /// stay empty when its probe fails).
     pub async fn performance_metrics(&self) -> Result<PerformanceMetrics> {
+        Ok(self.metrics_and_task_stats().await?.0)
+    }
+
+    /// [`Self::performance_metrics`] and the task statistics read for them
+    /// (None when the store's probe failed), for the system status to use
+    /// rather than read again.
+    pub(crate) async fn metrics_and_task_stats(
+        &self,
+    ) -> Result<(PerformanceMetrics, Option<crate::store::TaskStats>)> {
         let ops = self.metrics().snapshot();
         let tool_calls: u64 = ops.values().map(|o| o.ok + o.errors).sum();
         let total_ms: f64 = ops.values().map(|o| o.total_ms).sum();
@@ -199,13 +208,14 @@ impl Engine {
         m.queue_depths
             .insert("resource_requests".into(), waiting as u64);
         if probe.result.is_err() {
-            return Ok(m);
+            return Ok((m, None));
         }
         let store = self.store();
         m.sessions_by_status = spelled_counts(store.count_sessions_by_status().await?);
         m.runs_by_status = spelled_counts(store.count_runs_by_status().await?);
         let steps = store.count_live_steps_by_status().await?;
-        let tasks = store.task_stats().await?.by_status;
+        let stats = store.task_stats().await?;
+        let tasks = stats.by_status.clone();
         let unclaimed = store.run_executors(now_ms()).await?.unclaimed;
         for (queue, n) in [
             ("ready_steps", count_of(&steps, StepStatus::Ready)),
@@ -224,7 +234,7 @@ impl Engine {
         }
         m.live_steps_by_status = spelled_counts(steps);
         m.tasks_by_status = spelled_counts(tasks);
-        Ok(m)
+        Ok((m, Some(stats)))
     }
 
     /// The Prometheus text exposition (format 0.0.4) of this process.

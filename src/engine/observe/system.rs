@@ -158,7 +158,9 @@ pub struct TaskStatsView {
     pub success_rate: Option<f64>,
 }
 
-/// The last write probe of the store (kept between health checks).
+/// The last look at the store (kept between health checks): its write
+/// probe, and what health reads from it (who executes runs, how full the
+/// pools are, counting every process's allocations).
 #[derive(Debug, Clone)]
 pub struct StoreProbe {
     /// When it started (its age decides whether it is done again).
@@ -167,6 +169,10 @@ pub struct StoreProbe {
     pub at: i64,
     pub latency_ms: f64,
     pub result: std::result::Result<(), String>,
+    /// Several processes on the store: the cluster component.
+    cluster: Option<ComponentHealth>,
+    /// Pool utilization and impossible states of the resources.
+    resources: (Vec<(String, f64)>, Vec<String>),
 }
 
 /// What `system_status` should include beyond the basics.
@@ -223,9 +229,10 @@ impl Engine {
         }
     }
 
-    /// The store's write probe, done again only when the last one is older
-    /// than `health_probe_interval_ms` (a health check per call must not cost
-    /// a commit and an fsync per call).
+    /// The store's write probe and the health read from the store, done
+    /// again only when the last ones are older than `health_probe_interval_ms`
+    /// (a health check per call must not cost a commit and an fsync, nor a
+    /// read of every allocation and run lease, per call).
     pub(crate) async fn store_probe(&self) -> StoreProbe {
         let mut last = self.inner.store_probe.lock().await;
         let interval = Duration::from_millis(self.config().health_probe_interval_ms);
@@ -237,11 +244,19 @@ impl Engine {
         let started = Instant::now();
         let at = now_ms();
         let result = self.store().probe(at).await.map_err(|e| e.to_string());
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let cluster = if self.store().shared() {
+            Some(self.cluster_health().await)
+        } else {
+            None
+        };
         let p = StoreProbe {
             started,
             at,
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms,
             result,
+            cluster,
+            resources: self.resources().health().await,
         };
         *last = Some(p.clone());
         p
@@ -260,7 +275,7 @@ impl Engine {
         });
         components.insert(
             "store".to_string(),
-            match probe.result {
+            match &probe.result {
                 Ok(()) => ComponentHealth {
                     status: HealthLevel::Healthy,
                     message: "reachable and writable".into(),
@@ -313,7 +328,7 @@ impl Engine {
                 details: json!({"loaded": self.templates().by_name.len(), "invalid": invalid}),
             },
         );
-        let (utilization, broken) = self.resources().health().await;
+        let (utilization, broken) = &probe.resources;
         let busy: Vec<String> = utilization
             .iter()
             .filter(|(_, u)| *u > 0.9)
@@ -341,8 +356,8 @@ impl Engine {
                 }),
             },
         );
-        if self.store().shared() {
-            components.insert("cluster".to_string(), self.cluster_health().await);
+        if let Some(cluster) = &probe.cluster {
+            components.insert("cluster".to_string(), cluster.clone());
         }
         for t in self.background().states() {
             // A tick is late when more than three intervals (plus slack) passed.
@@ -434,8 +449,15 @@ impl Engine {
             None => None,
         };
         let health = self.health().await;
-        let by_status = spelled_counts(self.store().count_sessions_by_status().await?);
-        let stats = self.store().task_stats().await?;
+        let (performance_metrics, stats) = self.metrics_and_task_stats().await?;
+        let (by_status, stats) = match stats {
+            // Read for the metrics just now: not read again.
+            Some(stats) => (performance_metrics.sessions_by_status.clone(), stats),
+            None => (
+                spelled_counts(self.store().count_sessions_by_status().await?),
+                self.store().task_stats().await?,
+            ),
+        };
         let processes = self.peers().live().await?;
         let count = |s| count_of(&stats.by_status, s);
         let succeeded = count(TaskStatus::Succeeded);
@@ -482,7 +504,6 @@ impl Engine {
         {
             recommendations.push("A background task is not running as it should; see the server's log and restart it if this persists.".into());
         }
-        let performance_metrics = self.performance_metrics().await?;
         let busy: Vec<&String> = performance_metrics
             .pools
             .iter()
