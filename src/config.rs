@@ -38,9 +38,10 @@ pub struct Config {
     /// process holds, in milliseconds (several processes on one data directory
     /// take turns; past it the call fails with STORE_UNAVAILABLE).
     pub sqlite_busy_timeout_ms: u64,
-    /// `get_health_status` writes a probe to the store at most once per this
-    /// many milliseconds; calls in between report the last probe and its age
-    /// (0: probe on every call).
+    /// `get_health_status` writes a probe to the store, and reads who executes
+    /// runs and how full the pools are, at most once per this many
+    /// milliseconds; calls in between report the last look and when it was
+    /// (0: on every call).
     pub health_probe_interval_ms: u64,
     /// A tracing filter: `error`, `warn`, `info`, `debug`, `trace`, or a
     /// directive list such as `myrmex=debug,sqlx=warn`.

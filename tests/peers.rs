@@ -71,6 +71,27 @@ fn counting(name: &str, log: &std::path::Path) -> Value {
         counted("c", &["a"], log, 0), counted("d", &["b", "c"], log, 0)]})
 }
 
+/// Define and start (without waiting) the chain a → b → c of counted steps,
+/// b sleeping `pause` seconds: the run's id as a value and as text.
+async fn start_chain(c: &Client, name: &str, log: &std::path::Path, pause: u32) -> (Value, String) {
+    ok(
+        c,
+        "create_workflow",
+        json!({"name": name, "scope": "global", "steps": [
+        counted("a", &[], log, 0), counted("b", &["a"], log, pause), counted("c", &["b"], log, 0)]}),
+    )
+    .await;
+    let run = ok(
+        c,
+        "execute_workflow",
+        json!({"workflow_name": name, "wait_seconds": 0}),
+    )
+    .await;
+    let id = run["run_id"].clone();
+    let rid = id.as_str().unwrap().to_string();
+    (id, rid)
+}
+
 fn executions(log: &std::path::Path) -> HashMap<String, usize> {
     let mut n = HashMap::new();
     for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
@@ -245,21 +266,7 @@ async fn a_killed_servers_run_is_finished_by_another() {
     let (a, pid) = env.stdio_pid(Era::Legacy, &["--config", &cfg]).await;
     let b = env.stdio(Era::Modern, &["--config", &cfg]).await;
     let c = env.stdio(Era::Legacy, &["--config", &cfg]).await;
-    ok(
-        &a,
-        "create_workflow",
-        json!({"name": "slow", "scope": "global", "steps": [
-        counted("a", &[], &log, 0), counted("b", &["a"], &log, 4), counted("c", &["b"], &log, 0)]}),
-    )
-    .await;
-    let run = ok(
-        &a,
-        "execute_workflow",
-        json!({"workflow_name": "slow", "wait_seconds": 0}),
-    )
-    .await;
-    let id = run["run_id"].clone();
-    let rid = id.as_str().unwrap().to_string();
+    let (id, rid) = start_chain(&a, "slow", &log, 4).await;
     // Killed while b sleeps: a has succeeded, b has begun.
     for _ in 0..400 {
         if executions(&log).contains_key(&format!("{rid}/b")) {
@@ -331,21 +338,7 @@ async fn a_hung_servers_run_is_taken_over_when_its_lease_expires() {
             "{field} is a time: {listed}"
         );
     }
-    ok(
-        &a,
-        "create_workflow",
-        json!({"name": "hung", "scope": "global", "steps": [
-        counted("a", &[], &log, 0), counted("b", &["a"], &log, 2), counted("c", &["b"], &log, 0)]}),
-    )
-    .await;
-    let run = ok(
-        &a,
-        "execute_workflow",
-        json!({"workflow_name": "hung", "wait_seconds": 0}),
-    )
-    .await;
-    let id = run["run_id"].clone();
-    let rid = id.as_str().unwrap().to_string();
+    let (id, rid) = start_chain(&a, "hung", &log, 2).await;
     wait_for_step(&b, &id, "b", "running").await;
     signal(pid as i32, "STOP");
     let done = finish(&b, &id).await;

@@ -302,14 +302,10 @@ async fn sse_has_the_same_protections_as_mcp() {
 #[tokio::test]
 async fn sse_streams_are_capped_per_principal_and_in_all() {
     let env = Env::new();
-    let (alice, bob) = ("alice-sse-token-0123456789", "bob-sse-token-0123456789");
-    let (fa, fb) = (env.path().join("a.token"), env.path().join("b.token"));
-    std::fs::write(&fa, alice).unwrap();
-    std::fs::write(&fb, bob).unwrap();
+    let (alice, bob) = (ALICE_TOKEN, BOB_TOKEN);
+    let tokens = std::fs::read_to_string(env.two_principals()).unwrap();
     let cfg = env.config(&format!(
-        "[http]\nmax_sessions = 3\nmax_sessions_per_principal = 2\n[[auth.tokens]]\nname = \"alice\"\ntoken_file = \"{}\"\n[[auth.tokens]]\nname = \"bob\"\ntoken_file = \"{}\"\n",
-        fa.display(),
-        fb.display()
+        "[http]\nmax_sessions = 3\nmax_sessions_per_principal = 2\n\n{tokens}"
     ));
     let server = env.http(&["--config", cfg.to_str().unwrap()]).await;
     let refused = |token: &'static str| {
