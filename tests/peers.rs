@@ -92,6 +92,16 @@ async fn start_chain(c: &Client, name: &str, log: &std::path::Path, pause: u32) 
     (id, rid)
 }
 
+/// A server to be killed or stopped (with its pid) and a peer on the same
+/// store, both on the peers tests' configuration.
+async fn victim_and_peer(env: &Env) -> (Client, u32, Client) {
+    let cfg = config(env);
+    let cfg = cfg.to_str().unwrap();
+    let (a, pid) = env.stdio_pid(Era::Legacy, &["--config", cfg]).await;
+    let b = env.stdio(Era::Modern, &["--config", cfg]).await;
+    (a, pid, b)
+}
+
 fn executions(log: &std::path::Path) -> HashMap<String, usize> {
     let mut n = HashMap::new();
     for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
@@ -261,11 +271,11 @@ async fn agents_on_three_servers_drain_one_graph() {
 async fn a_killed_servers_run_is_finished_by_another() {
     let env = Env::new();
     let log = env.path().join("executions.log");
+    let (a, pid, b) = victim_and_peer(&env).await;
     let cfg = config(&env);
-    let cfg = cfg.to_str().unwrap().to_string();
-    let (a, pid) = env.stdio_pid(Era::Legacy, &["--config", &cfg]).await;
-    let b = env.stdio(Era::Modern, &["--config", &cfg]).await;
-    let c = env.stdio(Era::Legacy, &["--config", &cfg]).await;
+    let c = env
+        .stdio(Era::Legacy, &["--config", cfg.to_str().unwrap()])
+        .await;
     let (id, rid) = start_chain(&a, "slow", &log, 4).await;
     // Killed while b sleeps: a has succeeded, b has begun.
     for _ in 0..400 {
@@ -317,10 +327,7 @@ async fn a_killed_servers_run_is_finished_by_another() {
 async fn a_hung_servers_run_is_taken_over_when_its_lease_expires() {
     let env = Env::new();
     let log = env.path().join("executions.log");
-    let cfg = config(&env);
-    let cfg = cfg.to_str().unwrap().to_string();
-    let (a, pid) = env.stdio_pid(Era::Legacy, &["--config", &cfg]).await;
-    let b = env.stdio(Era::Modern, &["--config", &cfg]).await;
+    let (a, pid, b) = victim_and_peer(&env).await;
     let st = ok(&b, "get_system_status", json!({})).await;
     let listed = st["processes"]
         .as_array()
@@ -364,10 +371,7 @@ async fn a_hung_servers_run_is_taken_over_when_its_lease_expires() {
 async fn a_killed_servers_auto_task_is_finished_by_another() {
     let env = Env::new();
     let log = env.path().join("executions.log");
-    let cfg = config(&env);
-    let cfg = cfg.to_str().unwrap().to_string();
-    let (a, pid) = env.stdio_pid(Era::Legacy, &["--config", &cfg]).await;
-    let b = env.stdio(Era::Modern, &["--config", &cfg]).await;
+    let (a, pid, b) = victim_and_peer(&env).await;
     let session = ok(&a, "create_session", json!({"name": "auto"})).await["session_id"].clone();
     let t = ok(
         &a,
