@@ -591,3 +591,73 @@ async fn a_quota_holds_across_processes() {
     .await;
     assert_eq!(page["sessions"].as_array().unwrap().len(), 50, "{page}");
 }
+
+/// A session closed through one process is refused in the others: at once
+/// where it was closed, within about a second (the sessions' read cache)
+/// elsewhere.
+#[tokio::test]
+async fn a_session_closed_in_one_process_is_refused_in_the_others() {
+    let env = Env::new();
+    let cs = three(&env).await;
+    let s = ok(&cs[0], "create_session", json!({"name": "shared"})).await["session_id"].clone();
+    let task = |n: usize| json!({"session_id": s, "task": {"name": format!("t{n}")}});
+    // Every process has used the session (and holds it in its cache).
+    for (n, c) in cs.iter().enumerate() {
+        ok(c, "create_task", task(n)).await;
+    }
+    ok(&cs[1], "close_session", json!({"session_id": s})).await;
+    err(&cs[1], "create_task", task(10), "SESSION_CLOSED").await;
+    let mut refused = false;
+    for n in 0..40 {
+        match call(&cs[2], "create_task", task(20 + n)).await {
+            Err(e) if e["code"] == "SESSION_CLOSED" => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(
+        refused,
+        "the close was seen by the other process within 4 s"
+    );
+    err(&cs[0], "create_task", task(99), "SESSION_CLOSED").await;
+}
+
+/// A process that holds the data directory's opening lock and never lets it
+/// go (stopped while it migrates) does not hang the others: they give up
+/// after `sqlite_busy_timeout_ms`, naming the key; once it is gone they start.
+#[tokio::test]
+async fn a_stuck_opener_does_not_hang_the_others() {
+    if on_postgres() {
+        return;
+    }
+    let env = Env::new();
+    let cfg = env.config("sqlite_busy_timeout_ms = 300\n");
+    let cfg = cfg.to_str().unwrap().to_string();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(env.path().join("myrmex.db.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        env.command(&["--config", &cfg, "serve"])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the second process gives up instead of hanging")
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sqlite_busy_timeout_ms"), "{stderr}");
+    assert!(out.stdout.is_empty(), "stdout is protocol only");
+    drop(lock);
+    let c = env.stdio(Era::Modern, &["--config", &cfg]).await;
+    let h = ok(&c, "get_health_status", json!({})).await;
+    assert_eq!(h["overall_status"], "healthy", "{h}");
+}

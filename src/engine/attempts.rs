@@ -79,6 +79,16 @@ pub async fn run(
     loop {
         attempt += 1;
         sink.started(attempt).await?;
+        // Stopped before the attempt began (`started` may find the run taken over).
+        if stop.is_cancelled() {
+            return Ok((
+                attempt,
+                Ending::Stopped {
+                    during_retry_wait: false,
+                    abandoned: false,
+                },
+            ));
+        }
         let token = stop.child_token();
         let ctx = ActionCtx {
             cancel: token.clone(),

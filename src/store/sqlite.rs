@@ -242,7 +242,7 @@ impl SqliteStore {
         }
         // Held until the tables are migrated: processes that open one data
         // directory at the same moment take turns.
-        let _opening = open_lock(path).await?;
+        let _opening = open_lock(path, o.busy_timeout).await?;
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -296,8 +296,9 @@ impl SqliteStore {
 /// so two processes starting at once on a fresh data directory would both
 /// try to create the tables (`table ... already exists`). The lock is the
 /// operating system's (`flock`), released when the file handle is dropped or
-/// the process dies.
-async fn open_lock(path: &Path) -> anyhow::Result<std::fs::File> {
+/// the process dies. The wait is bounded by `sqlite_busy_timeout_ms`: a
+/// process stopped while it migrates does not hang every later start.
+async fn open_lock(path: &Path, wait: std::time::Duration) -> anyhow::Result<std::fs::File> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = std::path::PathBuf::from(name);
@@ -307,9 +308,24 @@ async fn open_lock(path: &Path) -> anyhow::Result<std::fs::File> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", lock_path.display()))?;
-    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-        .await?
-        .map_err(|e| anyhow::anyhow!("cannot lock {}: {e}", lock_path.display()))
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another process has held {} for longer than sqlite_busy_timeout_ms ({} ms) while it opens the store; \
+                 is a myrmex process on this data directory stopped (kill -CONT it) or stuck?",
+                lock_path.display(),
+                wait.as_millis()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                anyhow::bail!("cannot lock {}: {e}", lock_path.display())
+            }
+        }
+    }
 }
 
 impl SqliteStore {

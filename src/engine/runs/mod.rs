@@ -161,6 +161,8 @@ pub struct RunManager {
     adopts: std::sync::atomic::AtomicBool,
     /// When the leases were last renewed (ms; 0: not yet).
     renewed_at: std::sync::atomic::AtomicI64,
+    /// One renewal at a time for the drivers that find it stale.
+    renewing: tokio::sync::Mutex<()>,
     /// Bounds of conditions, rendered parameters and outputs (`[workflows]`).
     limits: super::workflows::spec::Limits,
 }
@@ -196,6 +198,7 @@ impl RunManager {
             node,
             cluster: cluster.clone(),
             renewed_at: std::sync::atomic::AtomicI64::new(0),
+            renewing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -392,6 +395,34 @@ impl RunManager {
         self.claim_and_adopt(now_ms(), free as u32).await
     }
 
+    /// Has this process lost the run's lease (it is stopped here)? Asked
+    /// before anything another executor could also do: a step's attempt, a
+    /// step's or the run's state written. While the last renewal is younger
+    /// than half the lease TTL the lease holds for at least that long again
+    /// and nothing is read; an older one (the process was stopped, or its
+    /// heartbeats were late) is renewed first, so a process that wakes up
+    /// after another took its run over does nothing more of it.
+    async fn lease_lapsed(&self, run_id: &str) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.shared {
+            return false;
+        }
+        let ttl = self.cluster.lease_ttl_ms as i64;
+        if now_ms() - self.renewed_at.load(Relaxed) >= ttl / 2 {
+            let _one = self.renewing.lock().await;
+            if now_ms() - self.renewed_at.load(Relaxed) >= ttl / 2 {
+                if let Err(e) = self.heartbeat().await {
+                    tracing::warn!(error = %e, "cannot renew the run leases");
+                }
+                // Not renewed within a TTL: another executor may hold it now.
+                if now_ms() - self.renewed_at.load(Relaxed) >= ttl {
+                    self.stop_local(run_id, Stop::LeaseLost);
+                }
+            }
+        }
+        self.taken_over(run_id)
+    }
+
     /// Renew this process's leases; stop runs whose cancel was requested
     /// elsewhere, and runs another executor took over.
     pub async fn heartbeat(&self) -> Result<()> {
@@ -411,11 +442,7 @@ impl RunManager {
             .renew_run_leases(&self.node, &ids, self.lease_end(now))
             .await
         {
-            Ok(h) => {
-                self.renewed_at
-                    .store(now, std::sync::atomic::Ordering::Relaxed);
-                h
-            }
+            Ok(h) => h,
             Err(e) => {
                 // Cut off from the store for longer than a lease: others may
                 // have taken these runs over. Stop them here.
@@ -445,6 +472,10 @@ impl RunManager {
                 }
             }
         }
+        // Stamped once the lost runs are stopped: a fresh stamp means every
+        // run still here holds its lease (`lease_lapsed`).
+        self.renewed_at
+            .store(now, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -718,6 +749,10 @@ impl RunManager {
         let mut end_seq: Vec<u64> = vec![0; steps.len()];
         let (mut queued_ends, mut flushed) = (0u64, 0u64);
         loop {
+            // Nothing more is decided here once another executor holds the run.
+            if self.lease_lapsed(&run.id).await {
+                break;
+            }
             // Settle steps whose dependencies are all final: skip, cancel, fail or make ready.
             while let Some((i, verdict)) = plan.next_settled() {
                 let s = &spec.steps[i];
@@ -915,19 +950,20 @@ impl RunManager {
                 }
             };
             if stopped {
-                // Let the running steps observe the cancellation and record it.
-                while let Some(joined) = running.join_next().await {
-                    if let Ok((i, rec)) = joined {
-                        steps[i] = rec;
-                    }
-                }
-                task_step.clear();
-                return self.finish_stopped(&mut run, &mut steps, active).await;
+                break;
             }
         }
-
-        // Every step is final. A stop that raced with the last step still counts.
+        // Let the running steps observe a stop and record it.
         if active.cancel.is_cancelled() {
+            while let Some(joined) = running.join_next().await {
+                if let Ok((i, rec)) = joined {
+                    steps[i] = rec;
+                }
+            }
+        }
+        // Every step is final, or the run was stopped (a stop that raced with
+        // the last step still counts).
+        if active.cancel.is_cancelled() || self.lease_lapsed(&run.id).await {
             return self.finish_stopped(&mut run, &mut steps, active).await;
         }
         let failed = steps.iter().find(|s| s.status.is_failure());
@@ -1243,6 +1279,10 @@ impl StepTask {
     }
 
     async fn save(&self) -> Result<()> {
+        // The step's state is its new executor's once the run was taken over.
+        if self.mgr.lease_lapsed(&self.run_id).await {
+            return Ok(());
+        }
         // Queued, in order: the run's final (awaited) update makes every step
         // state before it durable, and the store never shows a step's
         // dependents ahead of the step itself.
@@ -1438,6 +1478,10 @@ impl StepTask {
 
 impl attempts::Sink for StepTask {
     async fn started(&mut self, attempt: u32) -> Result<()> {
+        // Taken over meanwhile: the attempt is not made (the run is stopped).
+        if self.mgr.lease_lapsed(&self.run_id).await {
+            return Ok(());
+        }
         self.rec.attempts = attempt;
         self.rec.status = StepStatus::Running;
         self.rec.error = None;
@@ -1718,6 +1762,111 @@ mod tests {
             err["message"].as_str().unwrap().contains("injected fault"),
             "{err}"
         );
+        e.stop();
+    }
+
+    /// An action that waits until the test opens its gate (counting entries).
+    struct Gate {
+        open: Arc<tokio::sync::Notify>,
+        entered: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[async_trait::async_trait]
+    impl Module for Gate {
+        fn name(&self) -> &'static str {
+            "gate"
+        }
+        fn description(&self) -> &'static str {
+            "Waits for the test."
+        }
+        fn actions(&self) -> Vec<ActionSpec> {
+            vec![ActionSpec {
+                module: "gate",
+                action: "wait",
+                description: "Waits until the test opens the gate.",
+                params_schema: json!({"type": "object"}),
+                output_schema: json!({}),
+            }]
+        }
+        async fn call(&self, _: &str, _: Value, _: ActionCtx) -> Result<Value, ActionError> {
+            self.entered
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.open.notified().await;
+            Ok(json!({"passed": true}))
+        }
+    }
+
+    /// A process that was stopped (its lease renewal is older than half the
+    /// TTL) and whose run another executor took over meanwhile does nothing
+    /// more of it when it wakes up, even before its heartbeat runs: the step
+    /// that returns is not recorded, its dependent never starts, the run is
+    /// not ended here.
+    #[tokio::test]
+    async fn a_driver_that_wakes_after_a_takeover_does_nothing_more() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db"))
+                .await
+                .unwrap(),
+        );
+        let config = Config {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Config::default()
+        };
+        let gate = Arc::new(Gate {
+            open: Arc::new(tokio::sync::Notify::new()),
+            entered: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        });
+        let mut registry = Registry::new(&config);
+        registry.register(gate.clone());
+        let e = Engine::with_registry(config, store.clone(), registry);
+        e.start_background(
+            CancellationToken::new(),
+            crate::engine::observe::peers::Role::Serve,
+        )
+        .await
+        .unwrap();
+        let wf = spec(json!({"name": "w", "steps": [
+            {"name": "b", "module": "gate", "action": "wait"},
+            {"name": "c", "module": "core", "action": "echo", "dependencies": ["b"]}
+        ]}));
+        e.create_workflow(&Principal::local(), None, wf, Scope::Session)
+            .await
+            .unwrap();
+        let run = execute(&e, "w", 0).await;
+        for _ in 0..400 {
+            if gate.entered.load(SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(gate.entered.load(SeqCst), 1);
+        // Meanwhile (this process stopped, its lease ran out), another
+        // executor took the run over.
+        let far = now_ms() + 3_600_000;
+        let taken = store.claim_runs("other", far, far, 10).await.unwrap();
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        let mgr = e.runs();
+        mgr.renewed_at
+            .store(now_ms() - mgr.cluster.lease_ttl_ms as i64, SeqCst);
+        // The step returns as the process wakes up.
+        gate.open.notify_one();
+        for _ in 0..400 {
+            if !mgr.is_active(&run.run_id) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!mgr.is_active(&run.run_id), "stopped here");
+        store.flush().await.unwrap();
+        let steps = store.run_steps(&run.run_id).await.unwrap();
+        let by: HashMap<&str, &StepRecord> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
+        assert_eq!(by["b"].status, StepStatus::Running, "{steps:?}");
+        assert!(by["c"].started_at.is_none(), "{steps:?}");
+        assert!(!by["c"].status.is_final(), "{steps:?}");
+        let rec = store.get_run(&run.run_id).await.unwrap().unwrap();
+        assert!(!rec.status.is_final(), "{}", rec.status);
         e.stop();
     }
 }
