@@ -410,14 +410,11 @@ impl RunManager {
         let ttl = self.cluster.lease_ttl_ms as i64;
         if now_ms() - self.renewed_at.load(Relaxed) >= ttl / 2 {
             let _one = self.renewing.lock().await;
-            if now_ms() - self.renewed_at.load(Relaxed) >= ttl / 2 {
-                if let Err(e) = self.heartbeat().await {
-                    tracing::warn!(error = %e, "cannot renew the run leases");
-                }
-                // Not renewed within a TTL: another executor may hold it now.
-                if now_ms() - self.renewed_at.load(Relaxed) >= ttl {
-                    self.stop_local(run_id, Stop::LeaseLost);
-                }
+            // A renewal that fails past a TTL stops the runs here (`heartbeat`).
+            if now_ms() - self.renewed_at.load(Relaxed) >= ttl / 2
+                && let Err(e) = self.heartbeat().await
+            {
+                tracing::warn!(error = %e, "cannot renew the run leases");
             }
         }
         self.taken_over(run_id)
