@@ -631,6 +631,30 @@ async fn eight_concurrent_clients_drain_500_tasks_exactly_once() {
         compact.to_string().len()
     );
     assert!(compact["next_cursor"].is_string());
+    // The claims and completions released the session's lock before their
+    // commit: agents' changes shared commits (with the lock held through each
+    // commit, every commit would hold exactly one).
+    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+    };
+    let (commits, writes) = (gauge("myrmex_store_commits"), gauge("myrmex_store_writes"));
+    assert!(
+        writes >= 1000.0,
+        "{writes} writes for 500 claims and completions"
+    );
+    assert!(
+        writes > commits * 1.2,
+        "{writes} writes in {commits} commits: concurrent agents shared few commits"
+    );
 }
 
 #[tokio::test]

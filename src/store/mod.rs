@@ -25,8 +25,11 @@ use crate::config::StoreSpec;
 
 pub use events::{EventCursor, EventRecord, EventWindow, StoredEvent};
 
+/// A queued task update: resolves once durable (or refused).
+pub type TaskTicket = std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<()>> + Send>>;
+
 /// A failure of the store itself (not of the caller's request).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A uniqueness constraint was violated (for example two default sessions
     /// for one principal created at once); the caller re-reads and retries.
@@ -425,6 +428,23 @@ pub trait Store: Send + Sync + 'static {
     /// answer is Conflict (someone else changed the task meanwhile).
     async fn update_tasks(&self, tasks: &[TaskRecord]) -> StoreResult<()>;
 
+    /// Queue one call's task updates (as [`Store::update_tasks`]:
+    /// version-fenced, all or none) behind the store's writer, to commit
+    /// with whatever else is queued (one fsync for several callers). `events`
+    /// are the change's events, built from the records the caller read.
+    /// Updates apply in the order queued; the ticket resolves once they are
+    /// durable, or with Conflict when a version moved. A store without a
+    /// writer applies them before answering.
+    async fn queue_task_updates(
+        &self,
+        tasks: Vec<TaskRecord>,
+        events: Vec<EventRecord>,
+    ) -> StoreResult<TaskTicket> {
+        let _ = events;
+        let done = self.update_tasks(&tasks).await;
+        Ok(Box::pin(std::future::ready(done)))
+    }
+
     async fn get_task(&self, id: &str) -> StoreResult<Option<TaskRecord>>;
 
     /// Every task of a session, in creation order.
@@ -550,8 +570,8 @@ pub trait Store: Send + Sync + 'static {
     /// Remove the events recorded before `before` (ms); how many went.
     async fn prune_events(&self, before: i64) -> StoreResult<u64>;
 
-    /// Wait until every step and run update queued so far (`queue_step`) is
-    /// durable.
+    /// Wait until every update queued so far (`queue_step`,
+    /// `queue_task_updates`) is durable.
     async fn flush(&self) -> StoreResult<()> {
         Ok(())
     }
@@ -593,6 +613,47 @@ pub trait Store: Send + Sync + 'static {
     /// (a waiter polls the store instead).
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
+    }
+
+    /// The group-commit writer's counts since the store opened; None for a
+    /// store without one.
+    fn group_commits(&self) -> Option<GroupCommits> {
+        None
+    }
+}
+
+/// What a group-commit writer did: `writes` updates (runs, steps, one call's
+/// tasks) in `commits` transactions, so `writes / commits` updates share a
+/// commit (and its fsync) on average.
+#[derive(Debug, Default)]
+pub struct GroupCommits {
+    pub commits: u64,
+    pub writes: u64,
+}
+
+/// The writer's counters, shared with the store that reports them.
+#[derive(Debug, Default)]
+pub struct WriteCounts {
+    commits: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+}
+
+impl WriteCounts {
+    /// One committed batch of `writes` updates.
+    pub fn committed(&self, writes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if writes > 0 {
+            self.commits.fetch_add(1, Relaxed);
+            self.writes.fetch_add(writes as u64, Relaxed);
+        }
+    }
+
+    pub fn read(&self) -> GroupCommits {
+        use std::sync::atomic::Ordering::Relaxed;
+        GroupCommits {
+            commits: self.commits.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+        }
     }
 }
 
@@ -1289,6 +1350,75 @@ mod contract {
             stamp(&now)
         );
         assert_eq!(store.session_tasks_stamp("ses_none").await.unwrap(), (0, 0));
+
+        // Queued updates apply in order; one whose version moved is refused
+        // alone, every row of it rolled back, and the others land.
+        let in_g = |t: TaskRecord| TaskRecord {
+            session_id: "ses_g".into(),
+            ..t
+        };
+        let (x, y) = (in_g(task("tsk_x", "x", 0)), in_g(task("tsk_y", "y", 1)));
+        store.insert_tasks(&[x.clone(), y.clone()]).await.unwrap();
+        let with = |t: &TaskRecord, status: &str, version: i64| TaskRecord {
+            status: crate::model::TaskStatus::parse(status).unwrap(),
+            version,
+            updated_at: 60,
+            ..t.clone()
+        };
+        let events_of = |ts: &[TaskRecord]| ts.iter().map(EventRecord::task).collect::<Vec<_>>();
+        let x_claimed = with(&x, "claimed", 2);
+        let first = vec![x_claimed.clone()];
+        // Its first row fits, its second read x before the first update.
+        let second = vec![with(&y, "succeeded", 2), with(&x, "failed", 2)];
+        let y_claimed = with(&y, "claimed", 2);
+        let third = vec![y_claimed.clone()];
+        let t1 = store
+            .queue_task_updates(first.clone(), events_of(&first))
+            .await
+            .unwrap();
+        let t2 = store
+            .queue_task_updates(second.clone(), events_of(&second))
+            .await
+            .unwrap();
+        let t3 = store
+            .queue_task_updates(third.clone(), events_of(&third))
+            .await
+            .unwrap();
+        assert_eq!(t3.await.map_err(|e| e.to_string()), Ok(()));
+        assert!(matches!(t2.await, Err(StoreError::Conflict(_))));
+        t1.await.unwrap();
+        assert_eq!(
+            store.session_tasks("ses_g").await.unwrap(),
+            vec![x_claimed, y_claimed]
+        );
+        assert_eq!(store.session_tasks_stamp("ses_g").await.unwrap(), (2, 4));
+        let mut seen = Vec::new();
+        for _ in 0..400 {
+            seen = window(&*store, EventCursor::default(), 100)
+                .await
+                .into_iter()
+                .filter(|e| e.session_id.as_deref() == Some("ses_g"))
+                .map(|e| (e.subject, e.status))
+                .collect::<Vec<_>>();
+            if seen.len() >= 4 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        let pairs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            seen,
+            pairs(&[
+                ("tsk_x", "ready"),
+                ("tsk_y", "ready"),
+                ("tsk_x", "claimed"),
+                ("tsk_y", "claimed")
+            ])
+        );
     }
 
     #[tokio::test]

@@ -16,17 +16,19 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{
     AllocationRecord, Decide, EventCursor, EventRecord, EventWindow, ProcessRecord, ProjectQuery,
     ProjectRecord, RunExecutors, RunLease, RunQuery, RunRecord, SessionQuery, SessionRecord,
-    StepRecord, Store, StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, WaiterRecord,
-    WorkflowRecord,
+    StepRecord, Store, StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, TaskTicket,
+    WaiterRecord, WorkflowRecord,
 };
 
 pub struct PostgresStore {
     pool: PgPool,
     /// The URL without its password, for status output.
     location: String,
-    /// Run and step updates go through one writer that commits whatever is
-    /// queued in a single transaction (group commit): one fsync for many updates.
+    /// Run, step and task updates go through one writer that commits whatever
+    /// is queued in a single transaction (group commit): one fsync for many.
     writes: tokio::sync::mpsc::Sender<Write>,
+    /// What the writer committed.
+    counts: std::sync::Arc<super::WriteCounts>,
     /// LISTEN/NOTIFY channel of this database and schema.
     channel: String,
     /// What other processes notified, from one listening connection.
@@ -80,16 +82,21 @@ async fn write_steps(
     Ok(())
 }
 
-async fn commit_batch(conn: &mut sqlx::PgConnection, batch: &[Write]) -> Result<(), sqlx::Error> {
+async fn commit_batch(
+    conn: &mut sqlx::PgConnection,
+    batch: &[Write],
+) -> Result<Vec<StoreResult<()>>, sqlx::Error> {
     use sqlx::Connection as _;
     let run_sql = upsert_run_sql();
     let (runs, steps) = latest(batch);
     let events = batch_events(batch);
-    if runs.is_empty() && steps.is_empty() {
+    let tasks = batch.iter().any(|w| matches!(w.op, WriteOp::Tasks { .. }));
+    if runs.is_empty() && steps.is_empty() && !tasks {
         // Only barriers: what was queued before them is committed already.
-        return Ok(());
+        return Ok(batch.iter().map(|_| Ok(())).collect());
     }
     let mut tx = conn.begin().await?;
+    let answers = apply_batch_tasks(&mut tx, batch).await?;
     for r in runs {
         bind_run(query(AssertSqlSafe(run_sql.clone())), r)
             .execute(&mut *tx)
@@ -97,12 +104,17 @@ async fn commit_batch(conn: &mut sqlx::PgConnection, batch: &[Write]) -> Result<
     }
     insert_events(&mut tx, &events).await?;
     write_steps(&mut tx, true, &steps).await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(answers)
 }
 
 /// The writer commits whatever is queued in one transaction on a pooled
 /// connection (a lost connection is replaced by the pool).
-async fn writer(pool: PgPool, mut rx: tokio::sync::mpsc::Receiver<Write>) {
+async fn writer(
+    pool: PgPool,
+    mut rx: tokio::sync::mpsc::Receiver<Write>,
+    counts: std::sync::Arc<super::WriteCounts>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_MAX {
@@ -115,10 +127,8 @@ async fn writer(pool: PgPool, mut rx: tokio::sync::mpsc::Receiver<Write>) {
             Ok(mut conn) => commit_batch(&mut conn, &batch).await,
             Err(e) => Err(e),
         }
-        .map_err(|e| e.to_string());
-        for w in batch {
-            let _ = w.done.send(result.clone());
-        }
+        .map_err(db_err);
+        answer_batch(batch, result, &counts);
     }
 }
 
@@ -206,7 +216,8 @@ impl PostgresStore {
         drop(turn);
         admin.close().await;
         let (tx, rx) = tokio::sync::mpsc::channel(4 * GROUP_COMMIT_MAX);
-        tokio::spawn(writer(pool.clone(), rx));
+        let counts = std::sync::Arc::new(super::WriteCounts::default());
+        tokio::spawn(writer(pool.clone(), rx, counts.clone()));
         let channel = format!("myrmex_{}", schema.as_deref().unwrap_or("public")).to_lowercase();
         let events = tokio::sync::broadcast::channel(1024).0;
         tokio::spawn(listen(pool.clone(), channel.clone(), events.clone()));
@@ -214,6 +225,7 @@ impl PostgresStore {
             pool,
             location: redact(url),
             writes: tx,
+            counts,
             channel,
             events,
         })
@@ -371,20 +383,6 @@ async fn event_defaults(pool: &PgPool) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
-impl PostgresStore {
-    /// Queue an update for the group-commit writer and wait until it is durable.
-    async fn write(&self, op: WriteOp) -> StoreResult<()> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        self.writes
-            .send(Write { op, done })
-            .await
-            .map_err(|_| StoreError::Unavailable("the PostgreSQL writer has stopped".into()))?;
-        wait.await
-            .map_err(|_| StoreError::Unavailable("the PostgreSQL writer has stopped".into()))?
-            .map_err(StoreError::Unavailable)
-    }
-}
-
 /// Concurrent claims skip the rows another claim holds instead of waiting for them.
 const CLAIM_LOCK: &str = "FOR UPDATE SKIP LOCKED";
 
@@ -422,14 +420,8 @@ super::rows::sql_store!(PostgresStore, {
     }
 
     async fn queue_step(&self, step: &StepRecord) -> StoreResult<()> {
-        let (done, _) = tokio::sync::oneshot::channel();
-        self.writes
-            .send(Write {
-                op: WriteOp::Step(step.clone()),
-                done,
-            })
-            .await
-            .map_err(|_| StoreError::Unavailable("the PostgreSQL writer has stopped".into()))
+        // Not awaited: a later awaited write makes it durable.
+        self.enqueue(WriteOp::Step(step.clone())).await.map(drop)
     }
 
     async fn notify(&self, topic: &str) -> StoreResult<()> {

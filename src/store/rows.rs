@@ -486,6 +486,138 @@ macro_rules! shared_rows {
             insert_events(conn, &events).await
         }
 
+        /// Replace tasks whose stored version is the one before theirs, and
+        /// record the change's events; Conflict (nothing written by this
+        /// function is kept by the caller) when a version moved.
+        async fn update_fenced(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            tasks: &[TaskRecord],
+            events: &[EventRecord],
+        ) -> StoreResult<()> {
+            let sql = format!(
+                "UPDATE tasks SET ({TASK_COLUMNS}) = ({}) WHERE id = ?31 AND version = ?32",
+                task_placeholders()
+            );
+            for t in tasks {
+                let r = bind_task(query(AssertSqlSafe(sql.clone())), t)
+                    .bind(&t.id)
+                    .bind(t.version - 1)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_err)?;
+                if r.rows_affected() != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "task {} was changed by another call",
+                        t.id
+                    )));
+                }
+            }
+            bump_stamps(&mut *conn, tasks, false).await.map_err(db_err)?;
+            insert_events(conn, events).await.map_err(db_err)
+        }
+
+        /// Move the stamps of the sessions of tasks just inserted (`new`) or
+        /// updated (each one version up), in the caller's transaction.
+        async fn bump_stamps(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            tasks: &[TaskRecord],
+            new: bool,
+        ) -> Result<(), sqlx::Error> {
+            let mut by_session: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+            for t in tasks {
+                let e = by_session.entry(t.session_id.as_str()).or_default();
+                if new {
+                    e.0 += 1;
+                    e.1 += t.version;
+                } else {
+                    e.1 += 1;
+                }
+            }
+            for (session, (n, v)) in by_session {
+                query(
+                    "INSERT INTO task_stamps (session_id, tasks, versions) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (session_id) DO UPDATE SET tasks = task_stamps.tasks + excluded.tasks, \
+                     versions = task_stamps.versions + excluded.versions",
+                )
+                .bind(session)
+                .bind(n)
+                .bind(v)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(())
+        }
+
+        /// One call's task updates inside the writer's transaction, under a
+        /// savepoint: a moved version (another process wrote first) or a
+        /// refused row rolls back this call's rows alone; the batch goes on.
+        /// The outer error is the connection's: the whole batch fails.
+        async fn apply_task_updates(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            tasks: &[TaskRecord],
+            events: &[EventRecord],
+        ) -> Result<StoreResult<()>, sqlx::Error> {
+            let mut call = sqlx::Connection::begin(&mut *conn).await?;
+            match update_fenced(&mut call, tasks, events).await {
+                Ok(()) => {
+                    call.commit().await?;
+                    Ok(Ok(()))
+                }
+                Err(e) => {
+                    call.rollback().await?;
+                    Ok(Err(e))
+                }
+            }
+        }
+
+        /// What each write of a batch answers: the task writes' own outcomes
+        /// in order; every other write is part of the batch's commit.
+        async fn apply_batch_tasks(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            batch: &[Write],
+        ) -> Result<Vec<StoreResult<()>>, sqlx::Error> {
+            let mut out = Vec::with_capacity(batch.len());
+            for w in batch {
+                out.push(match &w.op {
+                    WriteOp::Tasks { tasks, events } => {
+                        apply_task_updates(&mut *conn, tasks, events).await?
+                    }
+                    _ => Ok(()),
+                });
+            }
+            Ok(out)
+        }
+
+        /// Send each write of a batch its answer, and count what was committed.
+        fn answer_batch(
+            batch: Vec<Write>,
+            result: Result<Vec<StoreResult<()>>, StoreError>,
+            counts: &$crate::store::WriteCounts,
+        ) {
+            if let Ok(each) = &result {
+                let written = batch
+                    .iter()
+                    .zip(each)
+                    .filter(|(w, r)| !matches!(w.op, WriteOp::Barrier) && r.is_ok())
+                    .count();
+                counts.committed(written);
+            }
+            for (i, w) in batch.into_iter().enumerate() {
+                let answer = match &result {
+                    Ok(each) => each[i].clone(),
+                    Err(e) => Err(e.clone()),
+                };
+                let _ = w.done.send(answer);
+            }
+        }
+
+        /// A queued write's answer, or the writer's end.
+        fn written(
+            answer: Result<StoreResult<()>, tokio::sync::oneshot::error::RecvError>,
+        ) -> StoreResult<()> {
+            answer.map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
+        }
+
         /// The event of each write of a group commit, in the order made.
         fn batch_events(batch: &[Write]) -> Vec<EventRecord> {
             let now = crate::model::now_ms();
@@ -494,7 +626,7 @@ macro_rules! shared_rows {
                 .filter_map(|w| match &w.op {
                     WriteOp::Run(r) => Some(EventRecord::run(r)),
                     WriteOp::Step(s) => Some(EventRecord::step(s, now)),
-                    WriteOp::Barrier => None,
+                    WriteOp::Tasks { .. } | WriteOp::Barrier => None,
                 })
                 .collect()
         }
@@ -522,6 +654,11 @@ macro_rules! shared_rows {
         enum WriteOp {
             Run(RunRecord),
             Step(StepRecord),
+            /// One call's task updates (version-fenced) and their events.
+            Tasks {
+                tasks: Vec<TaskRecord>,
+                events: Vec<EventRecord>,
+            },
             /// Writes nothing: answered once everything queued before it is durable.
             Barrier,
         }
@@ -529,7 +666,7 @@ macro_rules! shared_rows {
         /// One update queued for the group-commit writer.
         struct Write {
             op: WriteOp,
-            done: tokio::sync::oneshot::Sender<Result<(), String>>,
+            done: tokio::sync::oneshot::Sender<StoreResult<()>>,
         }
 
         fn event_from_row(r: &$row) -> Result<StoredEvent, sqlx::Error> {
@@ -564,9 +701,34 @@ pub(crate) use shared_rows;
 /// into its own), plus the store's own items.
 macro_rules! sql_store {
     ($store:ty, { $($own:tt)* }) => {
+        impl $store {
+            /// Queue a write for the group-commit writer; the answer comes once
+            /// it is durable (or refused).
+            async fn enqueue(
+                &self,
+                op: WriteOp,
+            ) -> StoreResult<tokio::sync::oneshot::Receiver<StoreResult<()>>> {
+                let (done, wait) = tokio::sync::oneshot::channel();
+                self.writes
+                    .send(Write { op, done })
+                    .await
+                    .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+                Ok(wait)
+            }
+
+            /// Queue a write and wait until it is durable.
+            async fn write(&self, op: WriteOp) -> StoreResult<()> {
+                written(self.enqueue(op).await?.await)
+            }
+        }
+
         #[async_trait]
         impl Store for $store {
             $($own)*
+
+                fn group_commits(&self) -> Option<$crate::store::GroupCommits> {
+                    Some(self.counts.read())
+                }
 
 
                 async fn insert_session(&self, s: &SessionRecord, max_active: Option<u64>) -> StoreResult<()> {
@@ -905,6 +1067,7 @@ macro_rules! sql_store {
                             .await
                             .map_err(db_err)?;
                     }
+                    bump_stamps(&mut tx, tasks, true).await.map_err(db_err)?;
                     let events: Vec<EventRecord> = tasks.iter().map(EventRecord::task).collect();
                     insert_events(&mut tx, &events).await.map_err(db_err)?;
                     tx.commit().await.map_err(db_err)
@@ -912,10 +1075,6 @@ macro_rules! sql_store {
 
 
                 async fn update_tasks(&self, tasks: &[TaskRecord]) -> StoreResult<()> {
-                    let sql = format!(
-                        "UPDATE tasks SET ({TASK_COLUMNS}) = ({}) WHERE id = ?31 AND version = ?32",
-                        task_placeholders()
-                    );
                     // Reads first, then writes: on SQLite the transaction must hold the
                     // write lock from its start (a later upgrade can fail as busy).
                     let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(db_err)?;
@@ -939,23 +1098,19 @@ macro_rules! sql_store {
                         .iter()
                         .filter_map(|t| EventRecord::task_change(before.get(&t.id), t))
                         .collect();
-                    for t in tasks {
-                        let r = bind_task(query(AssertSqlSafe(sql.clone())), t)
-                            .bind(&t.id)
-                            .bind(t.version - 1)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(db_err)?;
-                        if r.rows_affected() != 1 {
-                            // Dropping the transaction rolls every row of the batch back.
-                            return Err(StoreError::Conflict(format!(
-                                "task {} was changed by another call",
-                                t.id
-                            )));
-                        }
-                    }
-                    insert_events(&mut tx, &events).await.map_err(db_err)?;
+                    // A Conflict drops the transaction: every row of the batch rolls back.
+                    update_fenced(&mut tx, tasks, &events).await?;
                     tx.commit().await.map_err(db_err)
+                }
+
+
+                async fn queue_task_updates(
+                    &self,
+                    tasks: Vec<TaskRecord>,
+                    events: Vec<EventRecord>,
+                ) -> StoreResult<TaskTicket> {
+                    let wait = self.enqueue(WriteOp::Tasks { tasks, events }).await?;
+                    Ok(Box::pin(async move { written(wait.await) }))
                 }
 
 
@@ -971,17 +1126,17 @@ macro_rules! sql_store {
 
 
                 async fn session_tasks_stamp(&self, session_id: &str) -> StoreResult<(i64, i64)> {
-                    let r = query(
-                        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(version), 0) AS BIGINT) AS v \
-                         FROM tasks WHERE session_id = ?1",
-                    )
-                    .bind(session_id)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(db_err)?;
+                    let r = query("SELECT tasks, versions FROM task_stamps WHERE session_id = ?1")
+                        .bind(session_id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                    let Some(r) = r else {
+                        return Ok((0, 0));
+                    };
                     Ok((
-                        r.try_get::<i64, _>("n").map_err(db_err)?,
-                        r.try_get::<i64, _>("v").map_err(db_err)?,
+                        r.try_get::<i64, _>("tasks").map_err(db_err)?,
+                        r.try_get::<i64, _>("versions").map_err(db_err)?,
                     ))
                 }
 
@@ -1538,6 +1693,17 @@ macro_rules! sql_store {
                         .await
                         .map_err(db_err)?;
                         // Auto tasks it ran (a new version: other processes reread them).
+                        query(
+                            "UPDATE task_stamps SET versions = versions + (SELECT COUNT(*) FROM tasks t \
+                             WHERE t.session_id = task_stamps.session_id AND t.claimed_by = ?1 \
+                             AND t.status = 'running') \
+                             WHERE session_id IN (SELECT session_id FROM tasks \
+                             WHERE claimed_by = ?1 AND status = 'running')",
+                        )
+                        .bind(node)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
                         query(
                             "UPDATE tasks SET lease_expires_at = 0, version = version + 1 \
                              WHERE claimed_by = ?1 AND status = 'running'",

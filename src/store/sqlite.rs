@@ -17,8 +17,8 @@ use sqlx::{AssertSqlSafe, Row, query};
 use super::{
     AllocationRecord, Decide, EventCursor, EventRecord, EventWindow, ProcessRecord, ProjectQuery,
     ProjectRecord, RunExecutors, RunLease, RunQuery, RunRecord, SessionQuery, SessionRecord,
-    StepRecord, Store, StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, WaiterRecord,
-    WorkflowRecord,
+    StepRecord, Store, StoreError, StoreResult, StoredEvent, TaskRecord, TaskStats, TaskTicket,
+    WaiterRecord, WorkflowRecord,
 };
 
 pub struct SqliteStore {
@@ -28,9 +28,11 @@ pub struct SqliteStore {
     events: tokio::sync::broadcast::Sender<String>,
     /// Moves when another connection (of any process) has committed.
     changes: tokio::sync::watch::Sender<u64>,
-    /// Run and step updates go through one writer that commits whatever is
-    /// queued in a single transaction (group commit): one fsync for many updates.
+    /// Run, step and task updates go through one writer that commits whatever
+    /// is queued in a single transaction (group commit): one fsync for many.
     writes: tokio::sync::mpsc::Sender<Write>,
+    /// What the writer committed.
+    counts: std::sync::Arc<super::WriteCounts>,
 }
 
 /// Most updates committed in one transaction.
@@ -74,16 +76,18 @@ async fn write_steps(
 async fn commit_batch(
     conn: &mut sqlx::SqliteConnection,
     batch: &[Write],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<StoreResult<()>>, sqlx::Error> {
     use sqlx::Connection as _;
     let run_sql = upsert_run_sql();
     let (runs, steps) = latest(batch);
     let events = batch_events(batch);
-    if runs.is_empty() && steps.is_empty() {
+    let tasks = batch.iter().any(|w| matches!(w.op, WriteOp::Tasks { .. }));
+    if runs.is_empty() && steps.is_empty() && !tasks {
         // Only barriers: what was queued before them is committed already.
-        return Ok(());
+        return Ok(batch.iter().map(|_| Ok(())).collect());
     }
     let mut tx = conn.begin_with(BEGIN_WRITE).await?;
+    let answers = apply_batch_tasks(&mut tx, batch).await?;
     insert_events(&mut tx, &events).await?;
     for r in runs {
         bind_run(query(AssertSqlSafe(run_sql.clone())), r)
@@ -91,13 +95,15 @@ async fn commit_batch(
             .await?;
     }
     write_steps(&mut tx, "REPLACE", &steps).await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(answers)
 }
 
 /// The writer owns one connection for its lifetime: no pool round trips per batch.
 async fn writer(
     mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
     mut rx: tokio::sync::mpsc::Receiver<Write>,
+    counts: std::sync::Arc<super::WriteCounts>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -119,12 +125,10 @@ async fn writer(
                         "the SQLite write lock stayed busy; the batch is tried again"
                     );
                 }
-                other => break other.map_err(|e| e.to_string()),
+                other => break other,
             }
         };
-        for w in batch {
-            let _ = w.done.send(result.clone());
-        }
+        answer_batch(batch, result, &counts);
     }
 }
 
@@ -268,7 +272,8 @@ impl SqliteStore {
             .acquire()
             .await
             .map_err(|e| anyhow::anyhow!("cannot open SQLite store {}: {e}", path.display()))?;
-        tokio::spawn(writer(conn, rx));
+        let counts = std::sync::Arc::new(super::WriteCounts::default());
+        tokio::spawn(writer(conn, rx, counts.clone()));
         let (events, _) = tokio::sync::broadcast::channel(256);
         let (changes, _) = tokio::sync::watch::channel(0);
         let watcher = pool
@@ -285,6 +290,7 @@ impl SqliteStore {
             pool,
             path: path.to_path_buf(),
             writes: tx,
+            counts,
             events,
             changes,
         })
@@ -325,20 +331,6 @@ async fn open_lock(path: &Path, wait: std::time::Duration) -> anyhow::Result<std
                 anyhow::bail!("cannot lock {}: {e}", lock_path.display())
             }
         }
-    }
-}
-
-impl SqliteStore {
-    /// Queue an update for the group-commit writer and wait until it is durable.
-    async fn write(&self, op: WriteOp) -> StoreResult<()> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        self.writes
-            .send(Write { op, done })
-            .await
-            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
-        wait.await
-            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?
-            .map_err(StoreError::Unavailable)
     }
 }
 
@@ -439,13 +431,7 @@ super::rows::sql_store!(SqliteStore, {
     }
 
     async fn queue_step(&self, step: &StepRecord) -> StoreResult<()> {
-        let (done, _) = tokio::sync::oneshot::channel();
-        self.writes
-            .send(Write {
-                op: WriteOp::Step(step.clone()),
-                done,
-            })
-            .await
-            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))
+        // Not awaited: a later awaited write makes it durable.
+        self.enqueue(WriteOp::Step(step.clone())).await.map(drop)
     }
 });

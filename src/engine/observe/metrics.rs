@@ -257,6 +257,18 @@ impl Engine {
             "How long the store's last write probe took.",
             m.store_probe_ms / 1000.0,
         );
+        if let Some(gc) = self.store().group_commits() {
+            g.one(
+                "myrmex_store_commits",
+                "Transactions this process's group-commit writer committed since it started.",
+                gc.commits as f64,
+            );
+            g.one(
+                "myrmex_store_writes",
+                "Updates (runs, steps, one call's tasks) those transactions held: writes / commits share one commit.",
+                gc.writes as f64,
+            );
+        }
         g.one(
             "myrmex_runs_executing",
             "Runs this process executes now.",

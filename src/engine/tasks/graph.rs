@@ -474,11 +474,16 @@ pub fn batch_order(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn task(id: &str, deps: &[&str], status: TaskStatus, agent: bool) -> TaskRecord {
+    pub(in crate::engine::tasks) fn task(
+        id: &str,
+        deps: &[&str],
+        status: TaskStatus,
+        agent: bool,
+    ) -> TaskRecord {
         TaskRecord {
             id: id.into(),
             session_id: "ses_1".into(),

@@ -4,11 +4,19 @@
 //!
 //! Each session's graph lives in memory behind one async lock and is written
 //! through to the store before any call is answered: every change (a claim, a
-//! completion and the dependents it releases) is one atomic `update_tasks`
-//! whose rows carry the version they were read at, so a concurrent writer in
-//! another process is detected instead of overwritten.
+//! completion and the dependents it releases) is one atomic update whose rows
+//! carry the version they were read at, so a concurrent writer in another
+//! process is detected instead of overwritten.
+//!
+//! Claims, completions and renewals release the lock early: the change is
+//! applied in memory and queued behind the store's group-commit writer under
+//! the lock, the lock is released, and the call answers once the commit that
+//! holds it is durable. Agents' changes made meanwhile share that commit (one
+//! fsync for several calls); queued writes apply in order, so a later change
+//! that read an earlier one is never durable without it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -33,7 +41,7 @@ use crate::actions::Registry;
 use crate::config::TasksConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{Clock, Priority, SystemClock, TaskStatus};
-use crate::store::{Store, StoreError, TaskRecord};
+use crate::store::{EventRecord, Store, StoreError, TaskRecord, TaskTicket};
 use graph::{TaskGraph, Txn, batch_cycle, batch_order, err_json, evaluate_deps, is_agent};
 
 /// Task statuses, as typed constants (patterns and comparisons read as before).
@@ -327,6 +335,104 @@ struct Graph {
     max_parallel: usize,
     graph: TaskGraph,
     running: HashMap<String, Running>,
+    /// Changes applied here and queued for the store, oldest first, until
+    /// known durable: what the store's stamp of the session may still lack.
+    pending: VecDeque<Pending>,
+}
+
+/// A queued change's state, set by the call that waits for it.
+const QUEUED: u8 = 0;
+const DURABLE: u8 = 1;
+const REFUSED: u8 = 2;
+
+struct Pending {
+    state: Arc<AtomicU8>,
+    /// How far the change moves the stamp's sum of versions.
+    versions: i64,
+}
+
+impl Graph {
+    /// Forget the changes known durable; a refused one means the graph in
+    /// memory holds what the store does not: it is read again.
+    fn settle_pending(&mut self) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.state.load(Ordering::Acquire) == DURABLE)
+        {
+            self.pending.pop_front();
+        }
+        if self
+            .pending
+            .iter()
+            .any(|p| p.state.load(Ordering::Acquire) == REFUSED)
+        {
+            self.loaded = false;
+        }
+    }
+
+    /// Can the store's stamp be this graph's with only this process's queued
+    /// changes missing? They commit in order, so the store holds a prefix.
+    fn stamp_matches(&self, stored: (i64, i64)) -> bool {
+        let (n, mut v) = self.stamp();
+        if stored == (n, v) {
+            return true;
+        }
+        for p in self.pending.iter().rev() {
+            v -= p.versions;
+            if stored == (n, v) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A change applied to the graph in memory and queued for the store: the
+/// call answers once it is durable (after releasing the graph's lock).
+#[must_use = "a staged change is acknowledged only once durable"]
+struct Staged {
+    ticket: Option<TaskTicket>,
+    state: Arc<AtomicU8>,
+}
+
+impl Staged {
+    async fn durable(mut self) -> Result<()> {
+        let ticket = self.ticket.take().expect("awaited once");
+        settle(ticket, &self.state).await.map_err(conflict_hint)
+    }
+}
+
+/// Wait for a queued change and record how it ended.
+async fn settle(ticket: TaskTicket, state: &AtomicU8) -> std::result::Result<(), StoreError> {
+    let done = ticket.await;
+    state.store(
+        if done.is_ok() { DURABLE } else { REFUSED },
+        Ordering::Release,
+    );
+    done
+}
+
+impl Drop for Staged {
+    /// A call dropped before its change was durable (its client went away):
+    /// the change still commits, and its end is still recorded, so the
+    /// graph's queue of pending changes drains.
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let _ = settle(ticket, &state).await;
+            });
+        }
+    }
+}
+
+/// The events of a change: each changed record against the graph's.
+fn task_events(g: &TaskGraph, changed: &[TaskRecord]) -> Vec<EventRecord> {
+    changed
+        .iter()
+        .filter_map(|t| EventRecord::task_change(g.get(&t.id), t))
+        .collect()
 }
 
 type Locked = tokio::sync::OwnedMutexGuard<Graph>;
@@ -392,11 +498,19 @@ fn deps_of(t: &TaskRecord) -> &[String] {
 }
 
 impl Txn<'_> {
-    /// Write the call's changes; the caller applies them to the graph.
+    /// Write the call's changes (behind whatever this process queued before)
+    /// and wait until they are durable; the caller applies them to the graph.
     async fn commit(self, store: &dyn Store) -> Result<Vec<TaskRecord>> {
+        let g = self.g;
         let changed = self.into_changed();
         if !changed.is_empty() {
-            store.update_tasks(&changed).await.map_err(conflict_hint)?;
+            let events = task_events(g, &changed);
+            store
+                .queue_task_updates(changed.clone(), events)
+                .await
+                .map_err(conflict_hint)?
+                .await
+                .map_err(conflict_hint)?;
         }
         Ok(changed)
     }
@@ -714,15 +828,21 @@ impl TaskManager {
     async fn lock(&self, sg: &SessionGraph, max_parallel: u32) -> Result<Locked> {
         let mut g = sg.graph.clone().lock_owned().await;
         g.max_parallel = max_parallel.max(1) as usize;
-        if g.loaded
-            && self.shared
-            && self.store.session_tasks_stamp(&sg.session_id).await? != g.stamp()
-        {
-            // Another process changed the session's tasks: read them again
-            // (what runs here keeps running).
-            g.loaded = false;
+        g.settle_pending();
+        if g.loaded && self.shared {
+            let stored = self.store.session_tasks_stamp(&sg.session_id).await?;
+            if !g.stamp_matches(stored) {
+                // Another process changed the session's tasks: read them again
+                // (what runs here keeps running).
+                g.loaded = false;
+            }
         }
         if !g.loaded {
+            if !g.pending.is_empty() {
+                // What this process queued lands first: the read sees it.
+                self.store.flush().await?;
+                g.pending.clear();
+            }
             g.graph.clear();
             for t in self.store.session_tasks(&sg.session_id).await? {
                 g.graph.insert(t);
@@ -769,6 +889,31 @@ impl TaskManager {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Apply a call's changes to the graph and queue them for the store; the
+    /// caller releases the lock, then answers once [`Staged::durable`] says so.
+    async fn stage(&self, g: &mut Graph, changed: Vec<TaskRecord>) -> Result<Staged> {
+        let events = task_events(&g.graph, &changed);
+        let versions = changed
+            .iter()
+            .map(|t| t.version - g.get(&t.id).map_or(0, |o| o.version))
+            .sum();
+        let ticket = self
+            .store
+            .queue_task_updates(changed.clone(), events)
+            .await
+            .map_err(conflict_hint)?;
+        g.apply(changed);
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        g.pending.push_back(Pending {
+            state: state.clone(),
+            versions,
+        });
+        Ok(Staged {
+            ticket: Some(ticket),
+            state,
+        })
     }
 
     // ---- creating -------------------------------------------------------
@@ -1103,6 +1248,10 @@ impl TaskManager {
                 Some((st, _)) => r.status = st,
                 None => {}
             }
+        }
+        if !g.pending.is_empty() {
+            // Queued changes the new tasks were judged by land first.
+            self.store.flush().await?;
         }
         self.store
             .insert_tasks(&records)
@@ -1971,26 +2120,34 @@ impl TaskManager {
             },
             candidates - 1
         );
-        let changed = match txn.commit(&*self.store).await {
-            Ok(c) => c,
+        let changed = txn.into_changed();
+        let staged = match self.stage(&mut g, changed).await {
+            Ok(s) => s,
             Err(e) => {
                 self.release_claim(&best).await;
                 return Err(e);
             }
         };
-        g.apply(changed);
         counts.ready = candidates - 1;
         counts.claimed_by_you += 1;
         sg.bump();
         let t = &g.tasks()[&best];
-        Ok(Claim {
+        let claim = Claim {
             state: ClaimState::Claimed,
             task: Some(view(t)),
             lease_id: Some(lease_id),
             lease_expires_at: t.lease_expires_at.map(iso),
             reason,
             counts,
-        })
+        };
+        // Early lock release: other agents claim while this one's commit
+        // becomes durable, and share it.
+        drop(g);
+        if let Err(e) = staged.durable().await {
+            self.release_claim(&best).await;
+            return Err(e);
+        }
+        Ok(claim)
     }
 
     /// A claim ended (completed, failed, expired, cancelled): its resources go back.
@@ -2055,12 +2212,26 @@ impl TaskManager {
         let mut tries = 0;
         loop {
             let (sg, mut g, _) = self.open_task(engine, p, task_id, None).await?;
-            let committed = self
+            let changed = self
                 .finish_claim_once(&mut g, task_id, lease_id, &outcome)
                 .await?;
-            if self.apply_or_reload(&mut g, committed)? {
-                self.release_claim(task_id).await;
-                return self.changed(&sg, &mut g, task_id).await;
+            let staged = self.stage(&mut g, changed).await;
+            let durable = match staged {
+                Ok(staged) => {
+                    let answer = self.changed(&sg, &mut g, task_id).await;
+                    // Early lock release, as for a claim.
+                    drop(g);
+                    staged.durable().await.and(answer)
+                }
+                Err(e) => Err(e),
+            };
+            match durable {
+                Ok(view) => {
+                    self.release_claim(task_id).await;
+                    return Ok(view);
+                }
+                Err(e) if self.shared && e.code == ErrorCode::Conflict => {}
+                Err(e) => return Err(e),
             }
             tries += 1;
             if tries >= MAX_CONFLICT_TRIES {
@@ -2079,7 +2250,7 @@ impl TaskManager {
         task_id: &str,
         lease_id: &str,
         outcome: &ClaimOutcome,
-    ) -> Result<Result<Vec<TaskRecord>>> {
+    ) -> Result<Vec<TaskRecord>> {
         let outcome = outcome.clone();
         self.expire_leases(g).await?;
         let cur = Self::held(g, task_id, lease_id)?.clone();
@@ -2115,7 +2286,7 @@ impl TaskManager {
         if settled {
             txn.settle_dependents(task_id);
         }
-        Ok(txn.commit(&*self.store).await)
+        Ok(txn.into_changed())
     }
 
     pub async fn renew(
@@ -2133,10 +2304,13 @@ impl TaskManager {
         let mut txn = Txn::new(&g, self.now());
         let now = txn.now;
         txn.edit(task_id).lease_expires_at = Some(now + lease as i64 * 1000);
-        let changed = txn.commit(&*self.store).await?;
-        g.apply(changed);
+        let changed = txn.into_changed();
+        let staged = self.stage(&mut g, changed).await?;
         sg.bump();
-        Ok(view(&g.tasks()[task_id]))
+        let answer = view(&g.tasks()[task_id]);
+        drop(g);
+        staged.durable().await?;
+        Ok(answer)
     }
 
     /// execute_task: create an auto task and wait up to `wait` for it.
@@ -2649,5 +2823,82 @@ impl Engine {
         self.tasks()
             .next_within(&session, &agent, tags, lease_seconds, wait)
             .await
+    }
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+
+    fn graph_with_pending(states: &[u8]) -> Graph {
+        let mut g = Graph {
+            loaded: true,
+            ..Graph::default()
+        };
+        let mut t = graph::tests::task("a", &[], READY, true);
+        t.version = 1;
+        g.graph.insert(t.clone());
+        for s in states {
+            // Each queued change moves the task one version up.
+            t.version += 1;
+            g.graph.apply(vec![t.clone()]);
+            g.pending.push_back(Pending {
+                state: Arc::new(AtomicU8::new(*s)),
+                versions: 1,
+            });
+        }
+        g
+    }
+
+    #[test]
+    fn the_store_may_lack_a_suffix_of_the_queued_changes_and_nothing_else() {
+        let g = graph_with_pending(&[QUEUED, QUEUED]);
+        assert_eq!(g.stamp(), (1, 3));
+        // None, the newest, or both of the queued changes not yet committed.
+        for stored in [(1, 3), (1, 2), (1, 1)] {
+            assert!(g.stamp_matches(stored), "{stored:?}");
+        }
+        // Another process's write: a version or a task the graph lacks.
+        for stored in [(1, 0), (1, 4), (2, 3), (2, 1)] {
+            assert!(!g.stamp_matches(stored), "{stored:?}");
+        }
+        assert!(!graph_with_pending(&[]).stamp_matches((1, 2)));
+    }
+
+    #[test]
+    fn durable_changes_leave_the_queue_in_order_and_a_refused_one_forces_a_read() {
+        let mut g = graph_with_pending(&[DURABLE, QUEUED, DURABLE]);
+        g.settle_pending();
+        // The second is not known durable yet: the third waits behind it.
+        assert_eq!(g.pending.len(), 2);
+        assert!(g.loaded);
+        g.pending[0].state.store(DURABLE, Ordering::Release);
+        g.settle_pending();
+        assert!(g.pending.is_empty());
+        let mut g = graph_with_pending(&[DURABLE, REFUSED, QUEUED]);
+        g.settle_pending();
+        assert!(!g.loaded, "the graph holds a change the store refused");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_still_records_how_its_change_ended() {
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let staged = Staged {
+            ticket: Some(Box::pin(async move {
+                let _ = rx.await;
+                Err(StoreError::Conflict("moved".into()))
+            })),
+            state: state.clone(),
+        };
+        drop(staged);
+        tx.send(()).unwrap();
+        for _ in 0..100 {
+            if state.load(Ordering::Acquire) == REFUSED {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the dropped change's end was never recorded");
     }
 }
