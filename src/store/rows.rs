@@ -588,6 +588,11 @@ macro_rules! shared_rows {
             Ok(out)
         }
 
+        /// A batch of barriers only: what was queued before them is committed already.
+        fn only_barriers(batch: &[Write]) -> bool {
+            batch.iter().all(|w| matches!(w.op, WriteOp::Barrier))
+        }
+
         /// Send each write of a batch its answer, and count what was committed.
         fn answer_batch(
             batch: Vec<Write>,

@@ -81,9 +81,7 @@ async fn commit_batch(
     let run_sql = upsert_run_sql();
     let (runs, steps) = latest(batch);
     let events = batch_events(batch);
-    let tasks = batch.iter().any(|w| matches!(w.op, WriteOp::Tasks { .. }));
-    if runs.is_empty() && steps.is_empty() && !tasks {
-        // Only barriers: what was queued before them is committed already.
+    if only_barriers(batch) {
         return Ok(batch.iter().map(|_| Ok(())).collect());
     }
     let mut tx = conn.begin_with(BEGIN_WRITE).await?;

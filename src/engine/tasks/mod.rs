@@ -427,12 +427,21 @@ impl Drop for Staged {
     }
 }
 
-/// The events of a change: each changed record against the graph's.
-fn task_events(g: &TaskGraph, changed: &[TaskRecord]) -> Vec<EventRecord> {
-    changed
+/// Queue a change's records behind the store's writer, with its events (each
+/// changed record against the graph's).
+async fn queue_changes(
+    store: &dyn Store,
+    g: &TaskGraph,
+    changed: &[TaskRecord],
+) -> Result<TaskTicket> {
+    let events = changed
         .iter()
         .filter_map(|t| EventRecord::task_change(g.get(&t.id), t))
-        .collect()
+        .collect();
+    store
+        .queue_task_updates(changed.to_vec(), events)
+        .await
+        .map_err(conflict_hint)
 }
 
 type Locked = tokio::sync::OwnedMutexGuard<Graph>;
@@ -504,11 +513,8 @@ impl Txn<'_> {
         let g = self.g;
         let changed = self.into_changed();
         if !changed.is_empty() {
-            let events = task_events(g, &changed);
-            store
-                .queue_task_updates(changed.clone(), events)
-                .await
-                .map_err(conflict_hint)?
+            queue_changes(store, g, &changed)
+                .await?
                 .await
                 .map_err(conflict_hint)?;
         }
@@ -894,16 +900,11 @@ impl TaskManager {
     /// Apply a call's changes to the graph and queue them for the store; the
     /// caller releases the lock, then answers once [`Staged::durable`] says so.
     async fn stage(&self, g: &mut Graph, changed: Vec<TaskRecord>) -> Result<Staged> {
-        let events = task_events(&g.graph, &changed);
         let versions = changed
             .iter()
             .map(|t| t.version - g.get(&t.id).map_or(0, |o| o.version))
             .sum();
-        let ticket = self
-            .store
-            .queue_task_updates(changed.clone(), events)
-            .await
-            .map_err(conflict_hint)?;
+        let ticket = queue_changes(&*self.store, &g.graph, &changed).await?;
         g.apply(changed);
         let state = Arc::new(AtomicU8::new(QUEUED));
         g.pending.push_back(Pending {
@@ -2215,17 +2216,11 @@ impl TaskManager {
             let changed = self
                 .finish_claim_once(&mut g, task_id, lease_id, &outcome)
                 .await?;
-            let staged = self.stage(&mut g, changed).await;
-            let durable = match staged {
-                Ok(staged) => {
-                    let answer = self.changed(&sg, &mut g, task_id).await;
-                    // Early lock release, as for a claim.
-                    drop(g);
-                    staged.durable().await.and(answer)
-                }
-                Err(e) => Err(e),
-            };
-            match durable {
+            let staged = self.stage(&mut g, changed).await?;
+            let answer = self.changed(&sg, &mut g, task_id).await;
+            // Early lock release, as for a claim.
+            drop(g);
+            match staged.durable().await.and(answer) {
                 Ok(view) => {
                     self.release_claim(task_id).await;
                     return Ok(view);
