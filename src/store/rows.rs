@@ -504,7 +504,7 @@ macro_rules! shared_rows {
                     .bind(t.version - 1)
                     .execute(&mut *conn)
                     .await
-                    .map_err(db_err)?;
+                    .map_err(fence_err)?;
                 if r.rows_affected() != 1 {
                     return Err(StoreError::Conflict(format!(
                         "task {} was changed by another call",
@@ -512,8 +512,20 @@ macro_rules! shared_rows {
                     )));
                 }
             }
-            bump_stamps(&mut *conn, tasks, false).await.map_err(db_err)?;
+            bump_stamps(&mut *conn, tasks, false).await.map_err(fence_err)?;
             insert_events(conn, events).await.map_err(db_err)
+        }
+
+        /// A fenced task write that lost a lock cycle with another process's
+        /// writer (PostgreSQL aborts one side: deadlock or serialization
+        /// failure) changed nothing, as a moved version: Conflict, read again.
+        fn fence_err(e: sqlx::Error) -> StoreError {
+            match &e {
+                sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")) => {
+                    StoreError::Conflict(format!("tasks were written by another process at the same moment: {d}"))
+                }
+                _ => db_err(e),
+            }
         }
 
         /// Move the stamps of the sessions of tasks just inserted (`new`) or
