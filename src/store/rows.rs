@@ -488,7 +488,8 @@ macro_rules! shared_rows {
 
         /// Replace tasks whose stored version is the one before theirs, and
         /// record the change's events; Conflict (nothing written by this
-        /// function is kept by the caller) when a version moved.
+        /// function is kept by the caller) when a version moved. The caller
+        /// moves the sessions' stamps ([`bump_stamps`]).
         async fn update_fenced(
             conn: &mut <$db as sqlx::Database>::Connection,
             tasks: &[TaskRecord],
@@ -498,7 +499,11 @@ macro_rules! shared_rows {
                 "UPDATE tasks SET ({TASK_COLUMNS}) = ({}) WHERE id = ?31 AND version = ?32",
                 task_placeholders()
             );
-            for t in tasks {
+            // Rows are locked in one order (by id) in every process: two
+            // writers' calls wait for each other instead of closing a cycle.
+            let mut sorted: Vec<&TaskRecord> = tasks.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            for t in sorted {
                 let r = bind_task(query(AssertSqlSafe(sql.clone())), t)
                     .bind(&t.id)
                     .bind(t.version - 1)
@@ -512,7 +517,6 @@ macro_rules! shared_rows {
                     )));
                 }
             }
-            bump_stamps(&mut *conn, tasks, false).await.map_err(fence_err)?;
             insert_events(conn, events).await.map_err(db_err)
         }
 
@@ -530,9 +534,9 @@ macro_rules! shared_rows {
 
         /// Move the stamps of the sessions of tasks just inserted (`new`) or
         /// updated (each one version up), in the caller's transaction.
-        async fn bump_stamps(
+        async fn bump_stamps<'t>(
             conn: &mut <$db as sqlx::Database>::Connection,
-            tasks: &[TaskRecord],
+            tasks: impl IntoIterator<Item = &'t TaskRecord>,
             new: bool,
         ) -> Result<(), sqlx::Error> {
             let mut by_session: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
@@ -589,14 +593,22 @@ macro_rules! shared_rows {
             batch: &[Write],
         ) -> Result<Vec<StoreResult<()>>, sqlx::Error> {
             let mut out = Vec::with_capacity(batch.len());
+            let mut landed: Vec<&TaskRecord> = Vec::new();
             for w in batch {
                 out.push(match &w.op {
                     WriteOp::Tasks { tasks, events } => {
-                        apply_task_updates(&mut *conn, tasks, events).await?
+                        let r = apply_task_updates(&mut *conn, tasks, events).await?;
+                        if r.is_ok() {
+                            landed.extend(tasks);
+                        }
+                        r
                     }
                     _ => Ok(()),
                 });
             }
+            // The stamps of every call that landed, once per batch and session
+            // (in session order), last: a stamp row is locked only until the commit.
+            bump_stamps(&mut *conn, landed, false).await?;
             Ok(out)
         }
 
@@ -1117,6 +1129,7 @@ macro_rules! sql_store {
                         .collect();
                     // A Conflict drops the transaction: every row of the batch rolls back.
                     update_fenced(&mut tx, tasks, &events).await?;
+                    bump_stamps(&mut tx, tasks, false).await.map_err(fence_err)?;
                     tx.commit().await.map_err(db_err)
                 }
 

@@ -490,6 +490,9 @@ pub struct TaskManager {
     action_limits: super::workflows::spec::Limits,
     shutdown: CancellationToken,
     graphs: Mutex<HashMap<String, Arc<SessionGraph>>>,
+    /// Whose each task of a loaded graph is (it never changes once created):
+    /// a change or read by task id finds its session without a store read.
+    homes: Mutex<HashMap<String, Home>>,
     /// Other processes may write the same tasks (a shared database): every
     /// lock compares the store's stamp of the session and reloads when it moved.
     shared: bool,
@@ -500,6 +503,13 @@ pub struct TaskManager {
     cluster: crate::config::ClusterConfig,
     /// Where "now" comes from: leases start and end by it.
     clock: Arc<dyn Clock>,
+}
+
+/// The principal and session a task belongs to.
+#[derive(Clone)]
+struct Home {
+    principal: Arc<str>,
+    session_id: Arc<str>,
 }
 
 fn deps_of(t: &TaskRecord) -> &[String] {
@@ -800,6 +810,7 @@ impl TaskManager {
             action_limits: super::workflows::spec::Limits::from_config(&config.workflows),
             shutdown,
             graphs: Mutex::new(HashMap::new()),
+            homes: Mutex::new(HashMap::new()),
             store,
             clock: Arc::new(SystemClock),
         }
@@ -850,12 +861,54 @@ impl TaskManager {
                 g.pending.clear();
             }
             g.graph.clear();
-            for t in self.store.session_tasks(&sg.session_id).await? {
+            let tasks = self.store.session_tasks(&sg.session_id).await?;
+            self.remember(&tasks);
+            for t in tasks {
                 g.graph.insert(t);
             }
             g.loaded = true;
         }
         Ok(g)
+    }
+
+    /// Note whose these tasks are (see `homes`).
+    fn remember(&self, tasks: &[TaskRecord]) {
+        let mut homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last: Option<Home> = None;
+        for t in tasks {
+            let home = match &last {
+                // A session's tasks share one principal and session: one allocation.
+                Some(h) if *h.session_id == *t.session_id && *h.principal == *t.principal => {
+                    h.clone()
+                }
+                _ => Home {
+                    principal: t.principal.as_str().into(),
+                    session_id: t.session_id.as_str().into(),
+                },
+            };
+            if !homes.contains_key(&t.id) {
+                homes.insert(t.id.clone(), home.clone());
+            }
+            last = Some(home);
+        }
+    }
+
+    /// Whose the task is: from memory, else from the store (a task another
+    /// process created, or of a graph not loaded here).
+    async fn home(&self, task_id: &str) -> Result<Option<Home>> {
+        let known = self
+            .homes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(task_id)
+            .cloned();
+        if known.is_some() {
+            return Ok(known);
+        }
+        Ok(self.store.get_task(task_id).await?.map(|t| Home {
+            principal: t.principal.as_str().into(),
+            session_id: t.session_id.as_str().into(),
+        }))
     }
 
     /// Every session graph this process holds.
@@ -1258,6 +1311,7 @@ impl TaskManager {
             .insert_tasks(&records)
             .await
             .map_err(conflict_hint)?;
+        self.remember(&records);
         for r in &records {
             g.graph.insert(r.clone());
         }
@@ -1416,33 +1470,38 @@ impl TaskManager {
         session_id: Option<&str>,
         change: bool,
     ) -> Result<(Session, Arc<SessionGraph>)> {
-        let rec = self.store.get_task(task_id).await?;
-        let Some(rec) =
-            rec.filter(|t| t.principal == p.name() && session_id.is_none_or(|s| s == t.session_id))
-        else {
+        let home = self.home(task_id).await?;
+        let Some(home) = home.filter(|h| {
+            *h.principal == *p.name() && session_id.is_none_or(|s| s == &*h.session_id)
+        }) else {
             return Err(not_found(task_id));
         };
         // A change needs an active session and counts as activity in it
         // (`resolve` checks and records both); reading does neither.
         let sessions = engine.sessions();
         let session = if change {
-            sessions.resolve(p, Some(&rec.session_id)).await
+            sessions.resolve(p, Some(&home.session_id)).await
         } else {
-            sessions.get(p, &rec.session_id).await
+            sessions.get(p, &home.session_id).await
         };
-        let session = session.map_err(|e| match e.code {
-            ErrorCode::SessionClosed => Error::new(
-                ErrorCode::SessionClosed,
-                format!(
-                    "task '{}' belongs to session {}, which is closed",
-                    rec.name, rec.session_id
-                ),
-                "Tasks of a closed session cannot change; create a new session (create_session) for further work.",
-            ),
-            ErrorCode::NotFound => not_found(task_id),
-            _ => e,
-        })?;
-        Ok((session, self.session_graph(&rec.session_id)))
+        let session = match session {
+            Ok(s) => s,
+            Err(e) if e.code == ErrorCode::SessionClosed => {
+                let name = self.store.get_task(task_id).await?.map(|t| t.name);
+                return Err(Error::new(
+                    ErrorCode::SessionClosed,
+                    format!(
+                        "task '{}' belongs to session {}, which is closed",
+                        name.as_deref().unwrap_or(task_id),
+                        home.session_id
+                    ),
+                    "Tasks of a closed session cannot change; create a new session (create_session) for further work.",
+                ));
+            }
+            Err(e) if e.code == ErrorCode::NotFound => return Err(not_found(task_id)),
+            Err(e) => return Err(e),
+        };
+        Ok((session, self.session_graph(&home.session_id)))
     }
 
     pub async fn get(
@@ -2431,6 +2490,12 @@ impl TaskManager {
             r.cancel.cancel();
         }
         sg.bump();
+        {
+            let mut homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
+            for id in g.order() {
+                homes.remove(id);
+            }
+        }
         drop(g);
         self.graphs
             .lock()
