@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
-use common::proc_status;
+use common::{proc_status, thread_usage};
 use serde_json::{Value, json};
 
 /// A server child spoken to one JSON-RPC line at a time.
@@ -100,22 +100,7 @@ impl Lean {
 
     /// (CPU ns, context switches) of every thread of the server so far.
     fn usage(&self) -> (u64, u64) {
-        let (mut cpu, mut switches) = (0, 0);
-        let dir = format!("/proc/{}/task", self.child.id());
-        for task in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = task.path();
-            if let Ok(s) = std::fs::read_to_string(p.join("schedstat")) {
-                cpu += s
-                    .split_whitespace()
-                    .next()
-                    .and_then(|x| x.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-            let status = p.join("status");
-            switches += proc_status(&status, "voluntary_ctxt_switches")
-                + proc_status(&status, "nonvoluntary_ctxt_switches");
-        }
-        (cpu, switches)
+        thread_usage(self.child.id())
     }
 
     fn rss_kib(&self) -> u64 {

@@ -1,7 +1,8 @@
 //! Claim/complete benchmark (not a test): agents drain agent tasks through the
 //! real server over Streamable HTTP (`next_task` then `complete_task`), with 1,
 //! 4 and 8 concurrent clients, on the SQLite store with `synchronous=FULL`.
-//! Reports round trips (one claim plus one completion) per second.
+//! Reports round trips (one claim plus one completion) per second, and the
+//! server's CPU and context switches per round trip (all its threads, /proc).
 //!
 //!     cargo build --release --bin myrmex
 //!     cargo run --release --example bench_claims          # 2,000 tasks per round
@@ -12,7 +13,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{call, client};
+use common::{call, client, thread_usage};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -57,9 +58,10 @@ async fn main() {
     let admin = client(&url).await;
     println!("tasks per round: {n}");
     println!(
-        "{:<8} {:>10} {:>16} {:>14}",
-        "clients", "seconds", "round_trips_s", "ms_per_trip"
+        "{:<8} {:>10} {:>16} {:>14} {:>16} {:>16}",
+        "clients", "seconds", "round_trips_s", "ms_per_trip", "server_cpu_us", "switches_per_trip"
     );
+    let pid = child.id().expect("the server runs");
     for clients in [1usize, 4, 8] {
         let s = call(
             &admin,
@@ -85,6 +87,7 @@ async fn main() {
             conns.push(client(&url).await);
         }
         let t = Instant::now();
+        let (cpu0, sw0) = thread_usage(pid);
         for (w, c) in conns.into_iter().enumerate() {
             let s = s.clone();
             workers.push(tokio::spawn(async move {
@@ -114,11 +117,14 @@ async fn main() {
             total += w.await.unwrap();
         }
         let secs = t.elapsed().as_secs_f64();
+        let (cpu1, sw1) = thread_usage(pid);
         assert_eq!(total, n, "every task done exactly once");
         println!(
-            "{clients:<8} {secs:>10.2} {:>16.0} {:>14.2}",
+            "{clients:<8} {secs:>10.2} {:>16.0} {:>14.2} {:>16.0} {:>16.1}",
             n as f64 / secs,
-            secs * 1000.0 / n as f64
+            secs * 1000.0 / n as f64,
+            (cpu1 - cpu0) as f64 / 1e3 / n as f64,
+            (sw1 - sw0) as f64 / n as f64
         );
     }
     drop(admin);

@@ -44,3 +44,24 @@ pub fn proc_status(path: impl AsRef<std::path::Path>, key: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// (CPU ns, context switches) of every live thread of process `pid` so far,
+/// from `/proc/PID/task/*/{schedstat,status}`.
+pub fn thread_usage(pid: u32) -> (u64, u64) {
+    let (mut cpu, mut switches) = (0, 0);
+    let dir = format!("/proc/{pid}/task");
+    for task in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = task.path();
+        if let Ok(s) = std::fs::read_to_string(p.join("schedstat")) {
+            cpu += s
+                .split_whitespace()
+                .next()
+                .and_then(|x| x.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        let status = p.join("status");
+        switches += proc_status(&status, "voluntary_ctxt_switches")
+            + proc_status(&status, "nonvoluntary_ctxt_switches");
+    }
+    (cpu, switches)
+}

@@ -1389,9 +1389,31 @@ mod contract {
         t1.await.unwrap();
         assert_eq!(
             store.session_tasks("ses_g").await.unwrap(),
-            vec![x_claimed, y_claimed]
+            vec![x_claimed.clone(), y_claimed.clone()]
         );
         assert_eq!(store.session_tasks_stamp("ses_g").await.unwrap(), (2, 4));
+        // A call alone in its batch (the writer gives it no savepoint of its
+        // own) is refused whole too: its first row fits, its second is stale.
+        let lone = vec![with(&x_claimed, "succeeded", 3), with(&y, "failed", 2)];
+        let t = store
+            .queue_task_updates(lone.clone(), events_of(&lone))
+            .await
+            .unwrap();
+        assert!(matches!(t.await, Err(StoreError::Conflict(_))));
+        assert_eq!(
+            store.session_tasks("ses_g").await.unwrap(),
+            vec![x_claimed.clone(), y_claimed.clone()]
+        );
+        assert_eq!(store.session_tasks_stamp("ses_g").await.unwrap(), (2, 4));
+        // And one that fits lands, its stamp and event with it.
+        let done = vec![with(&x_claimed, "succeeded", 3)];
+        store
+            .queue_task_updates(done.clone(), events_of(&done))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(store.session_tasks_stamp("ses_g").await.unwrap(), (2, 5));
         let mut seen = Vec::new();
         for _ in 0..400 {
             seen = window(&*store, EventCursor::default(), 100)
@@ -1400,7 +1422,7 @@ mod contract {
                 .filter(|e| e.session_id.as_deref() == Some("ses_g"))
                 .map(|e| (e.subject, e.status))
                 .collect::<Vec<_>>();
-            if seen.len() >= 4 {
+            if seen.len() >= 5 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
@@ -1416,7 +1438,8 @@ mod contract {
                 ("tsk_x", "ready"),
                 ("tsk_y", "ready"),
                 ("tsk_x", "claimed"),
-                ("tsk_y", "claimed")
+                ("tsk_y", "claimed"),
+                ("tsk_x", "succeeded")
             ])
         );
     }

@@ -94,16 +94,20 @@ async fn commit_batch(
         return Ok(batch.iter().map(|_| Ok(())).collect());
     }
     let mut tx = conn.begin().await?;
-    let answers = apply_batch_tasks(&mut tx, batch).await?;
+    let tasks = apply_batch_tasks(&mut tx, batch).await?;
+    if !tasks.commit {
+        tx.rollback().await?;
+        return Ok(tasks.answers);
+    }
     for r in runs {
         bind_run(query(AssertSqlSafe(run_sql.clone())), r)
             .execute(&mut *tx)
             .await?;
     }
-    insert_events(&mut tx, &events).await?;
+    insert_events(&mut tx, &[tasks.events, events].concat()).await?;
     write_steps(&mut tx, true, &steps).await?;
     tx.commit().await?;
-    Ok(answers)
+    Ok(tasks.answers)
 }
 
 /// The writer commits whatever is queued in one transaction on a pooled

@@ -486,14 +486,13 @@ macro_rules! shared_rows {
             insert_events(conn, &events).await
         }
 
-        /// Replace tasks whose stored version is the one before theirs, and
-        /// record the change's events; Conflict (nothing written by this
-        /// function is kept by the caller) when a version moved. The caller
+        /// Replace tasks whose stored version is the one before theirs;
+        /// Conflict (nothing written by this function is kept by the caller)
+        /// when a version moved. The caller records the change's events and
         /// moves the sessions' stamps ([`bump_stamps`]).
         async fn update_fenced(
             conn: &mut <$db as sqlx::Database>::Connection,
             tasks: &[TaskRecord],
-            events: &[EventRecord],
         ) -> StoreResult<()> {
             let sql = format!(
                 "UPDATE tasks SET ({TASK_COLUMNS}) = ({}) WHERE id = ?31 AND version = ?32",
@@ -517,7 +516,7 @@ macro_rules! shared_rows {
                     )));
                 }
             }
-            insert_events(conn, events).await.map_err(db_err)
+            Ok(())
         }
 
         /// A fenced task write that lost a lock cycle with another process's
@@ -571,10 +570,9 @@ macro_rules! shared_rows {
         async fn apply_task_updates(
             conn: &mut <$db as sqlx::Database>::Connection,
             tasks: &[TaskRecord],
-            events: &[EventRecord],
         ) -> Result<StoreResult<()>, sqlx::Error> {
             let mut call = sqlx::Connection::begin(&mut *conn).await?;
-            match update_fenced(&mut call, tasks, events).await {
+            match update_fenced(&mut call, tasks).await {
                 Ok(()) => {
                     call.commit().await?;
                     Ok(Ok(()))
@@ -586,29 +584,66 @@ macro_rules! shared_rows {
             }
         }
 
-        /// What each write of a batch answers: the task writes' own outcomes
-        /// in order; every other write is part of the batch's commit.
+        /// What the task writes of a batch did, in the writer's transaction.
+        struct BatchTasks {
+            /// Each write's answer, in order; every write other than a task
+            /// write is part of the batch's commit.
+            answers: Vec<StoreResult<()>>,
+            /// The events of the task writes that landed, for the batch's insert.
+            events: Vec<EventRecord>,
+            /// False: the batch's only write was refused without a savepoint
+            /// of its own; the transaction must be rolled back, not committed.
+            commit: bool,
+        }
+
+        /// Apply a batch's task writes, each under its own savepoint, except a
+        /// batch's only write (one agent's call): the batch's transaction is
+        /// its savepoint then, two statements fewer. The stamps of every call
+        /// that landed move once per batch and session (in session order),
+        /// last: a stamp row is locked only until the commit. Their events are
+        /// inserted with the batch's others, in one statement.
         async fn apply_batch_tasks(
             conn: &mut <$db as sqlx::Database>::Connection,
             batch: &[Write],
-        ) -> Result<Vec<StoreResult<()>>, sqlx::Error> {
-            let mut out = Vec::with_capacity(batch.len());
+        ) -> Result<BatchTasks, sqlx::Error> {
+            let calls = batch
+                .iter()
+                .filter(|w| matches!(w.op, WriteOp::Tasks { .. }))
+                .count();
+            let alone = calls == 1
+                && batch
+                    .iter()
+                    .all(|w| matches!(w.op, WriteOp::Tasks { .. } | WriteOp::Barrier));
+            let mut out = BatchTasks {
+                answers: Vec::with_capacity(batch.len()),
+                events: Vec::new(),
+                commit: true,
+            };
             let mut landed: Vec<&TaskRecord> = Vec::new();
             for w in batch {
-                out.push(match &w.op {
+                out.answers.push(match &w.op {
                     WriteOp::Tasks { tasks, events } => {
-                        let r = apply_task_updates(&mut *conn, tasks, events).await?;
-                        if r.is_ok() {
-                            landed.extend(tasks);
+                        let r = if alone {
+                            update_fenced(&mut *conn, tasks).await
+                        } else {
+                            apply_task_updates(&mut *conn, tasks).await?
+                        };
+                        match &r {
+                            Ok(()) => {
+                                landed.extend(tasks);
+                                out.events.extend(events.iter().cloned());
+                            }
+                            Err(_) if alone => out.commit = false,
+                            Err(_) => {}
                         }
                         r
                     }
                     _ => Ok(()),
                 });
             }
-            // The stamps of every call that landed, once per batch and session
-            // (in session order), last: a stamp row is locked only until the commit.
-            bump_stamps(&mut *conn, landed, false).await?;
+            if out.commit {
+                bump_stamps(&mut *conn, landed, false).await?;
+            }
             Ok(out)
         }
 
@@ -1128,7 +1163,8 @@ macro_rules! sql_store {
                         .filter_map(|t| EventRecord::task_change(before.get(&t.id), t))
                         .collect();
                     // A Conflict drops the transaction: every row of the batch rolls back.
-                    update_fenced(&mut tx, tasks, &events).await?;
+                    update_fenced(&mut tx, tasks).await?;
+                    insert_events(&mut tx, &events).await.map_err(db_err)?;
                     bump_stamps(&mut tx, tasks, false).await.map_err(fence_err)?;
                     tx.commit().await.map_err(db_err)
                 }

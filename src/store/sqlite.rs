@@ -85,8 +85,12 @@ async fn commit_batch(
         return Ok(batch.iter().map(|_| Ok(())).collect());
     }
     let mut tx = conn.begin_with(BEGIN_WRITE).await?;
-    let answers = apply_batch_tasks(&mut tx, batch).await?;
-    insert_events(&mut tx, &events).await?;
+    let tasks = apply_batch_tasks(&mut tx, batch).await?;
+    if !tasks.commit {
+        tx.rollback().await?;
+        return Ok(tasks.answers);
+    }
+    insert_events(&mut tx, &[tasks.events, events].concat()).await?;
     for r in runs {
         bind_run(query(AssertSqlSafe(run_sql.clone())), r)
             .execute(&mut *tx)
@@ -94,7 +98,7 @@ async fn commit_batch(
     }
     write_steps(&mut tx, "REPLACE", &steps).await?;
     tx.commit().await?;
-    Ok(answers)
+    Ok(tasks.answers)
 }
 
 /// The writer owns one connection for its lifetime: no pool round trips per batch.
@@ -258,6 +262,9 @@ impl SqliteStore {
         // The writer and the signal watcher hold one connection each.
         let pool = SqlitePoolOptions::new()
             .max_connections(6)
+            // A connection to a local file cannot hang up: sqlx's ping before
+            // each acquire was one more hop to the connection's thread per query.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open SQLite store {}: {e}", path.display()))?;

@@ -1823,7 +1823,7 @@ impl TaskManager {
         let changed = txn.commit(&*self.store).await?;
         g.apply(changed);
         if cur.status == CLAIMED {
-            self.release_claim(task_id).await;
+            self.release_claim(&cur).await;
         }
         if let Some(r) = g.running.get(task_id) {
             let _ = r.stop.set(Stop::Cancelled);
@@ -1950,7 +1950,9 @@ impl TaskManager {
         let changed = txn.commit(&*self.store).await?;
         g.apply(changed);
         for id in &expired {
-            self.release_claim(id).await;
+            if let Some(t) = g.get(id) {
+                self.release_claim(t).await;
+            }
         }
         Ok(expired.len())
     }
@@ -2181,10 +2183,11 @@ impl TaskManager {
             candidates - 1
         );
         let changed = txn.into_changed();
+        let picked = g.tasks()[&best].clone();
         let staged = match self.stage(&mut g, changed).await {
             Ok(s) => s,
             Err(e) => {
-                self.release_claim(&best).await;
+                self.release_claim(&picked).await;
                 return Err(e);
             }
         };
@@ -2204,14 +2207,21 @@ impl TaskManager {
         // becomes durable, and share it.
         drop(g);
         if let Err(e) = staged.durable().await {
-            self.release_claim(&best).await;
+            self.release_claim(&picked).await;
             return Err(e);
         }
         Ok(claim)
     }
 
     /// A claim ended (completed, failed, expired, cancelled): its resources go back.
-    async fn release_claim(&self, task_id: &str) {
+    /// Release what the claim of `t` holds. Only a task that declares
+    /// resources holds any (they are set at creation): the others skip the
+    /// resource manager and its read of the allocations.
+    async fn release_claim(&self, t: &TaskRecord) {
+        if t.resources.is_none() {
+            return;
+        }
+        let task_id = t.id.as_str();
         if let Err(e) = self
             .resources
             .release_owner(crate::model::OwnerKind::Claim, task_id, "the claim ended")
@@ -2271,7 +2281,7 @@ impl TaskManager {
         // the later commit conflicts, reads the graph again and settles them.
         let mut tries = 0;
         loop {
-            let (sg, mut g, _) = self.open_task(engine, p, task_id, None).await?;
+            let (sg, mut g, cur) = self.open_task(engine, p, task_id, None).await?;
             let changed = self
                 .finish_claim_once(&mut g, task_id, lease_id, &outcome)
                 .await?;
@@ -2281,7 +2291,7 @@ impl TaskManager {
             drop(g);
             match staged.durable().await.and(answer) {
                 Ok(view) => {
-                    self.release_claim(task_id).await;
+                    self.release_claim(&cur).await;
                     return Ok(view);
                 }
                 Err(e) if self.shared && e.code == ErrorCode::Conflict => {}
