@@ -245,6 +245,31 @@ async fn project_events_and_other_principals_see_nothing() {
 }
 
 #[tokio::test]
+async fn a_small_page_reads_past_other_principals_events_in_one_call() {
+    let env = Env::new();
+    let tokens = env.two_principals();
+    let srv = env.http(&["--config", tokens.to_str().unwrap()]).await;
+    let alice = srv.client(Era::Legacy, Some(ALICE_TOKEN)).await;
+    let bob = srv.client(Era::Modern, Some(BOB_TOKEN)).await;
+    // Bob's 60 task events come first; the windows a page reads grow past them.
+    let tasks: Vec<Value> = (0..60).map(|i| json!({"name": format!("b{i}")})).collect();
+    ok(&bob, "create_tasks", json!({"tasks": tasks})).await;
+    let (bobs, _) = drain_until(&bob, json!({"kinds": ["task"]}), |e| e.len() >= 60).await;
+    assert_eq!(bobs.len(), 60);
+    let t = ok(&alice, "create_task", json!({"task": {"name": "mine"}})).await;
+    let (mine, _) = drain_until(&alice, json!({"kinds": ["task"], "limit": 1}), |e| {
+        !e.is_empty()
+    })
+    .await;
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["subject"], t["task_id"]);
+    // One call with a page of one finds it behind bob's events.
+    let page = ok(&alice, "get_events", json!({"kinds": ["task"], "limit": 1})).await;
+    assert_eq!(page["events"][0]["subject"], t["task_id"], "{page}");
+    drop(srv);
+}
+
+#[tokio::test]
 async fn a_cursor_holds_across_a_restart() {
     let env = Env::new();
     let (before, cursor) = {

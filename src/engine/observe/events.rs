@@ -10,7 +10,9 @@ use crate::engine::{Engine, Principal, iso, now_ms};
 use crate::error::{Error, Result};
 use crate::store::{EventCursor, EventWindow, StoredEvent};
 
-/// Events read from the store per window.
+/// Most events read from the store per window. The first window is the
+/// page asked for (and one more); each next one four times the last: a
+/// caller whose events are most of the log reads about what it gets.
 const WINDOW: u32 = 2_000;
 /// Most events one call looks at (its own and other callers'), so a call on
 /// a busy server stays cheap; `more` says to call again.
@@ -91,15 +93,14 @@ impl Engine {
                     .is_none_or(|s| e.subject == *s || e.run_id.as_ref() == Some(s))
         };
         let (mut found, mut scanned, mut more) = (Vec::new(), 0, false);
+        let mut scan = (limit as u32).saturating_add(1).min(WINDOW);
         'scan: loop {
             let window = self
                 .store()
-                .events(&EventWindow {
-                    after: pos,
-                    scan: WINDOW,
-                })
+                .events(&EventWindow { after: pos, scan })
                 .await?;
-            let full = window.len() == WINDOW as usize;
+            let full = window.len() == scan as usize;
+            scan = scan.saturating_mul(4).min(WINDOW);
             for e in window {
                 pos = e.cursor;
                 scanned += 1;
