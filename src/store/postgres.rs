@@ -82,34 +82,6 @@ async fn write_steps(
     Ok(())
 }
 
-async fn commit_batch(
-    conn: &mut sqlx::PgConnection,
-    batch: &[Write],
-) -> Result<Vec<StoreResult<()>>, sqlx::Error> {
-    use sqlx::Connection as _;
-    let run_sql = upsert_run_sql();
-    let (runs, steps) = latest(batch);
-    let events = batch_events(batch);
-    if only_barriers(batch) {
-        return Ok(batch.iter().map(|_| Ok(())).collect());
-    }
-    let mut tx = conn.begin().await?;
-    let tasks = apply_batch_tasks(&mut tx, batch).await?;
-    if !tasks.commit {
-        tx.rollback().await?;
-        return Ok(tasks.answers);
-    }
-    for r in runs {
-        bind_run(query(AssertSqlSafe(run_sql.clone())), r)
-            .execute(&mut *tx)
-            .await?;
-    }
-    insert_events(&mut tx, &[tasks.events, events].concat()).await?;
-    write_steps(&mut tx, true, &steps).await?;
-    tx.commit().await?;
-    Ok(tasks.answers)
-}
-
 /// The writer commits whatever is queued in one transaction on a pooled
 /// connection (a lost connection is replaced by the pool).
 async fn writer(

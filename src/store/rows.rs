@@ -652,6 +652,38 @@ macro_rules! shared_rows {
             batch.iter().all(|w| matches!(w.op, WriteOp::Barrier))
         }
 
+        /// Commit a batch of the group-commit writer in one transaction: the
+        /// task writes (each answered on its own), then every event, run and
+        /// step of the batch. What each write answers.
+        async fn commit_batch(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            batch: &[Write],
+        ) -> Result<Vec<StoreResult<()>>, sqlx::Error> {
+            use sqlx::Connection as _;
+            if only_barriers(batch) {
+                return Ok(batch.iter().map(|_| Ok(())).collect());
+            }
+            let (runs, steps) = latest(batch);
+            let mut tx = conn.begin_with(BEGIN_WRITE).await?;
+            let tasks = apply_batch_tasks(&mut tx, batch).await?;
+            if !tasks.commit {
+                tx.rollback().await?;
+                return Ok(tasks.answers);
+            }
+            let mut events = tasks.events;
+            events.extend(batch_events(batch));
+            insert_events(&mut tx, &events).await?;
+            let run_sql = upsert_run_sql();
+            for r in runs {
+                bind_run(query(AssertSqlSafe(run_sql.clone())), r)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            write_steps(&mut tx, true, &steps).await?;
+            tx.commit().await?;
+            Ok(tasks.answers)
+        }
+
         /// Send each write of a batch its answer, and count what was committed.
         fn answer_batch(
             batch: Vec<Write>,

@@ -46,9 +46,10 @@ const STEP_ROWS_PER_STATEMENT: usize = 256;
 /// fsync, is what bounds SQLite throughput here.
 async fn write_steps(
     conn: &mut sqlx::SqliteConnection,
-    verb: &str,
+    upsert: bool,
     steps: &[&StepRecord],
 ) -> Result<(), sqlx::Error> {
+    let verb = if upsert { "REPLACE" } else { "INSERT" };
     for chunk in steps.chunks(STEP_ROWS_PER_STATEMENT) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
             "{verb} INTO run_steps ({STEP_COLUMNS}) "
@@ -71,34 +72,6 @@ async fn write_steps(
         qb.build().execute(&mut *conn).await?;
     }
     Ok(())
-}
-
-async fn commit_batch(
-    conn: &mut sqlx::SqliteConnection,
-    batch: &[Write],
-) -> Result<Vec<StoreResult<()>>, sqlx::Error> {
-    use sqlx::Connection as _;
-    let run_sql = upsert_run_sql();
-    let (runs, steps) = latest(batch);
-    let events = batch_events(batch);
-    if only_barriers(batch) {
-        return Ok(batch.iter().map(|_| Ok(())).collect());
-    }
-    let mut tx = conn.begin_with(BEGIN_WRITE).await?;
-    let tasks = apply_batch_tasks(&mut tx, batch).await?;
-    if !tasks.commit {
-        tx.rollback().await?;
-        return Ok(tasks.answers);
-    }
-    insert_events(&mut tx, &[tasks.events, events].concat()).await?;
-    for r in runs {
-        bind_run(query(AssertSqlSafe(run_sql.clone())), r)
-            .execute(&mut *tx)
-            .await?;
-    }
-    write_steps(&mut tx, "REPLACE", &steps).await?;
-    tx.commit().await?;
-    Ok(tasks.answers)
 }
 
 /// The writer owns one connection for its lifetime: no pool round trips per batch.
@@ -426,9 +399,7 @@ super::rows::sql_store!(SqliteStore, {
             .await
             .map_err(db_err)?;
         let steps: Vec<&StepRecord> = steps.iter().collect();
-        write_steps(&mut tx, "INSERT", &steps)
-            .await
-            .map_err(db_err)?;
+        write_steps(&mut tx, false, &steps).await.map_err(db_err)?;
         insert_events(&mut tx, &[EventRecord::run(run)])
             .await
             .map_err(db_err)?;

@@ -512,6 +512,15 @@ struct Home {
     session_id: Arc<str>,
 }
 
+impl Home {
+    fn of(t: &TaskRecord) -> Self {
+        Self {
+            principal: t.principal.as_str().into(),
+            session_id: t.session_id.as_str().into(),
+        }
+    }
+}
+
 fn deps_of(t: &TaskRecord) -> &[String] {
     &t.dependencies
 }
@@ -881,10 +890,7 @@ impl TaskManager {
                 Some(h) if *h.session_id == *t.session_id && *h.principal == *t.principal => {
                     h.clone()
                 }
-                _ => Home {
-                    principal: t.principal.as_str().into(),
-                    session_id: t.session_id.as_str().into(),
-                },
+                _ => Home::of(t),
             };
             if !homes.contains_key(&t.id) {
                 homes.insert(t.id.clone(), home.clone());
@@ -905,10 +911,7 @@ impl TaskManager {
         if known.is_some() {
             return Ok(known);
         }
-        Ok(self.store.get_task(task_id).await?.map(|t| Home {
-            principal: t.principal.as_str().into(),
-            session_id: t.session_id.as_str().into(),
-        }))
+        Ok(self.store.get_task(task_id).await?.as_ref().map(Home::of))
     }
 
     /// Every session graph this process holds.
@@ -2183,11 +2186,11 @@ impl TaskManager {
             candidates - 1
         );
         let changed = txn.into_changed();
-        let picked = g.tasks()[&best].clone();
+        let declares = g.tasks()[&best].resources.is_some();
         let staged = match self.stage(&mut g, changed).await {
             Ok(s) => s,
             Err(e) => {
-                self.release_claim(&picked).await;
+                self.release_claim_of(&best, declares).await;
                 return Err(e);
             }
         };
@@ -2207,21 +2210,24 @@ impl TaskManager {
         // becomes durable, and share it.
         drop(g);
         if let Err(e) = staged.durable().await {
-            self.release_claim(&picked).await;
+            self.release_claim_of(&best, declares).await;
             return Err(e);
         }
         Ok(claim)
     }
 
-    /// A claim ended (completed, failed, expired, cancelled): its resources go back.
-    /// Release what the claim of `t` holds. Only a task that declares
-    /// resources holds any (they are set at creation): the others skip the
+    /// A claim of `t` ended (completed, failed, expired, cancelled): its
+    /// resources go back. Only a task that declares resources holds any (they are set at creation): the others skip the
     /// resource manager and its read of the allocations.
     async fn release_claim(&self, t: &TaskRecord) {
-        if t.resources.is_none() {
+        self.release_claim_of(&t.id, t.resources.is_some()).await;
+    }
+
+    /// [`Self::release_claim`] by id, for a task that `declares` resources or not.
+    async fn release_claim_of(&self, task_id: &str, declares: bool) {
+        if !declares {
             return;
         }
-        let task_id = t.id.as_str();
         if let Err(e) = self
             .resources
             .release_owner(crate::model::OwnerKind::Claim, task_id, "the claim ended")
