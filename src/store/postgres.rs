@@ -53,19 +53,7 @@ async fn write_steps(
             "INSERT INTO run_steps ({STEP_COLUMNS}) "
         ));
         qb.push_values(chunk.iter(), |mut b, s| {
-            b.push_bind(s.run_id.clone())
-                .push_bind(s.name.clone())
-                .push_bind(s.position as i64)
-                .push_bind(s.status.as_str())
-                .push_bind(s.attempts as i64)
-                .push_bind(s.started_at)
-                .push_bind(s.finished_at)
-                .push_bind(s.output.clone())
-                .push_bind(s.error.clone())
-                .push_bind(s.input_hash.clone())
-                .push_bind(s.reused)
-                .push_bind(s.prior_output.clone())
-                .push_bind(s.prior_hash.clone());
+            push_args(&mut b, super::rows::step_args(s))
         });
         if upsert {
             qb.push(
@@ -82,6 +70,115 @@ async fn write_steps(
     Ok(())
 }
 
+/// One call's task updates inside the writer's transaction, under a
+/// savepoint: a moved version (another process wrote first) or a
+/// refused row rolls back this call's rows alone; the batch goes on.
+/// The outer error is the connection's: the whole batch fails.
+async fn apply_task_updates(
+    conn: &mut sqlx::PgConnection,
+    tasks: &[TaskRecord],
+) -> Result<StoreResult<()>, sqlx::Error> {
+    let mut call = sqlx::Connection::begin(&mut *conn).await?;
+    match update_fenced(&mut call, tasks).await {
+        Ok(()) => {
+            call.commit().await?;
+            Ok(Ok(()))
+        }
+        Err(e) => {
+            call.rollback().await?;
+            Ok(Err(e))
+        }
+    }
+}
+
+/// What the task writes of a batch did, in the writer's transaction.
+struct BatchTasks {
+    /// Each write's answer, in order; every write other than a task
+    /// write is part of the batch's commit.
+    answers: Vec<StoreResult<()>>,
+    /// The events of the task writes that landed, for the batch's insert.
+    events: Vec<EventRecord>,
+    /// False: the batch's only write was refused without a savepoint
+    /// of its own; the transaction must be rolled back, not committed.
+    commit: bool,
+}
+
+/// Apply a batch's task writes, each under its own savepoint, except a
+/// batch's only write (one agent's call): the batch's transaction is
+/// its savepoint then, two statements fewer. The stamps of every call
+/// that landed move once per batch and session (in session order),
+/// last: a stamp row is locked only until the commit. Their events are
+/// inserted with the batch's others, in one statement.
+async fn apply_batch_tasks(
+    conn: &mut sqlx::PgConnection,
+    batch: &[Write],
+) -> Result<BatchTasks, sqlx::Error> {
+    let alone = lone_task_call(batch);
+    let mut out = BatchTasks {
+        answers: Vec::with_capacity(batch.len()),
+        events: Vec::new(),
+        commit: true,
+    };
+    let mut landed: Vec<&TaskRecord> = Vec::new();
+    for w in batch {
+        out.answers.push(match &w.op {
+            WriteOp::Tasks { tasks, events } => {
+                let r = if alone {
+                    update_fenced(&mut *conn, tasks).await
+                } else {
+                    apply_task_updates(&mut *conn, tasks).await?
+                };
+                match &r {
+                    Ok(()) => {
+                        landed.extend(tasks);
+                        out.events.extend(events.iter().cloned());
+                    }
+                    Err(_) if alone => out.commit = false,
+                    Err(_) => {}
+                }
+                r
+            }
+            _ => Ok(()),
+        });
+    }
+    if out.commit {
+        bump_stamps(&mut *conn, landed, false).await?;
+    }
+    Ok(out)
+}
+
+/// Commit a batch of the group-commit writer in one transaction: the
+/// task writes (each answered on its own), then every event, run and
+/// step of the batch. What each write answers.
+async fn commit_batch(
+    conn: &mut sqlx::PgConnection,
+    batch: &[Write],
+) -> Result<Vec<StoreResult<()>>, sqlx::Error> {
+    use sqlx::Connection as _;
+    if only_barriers(batch) {
+        return Ok(batch.iter().map(|_| Ok(())).collect());
+    }
+    let (runs, steps) = latest(batch);
+    let mut tx = conn.begin_with(BEGIN_WRITE).await?;
+    let tasks = apply_batch_tasks(&mut tx, batch).await?;
+    if !tasks.commit {
+        tx.rollback().await?;
+        return Ok(tasks.answers);
+    }
+    let mut events = tasks.events;
+    events.extend(batch_events(batch));
+    insert_events(&mut tx, &events).await?;
+    let run_sql = upsert_run_sql();
+    for r in runs {
+        bind_run(query(AssertSqlSafe(run_sql.clone())), r)
+            .execute(&mut *tx)
+            .await?;
+    }
+    write_steps(&mut tx, true, &steps).await?;
+    tx.commit().await?;
+    Ok(tasks.answers)
+}
+
 /// The writer commits whatever is queued in one transaction on a pooled
 /// connection (a lost connection is replaced by the pool).
 async fn writer(
@@ -90,13 +187,7 @@ async fn writer(
     counts: std::sync::Arc<super::WriteCounts>,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
+        let batch = super::rows::gather(first, &mut rx, GROUP_COMMIT_MAX);
         let result = match pool.acquire().await {
             Ok(mut conn) => commit_batch(&mut conn, &batch).await,
             Err(e) => Err(e),

@@ -11,6 +11,175 @@
 pub const BUSY: &str =
     "another process held the database's write lock for longer than sqlite_busy_timeout_ms";
 
+use super::{EventRecord, RunRecord, StepRecord, TaskRecord};
+
+/// One value bound to a statement, for either driver: the records' column
+/// lists are written once (below), and sqlx's binders and the SQLite writer's
+/// rusqlite statements both read them.
+#[derive(Debug, Clone)]
+pub enum Arg<'a> {
+    Text(Option<&'a str>),
+    Owned(String),
+    Int(Option<i64>),
+    Bool(bool),
+}
+
+fn text(s: &str) -> Arg<'_> {
+    Arg::Text(Some(s))
+}
+
+fn opt_text(s: &Option<String>) -> Arg<'_> {
+    Arg::Text(s.as_deref())
+}
+
+fn int(i: i64) -> Arg<'static> {
+    Arg::Int(Some(i))
+}
+
+/// A task row in `TASK_COLUMNS` order.
+pub fn task_args(t: &TaskRecord) -> [Arg<'_>; 30] {
+    [
+        text(&t.id),
+        text(&t.session_id),
+        text(&t.principal),
+        int(t.seq),
+        text(&t.name),
+        opt_text(&t.description),
+        opt_text(&t.module),
+        opt_text(&t.action),
+        text(&t.parameters),
+        Arg::Owned(serde_json::to_string(&t.dependencies).unwrap_or_default()),
+        text(t.priority.as_str()),
+        Arg::Int(t.timeout_seconds.map(|v| v as i64)),
+        int(t.max_retries as i64),
+        opt_text(&t.retry),
+        opt_text(&t.resources),
+        Arg::Owned(serde_json::to_string(&t.tags).unwrap_or_default()),
+        text(&t.metadata),
+        text(t.status.as_str()),
+        opt_text(&t.result),
+        opt_text(&t.summary),
+        opt_text(&t.error),
+        int(t.attempts as i64),
+        opt_text(&t.claimed_by),
+        opt_text(&t.lease_id),
+        Arg::Int(t.lease_expires_at),
+        int(t.created_at),
+        int(t.updated_at),
+        Arg::Int(t.started_at),
+        Arg::Int(t.finished_at),
+        int(t.version),
+    ]
+}
+
+/// A run row in `RUN_COLUMNS` order.
+pub fn run_args(r: &RunRecord) -> [Arg<'_>; 24] {
+    [
+        text(&r.id),
+        text(&r.session_id),
+        text(&r.principal),
+        text(&r.workflow_name),
+        int(r.workflow_version as i64),
+        text(&r.workflow_source),
+        text(&r.definition),
+        text(&r.parameters),
+        text(r.status.as_str()),
+        text(r.priority.as_str()),
+        int(r.max_parallel as i64),
+        text(r.mode.as_str()),
+        Arg::Int(r.timeout_seconds.map(|v| v as i64)),
+        opt_text(&r.resources),
+        opt_text(&r.error),
+        opt_text(&r.retry_of),
+        int(r.created_at),
+        Arg::Int(r.started_at),
+        Arg::Int(r.finished_at),
+        int(r.updated_at),
+        opt_text(&r.parent_run_id),
+        opt_text(&r.parent_step),
+        opt_text(&r.project_id),
+        opt_text(&r.project),
+    ]
+}
+
+/// A step row in `STEP_COLUMNS` order.
+pub fn step_args(s: &StepRecord) -> [Arg<'_>; 13] {
+    [
+        text(&s.run_id),
+        text(&s.name),
+        int(s.position as i64),
+        text(s.status.as_str()),
+        int(s.attempts as i64),
+        Arg::Int(s.started_at),
+        Arg::Int(s.finished_at),
+        opt_text(&s.output),
+        opt_text(&s.error),
+        opt_text(&s.input_hash),
+        Arg::Bool(s.reused),
+        opt_text(&s.prior_output),
+        opt_text(&s.prior_hash),
+    ]
+}
+
+/// An event row in `EVENT_COLUMNS` order (without `seq`).
+pub fn event_args(e: &EventRecord) -> [Arg<'_>; 8] {
+    [
+        int(e.at),
+        opt_text(&e.principal),
+        opt_text(&e.session_id),
+        opt_text(&e.run_id),
+        text(e.kind),
+        text(&e.subject),
+        text(&e.status),
+        text(&e.data),
+    ]
+}
+
+/// The (new tasks, version moves) each session's stamp takes from tasks just
+/// inserted (`new`) or updated (each one version up), in session order.
+pub fn stamp_moves<'t>(
+    tasks: impl IntoIterator<Item = &'t TaskRecord>,
+    new: bool,
+) -> std::collections::BTreeMap<&'t str, (i64, i64)> {
+    let mut by_session: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+    for t in tasks {
+        let e = by_session.entry(t.session_id.as_str()).or_default();
+        if new {
+            e.0 += 1;
+            e.1 += t.version;
+        } else {
+            e.1 += 1;
+        }
+    }
+    by_session
+}
+
+/// Move one session's task stamp by (tasks, versions): ?1 session, ?2, ?3.
+pub const STAMP_SQL: &str = "INSERT INTO task_stamps (session_id, tasks, versions) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (session_id) DO UPDATE SET tasks = task_stamps.tasks + excluded.tasks, \
+     versions = task_stamps.versions + excluded.versions";
+
+/// Tasks in the one order (by id) every process locks their rows in: two
+/// writers' calls wait for each other instead of closing a cycle.
+pub fn in_lock_order(tasks: &[TaskRecord]) -> Vec<&TaskRecord> {
+    let mut sorted: Vec<&TaskRecord> = tasks.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    sorted
+}
+
+/// The queued writes a group commit takes: `first` and whatever else is
+/// waiting, up to `max`.
+pub fn gather<T>(first: T, rx: &mut tokio::sync::mpsc::Receiver<T>, max: usize) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(w) => batch.push(w),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// Define the shared items for one sqlx database: `$db` (e.g. `sqlx::Sqlite`),
 /// its row type and its arguments type.
 macro_rules! shared_rows {
@@ -300,30 +469,40 @@ macro_rules! shared_rows {
             q: sqlx::query::Query<'q, $db, $args>,
             r: &'q RunRecord,
         ) -> sqlx::query::Query<'q, $db, $args> {
-            q.bind(&r.id)
-                .bind(&r.session_id)
-                .bind(&r.principal)
-                .bind(&r.workflow_name)
-                .bind(r.workflow_version as i64)
-                .bind(&r.workflow_source)
-                .bind(&r.definition)
-                .bind(&r.parameters)
-                .bind(r.status.as_str())
-                .bind(r.priority.as_str())
-                .bind(r.max_parallel as i64)
-                .bind(r.mode.as_str())
-                .bind(r.timeout_seconds.map(|v| v as i64))
-                .bind(&r.resources)
-                .bind(&r.error)
-                .bind(&r.retry_of)
-                .bind(r.created_at)
-                .bind(r.started_at)
-                .bind(r.finished_at)
-                .bind(r.updated_at)
-                .bind(&r.parent_run_id)
-                .bind(&r.parent_step)
-                .bind(&r.project_id)
-                .bind(&r.project)
+            bind_args(q, $crate::store::rows::run_args(r))
+        }
+
+        /// Bind a row's values (see `super::rows::Arg`).
+        fn bind_args<'q>(
+            mut q: sqlx::query::Query<'q, $db, $args>,
+            args: impl IntoIterator<Item = $crate::store::rows::Arg<'q>>,
+        ) -> sqlx::query::Query<'q, $db, $args> {
+            use $crate::store::rows::Arg;
+            for a in args {
+                q = match a {
+                    Arg::Text(v) => q.bind(v),
+                    Arg::Owned(v) => q.bind(v),
+                    Arg::Int(v) => q.bind(v),
+                    Arg::Bool(v) => q.bind(v),
+                };
+            }
+            q
+        }
+
+        /// Push one row's values into a multi-row `VALUES` list.
+        fn push_args<'a>(
+            b: &mut sqlx::query_builder::Separated<'_, $db, &'static str>,
+            args: impl IntoIterator<Item = $crate::store::rows::Arg<'a>>,
+        ) {
+            use $crate::store::rows::Arg;
+            for a in args {
+                match a {
+                    Arg::Text(v) => b.push_bind(v),
+                    Arg::Owned(v) => b.push_bind(v),
+                    Arg::Int(v) => b.push_bind(v),
+                    Arg::Bool(v) => b.push_bind(v),
+                };
+            }
         }
 
         const TASK_COLUMNS: &str = "id, session_id, principal, seq, name, description, module, action, \
@@ -344,36 +523,20 @@ macro_rules! shared_rows {
             q: sqlx::query::Query<'q, $db, $args>,
             t: &'q TaskRecord,
         ) -> sqlx::query::Query<'q, $db, $args> {
-            q.bind(&t.id)
-                .bind(&t.session_id)
-                .bind(&t.principal)
-                .bind(t.seq)
-                .bind(&t.name)
-                .bind(&t.description)
-                .bind(&t.module)
-                .bind(&t.action)
-                .bind(&t.parameters)
-                .bind(serde_json::to_string(&t.dependencies).unwrap_or_default())
-                .bind(t.priority.as_str())
-                .bind(t.timeout_seconds.map(|v| v as i64))
-                .bind(t.max_retries as i64)
-                .bind(&t.retry)
-                .bind(&t.resources)
-                .bind(serde_json::to_string(&t.tags).unwrap_or_default())
-                .bind(&t.metadata)
-                .bind(t.status.as_str())
-                .bind(&t.result)
-                .bind(&t.summary)
-                .bind(&t.error)
-                .bind(t.attempts as i64)
-                .bind(&t.claimed_by)
-                .bind(&t.lease_id)
-                .bind(t.lease_expires_at)
-                .bind(t.created_at)
-                .bind(t.updated_at)
-                .bind(t.started_at)
-                .bind(t.finished_at)
-                .bind(t.version)
+            bind_args(q, $crate::store::rows::task_args(t))
+        }
+
+        /// The fenced update of one task row: ?31 its id, ?32 the version it replaces.
+        fn fenced_update_sql() -> String {
+            format!(
+                "UPDATE tasks SET ({TASK_COLUMNS}) = ({}) WHERE id = ?31 AND version = ?32",
+                task_placeholders()
+            )
+        }
+
+        /// What a fenced update that found its task moved answers.
+        fn moved(id: &str) -> StoreError {
+            StoreError::Conflict(format!("task {id} was changed by another call"))
         }
 
         fn task_from_row(r: &$row) -> Result<TaskRecord, sqlx::Error> {
@@ -459,14 +622,7 @@ macro_rules! shared_rows {
                         b.push_bind(*n);
                         *n += 1;
                     }
-                    b.push_bind(e.at)
-                        .push_bind(e.principal.clone())
-                        .push_bind(e.session_id.clone())
-                        .push_bind(e.run_id.clone())
-                        .push_bind(e.kind)
-                        .push_bind(e.subject.clone())
-                        .push_bind(e.status.clone())
-                        .push_bind(e.data.clone());
+                    push_args(&mut b, $crate::store::rows::event_args(e));
                 });
                 qb.build().execute(&mut *conn).await?;
             }
@@ -494,15 +650,8 @@ macro_rules! shared_rows {
             conn: &mut <$db as sqlx::Database>::Connection,
             tasks: &[TaskRecord],
         ) -> StoreResult<()> {
-            let sql = format!(
-                "UPDATE tasks SET ({TASK_COLUMNS}) = ({}) WHERE id = ?31 AND version = ?32",
-                task_placeholders()
-            );
-            // Rows are locked in one order (by id) in every process: two
-            // writers' calls wait for each other instead of closing a cycle.
-            let mut sorted: Vec<&TaskRecord> = tasks.iter().collect();
-            sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-            for t in sorted {
+            let sql = fenced_update_sql();
+            for t in $crate::store::rows::in_lock_order(tasks) {
                 let r = bind_task(query(AssertSqlSafe(sql.clone())), t)
                     .bind(&t.id)
                     .bind(t.version - 1)
@@ -510,10 +659,7 @@ macro_rules! shared_rows {
                     .await
                     .map_err(fence_err)?;
                 if r.rows_affected() != 1 {
-                    return Err(StoreError::Conflict(format!(
-                        "task {} was changed by another call",
-                        t.id
-                    )));
+                    return Err(moved(&t.id));
                 }
             }
             Ok(())
@@ -538,113 +684,15 @@ macro_rules! shared_rows {
             tasks: impl IntoIterator<Item = &'t TaskRecord>,
             new: bool,
         ) -> Result<(), sqlx::Error> {
-            let mut by_session: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
-            for t in tasks {
-                let e = by_session.entry(t.session_id.as_str()).or_default();
-                if new {
-                    e.0 += 1;
-                    e.1 += t.version;
-                } else {
-                    e.1 += 1;
-                }
-            }
-            for (session, (n, v)) in by_session {
-                query(
-                    "INSERT INTO task_stamps (session_id, tasks, versions) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (session_id) DO UPDATE SET tasks = task_stamps.tasks + excluded.tasks, \
-                     versions = task_stamps.versions + excluded.versions",
-                )
-                .bind(session)
-                .bind(n)
-                .bind(v)
-                .execute(&mut *conn)
-                .await?;
+            for (session, (n, v)) in $crate::store::rows::stamp_moves(tasks, new) {
+                query($crate::store::rows::STAMP_SQL)
+                    .bind(session)
+                    .bind(n)
+                    .bind(v)
+                    .execute(&mut *conn)
+                    .await?;
             }
             Ok(())
-        }
-
-        /// One call's task updates inside the writer's transaction, under a
-        /// savepoint: a moved version (another process wrote first) or a
-        /// refused row rolls back this call's rows alone; the batch goes on.
-        /// The outer error is the connection's: the whole batch fails.
-        async fn apply_task_updates(
-            conn: &mut <$db as sqlx::Database>::Connection,
-            tasks: &[TaskRecord],
-        ) -> Result<StoreResult<()>, sqlx::Error> {
-            let mut call = sqlx::Connection::begin(&mut *conn).await?;
-            match update_fenced(&mut call, tasks).await {
-                Ok(()) => {
-                    call.commit().await?;
-                    Ok(Ok(()))
-                }
-                Err(e) => {
-                    call.rollback().await?;
-                    Ok(Err(e))
-                }
-            }
-        }
-
-        /// What the task writes of a batch did, in the writer's transaction.
-        struct BatchTasks {
-            /// Each write's answer, in order; every write other than a task
-            /// write is part of the batch's commit.
-            answers: Vec<StoreResult<()>>,
-            /// The events of the task writes that landed, for the batch's insert.
-            events: Vec<EventRecord>,
-            /// False: the batch's only write was refused without a savepoint
-            /// of its own; the transaction must be rolled back, not committed.
-            commit: bool,
-        }
-
-        /// Apply a batch's task writes, each under its own savepoint, except a
-        /// batch's only write (one agent's call): the batch's transaction is
-        /// its savepoint then, two statements fewer. The stamps of every call
-        /// that landed move once per batch and session (in session order),
-        /// last: a stamp row is locked only until the commit. Their events are
-        /// inserted with the batch's others, in one statement.
-        async fn apply_batch_tasks(
-            conn: &mut <$db as sqlx::Database>::Connection,
-            batch: &[Write],
-        ) -> Result<BatchTasks, sqlx::Error> {
-            let calls = batch
-                .iter()
-                .filter(|w| matches!(w.op, WriteOp::Tasks { .. }))
-                .count();
-            let alone = calls == 1
-                && batch
-                    .iter()
-                    .all(|w| matches!(w.op, WriteOp::Tasks { .. } | WriteOp::Barrier));
-            let mut out = BatchTasks {
-                answers: Vec::with_capacity(batch.len()),
-                events: Vec::new(),
-                commit: true,
-            };
-            let mut landed: Vec<&TaskRecord> = Vec::new();
-            for w in batch {
-                out.answers.push(match &w.op {
-                    WriteOp::Tasks { tasks, events } => {
-                        let r = if alone {
-                            update_fenced(&mut *conn, tasks).await
-                        } else {
-                            apply_task_updates(&mut *conn, tasks).await?
-                        };
-                        match &r {
-                            Ok(()) => {
-                                landed.extend(tasks);
-                                out.events.extend(events.iter().cloned());
-                            }
-                            Err(_) if alone => out.commit = false,
-                            Err(_) => {}
-                        }
-                        r
-                    }
-                    _ => Ok(()),
-                });
-            }
-            if out.commit {
-                bump_stamps(&mut *conn, landed, false).await?;
-            }
-            Ok(out)
         }
 
         /// A batch of barriers only: what was queued before them is committed already.
@@ -652,36 +700,17 @@ macro_rules! shared_rows {
             batch.iter().all(|w| matches!(w.op, WriteOp::Barrier))
         }
 
-        /// Commit a batch of the group-commit writer in one transaction: the
-        /// task writes (each answered on its own), then every event, run and
-        /// step of the batch. What each write answers.
-        async fn commit_batch(
-            conn: &mut <$db as sqlx::Database>::Connection,
-            batch: &[Write],
-        ) -> Result<Vec<StoreResult<()>>, sqlx::Error> {
-            use sqlx::Connection as _;
-            if only_barriers(batch) {
-                return Ok(batch.iter().map(|_| Ok(())).collect());
-            }
-            let (runs, steps) = latest(batch);
-            let mut tx = conn.begin_with(BEGIN_WRITE).await?;
-            let tasks = apply_batch_tasks(&mut tx, batch).await?;
-            if !tasks.commit {
-                tx.rollback().await?;
-                return Ok(tasks.answers);
-            }
-            let mut events = tasks.events;
-            events.extend(batch_events(batch));
-            insert_events(&mut tx, &events).await?;
-            let run_sql = upsert_run_sql();
-            for r in runs {
-                bind_run(query(AssertSqlSafe(run_sql.clone())), r)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            write_steps(&mut tx, true, &steps).await?;
-            tx.commit().await?;
-            Ok(tasks.answers)
+        /// A batch whose only write is one call's task updates (barriers
+        /// aside): the batch's transaction is that call's savepoint.
+        fn lone_task_call(batch: &[Write]) -> bool {
+            let calls = batch
+                .iter()
+                .filter(|w| matches!(w.op, WriteOp::Tasks { .. }))
+                .count();
+            calls == 1
+                && batch
+                    .iter()
+                    .all(|w| matches!(w.op, WriteOp::Tasks { .. } | WriteOp::Barrier))
         }
 
         /// Send each write of a batch its answer, and count what was committed.

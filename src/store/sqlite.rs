@@ -14,6 +14,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row, query};
 
+use super::rows::Arg;
 use super::{
     AllocationRecord, Decide, EventCursor, EventRecord, EventWindow, ProcessRecord, ProjectQuery,
     ProjectRecord, RunExecutors, RunLease, RunQuery, RunRecord, SessionQuery, SessionRecord,
@@ -42,57 +43,40 @@ const GROUP_COMMIT_MAX: usize = 512;
 /// 32,766 bound variables.
 const STEP_ROWS_PER_STATEMENT: usize = 256;
 
-/// Write step rows with as few statements as possible: per-statement cost, not
-/// fsync, is what bounds SQLite throughput here.
+/// Insert a new run's step rows with as few statements as possible:
+/// per-statement cost, not fsync, is what bounds SQLite throughput here.
 async fn write_steps(
     conn: &mut sqlx::SqliteConnection,
-    upsert: bool,
     steps: &[&StepRecord],
 ) -> Result<(), sqlx::Error> {
-    let verb = if upsert { "REPLACE" } else { "INSERT" };
     for chunk in steps.chunks(STEP_ROWS_PER_STATEMENT) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-            "{verb} INTO run_steps ({STEP_COLUMNS}) "
+            "INSERT INTO run_steps ({STEP_COLUMNS}) "
         ));
         qb.push_values(chunk.iter(), |mut b, s| {
-            b.push_bind(s.run_id.clone())
-                .push_bind(s.name.clone())
-                .push_bind(s.position as i64)
-                .push_bind(s.status.as_str())
-                .push_bind(s.attempts as i64)
-                .push_bind(s.started_at)
-                .push_bind(s.finished_at)
-                .push_bind(s.output.clone())
-                .push_bind(s.error.clone())
-                .push_bind(s.input_hash.clone())
-                .push_bind(s.reused)
-                .push_bind(s.prior_output.clone())
-                .push_bind(s.prior_hash.clone());
+            push_args(&mut b, super::rows::step_args(s))
         });
         qb.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// The writer owns one connection for its lifetime: no pool round trips per batch.
-async fn writer(
-    mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+/// The group-commit writer: a thread of its own holding one rusqlite
+/// connection, so a batch runs start to commit without leaving the thread
+/// (through sqlx every statement was a hop to the connection's worker thread
+/// and back), each statement prepared once and cached.
+fn writer(
+    mut conn: rusqlite::Connection,
     mut rx: tokio::sync::mpsc::Receiver<Write>,
     counts: std::sync::Arc<super::WriteCounts>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
+    while let Some(first) = rx.blocking_recv() {
+        let batch = super::rows::gather(first, &mut rx, GROUP_COMMIT_MAX);
         // Queued step states must not be lost to a busy database: the batch
         // is tried again (each try waits up to the busy timeout) before it fails.
         let mut tries = 0;
         let result = loop {
-            match commit_batch(&mut conn, &batch).await.map_err(db_err) {
+            match commit_batch(&mut conn, &batch).map_err(direct_err) {
                 Err(StoreError::Unavailable(m)) if m == super::rows::BUSY && tries < 5 => {
                     tries += 1;
                     tracing::warn!(
@@ -105,6 +89,208 @@ async fn writer(
         };
         answer_batch(batch, result, &counts);
     }
+}
+
+/// Open the writer's connection on a migrated database, tuned as sqlx's are.
+fn writer_connection(path: &Path, o: &SqliteOptions) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(o.busy_timeout)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match o.synchronous {
+            crate::config::SqliteSync::Full => "FULL",
+            crate::config::SqliteSync::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl rusqlite::ToSql for super::rows::Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use super::rows::Arg;
+        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+        Ok(match self {
+            Arg::Text(Some(s)) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Arg::Owned(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Arg::Int(Some(i)) => ToSqlOutput::Owned(Value::Integer(*i)),
+            Arg::Bool(b) => ToSqlOutput::Owned(Value::Integer(*b as i64)),
+            Arg::Text(None) | Arg::Int(None) => ToSqlOutput::Owned(Value::Null),
+        })
+    }
+}
+
+/// A writer's error as the store's: busy and locked (another process held
+/// the write lock past the busy timeout) as `db_err` maps them, a unique
+/// violation as a conflict.
+fn direct_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error() {
+        Some(f) if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(super::rows::BUSY.into())
+        }
+        Some(f)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+        {
+            StoreError::Conflict(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// `(?, ..., ?), ...`: `rows` rows of `columns` placeholders.
+fn values_list(rows: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row; rows].join(", ")
+}
+
+/// Replace tasks whose stored version is the one before theirs (see
+/// `update_fenced`); a moved version or a refused row is this call's answer.
+fn update_fenced_direct(conn: &rusqlite::Connection, tasks: &[TaskRecord]) -> StoreResult<()> {
+    let mut stmt = conn
+        .prepare_cached(&fenced_update_sql())
+        .map_err(direct_err)?;
+    for t in super::rows::in_lock_order(tasks) {
+        let args = super::rows::task_args(t);
+        let fence = [Arg::Text(Some(&t.id)), Arg::Int(Some(t.version - 1))];
+        let n = stmt
+            .execute(rusqlite::params_from_iter(args.iter().chain(fence.iter())))
+            .map_err(direct_err)?;
+        if n != 1 {
+            return Err(moved(&t.id));
+        }
+    }
+    Ok(())
+}
+
+/// One call's task updates under a savepoint (see `apply_task_updates`).
+fn call_task_updates(
+    conn: &rusqlite::Connection,
+    tasks: &[TaskRecord],
+) -> rusqlite::Result<StoreResult<()>> {
+    conn.prepare_cached("SAVEPOINT call")?.execute([])?;
+    let r = update_fenced_direct(conn, tasks);
+    if r.is_err() {
+        conn.prepare_cached("ROLLBACK TO call")?.execute([])?;
+    }
+    conn.prepare_cached("RELEASE call")?.execute([])?;
+    Ok(r)
+}
+
+/// Record `events` in the writer's transaction, numbered under its write lock.
+fn insert_events_direct(
+    conn: &rusqlite::Connection,
+    events: &[EventRecord],
+) -> rusqlite::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let last: i64 = conn
+        .prepare_cached("UPDATE event_counter SET last = last + ?1 WHERE id = 1 RETURNING last")?
+        .query_row([events.len() as i64], |r| r.get(0))?;
+    let mut seq = last - events.len() as i64 + 1;
+    for chunk in events.chunks(EVENT_ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO events (seq, {EVENT_COLUMNS}) VALUES {}",
+            values_list(chunk.len(), 9)
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut args: Vec<Arg<'_>> = Vec::with_capacity(chunk.len() * 9);
+        for e in chunk {
+            args.push(Arg::Int(Some(seq)));
+            seq += 1;
+            args.extend(super::rows::event_args(e));
+        }
+        stmt.execute(rusqlite::params_from_iter(args.iter()))?;
+    }
+    Ok(())
+}
+
+/// Replace step rows, many per statement.
+fn replace_steps_direct(
+    conn: &rusqlite::Connection,
+    steps: &[&StepRecord],
+) -> rusqlite::Result<()> {
+    for chunk in steps.chunks(STEP_ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "REPLACE INTO run_steps ({STEP_COLUMNS}) VALUES {}",
+            values_list(chunk.len(), 13)
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let args: Vec<Arg<'_>> = chunk
+            .iter()
+            .flat_map(|s| super::rows::step_args(s))
+            .collect();
+        stmt.execute(rusqlite::params_from_iter(args.iter()))?;
+    }
+    Ok(())
+}
+
+/// Commit a batch in one transaction: the task writes (each answered on its
+/// own, under a savepoint unless it is the batch's only write), the stamps of
+/// those that landed, then every event, run and step of the batch.
+fn commit_batch(
+    conn: &mut rusqlite::Connection,
+    batch: &[Write],
+) -> rusqlite::Result<Vec<StoreResult<()>>> {
+    if only_barriers(batch) {
+        return Ok(batch.iter().map(|_| Ok(())).collect());
+    }
+    let (runs, steps) = latest(batch);
+    let alone = lone_task_call(batch);
+    // Dropped without a commit, the transaction rolls back.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    let mut landed: Vec<&TaskRecord> = Vec::new();
+    for w in batch {
+        let WriteOp::Tasks {
+            tasks,
+            events: made,
+        } = &w.op
+        else {
+            answers.push(Ok(()));
+            continue;
+        };
+        let r = if alone {
+            update_fenced_direct(&tx, tasks)
+        } else {
+            call_task_updates(&tx, tasks)?
+        };
+        if r.is_ok() {
+            landed.extend(tasks);
+            events.extend(made.iter().cloned());
+        } else if alone {
+            // The batch's only write was refused: nothing to commit (the
+            // rest are barriers).
+            drop(tx);
+            answers.push(r);
+            answers.resize_with(batch.len(), || Ok(()));
+            return Ok(answers);
+        }
+        answers.push(r);
+    }
+    {
+        let mut stamp = tx.prepare_cached(super::rows::STAMP_SQL)?;
+        for (session, (n, v)) in super::rows::stamp_moves(landed, false) {
+            stamp.execute(rusqlite::params![session, n, v])?;
+        }
+    }
+    events.extend(batch_events(batch));
+    insert_events_direct(&tx, &events)?;
+    {
+        let mut upsert = tx.prepare_cached(&upsert_run_sql())?;
+        for r in runs {
+            upsert.execute(rusqlite::params_from_iter(super::rows::run_args(r).iter()))?;
+        }
+    }
+    replace_steps_direct(&tx, &steps)?;
+    tx.commit()?;
+    Ok(answers)
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
@@ -246,12 +432,14 @@ impl SqliteStore {
             .await
             .map_err(|e| anyhow::anyhow!("cannot migrate SQLite store {}: {e}", path.display()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4 * GROUP_COMMIT_MAX);
-        let conn = pool
-            .acquire()
-            .await
+        let conn = writer_connection(path, o)
             .map_err(|e| anyhow::anyhow!("cannot open SQLite store {}: {e}", path.display()))?;
         let counts = std::sync::Arc::new(super::WriteCounts::default());
-        tokio::spawn(writer(conn, rx, counts.clone()));
+        let writer_counts = counts.clone();
+        std::thread::Builder::new()
+            .name("myrmex-sqlite-writer".into())
+            .spawn(move || writer(conn, rx, writer_counts))
+            .map_err(|e| anyhow::anyhow!("cannot start the SQLite writer: {e}"))?;
         let (events, _) = tokio::sync::broadcast::channel(256);
         let (changes, _) = tokio::sync::watch::channel(0);
         let watcher = pool
@@ -399,7 +587,7 @@ super::rows::sql_store!(SqliteStore, {
             .await
             .map_err(db_err)?;
         let steps: Vec<&StepRecord> = steps.iter().collect();
-        write_steps(&mut tx, false, &steps).await.map_err(db_err)?;
+        write_steps(&mut tx, &steps).await.map_err(db_err)?;
         insert_events(&mut tx, &[EventRecord::run(run)])
             .await
             .map_err(db_err)?;
