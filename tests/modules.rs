@@ -96,7 +96,17 @@ async fn read_pid(path: &Path) -> String {
 async fn list_modules_shows_the_policy_and_disabled_modules_are_refused_at_definition() {
     let env = Env::new();
     let c = env.stdio(Era::Modern, &["--store", "memory"]).await;
-    let list = ok(&c, "list_modules", json!({})).await;
+    // The whole list is a summary by default: no schemas (they are ~29 KB).
+    let summary = ok(&c, "list_modules", json!({})).await;
+    let all = summary["modules"].as_array().unwrap();
+    assert!(all.len() >= 7, "{summary}");
+    assert!(
+        all.iter()
+            .flat_map(|m| m["actions"].as_array().unwrap())
+            .all(|a| a["parameters_schema"].is_null() && a["output_schema"].is_null()),
+        "{summary}"
+    );
+    let list = ok(&c, "list_modules", json!({"include_schemas": true})).await;
     let modules: Vec<&Value> = list["modules"].as_array().unwrap().iter().collect();
     let by = |n: &str| {
         modules
@@ -154,6 +164,12 @@ async fn list_modules_shows_the_policy_and_disabled_modules_are_refused_at_defin
     .await;
     assert_eq!(one["modules"].as_array().unwrap().len(), 1);
     assert!(one["modules"][0]["actions"][0]["parameters_schema"].is_null());
+    // One module asked for: its schemas by default.
+    let fs = ok(&c, "list_modules", json!({"module": "fs"})).await;
+    assert!(
+        fs["modules"][0]["actions"][0]["parameters_schema"]["properties"].is_object(),
+        "{fs}"
+    );
     let e = err(
         &c,
         "list_modules",

@@ -562,6 +562,18 @@ pub trait Store: Send + Sync + 'static {
     /// unfinished runs nobody executes.
     async fn run_executors(&self, now: i64) -> StoreResult<RunExecutors>;
 
+    /// Every count the status and metrics views show, read together (one
+    /// statement on the SQL stores, where each query was a round trip).
+    async fn overview(&self, now: i64) -> StoreResult<Overview> {
+        Ok(Overview {
+            sessions: self.count_sessions_by_status().await?,
+            runs: self.count_runs_by_status().await?,
+            live_steps: self.count_live_steps_by_status().await?,
+            tasks: self.task_stats().await?,
+            unclaimed_runs: self.run_executors(now).await?.unclaimed,
+        })
+    }
+
     /// The events after `w.after` in log order, at most `w.scan` (of every
     /// principal). Only events whose position can no longer be preceded by a
     /// later commit are returned, so a reader may continue from the last one.
@@ -707,6 +719,18 @@ pub struct RunExecutors {
     pub oldest_unclaimed_at: Option<i64>,
 }
 
+/// The counts of [`Store::overview`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overview {
+    pub sessions: Vec<(crate::model::SessionStatus, u64)>,
+    pub runs: Vec<(crate::model::RunStatus, u64)>,
+    /// Steps of unfinished runs.
+    pub live_steps: Vec<(crate::model::StepStatus, u64)>,
+    pub tasks: TaskStats,
+    /// Unfinished runs without a live lease.
+    pub unclaimed_runs: u64,
+}
+
 /// A run held by an executor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunLease {
@@ -790,6 +814,28 @@ mod contract {
             closed_at: None,
             close_reason: None,
         }
+    }
+
+    /// The overview reads what the separate counts read.
+    async fn overview_agrees(store: &dyn Store, now: i64) {
+        let mut o = store.overview(now).await.unwrap();
+        o.sessions.sort_by_key(|p| p.0.as_str());
+        o.runs.sort_by_key(|p| p.0.as_str());
+        o.live_steps.sort_by_key(|p| p.0.as_str());
+        o.tasks.by_status.sort_by_key(|p| p.0.as_str());
+        let mut each = Overview {
+            sessions: store.count_sessions_by_status().await.unwrap(),
+            runs: store.count_runs_by_status().await.unwrap(),
+            live_steps: store.count_live_steps_by_status().await.unwrap(),
+            tasks: store.task_stats().await.unwrap(),
+            unclaimed_runs: store.run_executors(now).await.unwrap().unclaimed,
+        };
+        each.sessions.sort_by_key(|p| p.0.as_str());
+        each.runs.sort_by_key(|p| p.0.as_str());
+        each.live_steps.sort_by_key(|p| p.0.as_str());
+        each.tasks.by_status.sort_by_key(|p| p.0.as_str());
+        assert_eq!(o, each);
+        assert!(!o.runs.is_empty() || !o.tasks.by_status.is_empty(), "{o:?}");
     }
 
     async fn check(store: Arc<dyn Store>) {
@@ -1174,6 +1220,7 @@ mod contract {
         let ex = store.run_executors(600).await.unwrap();
         assert_eq!(ex.by_executor, vec![("c".to_string(), 1)]);
         assert_eq!((ex.unclaimed, ex.oldest_unclaimed_at), (2, Some(11)));
+        overview_agrees(&*store, 600).await;
 
         // Waiting requests: listed in arrival order, renewed by their process,
         // removed when settled or when their process stopped renewing them.
@@ -1341,6 +1388,7 @@ mod contract {
             ]
         );
         assert_eq!(stats.average_execution_ms, Some(20.0));
+        overview_agrees(&*store, 600).await;
         // The stamp moves with every insert and update of the session's tasks.
         let stamp =
             |ts: &[TaskRecord]| (ts.len() as i64, ts.iter().map(|t| t.version).sum::<i64>());

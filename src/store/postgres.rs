@@ -484,6 +484,10 @@ super::rows::sql_store!(PostgresStore, {
         tx.commit().await.map_err(db_err)
     }
 
+    async fn session_tasks_stamp(&self, session_id: &str) -> StoreResult<(i64, i64)> {
+        pooled_tasks_stamp(&self.pool, session_id).await
+    }
+
     async fn queue_step(&self, step: &StepRecord) -> StoreResult<()> {
         // Not awaited: a later awaited write makes it durable.
         self.enqueue(WriteOp::Step(step.clone())).await.map(drop)

@@ -159,6 +159,9 @@ pub const STAMP_SQL: &str = "INSERT INTO task_stamps (session_id, tasks, version
      ON CONFLICT (session_id) DO UPDATE SET tasks = task_stamps.tasks + excluded.tasks, \
      versions = task_stamps.versions + excluded.versions";
 
+/// A session's task stamp: ?1 the session.
+pub const STAMP_READ: &str = "SELECT tasks, versions FROM task_stamps WHERE session_id = ?1";
+
 /// Tasks in the one order (by id) every process locks their rows in: two
 /// writers' calls wait for each other instead of closing a cycle.
 pub fn in_lock_order(tasks: &[TaskRecord]) -> Vec<&TaskRecord> {
@@ -811,6 +814,22 @@ macro_rules! shared_rows {
             })
         }
 
+        /// A session's task stamp, read through the pool.
+        async fn pooled_tasks_stamp(pool: &sqlx::Pool<$db>, session_id: &str) -> StoreResult<(i64, i64)> {
+            let r = query($crate::store::rows::STAMP_READ)
+                .bind(session_id)
+                .fetch_optional(pool)
+                .await
+                .map_err(db_err)?;
+            let Some(r) = r else {
+                return Ok((0, 0));
+            };
+            Ok((
+                r.try_get::<i64, _>("tasks").map_err(db_err)?,
+                r.try_get::<i64, _>("versions").map_err(db_err)?,
+            ))
+        }
+
         fn sessions_from_rows(rows: Vec<$row>) -> StoreResult<Vec<SessionRecord>> {
             rows.iter()
                 .map(|r| session_from_row(r).map_err(db_err))
@@ -1252,22 +1271,6 @@ macro_rules! sql_store {
                 }
 
 
-                async fn session_tasks_stamp(&self, session_id: &str) -> StoreResult<(i64, i64)> {
-                    let r = query("SELECT tasks, versions FROM task_stamps WHERE session_id = ?1")
-                        .bind(session_id)
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err(db_err)?;
-                    let Some(r) = r else {
-                        return Ok((0, 0));
-                    };
-                    Ok((
-                        r.try_get::<i64, _>("tasks").map_err(db_err)?,
-                        r.try_get::<i64, _>("versions").map_err(db_err)?,
-                    ))
-                }
-
-
                 async fn session_tasks(&self, session_id: &str) -> StoreResult<Vec<TaskRecord>> {
                     let r = query(AssertSqlSafe(format!(
                         "SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = ?1 ORDER BY seq"
@@ -1433,6 +1436,39 @@ macro_rules! sql_store {
                         unclaimed: row.try_get::<i64, _>("n").map_err(db_err)? as u64,
                         oldest_unclaimed_at: row.try_get("oldest").map_err(db_err)?,
                     })
+                }
+
+
+                async fn overview(&self, now: i64) -> StoreResult<$crate::store::Overview> {
+                    let r = query(
+                        "SELECT 's' AS what, status AS k, COUNT(*) AS n, CAST(NULL AS REAL) AS x FROM sessions GROUP BY status \
+                         UNION ALL SELECT 'r', status, COUNT(*), NULL FROM runs GROUP BY status \
+                         UNION ALL SELECT 'l', s.status, COUNT(*), NULL FROM run_steps s JOIN runs r ON r.id = s.run_id \
+                           WHERE r.status IN ('pending', 'running') GROUP BY s.status \
+                         UNION ALL SELECT 't', status, COUNT(*), NULL FROM tasks GROUP BY status \
+                         UNION ALL SELECT 'a', NULL, 0, AVG(CAST(finished_at - started_at AS REAL)) FROM tasks \
+                           WHERE started_at IS NOT NULL AND finished_at IS NOT NULL \
+                         UNION ALL SELECT 'u', NULL, COUNT(*), NULL FROM runs WHERE status IN ('pending', 'running') \
+                           AND (lease_owner IS NULL OR lease_expires_at < ?1)",
+                    )
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    let mut o = $crate::store::Overview::default();
+                    for row in &r {
+                        let n = row.try_get::<i64, _>("n").map_err(db_err)? as u64;
+                        let what: String = row.try_get("what").map_err(db_err)?;
+                        match what.as_str() {
+                            "s" => o.sessions.push((spelled(row, "k", crate::model::SessionStatus::parse).map_err(db_err)?, n)),
+                            "r" => o.runs.push((spelled(row, "k", crate::model::RunStatus::parse).map_err(db_err)?, n)),
+                            "l" => o.live_steps.push((spelled(row, "k", crate::model::StepStatus::parse).map_err(db_err)?, n)),
+                            "t" => o.tasks.by_status.push((spelled(row, "k", crate::model::TaskStatus::parse).map_err(db_err)?, n)),
+                            "a" => o.tasks.average_execution_ms = row.try_get("x").map_err(db_err)?,
+                            _ => o.unclaimed_runs = n,
+                        }
+                    }
+                    Ok(o)
                 }
 
 

@@ -210,13 +210,13 @@ impl Engine {
         if probe.result.is_err() {
             return Ok((m, None));
         }
-        let store = self.store();
-        m.sessions_by_status = spelled_counts(store.count_sessions_by_status().await?);
-        m.runs_by_status = spelled_counts(store.count_runs_by_status().await?);
-        let steps = store.count_live_steps_by_status().await?;
-        let stats = store.task_stats().await?;
+        let o = self.store().overview(now_ms()).await?;
+        m.sessions_by_status = spelled_counts(o.sessions);
+        m.runs_by_status = spelled_counts(o.runs);
+        let steps = o.live_steps;
+        let stats = o.tasks;
         let tasks = stats.by_status.clone();
-        let unclaimed = store.run_executors(now_ms()).await?.unclaimed;
+        let unclaimed = o.unclaimed_runs;
         for (queue, n) in [
             ("ready_steps", count_of(&steps, StepStatus::Ready)),
             (

@@ -739,10 +739,15 @@ impl RunManager {
         // resource_aware: steps aside wait for the next release.
         let mut released = self.resources.watch();
         // Step ends are queued, numbered; `flushed` is the last number known
-        // durable. Before a step starts, its dependencies' ends are durable:
-        // a dependent never runs while its dependency's success could still
-        // be lost, so a process that takes the run over never runs a
-        // succeeded step again. Siblings need no wait of their own.
+        // durable. The writer commits in queue order, so the store holds a
+        // prefix of the run's history: a dependent's start is never durable
+        // ahead of its dependencies' ends, and a dependent starts without
+        // waiting for their commit (a chain goes at the writer's pace, not one
+        // fsync per link). A crash before that commit runs the lost steps
+        // again, as it would an interrupted one. A step whose action writes
+        // the store on another connection, outside that order (a child run,
+        // an agent task), waits until its dependencies' ends are durable: what
+        // it creates never refers to a result a crash could lose.
         let mut end_seq: Vec<u64> = vec![0; steps.len()];
         let (mut queued_ends, mut flushed) = (0u64, 0u64);
         loop {
@@ -851,7 +856,9 @@ impl RunManager {
                         }
                     }
                 }
-                if plan.deps(i).iter().any(|&d| end_seq[d] > flushed) {
+                if writes_elsewhere(&spec.steps[i])
+                    && plan.deps(i).iter().any(|&d| end_seq[d] > flushed)
+                {
                     store.flush().await?;
                     flushed = queued_ends;
                 }
@@ -1180,6 +1187,13 @@ pub fn input_hash(module: &str, action: &str, params: &Value) -> String {
     h.update(b"\0");
     h.update(params.to_string().as_bytes());
     hex::encode(h.finalize())
+}
+
+/// Whether a step's action writes the store itself, on a connection of its
+/// own (not through the writer that orders step states): `workflow.run`
+/// inserts a child run, `agent.*` a task.
+fn writes_elsewhere(step: &crate::engine::workflows::spec::StepSpec) -> bool {
+    matches!(step.module.as_str(), "workflow" | "agent")
 }
 
 struct StepTask {

@@ -17,7 +17,7 @@ pub struct ListModulesArgs {
     /// Only this module (e.g. `shell`).
     #[serde(default)]
     pub module: Option<String>,
-    /// Include each action's parameter and output JSON Schemas (default true).
+    /// Include each action's parameter/output JSON Schemas (default: only with `module`).
     #[serde(default)]
     pub include_schemas: Option<bool>,
 }
@@ -43,10 +43,10 @@ pub struct ActionEntry {
     /// `module.action`, as a step's `action` field may be written.
     pub name: String,
     pub description: String,
-    /// JSON Schema of the step's `parameters` (omitted with include_schemas: false).
+    /// JSON Schema of the step's `parameters` (with include_schemas).
     #[schemars(schema_with = "any_object")]
     pub parameters_schema: Option<Value>,
-    /// JSON Schema of the action's output (omitted with include_schemas: false).
+    /// JSON Schema of the action's output (with include_schemas).
     #[schemars(schema_with = "any_object")]
     pub output_schema: Option<Value>,
 }
@@ -59,7 +59,7 @@ fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 impl MyrmexServer {
     #[tool(
         name = "list_modules",
-        description = "List the modules and actions workflow steps and tasks can use, with parameter/output schemas and whether each module is enabled (and if not, the config key that enables it).",
+        description = "List the modules and actions steps and tasks can use, whether each is enabled (if not, the config key that enables it); with `module`, each action's parameter/output schemas.",
         annotations(
             title = "List modules",
             read_only_hint = true,
@@ -75,7 +75,7 @@ impl MyrmexServer {
     ) -> Result<Json<ModuleList>, Error> {
         principal(&ctx)?;
         let a = args.parse()?;
-        let schemas = a.include_schemas.unwrap_or(true);
+        let schemas = a.include_schemas.unwrap_or(a.module.is_some());
         let infos = self.engine.registry().module_infos();
         if let Some(m) = &a.module
             && !infos.iter().any(|i| i.name == m)
