@@ -712,7 +712,7 @@ async fn transport_sessions_are_bound_to_their_principal_and_capped() {
             "session {i}"
         );
     }
-    let gone = reqwest::Client::new()
+    let gone = common::http_client()
         .post(url.as_str())
         .bearer_auth(ALICE_TOKEN)
         .header("mcp-session-id", &ids[0])
@@ -802,7 +802,7 @@ async fn every_route_checks_host_and_origin() {
     let env = Env::new();
     let server = env.http(&[]).await;
     let base = format!("http://{}", server.addr);
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     for path in ["/metrics", "/healthz", "/sse", "/mcp", "/no-such-route"] {
         let r = client
             .get(format!("{base}{path}"))

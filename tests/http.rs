@@ -151,7 +151,7 @@ fn init_body() -> serde_json::Value {
 }
 
 async fn post(url: &str, headers: &[(&str, &str)], body: String) -> reqwest::Response {
-    let mut req = reqwest::Client::new()
+    let mut req = common::http_client()
         .post(url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream");
@@ -323,7 +323,9 @@ async fn non_loopback_bind_with_tokens_serves() {
 async fn healthz_reports_health() {
     let env = Env::new();
     let server = env.http(&[]).await;
-    let r = reqwest::get(format!("http://{}/healthz", server.addr))
+    let r = common::http_client()
+        .get(format!("http://{}/healthz", server.addr))
+        .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
@@ -410,16 +412,16 @@ async fn metrics_are_prometheus_text() {
     .await;
 
     let url = format!("http://{}/metrics", server.addr);
-    let anonymous = reqwest::get(&url).await.unwrap();
+    let anonymous = common::http_client().get(&url).send().await.unwrap();
     assert_eq!(anonymous.status(), 401, "tokens are configured");
-    let not_admin = reqwest::Client::new()
+    let not_admin = common::http_client()
         .get(&url)
         .bearer_auth(ALICE)
         .send()
         .await
         .unwrap();
     assert_eq!(not_admin.status(), 403, "alice is no administrator");
-    let r = reqwest::Client::new()
+    let r = common::http_client()
         .get(&url)
         .bearer_auth(BOB)
         .send()

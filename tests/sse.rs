@@ -19,7 +19,7 @@ struct Stream {
 
 impl Stream {
     async fn open(addr: &str, token: Option<&str>) -> Stream {
-        let mut req = reqwest::Client::new().get(format!("http://{addr}/sse"));
+        let mut req = common::http_client().get(format!("http://{addr}/sse"));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -82,7 +82,7 @@ impl Stream {
     }
 
     async fn post(&self, token: Option<&str>, msg: Value) -> reqwest::StatusCode {
-        let mut req = reqwest::Client::new().post(&self.endpoint).json(&msg);
+        let mut req = common::http_client().post(&self.endpoint).json(&msg);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -228,7 +228,7 @@ async fn sse_has_the_same_protections_as_mcp() {
         fb.display()
     ));
     let server = env.http(&["--config", cfg.to_str().unwrap()]).await;
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let sse = format!("http://{}/sse", server.addr);
     assert_eq!(http.get(&sse).send().await.unwrap().status(), 401);
     assert_eq!(
@@ -311,7 +311,7 @@ async fn sse_streams_are_capped_per_principal_and_in_all() {
     let refused = |token: &'static str| {
         let url = format!("http://{}/sse", server.addr);
         async move {
-            let r = reqwest::Client::new()
+            let r = common::http_client()
                 .get(url)
                 .bearer_auth(token)
                 .send()
@@ -334,7 +334,7 @@ async fn sse_streams_are_capped_per_principal_and_in_all() {
     drop(a1);
     let mut again = None;
     for _ in 0..100 {
-        let r = reqwest::Client::new()
+        let r = common::http_client()
             .get(format!("http://{}/sse", server.addr))
             .bearer_auth(alice)
             .send()

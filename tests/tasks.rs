@@ -634,7 +634,9 @@ async fn eight_concurrent_clients_drain_500_tasks_exactly_once() {
     // The claims and completions released the session's lock before their
     // commit: agents' changes shared commits (with the lock held through each
     // commit, every commit would hold exactly one).
-    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
+    let metrics = common::http_client()
+        .get(format!("http://{}/metrics", server.addr))
+        .send()
         .await
         .unwrap()
         .text()

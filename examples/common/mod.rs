@@ -24,6 +24,7 @@ pub async fn call(c: &Client, tool: &str, args: Value) -> Value {
 
 /// An MCP client over Streamable HTTP.
 pub async fn client(url: &str) -> Client {
+    myrmex::actions::tls_ready();
     ().serve(StreamableHttpClientTransport::from_uri(url.to_string()))
         .await
         .expect("connect")

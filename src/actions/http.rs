@@ -185,6 +185,7 @@ impl Http {
     /// The client, built once on first use.
     fn client(&self) -> &Result<reqwest::Client, String> {
         self.client.get_or_init(|| {
+            super::tls_ready();
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 // Direct connections only: a proxy would resolve names where the policy cannot see.

@@ -105,6 +105,7 @@ impl Downstream {
                     .map_err(|e| failed(name, "has a bad header value", e))?;
                 headers.insert(k, v);
             }
+            super::tls_ready();
             let cfg = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(headers);
             ().serve(StreamableHttpClientTransport::from_config(cfg))
                 .await

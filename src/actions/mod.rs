@@ -6,6 +6,16 @@
 //! Modules are the one place myrmex touches the outside world; this file only
 //! knows their shape.
 
+/// Make rustls' crypto provider (ring) the process's, once, before any TLS
+/// client is built (the http module's, an MCP server's over HTTPS).
+pub fn tls_ready() {
+    static READY: std::sync::Once = std::sync::Once::new();
+    READY.call_once(|| {
+        // Err: a provider is installed already (by an embedding program); it serves.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 pub mod agent;
 pub mod core;
 pub mod docs;
@@ -395,5 +405,18 @@ fn describe(err: &jsonschema::ValidationError<'_>) -> String {
         err.to_string()
     } else {
         format!("{path}: {err}")
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    #[test]
+    fn tls_clients_build_once_the_provider_is_ready() {
+        super::tls_ready();
+        super::tls_ready();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        reqwest::Client::builder()
+            .build()
+            .expect("a TLS-capable client builds");
     }
 }

@@ -72,6 +72,12 @@ pub fn on_postgres() -> bool {
     std::env::var("TEST_MYRMEX_STORE").is_ok_and(|s| s == "postgres")
 }
 
+/// A plain HTTP client for the tests (TLS through the server's provider).
+pub fn http_client() -> reqwest::Client {
+    myrmex::actions::tls_ready();
+    reqwest::Client::new()
+}
+
 impl Env {
     pub fn new() -> Self {
         if on_postgres() {
@@ -273,6 +279,7 @@ impl HttpServer {
         if let Some(t) = token {
             cfg = cfg.auth_header(t.to_string());
         }
+        myrmex::actions::tls_ready();
         let transport = StreamableHttpClientTransport::from_config(cfg);
         let c = handler
             .serve_with_lifecycle(transport, lifecycle(era))
@@ -490,7 +497,7 @@ pub async fn finish(c: &Client, run_id: &Value) -> Value {
 /// A raw Streamable HTTP `initialize` as `token`: the new session's id, or
 /// the status when none was issued.
 pub async fn raw_initialize(url: &str, token: &str) -> Result<String, u16> {
-    let r = reqwest::Client::new()
+    let r = http_client()
         .post(url)
         .bearer_auth(token)
         .header("accept", "application/json, text/event-stream")
@@ -507,7 +514,7 @@ pub async fn raw_initialize(url: &str, token: &str) -> Result<String, u16> {
 
 /// The HTTP status of a raw request in a transport session (a POST is a ping).
 pub async fn raw_in_session(url: &str, token: &str, session: &str, method: reqwest::Method) -> u16 {
-    let mut r = reqwest::Client::new()
+    let mut r = http_client()
         .request(method.clone(), url)
         .bearer_auth(token)
         .header("mcp-session-id", session)
