@@ -99,13 +99,17 @@ fn writer(
     mut rx: tokio::sync::mpsc::Receiver<Write>,
     counts: std::sync::Arc<super::WriteCounts>,
 ) {
+    let sql = WriterSql {
+        fenced_update: fenced_update_sql(),
+        upsert_run: upsert_run_sql(),
+    };
     while let Some(first) = rx.blocking_recv() {
         let batch = super::rows::gather(first, &mut rx, GROUP_COMMIT_MAX);
         // Queued step states must not be lost to a busy database: the batch
         // is tried again (each try waits up to the busy timeout) before it fails.
         let mut tries = 0;
         let result = loop {
-            match commit_batch(&mut conn, &batch).map_err(direct_err) {
+            match commit_batch(&mut conn, &sql, &batch).map_err(direct_err) {
                 Err(StoreError::Unavailable(m)) if m == super::rows::BUSY && tries < 5 => {
                     tries += 1;
                     tracing::warn!(
@@ -118,6 +122,12 @@ fn writer(
         };
         answer_batch(batch, result, &counts);
     }
+}
+
+/// The writer's statements that are the same for every batch, written once.
+struct WriterSql {
+    fenced_update: String,
+    upsert_run: String,
 }
 
 /// Open the inline reader's connection: reads only, and never waiting for a
@@ -188,9 +198,13 @@ fn values_list(rows: usize, columns: usize) -> String {
 
 /// Replace tasks whose stored version is the one before theirs (see
 /// `update_fenced`); a moved version or a refused row is this call's answer.
-fn update_fenced_direct(conn: &rusqlite::Connection, tasks: &[TaskRecord]) -> StoreResult<()> {
+fn update_fenced_direct(
+    conn: &rusqlite::Connection,
+    sql: &WriterSql,
+    tasks: &[TaskRecord],
+) -> StoreResult<()> {
     let mut stmt = conn
-        .prepare_cached(&fenced_update_sql())
+        .prepare_cached(&sql.fenced_update)
         .map_err(direct_err)?;
     for t in super::rows::in_lock_order(tasks) {
         let args = super::rows::task_args(t);
@@ -208,10 +222,11 @@ fn update_fenced_direct(conn: &rusqlite::Connection, tasks: &[TaskRecord]) -> St
 /// One call's task updates under a savepoint (see `apply_task_updates`).
 fn call_task_updates(
     conn: &rusqlite::Connection,
+    sql: &WriterSql,
     tasks: &[TaskRecord],
 ) -> rusqlite::Result<StoreResult<()>> {
     conn.prepare_cached("SAVEPOINT call")?.execute([])?;
-    let r = update_fenced_direct(conn, tasks);
+    let r = update_fenced_direct(conn, sql, tasks);
     if r.is_err() {
         conn.prepare_cached("ROLLBACK TO call")?.execute([])?;
     }
@@ -273,6 +288,7 @@ fn replace_steps_direct(
 /// those that landed, then every event, run and step of the batch.
 fn commit_batch(
     conn: &mut rusqlite::Connection,
+    sql: &WriterSql,
     batch: &[Write],
 ) -> rusqlite::Result<Vec<StoreResult<()>>> {
     if only_barriers(batch) {
@@ -295,9 +311,9 @@ fn commit_batch(
             continue;
         };
         let r = if alone {
-            update_fenced_direct(&tx, tasks)
+            update_fenced_direct(&tx, sql, tasks)
         } else {
-            call_task_updates(&tx, tasks)?
+            call_task_updates(&tx, sql, tasks)?
         };
         if r.is_ok() {
             landed.extend(tasks);
@@ -320,8 +336,8 @@ fn commit_batch(
     }
     events.extend(batch_events(batch));
     insert_events_direct(&tx, &events)?;
-    {
-        let mut upsert = tx.prepare_cached(&upsert_run_sql())?;
+    if !runs.is_empty() {
+        let mut upsert = tx.prepare_cached(&sql.upsert_run)?;
         for r in runs {
             upsert.execute(rusqlite::params_from_iter(super::rows::run_args(r).iter()))?;
         }
