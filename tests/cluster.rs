@@ -16,8 +16,14 @@ use tokio::process::Child;
 
 /// Short leases and polls so that a dead worker's work moves on quickly.
 fn cluster_toml(extra: &str) -> String {
+    cluster_toml_leased(1500, extra)
+}
+
+/// As [`cluster_toml`] with leases of `ttl_ms`: a test that kills nobody
+/// takes long ones, so that a loaded machine's late heartbeat moves no run.
+fn cluster_toml_leased(ttl_ms: u64, extra: &str) -> String {
     format!(
-        "[cluster]\nlease_ttl_ms = 1500\npoll_interval_ms = 200\n\n\
+        "[cluster]\nlease_ttl_ms = {ttl_ms}\npoll_interval_ms = 200\n\n\
          [modules.shell]\nenabled = true\nallowed_commands = [\"sh\"]\n{extra}"
     )
 }
@@ -96,7 +102,7 @@ fn logged(name: &str, log: &Path, deps: &[&str]) -> Value {
 #[tokio::test]
 async fn two_servers_and_two_workers_run_50_workflows() {
     let env = Env::postgres();
-    let cfg = env.config(&cluster_toml(""));
+    let cfg = env.config(&cluster_toml_leased(30_000, ""));
     let cfg_s = cfg.to_str().unwrap();
     let a = env.http(&["--config", cfg_s, "--no-execute"]).await;
     let b = env.http(&["--config", cfg_s, "--no-execute"]).await;
